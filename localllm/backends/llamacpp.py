@@ -1,0 +1,324 @@
+"""The llama.cpp backend, through llama-cpp-python's low-level C API.
+
+This is the only module that imports ``llama_cpp``. It skips llama-cpp-python's high-level
+``Llama`` class on the hot path: that class evaluates prompts in n_batch slices and spends
+Python time per token on logits copies and stop-string checks. Here a prompt is one
+``llama_decode`` call and each generated token costs a handful of C calls (the C sampler chain,
+one decode, one detokenize).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import secrets
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import llama_cpp
+from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatter
+
+from ..errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
+from ..events import Event, Finished, Timings, Token, Usage
+from ..hardware import default_threads
+from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
+from .base import Message
+
+_GGML_LOG_LEVEL_ERROR = 4
+_GGML_LOG_LEVEL_CONT = 5
+
+
+class _LlamaLog:
+    """Routes llama.cpp's C-level log lines: to stderr when verbose, else kept for error messages."""
+
+    def __init__(self) -> None:
+        self.verbose = False
+        self.errors: deque[str] = deque(maxlen=16)
+        self._last_level = 0
+        # Keep a reference: ctypes frees the trampoline if the Python callable is collected.
+        self._callback = llama_cpp.llama_log_callback(self._on_log)
+
+    def _on_log(self, level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        if level == _GGML_LOG_LEVEL_CONT:
+            level = self._last_level
+        self._last_level = level
+        line = text.decode("utf-8", errors="replace")
+        if self.verbose:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        if level == _GGML_LOG_LEVEL_ERROR and line.strip():
+            self.errors.append(line.strip())
+
+    def install(self) -> None:
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def first_error(self) -> str | None:
+        """The first error since the last clear: later ones are mostly its consequences."""
+        return self.errors[0] if self.errors else None
+
+
+_log = _LlamaLog()
+_init_lock = threading.Lock()
+_initialized = False
+
+
+def _init_backend(verbose: bool) -> None:
+    global _initialized
+    _log.verbose = verbose
+    with _init_lock:
+        if not _initialized:
+            _log.install()
+            llama_cpp.llama_backend_init()
+            _initialized = True
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+
+    def load(self, path: Path, options: LoadOptions) -> LlamaCppModel:
+        return LlamaCppModel(path, options)
+
+
+class LlamaCppModel:
+    """A GGUF model and one llama.cpp context over it."""
+
+    def __init__(self, path: Path, options: LoadOptions):
+        _init_backend(options.verbose)
+        self.path = path
+        self._model = None
+        self._ctx = None
+
+        mparams = llama_cpp.llama_model_default_params()
+        # llama.cpp takes "all layers" as any count above the model's; -1 is ours for that.
+        mparams.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers == -1 else options.n_gpu_layers
+        _log.errors.clear()
+        self._model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
+        if not self._model:
+            raise ModelLoadError(path, _load_failure_reason())
+
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
+        if options.n_ctx is None:
+            n_ctx = min(self.n_ctx_train, DEFAULT_CTX)
+        else:
+            n_ctx = options.n_ctx or self.n_ctx_train
+        self.n_threads = options.n_threads or default_threads()
+        self.n_gpu_layers = options.n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = min(options.n_batch, n_ctx)
+        cparams.n_ubatch = min(options.n_ubatch, cparams.n_batch)
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads
+        cparams.flash_attn_type = {
+            None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[options.flash_attn]
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            reason = _log.first_error() or "llama.cpp could not create the context"
+            self.close()
+            raise ModelLoadError(path, f"{reason} (a smaller --ctx needs less memory)")
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self._n_batch = cparams.n_batch
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._cached: list[int] = []
+        self._formatter = self._chat_formatter()
+
+    def _chat_formatter(self) -> Jinja2ChatFormatter:
+        template = llama_cpp.llama_model_chat_template(self._model, None)
+        self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
+        return Jinja2ChatFormatter(
+            template=template.decode("utf-8") if template else CHATML_CHAT_TEMPLATE,
+            eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+            bos_token=self._bos_text,
+        )
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+
+    def format_chat(self, messages: Sequence[Message]) -> str:
+        try:
+            prompt = self._formatter(messages=list(messages)).prompt
+        except Exception as exc:  # the template is model data: any Jinja error is the model's fault
+            raise UsageError(f"the model's chat template rejected these messages: {exc}") from exc
+        # llama.cpp adds BOS itself when the vocabulary asks for it; a template that also
+        # writes it would give the model two.
+        if self._bos_text and prompt.startswith(self._bos_text) and llama_cpp.llama_vocab_get_add_bos(self._vocab):
+            prompt = prompt[len(self._bos_text):]
+        return prompt
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, True)
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, True)
+        return list(buf[:n])
+
+    def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions) -> Iterator[Event]:
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if not tokens:
+            raise UsageError("the prompt is empty")
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(len(tokens), self.n_ctx, self.n_ctx_train)
+        return self._generate(tokens, sampling)
+
+    def _generate(self, tokens: list[int], sampling: SamplingOptions) -> Iterator[Event]:
+        seed = secrets.randbelow(2**32 - 1) if sampling.seed is None else sampling.seed
+        sampler = _sampler_chain(sampling, seed)
+        try:
+            yield from self._run(tokens, sampling, sampler, seed)
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+
+    def _reuse_prefix(self, tokens: list[int]) -> int:
+        """Drop the KV cache after the longest prefix shared with the last call; return its length."""
+        common = 0
+        for cached, new in zip(self._cached, tokens):
+            if cached != new:
+                break
+            common += 1
+        # At least one prompt token must be evaluated to get logits for the first sample.
+        common = min(common, len(tokens) - 1)
+        if common and not llama_cpp.llama_memory_seq_rm(self._memory, 0, common, -1):
+            common = 0  # some caches (recurrent, sliding window) cannot be cut mid-sequence
+        if not common:
+            llama_cpp.llama_memory_clear(self._memory, True)
+        self._cached = tokens[:common]
+        return common
+
+    def _decode(self, tokens: Sequence[int]) -> None:
+        for start in range(0, len(tokens), self._n_batch):
+            chunk = tokens[start : start + self._n_batch]
+            array = (llama_cpp.llama_token * len(chunk))(*chunk)
+            status = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
+            if status != 0:
+                self._cached = []
+                raise GenerationError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {status})")
+            self._cached.extend(chunk)
+
+    def _run(self, tokens: list[int], sampling: SamplingOptions, sampler, seed: int) -> Iterator[Event]:
+        ctx, vocab = self._ctx, self._vocab
+        t_start = time.perf_counter()
+        reused = self._reuse_prefix(tokens)
+        self._decode(tokens[reused:])
+
+        room = self.n_ctx - len(tokens)
+        limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        piece = ctypes.create_string_buffer(256)
+        one = (llama_cpp.llama_token * 1)()
+        # One batch struct reused for every generated token: only the token value changes.
+        batch = llama_cpp.llama_batch_get_one(one, 1)
+        sample, is_eog, to_piece, decode = (
+            llama_cpp.llama_sampler_sample,
+            llama_cpp.llama_vocab_is_eog,
+            llama_cpp.llama_token_to_piece,
+            llama_cpp.llama_decode,
+        )
+        ignore_eos = sampling.ignore_eos
+        cached = self._cached
+
+        reason = "length"
+        generated = 0
+        t_first = t_prompt_done = None
+        while generated < limit:
+            token = sample(sampler, ctx, -1)
+            if t_prompt_done is None:
+                t_prompt_done = time.perf_counter()
+            if not ignore_eos and is_eog(vocab, token):
+                reason = "stop"
+                break
+            generated += 1
+            n = to_piece(vocab, token, piece, 256, 0, False)
+            text = decoder.decode(piece.raw[:n]) if n > 0 else ""
+            if t_first is None:
+                t_first = time.perf_counter()
+            if text:
+                yield Token(text)
+            if generated == limit:
+                break
+            one[0] = token
+            status = decode(ctx, batch)
+            if status != 0:
+                raise GenerationError(f"llama.cpp failed to evaluate a generated token (llama_decode returned {status})")
+            cached.append(token)
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield Token(tail)
+
+        t_end = time.perf_counter()
+        t_prompt_done = t_prompt_done or t_end
+        evaluated = len(tokens) - reused
+        prompt_s = t_prompt_done - t_start
+        generation_s = t_end - t_first if t_first is not None else 0.0
+        yield Finished(
+            reason=reason,
+            usage=Usage(prompt_tokens=len(tokens), completion_tokens=generated, cached_tokens=reused),
+            timings=Timings(
+                prompt_s=prompt_s,
+                ttft_s=(t_first or t_end) - t_start,
+                generation_s=generation_s,
+                prompt_tokens_per_s=evaluated / prompt_s if evaluated and prompt_s > 0 else None,
+                # n tokens take n-1 decode steps after the first one is sampled.
+                generation_tokens_per_s=(generated - 1) / generation_s if generated > 1 and generation_s > 0 else None,
+            ),
+            seed=seed,
+        )
+
+    def close(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _sampler_chain(sampling: SamplingOptions, seed: int):
+    params = llama_cpp.llama_sampler_chain_default_params()
+    params.no_perf = True
+    chain = llama_cpp.llama_sampler_chain_init(params)
+    add = llama_cpp.llama_sampler_chain_add
+    if sampling.repeat_penalty != 1.0:
+        add(chain, llama_cpp.llama_sampler_init_penalties(64, sampling.repeat_penalty, 0.0, 0.0))
+    if sampling.temperature == 0:
+        add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    # Cut the vocabulary first so the later steps sort tens of candidates, not tens of thousands.
+    if sampling.top_k > 0:
+        add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+    add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+    if sampling.min_p > 0:
+        add(chain, llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
+    add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
+    add(chain, llama_cpp.llama_sampler_init_dist(seed))
+    return chain
+
+
+def _load_failure_reason() -> str:
+    """The most specific thing llama.cpp said about a failed load, without its function-name prefix."""
+    errors = list(_log.errors)
+    if not errors:
+        return "llama.cpp could not load it"
+    source, _, reason = errors[0].partition(": ")
+    reason = reason.removeprefix("error loading model: ").rstrip(".") or source
+    if any(line.startswith("gguf_init") for line in errors):
+        return f"invalid or truncated GGUF file ({reason})"
+    return reason

@@ -1,0 +1,243 @@
+"""The ``localllm`` command. Thin: parse, call the library, render. Errors become one line and an exit code here.
+
+Importing this module must stay cheap: ``localllm --help`` never loads llama.cpp or the TUI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import LocalLLMError, UsageError
+
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="localllm")
+def cli() -> None:
+    """Run open language models on this machine, offline once a model is on disk.
+
+    \b
+    Quick start:
+      localllm run "Why is the sky blue?"
+      cat notes.txt | localllm run -p "Summarize this"
+      localllm run -m ./model.gguf --json "Hello"
+
+    Exit codes: 0 success, 1 unexpected error, 2 usage error, 3 model not found,
+    4 model failed to load, 5 prompt longer than the context window,
+    6 generation failed, 130 interrupted.
+    """
+
+
+@cli.command(context_settings={"show_default": True})
+@click.argument("prompt_arg", metavar="[PROMPT]", required=False)
+@click.option("-p", "--prompt", "prompt_opt", metavar="TEXT", help="The prompt (or give it as the argument).")
+@click.option("-m", "--model", metavar="MODEL", help="A .gguf path, an installed model's name, or 'starter'.  [default: the configured default, else the best installed model]")
+@click.option("-s", "--system", metavar="TEXT", help="System prompt.")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Stop after this many tokens.  [default: until the model ends its turn or the context is full]")
+@click.option("--temperature", "-t", type=click.FloatRange(min=0), default=0.8, help="0 picks the likeliest token every time: the same answer on every run.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, help="Nucleus sampling threshold.")
+@click.option("--top-k", type=click.IntRange(min=0), default=40, help="Sample among the k likeliest tokens (0: all).")
+@click.option("--min-p", type=click.FloatRange(0, 1, max_open=True), default=0.05, help="Drop tokens less likely than this fraction of the top one.")
+@click.option("--repeat-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0, help="Penalize tokens seen in the last 64 (1: off).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 2), help="Random seed, for answers that repeat.  [default: random, shown by --json]")
+@click.option("--ctx", type=click.IntRange(min=0), help="Context window in tokens; 0 for the model's trained length.  [default: the trained length, at most 4096]")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
+@click.option("--gpu-layers", type=click.IntRange(min=-1), default=-1, help="Layers to offload to the GPU: -1 all, 0 none. Ignored by CPU-only builds.")
+@click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, model, finish reason, token counts, timings, settings.")
+@click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
+@click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
+def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
+        seed, ctx, threads, gpu_layers, ignore_eos, as_json, no_stream, verbose):
+    """Answer one prompt and exit. Tokens stream to stdout; everything else goes to stderr.
+
+    Text piped on stdin is the prompt, or, with a prompt too, context placed before it:
+
+    \b
+      cat file.py | localllm run -p "Explain this code"
+    """
+    from .model import load_model
+    from .options import LoadOptions, SamplingOptions
+
+    prompt = _read_prompt(prompt_arg, prompt_opt)
+    load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose)
+    sampling = SamplingOptions(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        repeat_penalty=repeat_penalty, seed=seed, ignore_eos=ignore_eos,
+    )
+    status = _Status(enabled=not as_json)
+    status.show(f"loading {model or 'the default model'}…")
+    try:
+        loaded = load_model(model, load_options)
+    finally:
+        status.clear()
+    with loaded:
+        _answer(loaded, prompt, system, sampling, as_json=as_json, stream=not (no_stream or as_json))
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def list_models(as_json):
+    """List the models installed on this machine."""
+    from .registry import installed_models
+
+    models = installed_models()
+    if as_json:
+        click.echo(json.dumps([{"name": m.name, "path": str(m.path), "size": m.size, "source": m.source} for m in models], indent=2))
+        return
+    if not models:
+        from .registry import STARTER_INSTALL_HINT
+
+        click.echo(f"No models installed; {STARTER_INSTALL_HINT}", err=True)
+        return
+    width = max(len(m.name) for m in models)
+    for m in models:
+        click.echo(f"{m.name:<{width}}  {m.size / 2**20:8.1f} MiB  {m.path}")
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--clear", is_flag=True, help="Forget the default; the best installed model is used.")
+def default(model, clear):
+    """Show or set the model used when -m is not given."""
+    from .config import load_config, save_config
+    from .registry import resolve
+
+    config = load_config()
+    if clear:
+        config.pop("default_model", None)
+        save_config(config)
+        return
+    if model is None:
+        click.echo(config.get("default_model", "(none: the best installed model is used)"))
+        return
+    resolve(model)  # refuse to remember a model that does not resolve
+    config["default_model"] = model
+    save_config(config)
+    click.echo(f"default model: {model}", err=True)
+
+
+def _answer(model, prompt, system, sampling, as_json: bool, stream: bool) -> None:
+    from .events import Token
+
+    out = sys.stdout
+    parts: list[str] = []
+    finished = None
+    try:
+        for event in model.prompt(prompt, system, sampling):
+            if isinstance(event, Token):
+                parts.append(event.text)
+                if stream:
+                    out.write(event.text)
+                    out.flush()
+            else:
+                finished = event
+    except KeyboardInterrupt:
+        if stream and parts:
+            out.write("\n")  # leave the shell prompt on a fresh line
+            out.flush()
+        raise
+    text = "".join(parts)
+    if as_json:
+        out.write(json.dumps(_json_result(model, text, finished, system, sampling), indent=2) + "\n")
+    elif stream:
+        if text and not text.endswith("\n"):
+            out.write("\n")
+    else:
+        out.write(text if text.endswith("\n") else text + "\n")
+    out.flush()
+    if finished.reason == "length" and finished.usage.prompt_tokens + finished.usage.completion_tokens >= model.n_ctx:
+        click.echo(f"localllm: warning: the answer was cut off: the {model.n_ctx}-token context window is full (raise it with --ctx)", err=True)
+
+
+def _json_result(model, text, finished, system, sampling) -> dict:
+    from dataclasses import asdict
+
+    result = finished.to_dict()
+    return {
+        "text": text,
+        "model": str(model.path),
+        "finish_reason": result["reason"],
+        "usage": result["usage"],
+        "timings": {"load_s": model.load_seconds, **result["timings"]},
+        "settings": {
+            **asdict(sampling),
+            "seed": finished.seed,
+            "system": system,
+            "n_ctx": model.n_ctx,
+            "n_threads": model.n_threads,
+            "n_gpu_layers": model.n_gpu_layers,
+        },
+    }
+
+
+def _read_prompt(prompt_arg: str | None, prompt_opt: str | None) -> str:
+    if prompt_arg is not None and prompt_opt is not None:
+        raise UsageError("give the prompt once: as the argument or with -p, not both")
+    prompt = prompt_opt if prompt_opt is not None else prompt_arg
+    piped = _read_stdin()
+    if piped and prompt:
+        prompt = f"{piped}\n\n{prompt}"
+    elif piped:
+        prompt = piped
+    if not prompt or not prompt.strip():
+        raise UsageError("the prompt is empty: give it as an argument, with -p, or on stdin")
+    return prompt
+
+
+def _read_stdin() -> str | None:
+    stdin = sys.stdin
+    if stdin is None or stdin.isatty():
+        return None
+    data = stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"stdin is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})") from exc
+    return text.strip() or None
+
+
+class _Status:
+    """A transient one-line status on stderr, only when a person is watching it."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\r\x1b[2K{text}")
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        self.show("")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="localllm", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("\nlocalllm: interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    except LocalLLMError as exc:
+        click.echo(f"localllm: error: {exc}", err=True)
+        code = exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as shell tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
+    except Exception as exc:
+        if os.environ.get("LOCALLLM_DEBUG"):
+            raise
+        click.echo(f"localllm: unexpected error: {type(exc).__name__}: {exc} (set LOCALLLM_DEBUG=1 for the traceback)", err=True)
+        code = 1
+    sys.exit(code or 0)

@@ -1,0 +1,61 @@
+"""Where localllm keeps its state, and the user's settings file.
+
+``LOCALLLM_HOME`` relocates everything (tests use it to isolate themselves). Model weights are
+not kept here: they live in the Hugging Face cache, shared with other tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import LocalLLMError
+
+CONFIG_FILE = "config.json"
+
+
+def home() -> Path:
+    if env := os.environ.get("LOCALLLM_HOME"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "localllm"
+
+
+def config_path() -> Path:
+    return home() / CONFIG_FILE
+
+
+def load_config() -> dict:
+    path = config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise LocalLLMError(f"cannot read settings {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise LocalLLMError(f"settings file {path} is not valid JSON ({exc}); fix or delete it") from exc
+    if not isinstance(data, dict):
+        raise LocalLLMError(f"settings file {path} must hold a JSON object; fix or delete it")
+    return data
+
+
+def save_config(data: dict) -> None:
+    """Replace the settings file atomically: a crash leaves the old file or the new, never half of one."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".config-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

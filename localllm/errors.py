@@ -1,0 +1,71 @@
+"""Every error localllm raises on purpose. One root; the CLI turns each into one line and an exit code.
+
+Exit codes (documented in the README, mapped in one place: ``LocalLLMError.exit_code``):
+    0 success, 1 unexpected failure, 2 usage error, 3 model not found,
+    4 model failed to load, 5 prompt does not fit the context window,
+    6 generation failed, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LocalLLMError(Exception):
+    """Root of every error localllm raises deliberately."""
+
+    exit_code = 1
+
+
+class UsageError(LocalLLMError, ValueError):
+    """The user asked for something that cannot be done as asked (bad option, empty prompt...)."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(LocalLLMError, FileNotFoundError):
+    """A model reference did not resolve to a file on disk."""
+
+    exit_code = 3
+
+    def __init__(self, ref: str, hint: str = ""):
+        self.ref = ref
+        self.hint = hint
+        message = f"model not found: {ref}"
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class ModelLoadError(LocalLLMError):
+    """A model file exists but cannot be loaded: not GGUF, truncated, unsupported, out of memory."""
+
+    exit_code = 4
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot load {self.path}: {reason}")
+
+
+class ContextOverflowError(LocalLLMError):
+    """The prompt alone does not fit the context window."""
+
+    exit_code = 5
+
+    def __init__(self, prompt_tokens: int, n_ctx: int, n_ctx_train: int):
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+        self.n_ctx_train = n_ctx_train
+        if n_ctx < n_ctx_train:
+            hint = f"raise it with --ctx, up to the model's trained {n_ctx_train}, or shorten the prompt"
+        else:
+            hint = "the model cannot take more; shorten the prompt"
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens but the context window is {n_ctx} "
+            f"and must leave room for at least one token of answer: {hint}"
+        )
+
+
+class GenerationError(LocalLLMError):
+    """llama.cpp failed while evaluating tokens."""
+
+    exit_code = 6

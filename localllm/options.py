@@ -1,0 +1,73 @@
+"""What a caller may choose about loading a model and sampling from it. Validated once, here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+# llama-cpp-python defaults to a 512-token window, far too small for chat; 4096 suits most
+# prompts and costs little memory on small models. The planner (issue 3) will refine this.
+DEFAULT_CTX = 4096
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a model.
+
+    n_ctx: context window in tokens; None picks min(trained context, DEFAULT_CTX), 0 the trained
+    context. n_gpu_layers: layers to offload, -1 for all. n_threads: None for the machine's
+    default (physical cores).
+    """
+
+    n_ctx: int | None = None
+    n_threads: int | None = None
+    n_gpu_layers: int = -1
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    flash_attn: bool | None = None
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_ctx is not None and self.n_ctx < 0:
+            raise UsageError(f"context size must be 0 (the model's trained context) or positive, not {self.n_ctx}")
+        if self.n_threads is not None and self.n_threads < 1:
+            raise UsageError(f"thread count must be at least 1, not {self.n_threads}")
+        if self.n_gpu_layers < -1:
+            raise UsageError(f"GPU layers must be -1 (all), 0 (none) or a positive count, not {self.n_gpu_layers}")
+        if self.n_batch < 1 or self.n_ubatch < 1:
+            raise UsageError("batch sizes must be at least 1")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to pick each next token. temperature 0 is greedy and fully deterministic.
+
+    max_tokens None generates until the model ends its turn or the context is full.
+    seed None draws a random seed, which is reported so a run can be repeated.
+    """
+
+    max_tokens: int | None = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UsageError(f"max tokens must be at least 1, not {self.max_tokens}")
+        if self.temperature < 0:
+            raise UsageError(f"temperature must be 0 or more, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"top-p must be in (0, 1], not {self.top_p}")
+        if self.top_k < 0:
+            raise UsageError(f"top-k must be 0 (off) or positive, not {self.top_k}")
+        if not 0 <= self.min_p < 1:
+            raise UsageError(f"min-p must be in [0, 1), not {self.min_p}")
+        if self.repeat_penalty <= 0:
+            raise UsageError(f"repeat penalty must be positive, not {self.repeat_penalty}")
+        if self.seed is not None and not 0 <= self.seed < 2**32 - 1:
+            raise UsageError(f"seed must be in [0, 2^32 - 2], not {self.seed}")

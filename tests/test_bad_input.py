@@ -1,0 +1,106 @@
+"""Bad files and bad options: one clear line on stderr, a documented exit code, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.slow
+
+EXIT_USAGE, EXIT_NOT_FOUND, EXIT_LOAD, EXIT_CONTEXT = 2, 3, 4, 5
+
+
+def test_missing_path(tmp_path):
+    missing = tmp_path / "nope.gguf"
+    result = run_cli("run", "-m", str(missing), "hi")
+    assert_one_line_error(result, EXIT_NOT_FOUND, str(missing), "no such file")
+
+
+def test_unknown_model_name():
+    result = run_cli("run", "-m", "no-such-model", "hi")
+    assert_one_line_error(result, EXIT_NOT_FOUND, "no-such-model", "localllm list")
+
+
+def test_directory(tmp_path):
+    result = run_cli("run", "-m", str(tmp_path), "hi")
+    assert_one_line_error(result, EXIT_LOAD, str(tmp_path), "directory")
+
+
+def test_empty_file(tmp_path):
+    empty = tmp_path / "empty.gguf"
+    empty.touch()
+    result = run_cli("run", "-m", str(empty), "hi")
+    assert_one_line_error(result, EXIT_LOAD, str(empty), "empty")
+
+
+def test_not_gguf(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 this is a zip, not a model" * 100)
+    result = run_cli("run", "-m", str(fake), "hi")
+    assert_one_line_error(result, EXIT_LOAD, str(fake), "not a GGUF file")
+
+
+def test_truncated_gguf(tmp_path, starter_gguf):
+    truncated = tmp_path / "truncated.gguf"
+    with starter_gguf.open("rb") as src:
+        truncated.write_bytes(src.read(starter_gguf.stat().st_size // 2))
+    result = run_cli("run", "-m", str(truncated), "hi")
+    assert_one_line_error(result, EXIT_LOAD, str(truncated), "corrupted or incomplete")
+
+
+def test_truncated_header(tmp_path, starter_gguf):
+    truncated = tmp_path / "header.gguf"
+    with starter_gguf.open("rb") as src:
+        truncated.write_bytes(src.read(1000))
+    result = run_cli("run", "-m", str(truncated), "hi")
+    assert_one_line_error(result, EXIT_LOAD, str(truncated), "invalid or truncated GGUF file")
+
+
+def test_invalid_utf8_on_stdin():
+    result = run_cli("run", "-m", "starter", stdin=b"caf\xe9 au lait")
+    assert_one_line_error(result, EXIT_USAGE, "stdin is not valid UTF-8", "0xe9", "offset 3")
+
+
+@pytest.mark.parametrize("args", [["run", "-m", "starter"], ["run", "-m", "starter", "   "], ["run", "-m", "starter", "-p", ""]])
+def test_empty_prompt(args):
+    assert_one_line_error(run_cli(*args), EXIT_USAGE, "prompt is empty")
+
+
+def test_prompt_given_twice():
+    assert_one_line_error(run_cli("run", "-p", "a", "b"), EXIT_USAGE, "give the prompt once")
+
+
+def test_prompt_longer_than_context():
+    result = run_cli("run", "-m", "starter", "--ctx", "256", "word " * 400)
+    assert_one_line_error(result, EXIT_CONTEXT, "context window is 256", "--ctx")
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--max-tokens", "0"),
+        ("--max-tokens", "-3"),
+        ("--temperature", "-1"),
+        ("--top-p", "0"),
+        ("--ctx", "-5"),
+        ("--threads", "0"),
+        ("--gpu-layers", "-2"),
+        ("--seed", "-1"),
+    ],
+)
+def test_out_of_range_options(option, value):
+    result = run_cli("run", "-m", "starter", option, value, "hi")
+    assert result.returncode == EXIT_USAGE
+    assert option in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_corrupt_settings_file(isolated_home):
+    config = isolated_home / "localllm" / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text("{not json")
+    result = run_cli("run", "hi")
+    assert_one_line_error(result, 1, str(config), "not valid JSON")
+    assert config.read_text() == "{not json", "a broken settings file must be left for the user to fix"
