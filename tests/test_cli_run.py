@@ -1,0 +1,132 @@
+"""`localllm run` as a script user sees it: stdout carries only the answer, stderr the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_answer_streams_to_stdout_and_nothing_else():
+    result = run_cli("run", "-m", "starter", "-t", "0", "--max-tokens", "30", "Why is the sky blue?")
+    assert result.returncode == 0, result
+    assert result.stdout.strip()
+    assert result.stderr == "", "llama.cpp's log and any progress must stay off a non-verbose run"
+
+
+def test_verbose_shows_llama_cpp_log_on_stderr_only():
+    quiet = run_cli("run", "-m", "starter", "-t", "0", "--max-tokens", "10", "Hi")
+    loud = run_cli("run", "-m", "starter", "-t", "0", "--max-tokens", "10", "--verbose", "Hi")
+    assert loud.returncode == 0
+    assert "llama_model_loader" in loud.stderr or "load_tensors" in loud.stderr
+    assert loud.stdout == quiet.stdout
+
+
+def test_temperature_zero_is_the_same_across_processes():
+    args = ("run", "-m", "starter", "-t", "0", "--max-tokens", "40", "Give me a fun fact.")
+    assert run_cli(*args).stdout == run_cli(*args).stdout
+
+
+def test_seed_repeats_across_processes():
+    args = ("run", "-m", "starter", "--seed", "42", "-t", "1.0", "--max-tokens", "40", "Write a haiku.")
+    assert run_cli(*args).stdout == run_cli(*args).stdout
+
+
+def test_json_output():
+    result = run_cli("run", "-m", "starter", "--json", "-t", "0", "--max-tokens", "12", "--ctx", "1024", "Hello")
+    assert result.returncode == 0, result
+    data = json.loads(result.stdout)
+    assert data["text"]
+    assert data["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert data["finish_reason"] in ("stop", "length")
+    assert data["usage"]["prompt_tokens"] > 0 and 0 < data["usage"]["completion_tokens"] <= 12
+    timings = data["timings"]
+    for key in ("load_s", "ttft_s", "prompt_tokens_per_s", "generation_tokens_per_s"):
+        assert timings[key] > 0, key
+    settings = data["settings"]
+    assert settings["n_ctx"] == 1024 and settings["temperature"] == 0 and settings["max_tokens"] == 12
+    assert isinstance(settings["seed"], int) and settings["n_threads"] >= 1
+
+
+def test_json_seed_reported_reproduces_the_answer():
+    first = json.loads(run_cli("run", "-m", "starter", "--json", "--max-tokens", "20", "Tell me a joke.").stdout)
+    again = run_cli("run", "-m", "starter", "--seed", str(first["settings"]["seed"]), "--no-stream", "--max-tokens", "20", "Tell me a joke.")
+    assert again.stdout == first["text"] + ("" if first["text"].endswith("\n") else "\n")
+
+
+def test_no_stream_prints_the_same_answer():
+    args = ("run", "-m", "starter", "-t", "0", "--max-tokens", "30", "What is 2+2?")
+    assert run_cli(*args, "--no-stream").stdout == run_cli(*args).stdout
+
+
+def test_stdin_is_the_prompt():
+    piped = run_cli("run", "-m", "starter", "-t", "0", "--max-tokens", "20", stdin=b"What is the capital of France?")
+    direct = run_cli("run", "-m", "starter", "-t", "0", "--max-tokens", "20", "What is the capital of France?")
+    assert piped.returncode == 0
+    assert piped.stdout == direct.stdout
+
+
+def test_stdin_is_context_before_the_prompt():
+    code = b"def add(a, b):\n    return a + b\n"
+    args = ("run", "-m", "starter", "-t", "0", "--max-tokens", "30", "--json", "-p", "Explain this code.")
+    with_context = json.loads(run_cli(*args, stdin=code).stdout)
+    without = json.loads(run_cli(*args).stdout)
+    assert with_context["usage"]["prompt_tokens"] > without["usage"]["prompt_tokens"] + 10
+
+
+def test_default_model_setting(starter_gguf, isolated_home):
+    assert run_cli("default", str(starter_gguf)).returncode == 0
+    assert run_cli("default").stdout.strip() == str(starter_gguf)
+    result = run_cli("run", "--json", "-t", "0", "--max-tokens", "5", "Hi")
+    assert json.loads(result.stdout)["model"] == str(starter_gguf)
+    refused = run_cli("default", "no-such-model")
+    assert refused.returncode == 3
+    assert run_cli("default").stdout.strip() == str(starter_gguf), "a failed set must keep the old default"
+
+
+def test_without_model_uses_the_best_installed():
+    result = run_cli("run", "--json", "-t", "0", "--max-tokens", "5", "Hi")
+    assert result.returncode == 0, result
+    assert json.loads(result.stdout)["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_list_shows_the_starter():
+    data = json.loads(run_cli("list", "--json").stdout)
+    assert [m["source"] for m in data] == ["starter"]
+    assert data[0]["size"] > 90_000_000
+
+
+def test_ctrl_c_exits_130_and_keeps_the_output():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localllm", "run", "-m", "starter", "--ignore-eos", "--max-tokens", "100000", "Tell a story."],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
+    )
+    try:
+        first = proc.stdout.read(20)  # generation has started
+        assert first
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        rest, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert (first + rest).decode().endswith("\n"), "the shell prompt must start on a fresh line"
+    assert stderr.decode().strip() == "localllm: interrupted"
+
+
+def test_closed_stdout_is_quiet():
+    proc = subprocess.run(
+        f"{sys.executable} -m localllm run -m starter --ignore-eos --max-tokens 2000 'Tell a story.' | head -c 10",
+        shell=True, capture_output=True, timeout=120,
+    )
+    assert len(proc.stdout) == 10
+    assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr

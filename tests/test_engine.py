@@ -1,0 +1,116 @@
+"""The library API on the real starter model: streaming, determinism, limits, cache reuse."""
+
+from __future__ import annotations
+
+import pytest
+
+import localllm
+from localllm import ContextOverflowError, Finished, SamplingOptions, Token, UsageError, collect
+
+pytestmark = pytest.mark.slow
+
+GREEDY = SamplingOptions(temperature=0, max_tokens=40)
+
+
+def test_streams_tokens_then_one_finished(starter_model):
+    events = list(starter_model.prompt("Name three colors.", sampling=GREEDY))
+    tokens = [e for e in events if isinstance(e, Token)]
+    assert len(tokens) > 3, "the answer must arrive in pieces, not at once"
+    assert isinstance(events[-1], Finished)
+    assert sum(isinstance(e, Finished) for e in events) == 1
+    finished = events[-1]
+    assert finished.usage.completion_tokens >= len(tokens)
+    assert finished.timings.ttft_s > 0
+    assert finished.timings.prompt_tokens_per_s > 0
+
+
+def test_temperature_zero_repeats_exactly(starter_model):
+    first = starter_model.complete("Why is the sky blue?", sampling=GREEDY)
+    second = starter_model.complete("Why is the sky blue?", sampling=GREEDY)
+    assert first.text and first.text == second.text
+
+
+def test_fixed_seed_repeats_and_other_seed_differs(starter_model):
+    def sample(seed: int) -> str:
+        options = SamplingOptions(temperature=1.2, top_k=0, top_p=1.0, min_p=0, seed=seed, max_tokens=30)
+        return starter_model.complete("Write a sentence about a cat.", sampling=options).text
+
+    assert sample(7) == sample(7)
+    assert len({sample(seed) for seed in (1, 2, 3)}) > 1, "different seeds should give different answers"
+
+
+def test_max_tokens_is_exact(starter_model):
+    options = SamplingOptions(temperature=0, max_tokens=5, ignore_eos=True)
+    result = starter_model.complete("Count from one to one hundred.", sampling=options)
+    assert result.finished.usage.completion_tokens == 5
+    assert result.finished.reason == "length"
+
+
+def test_end_of_turn_stops_with_reason_stop(starter_model):
+    result = starter_model.complete("Say hello.", sampling=SamplingOptions(temperature=0, max_tokens=200))
+    assert result.finished.reason == "stop"
+    assert "<|im_end|>" not in result.text
+
+
+def test_context_full_stops_generation(starter_gguf):
+    with localllm.load_model(starter_gguf, n_ctx=256, n_threads=2) as model:
+        assert model.n_ctx == 256
+        options = SamplingOptions(temperature=0, ignore_eos=True)
+        result = model.complete("Tell me a long story.", sampling=options)
+        usage = result.finished.usage
+        assert result.finished.reason == "length"
+        assert usage.prompt_tokens + usage.completion_tokens == 256
+
+
+def test_prompt_longer_than_context_raises_with_counts(starter_gguf):
+    with localllm.load_model(starter_gguf, n_ctx=256, n_threads=2) as model:
+        with pytest.raises(ContextOverflowError) as info:
+            model.complete("word " * 400)
+        assert info.value.prompt_tokens > 256
+        assert info.value.n_ctx == 256
+        # The model stays usable after the refusal.
+        assert model.complete("Hi", sampling=GREEDY).text
+
+
+def test_empty_prompt_is_a_usage_error(starter_model):
+    with pytest.raises(UsageError):
+        starter_model.complete("  \n")
+
+
+def test_system_prompt_reaches_the_model(starter_model):
+    plain = starter_model.complete("What is your name?", sampling=GREEDY).text
+    pirate = starter_model.complete("What is your name?", system="You are Captain Hook, a pirate.", sampling=GREEDY).text
+    assert plain != pirate
+
+
+def test_shared_prefix_is_reused_and_gives_the_same_answer(starter_gguf):
+    history = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+    ]
+    with localllm.load_model(starter_gguf, n_ctx=2048, n_threads=2) as model:
+        collect(model.chat(history[:2], GREEDY))
+        warm = collect(model.chat(history, GREEDY))
+    with localllm.load_model(starter_gguf, n_ctx=2048, n_threads=2) as fresh_model:
+        cold = collect(fresh_model.chat(history, GREEDY))
+    assert warm.finished.usage.cached_tokens > 10
+    assert cold.finished.usage.cached_tokens == 0
+    assert warm.text == cold.text, "reusing the KV cache must not change the answer"
+
+
+def test_raw_generation_from_token_ids(starter_model):
+    tokens = starter_model.tokenize("The capital of France is")
+    result = collect(starter_model.generate(tokens, SamplingOptions(temperature=0, max_tokens=8)))
+    assert result.finished.usage.prompt_tokens == len(tokens)
+    assert result.text.strip()
+
+
+def test_multibyte_characters_survive_streaming(starter_model):
+    # Byte-level BPE splits many non-ASCII characters across tokens; the stream must rejoin them.
+    result = starter_model.complete(
+        "Repeat exactly: café, naïve, 東京, 😀", sampling=SamplingOptions(temperature=0, max_tokens=60)
+    )
+    assert "東京" in result.text and "😀" in result.text
+    assert "\ufffd" not in result.text
