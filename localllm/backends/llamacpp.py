@@ -114,6 +114,9 @@ class LlamaCppModel:
         cparams.n_ctx = n_ctx
         cparams.n_batch = min(options.n_batch, n_ctx)
         cparams.n_ubatch = min(options.n_ubatch, cparams.n_batch)
+        # Only the last token's logits are ever read, and llama.cpp otherwise reserves a buffer
+        # for n_batch of them (100 MiB for a 49k vocabulary).
+        cparams.n_outputs_max = 1
         cparams.n_threads = self.n_threads
         cparams.n_threads_batch = self.n_threads
         cparams.flash_attn_type = {

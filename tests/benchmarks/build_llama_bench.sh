@@ -5,12 +5,8 @@
 # Prints the path of the built binary on its last line.
 set -euo pipefail
 workdir=${1:-${TMPDIR:-/tmp}/localllm-llama-bench}
-version=$(python3 - <<'PY'
-import re, pathlib
-text = pathlib.Path(__file__ if False else "pyproject.toml").read_text()
-print(re.search(r'"llama-cpp-python==([^"]+)"', text).group(1))
-PY
-)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+version=$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' "$repo/pyproject.toml")
 mkdir -p "$workdir"
 cd "$workdir"
 if [ ! -x "build-$version/bin/llama-bench" ]; then

