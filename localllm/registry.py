@@ -52,11 +52,11 @@ def _starter() -> list[InstalledModel]:
 
 
 def _hf_cache() -> list[InstalledModel]:
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import constants, scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
     try:
-        cache = scan_cache_dir()
+        cache = scan_cache_dir(constants.HF_HUB_CACHE)
     except CacheNotFound:
         return []
     found = {}
@@ -83,7 +83,7 @@ def resolve(ref: str | None) -> Path:
             return _best_installed()
     path = Path(ref).expanduser()
     if path.exists():
-        return path
+        return path.absolute()
     if ref.lower() in STARTER_ALIASES:
         starter = starter_path()
         if starter is None:

@@ -25,6 +25,12 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(root / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("LOCALLLM_DEBUG", raising=False)
+    # huggingface_hub reads its environment once, at import: tell the imported copy too.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(root / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return root
 
 

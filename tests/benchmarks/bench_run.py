@@ -132,7 +132,7 @@ def main() -> None:
         result = localllm_run(*common, "--ignore-eos", "--max-tokens", str(TG_TOKENS + 1), "Hi")
         tg_ours.append(result["timings"]["generation_tokens_per_s"])
         if llm_bin:
-            seconds, ours_text = wall([*localllm_command(), "run", "-m", "starter", SHORT_PROMPT], dict(os.environ))
+            seconds, ours_text = wall([*localllm_command(), "run", "-m", "starter", "-t", "0", SHORT_PROMPT], dict(os.environ))
             wall_ours.append(seconds)
             seconds, llm_text = wall([llm_bin, "-m", "SmolLM2", SHORT_PROMPT], llm_env)
             wall_llm.append(seconds)
@@ -151,7 +151,7 @@ def main() -> None:
     print(f"{f'generation tg{TG_TOKENS}':24}{med(tg_ref):12.1f}{med(tg_ours):14.1f}{paired(tg_ours, tg_ref):8.3f}   target >= 0.97")
     if llm_bin:
         print(f"\nwall time of a short answer ({SHORT_PROMPT!r}), seconds")
-        print(f"{'localllm run -m starter':24}{med(wall_ours):8.2f}   answer: {ours_text.strip()[:60]!r}")
+        print(f"{'localllm run -t 0':24}{med(wall_ours):8.2f}   answer: {ours_text.strip()[:60]!r}")
         print(f"{'llm -m SmolLM2':24}{med(wall_llm):8.2f}   answer: {llm_text.strip()[:60]!r}")
         print(f"{'ratio localllm / llm':24}{paired(wall_ours, wall_llm):8.3f}   target <= 0.5")
 
