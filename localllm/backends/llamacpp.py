@@ -31,6 +31,50 @@ from .base import Message
 
 _GGML_LOG_LEVEL_ERROR = 4
 _GGML_LOG_LEVEL_CONT = 5
+_GGML_MAX_N_THREADS = 512
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * _GGML_MAX_N_THREADS),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+class _Threadpool:
+    """A persistent ggml CPU threadpool, as llama.cpp's own tools attach to their contexts.
+
+    Without one, ggml builds a throwaway pool for every graph, i.e. every generated token;
+    attaching one measured about 3% faster generation here. llama-cpp-python does not bind
+    these functions, so they are bound here; a build without them runs with the default.
+    """
+
+    def __init__(self, ctx, n_threads: int):
+        self._pool = None
+        try:
+            cpu = ctypes.CDLL(str(Path(llama_cpp.llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"))
+            params_default, self._new, self._free = cpu.ggml_threadpool_params_default, cpu.ggml_threadpool_new, cpu.ggml_threadpool_free
+            attach = llama_cpp.llama_cpp._lib.llama_attach_threadpool
+        except (OSError, AttributeError):
+            return
+        params_default.argtypes, params_default.restype = [ctypes.c_int], _ThreadpoolParams
+        self._new.argtypes, self._new.restype = [ctypes.POINTER(_ThreadpoolParams)], ctypes.c_void_p
+        self._free.argtypes, self._free.restype = [ctypes.c_void_p], None
+        attach.argtypes, attach.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], None
+        params = params_default(n_threads)
+        self._pool = self._new(ctypes.byref(params))
+        if self._pool:
+            attach(ctx, self._pool, None)
+
+    def free(self) -> None:
+        """Call after the context that uses it is freed."""
+        if self._pool:
+            self._free(self._pool)
+            self._pool = None
 
 
 class _LlamaLog:
@@ -92,6 +136,7 @@ class LlamaCppModel:
         self.path = path
         self._model = None
         self._ctx = None
+        self._threadpool = None
 
         mparams = llama_cpp.llama_model_default_params()
         # llama.cpp takes "all layers" as any count above the model's; -1 is ours for that.
@@ -130,6 +175,7 @@ class LlamaCppModel:
             self.close()
             raise ModelLoadError(path, f"{reason} (a smaller --ctx needs less memory)")
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self._threadpool = _Threadpool(self._ctx, self.n_threads)
         self._n_batch = cparams.n_batch
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._cached: list[int] = []
@@ -286,6 +332,9 @@ class LlamaCppModel:
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
+        if self._threadpool:
+            self._threadpool.free()
+            self._threadpool = None
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
