@@ -374,3 +374,46 @@ def _load_failure_reason() -> str:
     if any(line.startswith("gguf_init") for line in errors):
         return f"invalid or truncated GGUF file ({reason})"
     return reason
+
+
+_DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+
+
+def _ggml_library(stem: str) -> ctypes.CDLL:
+    lib_dir = Path(llama_cpp.llama_cpp.__file__).parent / "lib"
+    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
+        if (lib_dir / name).exists():
+            return ctypes.CDLL(str(lib_dir / name))
+    raise OSError(f"{stem} not found in {lib_dir}")
+
+
+def devices() -> list[tuple[str, str, int, int]]:
+    """llama.cpp's backend devices as (name, type, free bytes, total bytes), e.g. ("CUDA0", "gpu", ...).
+
+    These are the devices the installed build can actually use, with memory as llama.cpp sees
+    it (for Metal, the recommended working set). llama-cpp-python does not bind this part of
+    ggml, hence ctypes; a layout it cannot find yields an empty list.
+    """
+    _init_backend(_log.verbose)
+    try:
+        ggml, base = _ggml_library("ggml"), _ggml_library("ggml-base")
+    except OSError:
+        return []
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.argtypes, ggml.ggml_backend_dev_get.restype = [ctypes.c_size_t], ctypes.c_void_p
+    base.ggml_backend_dev_name.argtypes, base.ggml_backend_dev_name.restype = [ctypes.c_void_p], ctypes.c_char_p
+    base.ggml_backend_dev_type.argtypes, base.ggml_backend_dev_type.restype = [ctypes.c_void_p], ctypes.c_int
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    base.ggml_backend_dev_memory.argtypes, base.ggml_backend_dev_memory.restype = [ctypes.c_void_p, size_p, size_p], None
+    found = []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = _DEVICE_TYPES.get(base.ggml_backend_dev_type(dev), "other")
+        found.append((base.ggml_backend_dev_name(dev).decode(), kind, free.value, total.value))
+    return found
+
+
+def supports_gpu_offload() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
