@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,21 @@ class GpuInfo:
 
 
 @dataclass(frozen=True)
+class DeviceInfo:
+    """A llama.cpp backend device, with memory as llama.cpp itself sees it."""
+
+    name: str  # e.g. "CUDA0", "Metal", "CPU"
+    kind: str  # "cpu", "gpu", "igpu", "accel"
+    free: int
+    total: int
+
+
+@dataclass(frozen=True)
 class BuildInfo:
     """What the installed llama-cpp-python can do."""
 
     gpu_offload: bool
-    devices: tuple[str, ...] = ()  # llama.cpp's backend devices, e.g. ("CUDA0", "CPU")
+    devices: tuple[DeviceInfo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,27 +147,50 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads(cpu: CpuInfo | None = None, load_average: float | None = None) -> int:
+def default_threads(cpu: CpuInfo | None = None, busy_elsewhere: float = 0.0) -> int:
     """Thread count for llama.cpp: physical performance cores, fewer when the machine is busy.
 
     Hyper-threads share a core's vector units and efficiency cores make the fast ones wait at
-    every barrier, so both usually slow llama.cpp down (DESIGN.md, complaint 8). When other
-    processes already keep cores busy, threads that compete with them stall the whole team.
+    every barrier, so both usually slow llama.cpp down (DESIGN.md, complaint 8). Threads that
+    compete with other busy processes stall the whole team at each barrier, so cores that
+    other processes keep busy are left to them.
     """
     if cpu is None:
         import psutil
 
         cpu = CpuInfo(None, psutil.cpu_count(logical=False), psutil.cpu_count(), usable_cpus=usable_cpus())
-        if load_average is None and hasattr(os, "getloadavg"):
-            load_average = os.getloadavg()[0]
     cores = cpu.performance_cores or cpu.physical_cores or cpu.usable_cpus or 1
     if cpu.usable_cpus:
         cores = min(cores, cpu.usable_cpus)
-    if load_average is not None and cpu.logical_cores:
-        # Load beyond the cores we leave idle means someone else is computing.
-        busy = int(max(0.0, load_average - 0.5))
+    busy = int(busy_elsewhere + 0.25)  # a core counts as taken once it is 75% busy
+    if busy and cpu.logical_cores:
         cores = min(cores, max(1, cpu.logical_cores - busy))
     return max(1, cores)
+
+
+class CpuLoadSampler:
+    """How many cores other processes kept busy between start and now.
+
+    Started before a model loads and read when its threads are chosen, so the sample window
+    costs nothing; our own CPU time in the window is subtracted.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        times = self._psutil.cpu_times()
+        own = os.times()
+        return time.monotonic(), times.user + times.nice + times.system + getattr(times, "irq", 0) + getattr(times, "softirq", 0), own.user + own.system
+
+    def busy_elsewhere(self) -> float:
+        (t0, busy0, own0), (t1, busy1, own1) = self._start, self._read()
+        if t1 - t0 < 0.02:  # too short to say anything
+            return 0.0
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
 
 
 # --- memory ------------------------------------------------------------------------------------
@@ -350,9 +384,6 @@ def _own_cgroup() -> Path:
 
 
 def _metal_working_set(build: BuildInfo | None) -> int | None:
-    from .backends import device_memory
-
-    if build is None or not build.gpu_offload:
+    if build is None:
         return None
-    memory = device_memory()
-    return next((total for name, (free, total) in memory.items() if name.startswith("Metal") or name.startswith("MTL")), None)
+    return next((d.total for d in build.devices if d.name.startswith(("Metal", "MTL"))), None)

@@ -9,6 +9,7 @@ from .errors import UsageError
 # llama-cpp-python defaults to a 512-token window, far too small for chat; 4096 suits most
 # prompts and costs little memory on small models. The planner (issue 3) will refine this.
 DEFAULT_CTX = 4096
+KV_TYPES = ("f16", "q8_0", "q4_0")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class LoadOptions:
     n_batch: int = 2048
     n_ubatch: int = 512
     flash_attn: bool | None = None
+    kv_type: str = "f16"
+    # llama.cpp's default gives sliding-window layers a full-context cache; they need only the
+    # window (Gemma 3 at 32k: 480 MiB -> 15 MiB).
+    swa_full: bool = False
+    tensor_split: tuple[float, ...] = ()
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -37,6 +43,12 @@ class LoadOptions:
             raise UsageError(f"GPU layers must be -1 (all), 0 (none) or a positive count, not {self.n_gpu_layers}")
         if self.n_batch < 1 or self.n_ubatch < 1:
             raise UsageError("batch sizes must be at least 1")
+        if self.kv_type not in KV_TYPES:
+            raise UsageError(f"KV cache type must be one of {', '.join(KV_TYPES)}, not {self.kv_type!r}")
+        if self.kv_type != "f16" and self.flash_attn is False:
+            raise UsageError("a quantized KV cache needs flash attention")
+        if any(share < 0 for share in self.tensor_split):
+            raise UsageError("tensor split shares must not be negative")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ..errors import UsageError
+from ..hardware import BuildInfo, DeviceInfo
 from .base import Backend, LoadedModel, Message
 
-__all__ = ["Backend", "LoadedModel", "Message", "get_backend"]
+__all__ = ["Backend", "LoadedModel", "Message", "build_info", "get_backend"]
 
 
 def get_backend(name: str = "llamacpp") -> Backend:
@@ -12,4 +14,11 @@ def get_backend(name: str = "llamacpp") -> Backend:
         from .llamacpp import LlamaCppBackend
 
         return LlamaCppBackend()
-    raise ValueError(f"unknown backend {name!r}")
+    raise UsageError(f"unknown backend {name!r}")
+
+
+def build_info() -> BuildInfo:
+    """What the installed llama.cpp build can run on (imports llama_cpp)."""
+    from .llamacpp import devices, supports_gpu_offload
+
+    return BuildInfo(supports_gpu_offload(), tuple(DeviceInfo(*d) for d in devices()))

@@ -25,13 +25,14 @@ from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatte
 
 from ..errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
 from ..events import Event, Finished, Timings, Token, Usage
-from ..hardware import default_threads
+from ..hardware import CpuLoadSampler, default_threads
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from .base import Message
 
 _GGML_LOG_LEVEL_ERROR = 4
 _GGML_LOG_LEVEL_CONT = 5
 _GGML_MAX_N_THREADS = 512
+_GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
 
 
 class _ThreadpoolParams(ctypes.Structure):
@@ -141,7 +142,12 @@ class LlamaCppModel:
         mparams = llama_cpp.llama_model_default_params()
         # llama.cpp takes "all layers" as any count above the model's; -1 is ours for that.
         mparams.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers == -1 else options.n_gpu_layers
+        if options.tensor_split:
+            # ctypes keeps no reference to the array; the model params must outlive the load call.
+            self._tensor_split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*options.tensor_split)
+            mparams.tensor_split = self._tensor_split
         _log.errors.clear()
+        load_sampler = CpuLoadSampler() if options.n_threads is None else None
         self._model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
         if not self._model:
             raise ModelLoadError(path, _load_failure_reason())
@@ -152,7 +158,7 @@ class LlamaCppModel:
             n_ctx = min(self.n_ctx_train, DEFAULT_CTX)
         else:
             n_ctx = options.n_ctx or self.n_ctx_train
-        self.n_threads = options.n_threads or default_threads()
+        self.n_threads = options.n_threads or default_threads(busy_elsewhere=load_sampler.busy_elsewhere())
         self.n_gpu_layers = options.n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
 
         cparams = llama_cpp.llama_context_default_params()
@@ -169,6 +175,8 @@ class LlamaCppModel:
             True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
             False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
         }[options.flash_attn]
+        cparams.type_k = cparams.type_v = _GGML_TYPES[options.kv_type]
+        cparams.swa_full = options.swa_full
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             reason = _log.first_error() or "llama.cpp could not create the context"

@@ -1,0 +1,217 @@
+"""What a GGUF model is, from its metadata: the shapes the memory estimate needs.
+
+Read with the `gguf` package from a local file, from the header of a remote file (an HTTP range
+request written into a sparse file, since GGUFReader memory-maps the whole file), or from the
+metadata llama.cpp exposes once a model is loaded. GGUFReader parses every vocabulary string,
+which takes seconds, so results are cached by file identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError
+
+# Architectures whose sliding-window layout llama.cpp hard-codes instead of reading it from
+# the file: every Nth layer attends globally (llama.cpp src/llama-model.cpp).
+SWA_PATTERN_BY_ARCH = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5}
+SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shapes of a model that decide its memory use. Byte sizes are of the file's own tensors."""
+
+    name: str
+    architecture: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: tuple[int, ...]  # per layer; models with per-layer KV heads store an array
+    head_dim_k: int
+    head_dim_v: int
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    sliding_window: int | None = None
+    swa_layers: tuple[bool, ...] = ()  # per layer: True for sliding-window layers
+    n_expert: int = 0
+    n_expert_used: int = 0
+    file_type: str | None = None
+    layer_bytes: tuple[int, ...] = ()  # weights of each repeating block
+    other_bytes: int = 0  # embeddings, output head, norms: what is not in a block
+    output_bytes: int = 0  # the output head (tied to the embeddings when the file has none)
+    total_bytes: int = 0
+    files: tuple[str, ...] = field(default=())
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(self.layer_bytes) + self.other_bytes
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        data = json.loads(text)
+        for key in ("n_head_kv", "swa_layers", "layer_bytes", "files"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def spec_from_metadata(meta: dict[str, Any], tensors: list[tuple[str, int]], name: str, files: tuple[str, ...] = ()) -> ModelSpec:
+    """Build a ModelSpec from GGUF key/values and (tensor name, byte size) pairs."""
+    arch = str(meta["general.architecture"])
+
+    def get(key: str, default: Any = None) -> Any:
+        return meta.get(f"{arch}.{key}", default)
+
+    n_layer = int(get("block_count"))
+    n_embd = int(get("embedding_length"))
+    n_head = _per_layer(get("attention.head_count", 0), n_layer)
+    n_head_kv = _per_layer(get("attention.head_count_kv", get("attention.head_count", 0)), n_layer)
+    head_max = max(n_head) or 1
+    head_dim_k = int(get("attention.key_length", n_embd // head_max))
+    head_dim_v = int(get("attention.value_length", head_dim_k))
+    window = get("attention.sliding_window")
+    sliding_window = int(window) if window else None
+    swa_layers: tuple[bool, ...] = ()
+    if sliding_window:
+        pattern = get("attention.sliding_window_pattern")
+        if isinstance(pattern, (list, tuple)):
+            swa_layers = tuple(bool(x) for x in pattern[:n_layer])
+        else:
+            every = int(pattern) if pattern else SWA_PATTERN_BY_ARCH.get(arch, 0)
+            # The last layer of each group of `every` is global; no pattern means all are SWA.
+            swa_layers = tuple(not every or (i % every) < every - 1 for i in range(n_layer))
+    vocab = get("vocab_size") or meta.get("tokenizer.ggml.tokens_count") or 0
+    n_ff = get("feed_forward_length", 0)
+    n_ff = max(n_ff) if isinstance(n_ff, (list, tuple)) else int(n_ff)
+
+    layer_bytes = [0] * n_layer
+    other = output = 0
+    embeddings = 0
+    for tensor_name, size in tensors:
+        match = re.match(r"blk\.(\d+)\.", tensor_name)
+        if match and int(match.group(1)) < n_layer:
+            layer_bytes[int(match.group(1))] += size
+        else:
+            other += size
+            if tensor_name == "output.weight":
+                output = size
+            elif tensor_name == "token_embd.weight":
+                embeddings = size
+    return ModelSpec(
+        name=name,
+        architecture=arch,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=max(n_head),
+        n_head_kv=tuple(n_head_kv),
+        head_dim_k=head_dim_k,
+        head_dim_v=head_dim_v,
+        n_ff=n_ff,
+        n_vocab=int(vocab),
+        n_ctx_train=int(get("context_length", 0)),
+        sliding_window=sliding_window,
+        swa_layers=swa_layers,
+        n_expert=int(get("expert_count", 0) or 0),
+        n_expert_used=int(get("expert_used_count", 0) or 0),
+        file_type=_file_type_name(meta.get("general.file_type")),
+        layer_bytes=tuple(layer_bytes),
+        other_bytes=other,
+        output_bytes=output or embeddings,
+        total_bytes=sum(layer_bytes) + other,
+        files=files,
+    )
+
+
+def _per_layer(value: Any, n_layer: int) -> list[int]:
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value[:n_layer]]
+    return [int(value)] * n_layer
+
+
+def _file_type_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    from gguf import LlamaFileType
+
+    try:
+        return LlamaFileType(int(value)).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return str(value)
+
+
+def split_files(path: Path) -> list[Path]:
+    """All parts of a split GGUF (name-00001-of-00003.gguf ...), or just the file."""
+    match = SPLIT_RE.search(path.name)
+    if not match:
+        return [path]
+    count = int(match.group(2))
+    stem = path.name[: match.start()]
+    return [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def read_reader(reader: Any) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """Key/values (tokenizer arrays left out) and tensor sizes from a gguf.GGUFReader."""
+    meta: dict[str, Any] = {}
+    for key, fld in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and key not in ("tokenizer.ggml.model", "tokenizer.ggml.pre"):
+            if key == "tokenizer.ggml.tokens":
+                meta["tokenizer.ggml.tokens_count"] = len(fld.data)
+            continue
+        try:
+            meta[key] = fld.contents()
+        except Exception:  # a value type this gguf version cannot decode is not one we need
+            continue
+    tensors = [(t.name, int(t.n_bytes)) for t in reader.tensors]
+    return meta, tensors
+
+
+def inspect_file(path: Path, cache_dir: Path | None = None) -> ModelSpec:
+    """A local GGUF (every part of a split one), cached by the files' size and modification time."""
+    parts = split_files(path)
+    missing = [p for p in parts if not p.exists()]
+    if missing:
+        raise ModelLoadError(path, f"split GGUF is missing {len(missing)} of {len(parts)} parts, e.g. {missing[0].name}")
+    key = hashlib.sha256(
+        "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()
+    ).hexdigest()[:32]
+    cached = cache_dir / f"{key}.json" if cache_dir else None
+    if cached and cached.exists():
+        try:
+            return ModelSpec.from_json(cached.read_text())
+        except (ValueError, TypeError, KeyError):
+            pass  # a cache from another version: read the file again
+    spec = _read_parts(parts, path.name)
+    if cached:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(spec.to_json())
+        os.replace(tmp, cached)
+    return spec
+
+
+def _read_parts(parts: list[Path], name: str) -> ModelSpec:
+    from gguf import GGUFReader
+
+    meta: dict[str, Any] = {}
+    tensors: list[tuple[str, int]] = []
+    for part in parts:
+        try:
+            reader = GGUFReader(part)
+        except Exception as exc:  # gguf raises ValueError, struct.error, IndexError on bad files
+            raise ModelLoadError(part, f"not a readable GGUF file ({exc})") from exc
+        part_meta, part_tensors = read_reader(reader)
+        meta = {**part_meta, **meta}  # the first part holds the model's metadata
+        tensors += part_tensors
+    if "general.architecture" not in meta:
+        raise ModelLoadError(parts[0], "the GGUF metadata names no architecture")
+    return spec_from_metadata(meta, tensors, name, tuple(p.name for p in parts))
