@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .errors import LocalLLMError, UsageError
 
+MIN_PLAN_CTX = 256
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
@@ -122,6 +123,91 @@ def default(model, clear):
     config["default_model"] = model
     save_config(config)
     click.echo(f"default model: {model}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def hw(as_json):
+    """Show what this machine has: CPU, memory, GPUs, and what llama.cpp can use."""
+    from dataclasses import asdict
+
+    from .backends import build_info
+    from .hardware import detect
+
+    profile = detect(build_info())
+    if as_json:
+        click.echo(json.dumps(asdict(profile), indent=2))
+        return
+    click.echo(_hw_text(profile))
+
+
+def _hw_text(profile) -> str:
+    from .planner import _gib
+
+    cpu, mem = profile.cpu, profile.memory
+    cores = f"{cpu.physical_cores or '?'} cores, {cpu.logical_cores or '?'} threads"
+    if cpu.performance_cores is not None:
+        cores += f" ({cpu.performance_cores} performance + {cpu.efficiency_cores} efficiency)"
+    lines = [
+        f"CPU     {cpu.model or 'unknown'}: {cores}; {', '.join(cpu.features) or 'no SIMD features detected'}",
+        f"RAM     {_gib(mem.available)} available of {_gib(mem.total)}"
+        + (f" (container limit {_gib(mem.cgroup_limit)})" if mem.cgroup_limit else "")
+        + (f"; swap {_gib(mem.swap_total)}" if mem.swap_total else "; no swap"),
+    ]
+    for gpu in profile.gpus:
+        memory = "memory unknown" if gpu.total is None else f"{_gib(gpu.free)} free of {_gib(gpu.total)}"
+        extra = "".join(f", {k} {v}" for k, v in (("compute", gpu.compute_capability), ("driver", gpu.driver)) if v)
+        lines.append(f"GPU {gpu.index}   {gpu.name}: {memory}{' (shared with the CPU)' if gpu.unified else ''}{extra}")
+    if not profile.gpus:
+        lines.append("GPU     none found")
+    if profile.build is not None:
+        devices = ", ".join(d.name for d in profile.build.devices) or "none"
+        lines.append(f"llama.cpp  GPU offload {'yes' if profile.build.gpu_offload else 'no'}; devices: {devices}")
+    lines += [f"note: {note}" for note in profile.notes]
+    return "\n".join(lines)
+
+
+@cli.command("plan")
+@click.argument("model", required=False)
+@click.option("--ctx", type=click.IntRange(min=MIN_PLAN_CTX), help="Context window to plan for.  [default: the trained length, at most 4096]")
+@click.option("--gpu-layers", type=click.IntRange(min=0), help="Fix the number of GPU layers.")
+@click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="Fix the KV cache type.")
+@click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
+    """Show how MODEL would be loaded here, and why: fit, settings, memory per device."""
+    from .backends import build_info
+    from .hardware import CpuLoadSampler, detect
+    from .model import inspect
+    from .planner import Overrides, breakdown_rows, plan
+    from .registry import resolve
+
+    sampler = CpuLoadSampler()
+    spec = inspect(resolve(model))
+    profile = detect(build_info())
+    overrides = Overrides(n_ctx=ctx, n_gpu_layers=gpu_layers, kv_type=kv_type,
+                          margin=None if margin is None else margin * 2**20)
+    chosen = plan(profile, spec, overrides, sampler.busy_elsewhere())
+    if as_json:
+        from dataclasses import asdict
+
+        click.echo(json.dumps({"model": spec.name, "fit": chosen.fit, "label": chosen.label,
+                               "settings": asdict(chosen.shape) | {"n_threads": chosen.n_threads},
+                               "estimate": [asdict(d) | {"total": d.total} for d in chosen.estimate.devices],
+                               "margins": chosen.margins, "free": chosen.budgets,
+                               "explanation": chosen.explanation, "warnings": chosen.warnings}, indent=2))
+        return
+    click.echo(f"{spec.name}: {chosen.label}")
+    click.echo(chosen.explanation)
+    rows = breakdown_rows(chosen)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    click.echo()
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+    shape = chosen.shape
+    click.echo(f"\nsettings: --ctx {shape.n_ctx} --gpu-layers {shape.n_gpu_layers} --kv-type {shape.kv_type} --threads {chosen.n_threads}")
+    for warning in chosen.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _answer(model, prompt, system, sampling, as_json: bool, stream: bool) -> None:

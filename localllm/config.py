@@ -23,6 +23,14 @@ def home() -> Path:
     return Path(base) / "localllm"
 
 
+def cache_dir() -> Path:
+    """Derived data that can be rebuilt, e.g. parsed GGUF metadata (LOCALLLM_CACHE to move it)."""
+    if env := os.environ.get("LOCALLLM_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "localllm"
+
+
 def config_path() -> Path:
     return home() / CONFIG_FILE
 

@@ -283,7 +283,7 @@ def read_drm(sysfs: Path, first_index: int = 0) -> list[GpuInfo]:
     return gpus
 
 
-def read_apple_gpu(sysctl: dict[str, str], metal_working_set: int | None) -> GpuInfo | None:
+def read_apple_gpu(sysctl: dict[str, str], working_set: int | None) -> GpuInfo | None:
     """Apple Silicon's GPU: unified memory, of which Metal may use its recommended working set."""
     if sysctl.get("hw.optional.arm64") != "1":
         return None
@@ -292,7 +292,7 @@ def read_apple_gpu(sysctl: dict[str, str], metal_working_set: int | None) -> Gpu
     if wired_limit_mb.isdigit() and int(wired_limit_mb) > 0:
         usable = int(wired_limit_mb) * 2**20  # the user raised or lowered Metal's share
     else:
-        usable = metal_working_set  # what llama.cpp's Metal backend reports; None if no Metal build
+        usable = working_set  # what llama.cpp's Metal backend reports; None if no Metal build
     name = sysctl.get("machdep.cpu.brand_string", "Apple GPU")
     return GpuInfo(0, "apple", name, usable, usable, unified=True) if total else None
 
@@ -346,7 +346,7 @@ def detect(build: BuildInfo | None = None) -> HardwareProfile:
         sysctl = _sysctl_values()
         cpu = read_cpu_macos(sysctl)
         memory = read_memory(vm.total, vm.available, swap.total, swap.free, (None, None))
-        apple = read_apple_gpu(sysctl, _metal_working_set(build))
+        apple = read_apple_gpu(sysctl, metal_working_set(build))
         gpus += [apple] if apple else []
     else:
         try:
@@ -364,7 +364,14 @@ def detect(build: BuildInfo | None = None) -> HardwareProfile:
             gpus += nvidia
             notes += nvml_notes
         gpus += read_drm(Path("/sys"), first_index=len(gpus))
-    if build is not None and not build.gpu_offload and any(not g.unified for g in gpus):
+    return build_profile(system, cpu, memory, gpus, build, notes)
+
+
+def build_profile(system: str, cpu: CpuInfo, memory: MemoryInfo, gpus: list[GpuInfo], build: BuildInfo | None,
+                  notes: list[str]) -> HardwareProfile:
+    """Put readings together, noting a GPU the installed llama.cpp build cannot use."""
+    notes = list(notes)
+    if build is not None and not build.gpu_offload and any(not g.unified or g.vendor == "apple" for g in gpus):
         notes.append(
             "this llama-cpp-python build cannot offload to a GPU, so the GPU above sits idle; "
             "rebuild it with GPU support (see packaging/README.md)"
@@ -383,7 +390,8 @@ def _own_cgroup() -> Path:
     return Path("/sys/fs/cgroup")
 
 
-def _metal_working_set(build: BuildInfo | None) -> int | None:
+def metal_working_set(build: BuildInfo | None) -> int | None:
+    """The memory llama.cpp's Metal device may use (its recommended working set), if any."""
     if build is None:
         return None
     return next((d.total for d in build.devices if d.name.startswith(("Metal", "MTL"))), None)

@@ -11,6 +11,8 @@ from .backends import LoadedModel, Message, get_backend
 from .errors import ModelLoadError, ModelNotFoundError, UsageError
 from .events import Event, Finished, Token
 from .options import LoadOptions, SamplingOptions
+from .config import cache_dir
+from .gguf_info import ModelSpec, inspect_file
 from .registry import resolve
 
 GGUF_MAGIC = b"GGUF"
@@ -109,6 +111,12 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
     started = time.perf_counter()
     loaded = get_backend().load(path, options)
     return Model(loaded, options, time.perf_counter() - started)
+
+
+def inspect(path: Path) -> ModelSpec:
+    """The shapes of a local GGUF model, from the gguf package, cached across runs."""
+    check_gguf(path)
+    return inspect_file(path, cache_dir())
 
 
 def check_gguf(path: Path) -> None:

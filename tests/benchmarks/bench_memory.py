@@ -26,25 +26,34 @@ from localllm.planner import safety_margin
 from localllm.registry import starter_path
 
 MEASURE = r"""
-import json, sys, psutil
+import ctypes, json, re, sys, psutil, llama_cpp
 from pathlib import Path
 from localllm.backends.llamacpp import LlamaCppModel, _init_backend
 from localllm.options import LoadOptions, SamplingOptions
 _init_backend(False)
+reserved = []
+@llama_cpp.llama_log_callback
+def capture(level, text, user_data):
+    found = re.search(r"compute buffer size = +([\d.]+) MiB", text.decode(errors="replace"))
+    if found:
+        reserved.append(float(found.group(1)) * 2**20)
+llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
 proc = psutil.Process()
 before = proc.memory_info().rss
 n_ctx, kv, fa = int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 model = LlamaCppModel(Path(sys.argv[1]), LoadOptions(n_ctx=n_ctx, kv_type=kv, flash_attn=fa, n_threads=2))
 for _ in model.generate([100] * 512, SamplingOptions(temperature=0, max_tokens=2, ignore_eos=True)):
     pass
-print(json.dumps({"growth": proc.memory_info().rss - before}))
+print(json.dumps({"growth": proc.memory_info().rss - before, "compute_reserved": reserved[-1]}))
 """
 
 
-def measure(path: Path, n_ctx: int, kv: str, fa: bool) -> int:
+def measure(path: Path, n_ctx: int, kv: str, fa: bool) -> tuple[int, int]:
+    """Resident growth after load and one full ubatch, and the compute buffer llama.cpp reserved."""
     out = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(n_ctx), kv, "1" if fa else "0"],
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out.splitlines()[-1])["growth"]
+    data = json.loads(out.splitlines()[-1])
+    return data["growth"], int(data["compute_reserved"])
 
 
 def gemma_path(given: str | None) -> Path | None:
@@ -66,7 +75,8 @@ def main() -> None:
     models = [starter_path(), gemma_path(args.gemma)]
     cache = Path(tempfile.gettempdir()) / "localllm-bench" / "specs"
 
-    print(f"{'model':28}{'ctx':>6} {'kv':5}{'fa':>3}{'predicted':>11}{'measured':>10}{'error':>9}{'+margin':>9}  ok")
+    print(f"{'model':28}{'ctx':>6} {'kv':5}{'fa':>3}{'predicted':>11}{'measured':>10}{'error':>9}{'+margin':>9}"
+          f"{'compute pred/llama.cpp':>24}  ok")
     worst, all_ok = 0.0, True
     for path in filter(None, models):
         spec = inspect_file(path, cache)
@@ -75,16 +85,29 @@ def main() -> None:
                 for fa in (False, True):
                     if kv != "f16" and not fa:
                         continue  # llama.cpp needs flash attention for a quantized V cache
-                    predicted = estimate(spec, LoadShape(n_ctx=n_ctx, kv_type=kv, flash_attn=fa)).ram.total
-                    measured = measure(path, n_ctx, kv, fa)
+                    ram = estimate(spec, LoadShape(n_ctx=n_ctx, kv_type=kv, flash_attn=fa)).ram
+                    predicted = ram.total
+                    measured, compute_reserved = measure(path, n_ctx, kv, fa)
                     error = predicted - measured
                     with_margin = predicted + safety_margin(predicted)
-                    ok = (abs(error) <= max(0.03 * measured, 64 * MIB)) and with_margin >= measured
+                    compute_ok = abs(ram.compute - compute_reserved) <= max(0.03 * compute_reserved, 4 * MIB)
+                    within = abs(error) <= max(0.03 * measured, 64 * MIB)
+                    # Without flash attention llama.cpp reserves an attention-score buffer for a
+                    # full context; one ubatch touches only its first rows, so the resident
+                    # figure understates the need until the context fills. Such a row counts
+                    # when the excess is exactly that reserved buffer.
+                    untouched = not within and not fa and compute_ok and error <= compute_reserved
+                    ok = (within or untouched) and with_margin >= measured
                     all_ok &= ok
-                    worst = max(worst, abs(error) / measured)
+                    if within:
+                        worst = max(worst, abs(error) / measured)
                     print(f"{spec.name[:27]:28}{n_ctx:6} {kv:5}{'on' if fa else 'off':>3}"
-                          f"{predicted / MIB:9.0f}Mi{measured / MIB:8.0f}Mi{error / MIB:+7.0f}Mi{with_margin / MIB:7.0f}Mi  {'yes' if ok else 'NO'}")
-    print(f"worst relative error {worst:.1%}; {'all within target' if all_ok else 'SOME OUTSIDE TARGET'}")
+                          f"{predicted / MIB:9.0f}Mi{measured / MIB:8.0f}Mi{error / MIB:+7.0f}Mi{with_margin / MIB:7.0f}Mi"
+                          f"{ram.compute / MIB:14.0f}/{compute_reserved / MIB:.0f} Mi"
+                          f"  {'yes' if within and ok else 'yes*' if ok else 'NO'}")
+    print(f"worst relative error of the rows measured whole: {worst:.1%}; {'all within target' if all_ok else 'SOME OUTSIDE TARGET'}")
+    print("yes*: flash attention off; the excess is the score buffer llama.cpp reserves for a full context"
+          " (compute pred/llama.cpp), untouched after one ubatch")
 
 
 if __name__ == "__main__":
