@@ -50,13 +50,16 @@ def cli() -> None:
 @click.option("--seed", type=click.IntRange(0, 2**32 - 2), help="Random seed, for answers that repeat.  [default: random, shown by --json]")
 @click.option("--ctx", type=click.IntRange(min=0), help="Context window in tokens; 0 for the model's trained length.  [default: the trained length, at most 4096]")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
-@click.option("--gpu-layers", type=click.IntRange(min=-1), default=-1, help="Layers to offload to the GPU: -1 all, 0 none. Ignored by CPU-only builds.")
+@click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none. Ignored by CPU-only builds.  [default: as many as fit]")
+@click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="KV cache type.  [default: f16, q8_0 when memory is tight]")
+@click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
+@click.option("--load-anyway", is_flag=True, help="Load even when the planner predicts it will not fit.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, model, finish reason, token counts, timings, settings.")
 @click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
-        seed, ctx, threads, gpu_layers, ignore_eos, as_json, no_stream, verbose):
+        seed, ctx, threads, gpu_layers, kv_type, margin, load_anyway, ignore_eos, as_json, no_stream, verbose):
     """Answer one prompt and exit. Tokens stream to stdout; everything else goes to stderr.
 
     Text piped on stdin is the prompt, or, with a prompt too, context placed before it:
@@ -68,7 +71,8 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     from .options import LoadOptions, SamplingOptions
 
     prompt = _read_prompt(prompt_arg, prompt_opt)
-    load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose)
+    load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
+                               margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, verbose=verbose)
     sampling = SamplingOptions(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         repeat_penalty=repeat_penalty, seed=seed, ignore_eos=ignore_eos,
@@ -76,7 +80,7 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     status = _Status(enabled=not as_json)
     status.show(f"loading {model or 'the default model'}…")
     try:
-        loaded = load_model(model, load_options)
+        loaded = load_model(model, load_options, notify=lambda message: click.echo(f"localllm: {message}", err=True))
     finally:
         status.clear()
     with loaded:
@@ -258,6 +262,7 @@ def _json_result(model, text, finished, system, sampling) -> dict:
             "seed": finished.seed,
             "system": system,
             "n_ctx": model.n_ctx,
+            "kv_type": model.options.kv_type or "f16",
             "n_threads": model.n_threads,
             "n_gpu_layers": model.n_gpu_layers,
         },

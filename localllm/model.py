@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends import LoadedModel, Message, get_backend
 from .errors import ModelLoadError, ModelNotFoundError, UsageError
 from .events import Event, Finished, Token
-from .options import LoadOptions, SamplingOptions
+from .options import DEFAULT_CTX, LoadOptions, SamplingOptions
+from .planner import MIN_CTX
 from .config import cache_dir
 from .gguf_info import ModelSpec, inspect_file
 from .registry import resolve
@@ -100,17 +101,78 @@ def collect(events: Iterator[Event]) -> Completion:
     raise RuntimeError("the backend stopped without a Finished event")
 
 
-def load_model(ref: str | Path | None = None, options: LoadOptions | None = None, **option_values) -> Model:
+def load_model(ref: str | Path | None = None, options: LoadOptions | None = None,
+               notify: Callable[[str], None] | None = None, **option_values) -> Model:
     """Load a model by path, installed name or "starter"; None picks the default or best installed.
 
     Options may be given as a LoadOptions or as its fields, e.g. ``load_model("starter", n_ctx=2048)``.
+    What the options leave open (GPU layers, context, KV cache type, threads) the planner
+    chooses for this machine. If llama.cpp still runs out of memory, the load is retried with
+    fewer GPU layers, a q8_0 KV cache, then shorter contexts; ``notify`` hears what changed.
     """
+    from .backends import build_info
+
     options = replace(options or LoadOptions(), **option_values)
+    notify = notify or (lambda message: None)
     path = resolve(None if ref is None else str(ref))
     check_gguf(path)
     started = time.perf_counter()
-    loaded = get_backend().load(path, options)
-    return Model(loaded, options, time.perf_counter() - started)
+    build = build_info()
+    planned = _plan(path, options, build, notify)
+    for attempt in range(8):
+        try:
+            loaded = get_backend().load(path, planned)
+            return Model(loaded, planned, time.perf_counter() - started)
+        except ModelLoadError as exc:
+            smaller = _smaller(planned, options)
+            if not _out_of_memory(exc.reason) or smaller is None:
+                raise
+            planned, change = smaller
+            notify(f"out of memory; retrying with {change}")
+    raise ModelLoadError(path, "out of memory even with the smallest settings")
+
+
+def _plan(path: Path, options: LoadOptions, build, notify: Callable[[str], None]) -> LoadOptions:
+    """Fill in what the user left open. Reading GGUF metadata takes seconds the first time, so a
+    CPU-only build skips it when the file clearly fits in free memory."""
+    import psutil
+
+    from .hardware import detect
+    from .planner import Overrides, plan
+
+    gpu_choice = build.gpu_offload and options.n_gpu_layers is None
+    roomy = path.stat().st_size * 2 + 2**30 < psutil.virtual_memory().available
+    if not gpu_choice and roomy and options.margin is None:
+        return replace(options, n_gpu_layers=options.n_gpu_layers or 0)
+    chosen = plan(detect(build), inspect(path), Overrides(
+        n_ctx=options.n_ctx, n_gpu_layers=options.n_gpu_layers, kv_type=options.kv_type,
+        flash_attn=options.flash_attn, tensor_split=options.tensor_split or None, n_threads=options.n_threads,
+        margin=options.margin, load_anyway=options.load_anyway,
+    ))
+    if chosen.fit == "none" and not options.load_anyway:
+        raise ModelLoadError(path, f"it does not fit: {chosen.warnings[0]}")
+    for warning in chosen.warnings:
+        notify(warning)
+    return replace(chosen.load_options(options.verbose), n_threads=options.n_threads)
+
+
+def _smaller(current: LoadOptions, asked: LoadOptions) -> tuple[LoadOptions, str] | None:
+    """The next rung down the out-of-memory ladder, never changing what the user fixed."""
+    layers = current.n_gpu_layers or 0
+    if layers and asked.n_gpu_layers is None:
+        fewer = 0 if layers == -1 else max(0, layers - max(1, layers // 4))
+        return replace(current, n_gpu_layers=fewer), f"{fewer} GPU layers"
+    if (current.kv_type or "f16") == "f16" and current.flash_attn is not False and asked.kv_type is None:
+        return replace(current, kv_type="q8_0"), "a q8_0 KV cache"
+    if asked.n_ctx is None and (current.n_ctx or DEFAULT_CTX) // 2 >= MIN_CTX:
+        n_ctx = (current.n_ctx or DEFAULT_CTX) // 2
+        return replace(current, n_ctx=n_ctx), f"a {n_ctx}-token context"
+    return None
+
+
+def _out_of_memory(reason: str) -> bool:
+    reason = reason.lower()
+    return any(sign in reason for sign in ("out of memory", "insufficient memory", "failed to allocate", "unable to allocate", "cudamalloc"))
 
 
 def inspect(path: Path) -> ModelSpec:

@@ -17,21 +17,25 @@ class LoadOptions:
     """How to load a model.
 
     n_ctx: context window in tokens; None picks min(trained context, DEFAULT_CTX), 0 the trained
-    context. n_gpu_layers: layers to offload, -1 for all. n_threads: None for the machine's
-    default (physical cores).
+    context. n_gpu_layers: layers to offload, -1 for all, None for as many as fit. n_threads:
+    None for the machine's default (physical cores, fewer when it is busy). margin: bytes to
+    keep free per device (None: 5%, at least 128 MiB); load_anyway: load even when the
+    planner predicts it will not fit.
     """
 
     n_ctx: int | None = None
     n_threads: int | None = None
-    n_gpu_layers: int = -1
+    n_gpu_layers: int | None = None
     n_batch: int = 2048
     n_ubatch: int = 512
     flash_attn: bool | None = None
-    kv_type: str = "f16"
+    kv_type: str | None = None  # None: f16, or q8_0 when the planner finds memory tight
     # llama.cpp's default gives sliding-window layers a full-context cache; they need only the
     # window (Gemma 3 at 32k: 480 MiB -> 15 MiB).
     swa_full: bool = False
     tensor_split: tuple[float, ...] = ()
+    margin: int | None = None
+    load_anyway: bool = False
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -39,13 +43,13 @@ class LoadOptions:
             raise UsageError(f"context size must be 0 (the model's trained context) or positive, not {self.n_ctx}")
         if self.n_threads is not None and self.n_threads < 1:
             raise UsageError(f"thread count must be at least 1, not {self.n_threads}")
-        if self.n_gpu_layers < -1:
+        if self.n_gpu_layers is not None and self.n_gpu_layers < -1:
             raise UsageError(f"GPU layers must be -1 (all), 0 (none) or a positive count, not {self.n_gpu_layers}")
         if self.n_batch < 1 or self.n_ubatch < 1:
             raise UsageError("batch sizes must be at least 1")
-        if self.kv_type not in KV_TYPES:
+        if self.kv_type is not None and self.kv_type not in KV_TYPES:
             raise UsageError(f"KV cache type must be one of {', '.join(KV_TYPES)}, not {self.kv_type!r}")
-        if self.kv_type != "f16" and self.flash_attn is False:
+        if self.kv_type not in (None, "f16") and self.flash_attn is False:
             raise UsageError("a quantized KV cache needs flash attention")
         if any(share < 0 for share in self.tensor_split):
             raise UsageError("tensor split shares must not be negative")

@@ -7,7 +7,7 @@ explanation. User overrides always win; the planner warns instead of refusing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .estimate import MIB, LoadShape, MemoryEstimate, estimate
 from .gguf_info import ModelSpec
@@ -225,19 +225,3 @@ def breakdown_rows(p: LoadPlan) -> list[tuple[str, ...]]:
     rows.append(("total", *(_gib(d.total + m) for d, m in zip(p.estimate.devices, p.margins))))
     rows.append(("free now", *(_gib(b) for b in p.budgets)))
     return rows
-
-
-def with_fallback(p: LoadPlan, hw: HardwareProfile, step: int) -> tuple[LoadPlan, str] | None:
-    """The next rung of the out-of-memory ladder: fewer GPU layers, a q8_0 KV cache, half the context."""
-    s = p.shape
-    if s.n_gpu_layers > 0:
-        fewer = max(0, s.n_gpu_layers - max(1, s.n_gpu_layers // 4))
-        new, why = replace(s, n_gpu_layers=fewer), f"GPU layers {s.n_gpu_layers} -> {fewer}"
-    elif s.kv_type == "f16" and s.flash_attn:
-        new, why = replace(s, kv_type="q8_0"), "KV cache f16 -> q8_0"
-    elif s.n_ctx // 2 >= MIN_CTX:
-        new, why = replace(s, n_ctx=s.n_ctx // 2), f"context {s.n_ctx} -> {s.n_ctx // 2} tokens"
-    else:
-        return None
-    est = estimate(p.spec, new, tuple(g.vendor for g in hw.offload_gpus))
-    return replace(p, shape=new, estimate=est), why

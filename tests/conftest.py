@@ -17,13 +17,20 @@ from localllm.registry import starter_path
 TEST_LOAD = LoadOptions(n_ctx=2048, n_threads=2)
 
 
+@pytest.fixture(scope="session")
+def spec_cache(tmp_path_factory) -> Path:
+    """One parsed-GGUF cache for the session: reading a GGUF's metadata takes seconds."""
+    return tmp_path_factory.mktemp("spec-cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path_factory, monkeypatch) -> Path:
+def isolated_home(tmp_path_factory, monkeypatch, spec_cache) -> Path:
     """Every test gets its own localllm state and an empty, offline Hugging Face cache."""
     root = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("LOCALLLM_HOME", str(root / "localllm"))
     monkeypatch.setenv("HF_HOME", str(root / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LOCALLLM_CACHE", str(spec_cache))
     monkeypatch.delenv("LOCALLLM_DEBUG", raising=False)
     # huggingface_hub reads its environment once, at import: tell the imported copy too.
     from huggingface_hub import constants

@@ -141,7 +141,8 @@ class LlamaCppModel:
 
         mparams = llama_cpp.llama_model_default_params()
         # llama.cpp takes "all layers" as any count above the model's; -1 is ours for that.
-        mparams.n_gpu_layers = 0x7FFFFFFF if options.n_gpu_layers == -1 else options.n_gpu_layers
+        layers = options.n_gpu_layers or 0
+        mparams.n_gpu_layers = 0x7FFFFFFF if layers == -1 else layers
         if options.tensor_split:
             # ctypes keeps no reference to the array; the model params must outlive the load call.
             self._tensor_split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*options.tensor_split)
@@ -159,7 +160,7 @@ class LlamaCppModel:
         else:
             n_ctx = options.n_ctx or self.n_ctx_train
         self.n_threads = options.n_threads or default_threads(busy_elsewhere=load_sampler.busy_elsewhere())
-        self.n_gpu_layers = options.n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+        self.n_gpu_layers = layers if llama_cpp.llama_supports_gpu_offload() else 0
 
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
@@ -175,7 +176,7 @@ class LlamaCppModel:
             True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
             False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
         }[options.flash_attn]
-        cparams.type_k = cparams.type_v = _GGML_TYPES[options.kv_type]
+        cparams.type_k = cparams.type_v = _GGML_TYPES[options.kv_type or "f16"]
         cparams.swa_full = options.swa_full
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
