@@ -215,3 +215,81 @@ def _read_parts(parts: list[Path], name: str) -> ModelSpec:
     if "general.architecture" not in meta:
         raise ModelLoadError(parts[0], "the GGUF metadata names no architecture")
     return spec_from_metadata(meta, tensors, name, tuple(p.name for p in parts))
+
+
+def inspect_remote(repo_id: str, filename: str, revision: str = "main", endpoint: str | None = None,
+                   first_chunk: int = 4 * 2**20, max_header: int = 1024 * 2**20) -> ModelSpec:
+    """A GGUF on the Hub (or a Hub-compatible server) from its header alone, before downloading it.
+
+    Range requests fetch the start of the file into a sparse file of the full size, which is
+    what GGUFReader (it memory-maps the whole file) needs; the fetched span doubles until the
+    header is complete. Split GGUFs are read part by part.
+    """
+    import tempfile
+
+    from huggingface_hub import get_session, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    session, headers = get_session(), build_hf_headers()
+    parts = [p.name for p in split_files(Path(filename))]
+    folder = str(Path(filename).parent) if Path(filename).parent != Path(".") else None
+    meta: dict[str, Any] = {}
+    tensors: list[tuple[str, int]] = []
+    with tempfile.TemporaryDirectory(prefix="localllm-header-") as tmp:
+        for part in parts:
+            remote = f"{folder}/{part}" if folder else part
+            url = hf_hub_url(repo_id, remote, revision=revision, endpoint=endpoint)
+            part_meta, part_tensors = _read_remote_header(session, headers, url, Path(tmp) / part, first_chunk, max_header)
+            meta = {**part_meta, **meta}
+            tensors += part_tensors
+    if "general.architecture" not in meta:
+        raise ModelLoadError(filename, "the GGUF metadata names no architecture")
+    return spec_from_metadata(meta, tensors, Path(filename).name, tuple(parts))
+
+
+def _read_remote_header(session: Any, headers: dict, url: str, sparse: Path, chunk: int, max_header: int):
+    from gguf import GGUFReader
+
+    from .errors import ModelNotFoundError
+
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    fetched, total = 0, None
+    with open(sparse, "wb") as out:
+        while True:
+            try:
+                response = session.get(url, headers={**headers, "Range": f"bytes={fetched}-{fetched + chunk - 1}"},
+                                       follow_redirects=True)
+            except OfflineModeIsEnabled as exc:
+                raise ModelLoadError(url, "offline (HF_HUB_OFFLINE is set): a remote header cannot be read") from exc
+            except OSError as exc:
+                raise ModelLoadError(url, f"cannot reach the server ({exc})") from exc
+            except Exception as exc:  # httpx's transport errors do not derive from OSError
+                if type(exc).__module__.split(".")[0].startswith("httpx"):
+                    raise ModelLoadError(url, f"cannot reach the server ({exc})") from exc
+                raise
+            if response.status_code in (401, 403):
+                raise ModelLoadError(url, "the Hub refused access: a gated or private repo needs a token in HF_TOKEN")
+            if response.status_code == 404:
+                raise ModelNotFoundError(url, "no such file on the Hub")
+            if response.status_code not in (200, 206):
+                raise ModelLoadError(url, f"the server answered HTTP {response.status_code}")
+            body = response.content
+            if response.status_code == 200:  # the server ignored the range and sent everything
+                total, fetched = len(body), 0
+            elif total is None:
+                total = int(response.headers.get("content-range", "/0").rsplit("/", 1)[1])
+            out.seek(fetched)
+            out.write(body)
+            fetched += len(body)
+            out.truncate(max(total or 0, fetched))
+            out.flush()
+            try:
+                reader = GGUFReader(sparse)
+                if reader.data_offset <= fetched:
+                    return read_reader(reader)
+            except Exception:  # the header runs past what was fetched
+                pass
+            if fetched >= (total or 0) or fetched >= max_header:
+                raise ModelLoadError(url, "not a GGUF file, or its header is larger than localllm reads")
+            chunk *= 2

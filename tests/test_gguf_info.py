@@ -1,0 +1,124 @@
+"""GGUF inspection: local files, split files, and remote headers over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from localllm import ModelLoadError, ModelNotFoundError
+from localllm.gguf_info import inspect_file, inspect_remote, split_files
+
+
+@pytest.fixture(scope="session")
+def starter_spec(starter_gguf, spec_cache):
+    return inspect_file(starter_gguf, spec_cache)
+
+
+def test_starter_shapes(starter_spec, starter_gguf):
+    s = starter_spec
+    assert (s.architecture, s.n_layer, s.n_embd, s.n_head, s.head_dim_k, s.n_ff) == ("llama", 30, 576, 9, 64, 1536)
+    assert s.n_head_kv == (3,) * 30 and s.n_vocab == 49152 and s.n_ctx_train == 8192
+    assert s.file_type == "Q4_1" and s.sliding_window is None and s.swa_layers == ()
+    assert len(set(s.layer_bytes)) == 1 and s.total_bytes == sum(s.layer_bytes) + s.other_bytes
+    assert s.total_bytes == starter_gguf.stat().st_size - 1785664, "all tensor data: the file less its header"
+    assert s.output_bytes == 49152 * 576 * 34 // 32, "tied embeddings: the q8_0 token embedding is the output head"
+
+
+def test_cache_is_used(starter_gguf, spec_cache, starter_spec):
+    cached = list(spec_cache.glob("*.json"))
+    assert cached
+    assert inspect_file(starter_gguf, spec_cache) == starter_spec
+
+
+def test_split_file_names(tmp_path):
+    first = tmp_path / "Big-Q4_K_M-00001-of-00003.gguf"
+    assert [p.name for p in split_files(first)] == [f"Big-Q4_K_M-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert split_files(tmp_path / "single.gguf") == [tmp_path / "single.gguf"]
+    first.write_bytes(b"GGUF")
+    with pytest.raises(ModelLoadError, match="missing 2 of 3 parts"):
+        inspect_file(first)
+
+
+class RangeServer(http.server.ThreadingHTTPServer):
+    """A Hub-compatible resolve endpoint that honours Range requests and counts what it sends."""
+
+    def __init__(self, files: dict[str, Path]):
+        self.files, self.sent = files, 0
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        match = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", self.path)
+        path = self.server.files.get(match.group(3)) if match else None
+        if path is None:
+            self.send_error(404)
+            return
+        size = path.stat().st_size
+        start, end = 0, size - 1
+        if ranged := re.match(r"bytes=(\d+)-(\d+)", self.headers.get("Range", "")):
+            start, end = int(ranged.group(1)), min(int(ranged.group(2)), size - 1)
+        with path.open("rb") as f:
+            f.seek(start)
+            body = f.read(end - start + 1)
+        self.send_response(206 if ranged else 200)
+        self.send_header("Content-Length", str(len(body)))
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        self.wfile.write(body)
+        self.server.sent += len(body)
+
+
+@pytest.fixture
+def hub(starter_gguf, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    server = RangeServer({"smol.gguf": starter_gguf})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_header_matches_the_local_file(hub, starter_spec, starter_gguf):
+    endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
+    spec = inspect_remote("someone/smol", "smol.gguf", endpoint=endpoint)
+    assert spec.layer_bytes == starter_spec.layer_bytes and spec.n_head_kv == starter_spec.n_head_kv
+    assert spec.total_bytes == starter_spec.total_bytes
+    assert hub.sent < starter_gguf.stat().st_size / 10, "only the header crosses the network"
+
+
+def test_remote_header_grows_its_fetch_until_complete(hub, starter_spec):
+    endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
+    spec = inspect_remote("someone/smol", "smol.gguf", endpoint=endpoint, first_chunk=64 * 1024)
+    assert spec.total_bytes == starter_spec.total_bytes
+
+
+def test_remote_missing_file(hub):
+    endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
+    with pytest.raises(ModelNotFoundError):
+        inspect_remote("someone/smol", "absent.gguf", endpoint=endpoint)
+
+
+def test_offline_mode_is_a_clear_error(starter_gguf):
+    with pytest.raises(ModelLoadError, match="offline"):
+        inspect_remote("someone/smol", "smol.gguf", endpoint="http://127.0.0.1:9")
+
+
+def test_server_down_is_a_clear_error(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelLoadError, match="cannot reach"):
+        inspect_remote("someone/smol", "smol.gguf", endpoint="http://127.0.0.1:9")
