@@ -146,7 +146,7 @@ def hw(as_json):
 
 
 def _hw_text(profile) -> str:
-    from .planner import _gib
+    from .planner import human_bytes
 
     cpu, mem = profile.cpu, profile.memory
     cores = f"{cpu.physical_cores or '?'} cores, {cpu.logical_cores or '?'} threads"
@@ -154,12 +154,12 @@ def _hw_text(profile) -> str:
         cores += f" ({cpu.performance_cores} performance + {cpu.efficiency_cores} efficiency)"
     lines = [
         f"CPU     {cpu.model or 'unknown'}: {cores}; {', '.join(cpu.features) or 'no SIMD features detected'}",
-        f"RAM     {_gib(mem.available)} available of {_gib(mem.total)}"
-        + (f" (container limit {_gib(mem.cgroup_limit)})" if mem.cgroup_limit else "")
-        + (f"; swap {_gib(mem.swap_total)}" if mem.swap_total else "; no swap"),
+        f"RAM     {human_bytes(mem.available)} available of {human_bytes(mem.total)}"
+        + (f" (container limit {human_bytes(mem.cgroup_limit)})" if mem.cgroup_limit else "")
+        + (f"; swap {human_bytes(mem.swap_total)}" if mem.swap_total else "; no swap"),
     ]
     for gpu in profile.gpus:
-        memory = "memory unknown" if gpu.total is None else f"{_gib(gpu.free)} free of {_gib(gpu.total)}"
+        memory = "memory unknown" if gpu.total is None else f"{human_bytes(gpu.free)} free of {human_bytes(gpu.total)}"
         extra = "".join(f", {k} {v}" for k, v in (("compute", gpu.compute_capability), ("driver", gpu.driver)) if v)
         lines.append(f"GPU {gpu.index}   {gpu.name}: {memory}{' (shared with the CPU)' if gpu.unified else ''}{extra}")
     if not profile.gpus:

@@ -8,12 +8,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends import LoadedModel, Message, get_backend
+from .config import cache_dir
 from .errors import ModelLoadError, ModelNotFoundError, UsageError
 from .events import Event, Finished, Token
+from .gguf_info import ModelSpec, inspect_file
 from .options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from .planner import MIN_CTX
-from .config import cache_dir
-from .gguf_info import ModelSpec, inspect_file
 from .registry import resolve
 
 GGUF_MAGIC = b"GGUF"

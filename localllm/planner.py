@@ -131,7 +131,7 @@ def plan(hw: HardwareProfile, spec: ModelSpec, overrides: Overrides = Overrides(
         fit = "none"
         chosen = (fallback, est, margins)
         warnings.append(
-            f"needs {_gib(est.ram.total + margins[0])} of RAM but {_gib(budgets[0])} is available"
+            f"needs {human_bytes(est.ram.total + margins[0])} of RAM but {human_bytes(budgets[0])} is available"
             + ("; loading anyway as asked" if overrides.load_anyway else "; use --load-anyway to try regardless")
         )
     else:
@@ -178,14 +178,14 @@ def plan_quants(hw: HardwareProfile, specs: list[ModelSpec], overrides: Override
     return best, plans
 
 
-def _gib(n: int | None) -> str:
+def human_bytes(n: int | None) -> str:
     if n is None:
         return "an unknown amount"
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / MIB:.0f} MiB"
 
 
 def _explain(hw, spec, s, est, margins, budgets, fit, threads) -> str:
-    name = f"{spec.name} ({spec.file_type or 'unknown quant'}, {_gib(spec.weights_bytes)} of weights)"
+    name = f"{spec.name} ({spec.file_type or 'unknown quant'}, {human_bytes(spec.weights_bytes)} of weights)"
     gpus = hw.offload_gpus
     if fit == "gpu":
         where = f"runs entirely on {_gpu_names(gpus)}"
@@ -200,12 +200,12 @@ def _explain(hw, spec, s, est, margins, budgets, fit, threads) -> str:
         where = "does not fit in this machine's free memory"
     kv_total = sum(d.kv_cache for d in est.devices)
     parts = [f"{name} {where}.",
-             f"A {s.n_ctx}-token context with a{'n' if s.kv_type == 'f16' else ''} {s.kv_type} KV cache takes {_gib(kv_total)}"
+             f"A {s.n_ctx}-token context with a{'n' if s.kv_type == 'f16' else ''} {s.kv_type} KV cache takes {human_bytes(kv_total)}"
              + (" (sliding-window layers keep only their window)" if any(spec.swa_layers) and not s.swa_full else "") + "."]
     for device, margin, budget in zip(est.devices, margins, budgets):
         if device.total:
             where = "RAM" if device.device == "cpu" else device.device.upper()
-            parts.append(f"{where}: {_gib(device.total)} needed + {_gib(margin)} margin, {_gib(budget)} free.")
+            parts.append(f"{where}: {human_bytes(device.total)} needed + {human_bytes(margin)} margin, {human_bytes(budget)} free.")
     return " ".join(parts)
 
 
@@ -220,8 +220,8 @@ def breakdown_rows(p: LoadPlan) -> list[tuple[str, ...]]:
     rows = [heads]
     for label, attr in (("weights", "weights"), ("KV cache", "kv_cache"), ("compute buffer", "compute"),
                         ("output", "output"), ("runtime overhead", "overhead")):
-        rows.append((label, *(_gib(getattr(d, attr)) for d in p.estimate.devices)))
-    rows.append(("safety margin", *(_gib(m) for m in p.margins)))
-    rows.append(("total", *(_gib(d.total + m) for d, m in zip(p.estimate.devices, p.margins))))
-    rows.append(("free now", *(_gib(b) for b in p.budgets)))
+        rows.append((label, *(human_bytes(getattr(d, attr)) for d in p.estimate.devices)))
+    rows.append(("safety margin", *(human_bytes(m) for m in p.margins)))
+    rows.append(("total", *(human_bytes(d.total + m) for d, m in zip(p.estimate.devices, p.margins))))
+    rows.append(("free now", *(human_bytes(b) for b in p.budgets)))
     return rows
