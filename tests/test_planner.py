@@ -24,6 +24,7 @@ from localllm.hardware import (
     read_cpu_linux,
     read_cpu_macos,
     read_memory,
+    read_drm,
     read_nvidia,
     metal_working_set,
 )
@@ -145,6 +146,23 @@ def test_memory_used_by_other_processes_is_not_free(tmp_path):
 def test_nvml_without_permission_is_a_note_not_a_crash():
     gpus, notes = read_nvidia(ReplayNVML(None, pynvml.NVMLError_NoPermission(pynvml.NVML_ERROR_NO_PERMISSION)))
     assert gpus == [] and "could not be read" in notes[0]
+
+
+def test_amd_and_intel_gpus_from_sysfs(tmp_path):
+    # The amdgpu driver's files: vendor id, VRAM total and used in bytes; an Intel iGPU has no VRAM.
+    cards = {"card0": {"vendor": "0x1002", "device": "0x744c", "mem_info_vram_total": "25753026560",
+                       "mem_info_vram_used": "1073741824", "product_name": "Radeon RX 7900 XTX"},
+             "card1": {"vendor": "0x8086", "device": "0xa780"}}
+    for card, files in cards.items():
+        device = tmp_path / "class" / "drm" / card / "device"
+        device.mkdir(parents=True)
+        for name, value in files.items():
+            (device / name).write_text(value + "\n")
+    (tmp_path / "class" / "drm" / "card0-DP-1").mkdir()  # connectors are not cards
+    amd, intel = read_drm(tmp_path, first_index=1)
+    assert (amd.index, amd.vendor, amd.name, amd.total, amd.free) == (1, "amd", "Radeon RX 7900 XTX", 25753026560, 24679284736)
+    assert not amd.unified
+    assert (intel.vendor, intel.total, intel.unified) == ("intel", None, True), "unknown, never guessed"
 
 
 def test_apple_unified_memory(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
+import re
 import secrets
 import sys
 import threading
@@ -84,6 +85,7 @@ class _LlamaLog:
     def __init__(self) -> None:
         self.verbose = False
         self.errors: deque[str] = deque(maxlen=16)
+        self.capture: list[str] | None = None  # every line, while a dry run reads buffer sizes
         self._last_level = 0
         # Keep a reference: ctypes frees the trampoline if the Python callable is collected.
         self._callback = llama_cpp.llama_log_callback(self._on_log)
@@ -93,6 +95,8 @@ class _LlamaLog:
             level = self._last_level
         self._last_level = level
         line = text.decode("utf-8", errors="replace")
+        if self.capture is not None:
+            self.capture.append(line)
         if self.verbose:
             sys.stderr.write(line)
             sys.stderr.flush()
@@ -155,29 +159,10 @@ class LlamaCppModel:
 
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
-        if options.n_ctx is None:
-            n_ctx = min(self.n_ctx_train, DEFAULT_CTX)
-        else:
-            n_ctx = options.n_ctx or self.n_ctx_train
         self.n_threads = options.n_threads or default_threads(busy_elsewhere=load_sampler.busy_elsewhere())
         self.n_gpu_layers = layers if llama_cpp.llama_supports_gpu_offload() else 0
 
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = min(options.n_batch, n_ctx)
-        cparams.n_ubatch = min(options.n_ubatch, cparams.n_batch)
-        # Only the last token's logits are ever read, and llama.cpp otherwise reserves a buffer
-        # for n_batch of them (100 MiB for a 49k vocabulary).
-        cparams.n_outputs_max = 1
-        cparams.n_threads = self.n_threads
-        cparams.n_threads_batch = self.n_threads
-        cparams.flash_attn_type = {
-            None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-            True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        }[options.flash_attn]
-        cparams.type_k = cparams.type_v = _GGML_TYPES[options.kv_type or "f16"]
-        cparams.swa_full = options.swa_full
+        cparams = _context_params(options, self.n_ctx_train, self.n_threads)
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             reason = _log.first_error() or "llama.cpp could not create the context"
@@ -352,6 +337,30 @@ class LlamaCppModel:
         self.close()
 
 
+def _context_params(options: LoadOptions, n_ctx_train: int, n_threads: int):
+    if options.n_ctx is None:
+        n_ctx = min(n_ctx_train, DEFAULT_CTX)
+    else:
+        n_ctx = options.n_ctx or n_ctx_train
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx = n_ctx
+    cparams.n_batch = min(options.n_batch, n_ctx)
+    cparams.n_ubatch = min(options.n_ubatch, cparams.n_batch)
+    # Only the last token's logits are ever read, and llama.cpp otherwise reserves a buffer
+    # for n_batch of them (100 MiB for a 49k vocabulary).
+    cparams.n_outputs_max = 1
+    cparams.n_threads = n_threads
+    cparams.n_threads_batch = n_threads
+    cparams.flash_attn_type = {
+        None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+        True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    }[options.flash_attn]
+    cparams.type_k = cparams.type_v = _GGML_TYPES[options.kv_type or "f16"]
+    cparams.swa_full = options.swa_full
+    return cparams
+
+
 def _sampler_chain(sampling: SamplingOptions, seed: int):
     params = llama_cpp.llama_sampler_chain_default_params()
     params.no_perf = True
@@ -426,3 +435,45 @@ def devices() -> list[tuple[str, str, int, int]]:
 
 def supports_gpu_offload() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+_BUFFER_LINES = {
+    "kv_cache": re.compile(r"^llama_kv_cache\w*: size = +([\d.]+) MiB"),
+    "compute": re.compile(r"compute buffer size = +([\d.]+) MiB"),
+    "output": re.compile(r"output buffer size = +([\d.]+) MiB"),
+}
+
+
+def dry_run(path: Path, options: LoadOptions) -> dict[str, int]:
+    """The buffers llama.cpp would allocate for this load, without allocating them (no_alloc).
+
+    Returns bytes of "kv_cache", "compute" and "output" as llama.cpp logs them: the ground
+    truth the estimator is checked against.
+    """
+    _init_backend(options.verbose)
+    captured: list[str] = []
+    previous_verbose = _log.verbose
+    _log.capture = captured
+    try:
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.no_alloc = True
+        mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # no_alloc cannot map the file
+        model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
+        if not model:
+            raise ModelLoadError(path, _load_failure_reason())
+        try:
+            cparams = _context_params(options, llama_cpp.llama_model_n_ctx_train(model), options.n_threads or 1)
+            ctx = llama_cpp.llama_init_from_model(model, cparams)
+            if ctx:
+                llama_cpp.llama_free(ctx)
+        finally:
+            llama_cpp.llama_model_free(model)
+    finally:
+        _log.capture = None
+        _log.verbose = previous_verbose
+    sizes = {}
+    for line in captured:
+        for name, pattern in _BUFFER_LINES.items():
+            if found := pattern.search(line.strip()):
+                sizes[name] = sizes.get(name, 0) + round(float(found.group(1)) * 2**20)
+    return sizes
