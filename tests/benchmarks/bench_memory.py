@@ -3,8 +3,10 @@
 For each model, context 2048/8192/32768, KV cache f16/q8_0 and flash attention on/off, a fresh
 process loads the model through localllm's backend, evaluates one full ubatch (so every buffer
 is touched) and reports its resident-memory growth; the estimator predicts the same from the
-GGUF metadata alone. Target: every prediction within 3% or 64 MiB of the measurement, and never
-below it once the planner's safety margin is added.
+GGUF metadata alone. Rows without flash attention fill their whole context first (--fill):
+their attention-score buffer is only touched as the context fills. Target: every prediction
+within 3% or 64 MiB of the measurement, and never below it once the planner's safety margin
+is added.
 
     python tests/benchmarks/bench_memory.py [--gemma PATH]
 
@@ -40,17 +42,19 @@ def capture(level, text, user_data):
 llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
 proc = psutil.Process()
 before = proc.memory_info().rss
-n_ctx, kv, fa = int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+n_ctx, kv, fa, fill = int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5] == "1"
 model = LlamaCppModel(Path(sys.argv[1]), LoadOptions(n_ctx=n_ctx, kv_type=kv, flash_attn=fa, n_threads=2))
-for _ in model.generate([100] * 512, SamplingOptions(temperature=0, max_tokens=2, ignore_eos=True)):
+prompt = [100] * (model.n_ctx - 4 if fill else 512)
+for _ in model.generate(prompt, SamplingOptions(temperature=0, max_tokens=2, ignore_eos=True)):
     pass
 print(json.dumps({"growth": proc.memory_info().rss - before, "compute_reserved": reserved[-1]}))
 """
 
 
-def measure(path: Path, n_ctx: int, kv: str, fa: bool) -> tuple[int, int]:
-    """Resident growth after load and one full ubatch, and the compute buffer llama.cpp reserved."""
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(n_ctx), kv, "1" if fa else "0"],
+def measure(path: Path, n_ctx: int, kv: str, fa: bool, fill: bool) -> tuple[int, int]:
+    """Resident growth after load and a prompt of one ubatch (or the whole context), and the
+    compute buffer llama.cpp reserved."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(n_ctx), kv, "1" if fa else "0", "1" if fill else "0"],
                          capture_output=True, text=True, check=True).stdout
     data = json.loads(out.splitlines()[-1])
     return data["growth"], int(data["compute_reserved"])
@@ -71,6 +75,8 @@ def gemma_path(given: str | None) -> Path | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gemma", help="path to gemma-3-270m-q4_k_m.gguf")
+    parser.add_argument("--fill", choices=("none", "fa-off", "all"), default="fa-off",
+                        help="which rows evaluate a prompt filling the whole context (slow at 32k) instead of one ubatch")
     args = parser.parse_args()
     models = [starter_path(), gemma_path(args.gemma)]
     cache = Path(tempfile.gettempdir()) / "localllm-bench" / "specs"
@@ -87,16 +93,17 @@ def main() -> None:
                         continue  # llama.cpp needs flash attention for a quantized V cache
                     ram = estimate(spec, LoadShape(n_ctx=n_ctx, kv_type=kv, flash_attn=fa)).ram
                     predicted = ram.total
-                    measured, compute_reserved = measure(path, n_ctx, kv, fa)
+                    fill = args.fill == "all" or (args.fill == "fa-off" and not fa)
+                    measured, compute_reserved = measure(path, n_ctx, kv, fa, fill)
                     error = predicted - measured
                     with_margin = predicted + safety_margin(predicted)
                     compute_ok = abs(ram.compute - compute_reserved) <= max(0.03 * compute_reserved, 4 * MIB)
                     within = abs(error) <= max(0.03 * measured, 64 * MIB)
                     # Without flash attention llama.cpp reserves an attention-score buffer for a
-                    # full context; one ubatch touches only its first rows, so the resident
-                    # figure understates the need until the context fills. Such a row counts
-                    # when the excess is exactly that reserved buffer.
-                    untouched = not within and not fa and compute_ok and error <= compute_reserved
+                    # full context; a short prompt touches only its first rows, so the resident
+                    # figure understates the need until the context fills. Unless the row was
+                    # filled, it counts when the excess is exactly that reserved buffer.
+                    untouched = not within and not fill and not fa and compute_ok and error <= compute_reserved
                     ok = (within or untouched) and with_margin >= measured
                     all_ok &= ok
                     if within:
@@ -104,7 +111,7 @@ def main() -> None:
                     print(f"{spec.name[:27]:28}{n_ctx:6} {kv:5}{'on' if fa else 'off':>3}"
                           f"{predicted / MIB:9.0f}Mi{measured / MIB:8.0f}Mi{error / MIB:+7.0f}Mi{with_margin / MIB:7.0f}Mi"
                           f"{ram.compute / MIB:14.0f}/{compute_reserved / MIB:.0f} Mi"
-                          f"  {'yes' if within and ok else 'yes*' if ok else 'NO'}")
+                          f"  {'yes' if within and ok else 'yes*' if ok else 'NO'}{'  (context filled)' if fill else ''}")
     print(f"worst relative error of the rows measured whole: {worst:.1%}; {'all within target' if all_ok else 'SOME OUTSIDE TARGET'}")
     print("yes*: flash attention off; the excess is the score buffer llama.cpp reserves for a full context"
           " (compute pred/llama.cpp), untouched after one ubatch")
