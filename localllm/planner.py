@@ -219,7 +219,7 @@ def breakdown_rows(p: LoadPlan) -> list[tuple[str, ...]]:
     heads = ("", *("RAM" if d.device == "cpu" else d.device.upper() for d in p.estimate.devices))
     rows = [heads]
     for label, attr in (("weights", "weights"), ("KV cache", "kv_cache"), ("compute buffer", "compute"),
-                        ("output", "output"), ("runtime overhead", "overhead")):
+                        ("CPU scratch", "scratch"), ("output", "output"), ("runtime overhead", "overhead")):
         rows.append((label, *(human_bytes(getattr(d, attr)) for d in p.estimate.devices)))
     rows.append(("safety margin", *(human_bytes(m) for m in p.margins)))
     rows.append(("total", *(human_bytes(d.total + m) for d, m in zip(p.estimate.devices, p.margins))))
