@@ -69,9 +69,9 @@ def pad(n: int, to: int = KV_CELL_PAD) -> int:
     return -(-n // to) * to
 
 
-def kv_cells(spec: ModelSpec, n_ctx: int, layer: int, shape: LoadShape) -> int:
+def kv_cells(spec: ModelSpec, layer: int, shape: LoadShape) -> int:
     """Cells layer `layer` keeps: the whole context, or for sliding-window layers only the window."""
-    n_ctx = pad(n_ctx)
+    n_ctx = pad(shape.n_ctx)
     if spec.swa_layers and spec.swa_layers[layer] and not shape.swa_full and spec.sliding_window:
         return min(n_ctx, pad(spec.sliding_window + shape.n_ubatch))
     return n_ctx
@@ -79,7 +79,7 @@ def kv_cells(spec: ModelSpec, n_ctx: int, layer: int, shape: LoadShape) -> int:
 
 def kv_layer_bytes(spec: ModelSpec, layer: int, shape: LoadShape) -> int:
     elements = spec.n_head_kv[layer] * (spec.head_dim_k + spec.head_dim_v)
-    return int(kv_cells(spec, shape.n_ctx, layer, shape) * elements * KV_BYTES_PER_ELEMENT[shape.kv_type])
+    return int(kv_cells(spec, layer, shape) * elements * KV_BYTES_PER_ELEMENT[shape.kv_type])
 
 
 def compute_bytes(spec: ModelSpec, shape: LoadShape) -> int:

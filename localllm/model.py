@@ -119,7 +119,7 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
     started = time.perf_counter()
     build = build_info()
     planned = _plan(path, options, build, notify)
-    for attempt in range(8):
+    while True:  # every rung of the ladder is smaller, and it ends
         try:
             loaded = get_backend().load(path, planned)
             return Model(loaded, planned, time.perf_counter() - started)
@@ -129,7 +129,6 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
                 raise
             planned, change = smaller
             notify(f"out of memory; retrying with {change}")
-    raise ModelLoadError(path, "out of memory even with the smallest settings")
 
 
 def _plan(path: Path, options: LoadOptions, build, notify: Callable[[str], None]) -> LoadOptions:
@@ -144,7 +143,7 @@ def _plan(path: Path, options: LoadOptions, build, notify: Callable[[str], None]
     roomy = path.stat().st_size * 2 + 2**30 < psutil.virtual_memory().available
     if not gpu_choice and roomy and options.margin is None:
         return replace(options, n_gpu_layers=options.n_gpu_layers or 0)
-    chosen = plan(detect(build), inspect(path), Overrides(
+    chosen = plan(detect(build), inspect_file(path, cache_dir()), Overrides(
         n_ctx=options.n_ctx, n_gpu_layers=options.n_gpu_layers, kv_type=options.kv_type,
         flash_attn=options.flash_attn, tensor_split=options.tensor_split or None, n_threads=options.n_threads,
         margin=options.margin, load_anyway=options.load_anyway,
@@ -153,6 +152,7 @@ def _plan(path: Path, options: LoadOptions, build, notify: Callable[[str], None]
         raise ModelLoadError(path, f"it does not fit: {chosen.warnings[0]}")
     for warning in chosen.warnings:
         notify(warning)
+    # Threads stay open: the backend counts busy cores while the model loads, which is fresher.
     return replace(chosen.load_options(options.verbose), n_threads=options.n_threads)
 
 

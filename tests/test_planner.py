@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pynvml
-import pytest
 
 from localllm.estimate import MIB
 from localllm.gguf_info import ModelSpec

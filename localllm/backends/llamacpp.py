@@ -36,6 +36,14 @@ _GGML_MAX_N_THREADS = 512
 _GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
 
 
+def _ggml_library(stem: str) -> ctypes.CDLL:
+    lib_dir = Path(llama_cpp.llama_cpp.__file__).parent / "lib"
+    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
+        if (lib_dir / name).exists():
+            return ctypes.CDLL(str(lib_dir / name))
+    raise OSError(f"{stem} not found in {lib_dir}")
+
+
 class _ThreadpoolParams(ctypes.Structure):
     _fields_ = [
         ("cpumask", ctypes.c_bool * _GGML_MAX_N_THREADS),
@@ -58,7 +66,7 @@ class _Threadpool:
     def __init__(self, ctx, n_threads: int):
         self._pool = None
         try:
-            cpu = ctypes.CDLL(str(Path(llama_cpp.llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"))
+            cpu = _ggml_library("ggml-cpu")
             params_default, self._new, self._free = cpu.ggml_threadpool_params_default, cpu.ggml_threadpool_new, cpu.ggml_threadpool_free
             attach = llama_cpp.llama_cpp._lib.llama_attach_threadpool
         except (OSError, AttributeError):
@@ -407,14 +415,6 @@ def _load_failure_reason() -> str:
 _DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
 
 
-def _ggml_library(stem: str) -> ctypes.CDLL:
-    lib_dir = Path(llama_cpp.llama_cpp.__file__).parent / "lib"
-    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
-        if (lib_dir / name).exists():
-            return ctypes.CDLL(str(lib_dir / name))
-    raise OSError(f"{stem} not found in {lib_dir}")
-
-
 def devices() -> list[tuple[str, str, int, int]]:
     """llama.cpp's backend devices as (name, type, free bytes, total bytes), e.g. ("CUDA0", "gpu", ...).
 
@@ -462,7 +462,6 @@ def dry_run(path: Path, options: LoadOptions) -> dict[str, int]:
     """
     _init_backend(options.verbose)
     captured: list[str] = []
-    previous_verbose = _log.verbose
     _log.capture = captured
     try:
         mparams = llama_cpp.llama_model_default_params()
@@ -480,7 +479,6 @@ def dry_run(path: Path, options: LoadOptions) -> dict[str, int]:
             llama_cpp.llama_model_free(model)
     finally:
         _log.capture = None
-        _log.verbose = previous_verbose
     sizes = {}
     for line in captured:
         for name, pattern in _BUFFER_LINES.items():
