@@ -12,6 +12,7 @@ import sys
 import click
 
 from . import __version__
+from .cli_models import COMMANDS
 from .errors import LocalLLMError, UsageError
 
 MIN_PLAN_CTX = 256
@@ -29,10 +30,12 @@ def cli() -> None:
       localllm run "Why is the sky blue?"
       cat notes.txt | localllm run -p "Summarize this"
       localllm run -m ./model.gguf --json "Hello"
+      localllm catalog                  # models that fit this machine
+      localllm pull qwen3:4b            # download (resumable, verified)
 
     Exit codes: 0 success, 1 unexpected error, 2 usage error, 3 model not found,
     4 model failed to load, 5 prompt longer than the context window,
-    6 generation failed, 130 interrupted.
+    6 generation failed, 7 download failed, 8 not enough disk space, 130 interrupted.
     """
 
 
@@ -85,48 +88,6 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
         status.clear()
     with loaded:
         _answer(loaded, prompt, system, sampling, as_json=as_json, stream=not (no_stream or as_json))
-
-
-@cli.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def list_models(as_json):
-    """List the models installed on this machine."""
-    from .registry import installed_models
-
-    models = installed_models()
-    if as_json:
-        click.echo(json.dumps([{"name": m.name, "path": str(m.path), "size": m.size, "source": m.source} for m in models], indent=2))
-        return
-    if not models:
-        from .registry import STARTER_INSTALL_HINT
-
-        click.echo(f"No models installed; {STARTER_INSTALL_HINT}", err=True)
-        return
-    width = max(len(m.name) for m in models)
-    for m in models:
-        click.echo(f"{m.name:<{width}}  {m.size / 2**20:8.1f} MiB  {m.path}")
-
-
-@cli.command()
-@click.argument("model", required=False)
-@click.option("--clear", is_flag=True, help="Forget the default; the best installed model is used.")
-def default(model, clear):
-    """Show or set the model used when -m is not given."""
-    from .config import load_config, save_config
-    from .registry import resolve
-
-    config = load_config()
-    if clear:
-        config.pop("default_model", None)
-        save_config(config)
-        return
-    if model is None:
-        click.echo(config.get("default_model", "(none: the best installed model is used)"))
-        return
-    resolve(model)  # refuse to remember a model that does not resolve
-    config["default_model"] = model
-    save_config(config)
-    click.echo(f"default model: {model}", err=True)
 
 
 @cli.command()
@@ -212,6 +173,10 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
     click.echo(f"\nsettings: --ctx {shape.n_ctx} --gpu-layers {shape.n_gpu_layers} --kv-type {shape.kv_type} --threads {chosen.n_threads}")
     for warning in chosen.warnings:
         click.echo(f"warning: {warning}", err=True)
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def _answer(model, prompt, system, sampling, as_json: bool, stream: bool) -> None:

@@ -3,7 +3,8 @@
 Exit codes (documented in the README, mapped in one place: ``LocalLLMError.exit_code``):
     0 success, 1 unexpected failure, 2 usage error, 3 model not found,
     4 model failed to load, 5 prompt does not fit the context window,
-    6 generation failed, 130 interrupted (Ctrl-C).
+    6 generation failed, 7 download failed (network, refused access, verification),
+    8 not enough disk space, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -69,3 +70,33 @@ class GenerationError(LocalLLMError):
     """llama.cpp failed while evaluating tokens."""
 
     exit_code = 6
+
+
+class CatalogError(LocalLLMError):
+    """A catalog file (shipped or the user's) breaks the schema."""
+
+    exit_code = 2
+
+    def __init__(self, origin: str, reason: str):
+        self.origin = origin
+        self.reason = reason
+        super().__init__(f"catalog {origin}: {reason}")
+
+
+class DownloadError(LocalLLMError):
+    """A download could not finish: no network, refused access, stalled, or the bytes failed verification."""
+
+    exit_code = 7
+
+
+class DiskSpaceError(LocalLLMError):
+    """Not enough free disk for a download; raised before any byte is written."""
+
+    exit_code = 8
+
+    def __init__(self, needed: int, free: int, where: Path):
+        self.needed, self.free, self.where = needed, free, where
+        super().__init__(
+            f"not enough disk space in {where}: the download needs {needed / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB is free (set HF_HOME to put the Hugging Face cache elsewhere)"
+        )

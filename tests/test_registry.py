@@ -36,7 +36,7 @@ def hf_model(isolated_home, starter_gguf, tmp_path):
 
 
 def test_starter_is_found_by_its_aliases(starter_gguf):
-    for alias in ("starter", "smollm2", "SmolLM2", "smollm2-135m-instruct:q4_1"):
+    for alias in ("starter", "SmolLM2-135M-Instruct", "smollm2-135m-instruct:q4_1"):
         assert resolve(alias) == starter_gguf
 
 

@@ -1,0 +1,267 @@
+"""The model-management commands: catalog, pull, list, show, rm, default. Thin, like cli.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import UsageError
+
+
+def _hardware():
+    from .backends import build_info
+    from .hardware import detect
+
+    return detect(build_info())
+
+
+@click.command("catalog")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def catalog_command(as_json):
+    """List the curated models and how each would run here (the recommended quantization and its fit).
+
+    Pull one with `localllm pull NAME[:SIZE][-QUANT]`, e.g. `localllm pull qwen3:4b`.
+    """
+    from .catalog import load_catalog
+    from .planner import plan_quants
+
+    hw = _hardware()
+    rows = []
+    for entry in load_catalog().entries:
+        best, _ = plan_quants(hw, [entry.spec(q) for q in entry.quants])
+        quant = entry.quant(best.spec.file_type)
+        rows.append({"ref": entry.ref, "family": entry.family, "params_b": entry.params_b, "license": entry.license,
+                     "quant": quant.quant, "size": quant.size, "fit": best.fit, "label": best.label,
+                     "quants": [q.quant for q in entry.quants], "repo": entry.gguf_repo})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["ref"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['ref']:<{width}}  {r['quant']:<7} {r['size'] / 1e9:6.1f} GB  {r['label']:<16} {r['family']} ({r['license']})")
+
+
+@click.command()
+@click.argument("ref")
+def pull(ref):
+    """Download a model: a catalog name (qwen3, qwen3:8b, qwen3:8b-q4_k_m), hf.co/owner/repo[:QUANT], or owner/repo/file.gguf.
+
+    Without a quantization, the one that fits this machine best is chosen. The download goes into
+    the Hugging Face cache, resumes if interrupted (run the same command again) and is checked
+    against the Hub's SHA-256 before it can be used. Prints the installed file's path on stdout.
+    """
+    from huggingface_hub import constants
+
+    from .store import prepare_pull
+    from .store import pull as pull_files
+
+    if constants.HF_HUB_OFFLINE:
+        from .registry import find_installed
+
+        installed = find_installed(ref)
+        click.echo(f"{ref}: already installed (offline, so not checked against the Hub)", err=True)
+        click.echo(str(installed.path))
+        return
+    prepared = prepare_pull(ref)
+    names = ", ".join(f.filename for f in prepared.files)
+    click.echo(f"{ref}: {prepared.ref.repo_id} {names} ({prepared.size / 1e9:.2f} GB)", err=True)
+    if prepared.plan is not None:
+        click.echo(f"  {prepared.quant}: {prepared.reason}", err=True)
+        if prepared.plan.fit == "none":
+            click.echo(f"localllm: warning: {prepared.plan.explanation}", err=True)
+    if not prepared.missing:
+        click.echo("  already installed", err=True)
+    try:
+        with _ProgressBar(prepared) as bar:
+            path = pull_files(prepared, bar.update)
+    except KeyboardInterrupt:
+        click.echo("\nlocalllm: download interrupted; what arrived is kept: run the same command to resume", err=True)
+        raise
+    click.echo(f"  verified and installed: {path}", err=True)
+    click.echo(str(path))
+
+
+class _ProgressBar:
+    """tqdm on stderr (size, speed, ETA) when a person is watching; bytes already on disk start it off."""
+
+    def __init__(self, prepared):
+        self.prepared, self.bar = prepared, None
+
+    def __enter__(self):
+        from tqdm.auto import tqdm
+
+        total, missing = self.prepared.size, self.prepared.to_download
+        if missing and sys.stderr.isatty():
+            self.bar = tqdm(total=total, initial=total - missing, unit="B", unit_scale=True, unit_divisor=1024,
+                            file=sys.stderr, desc="  downloading", mininterval=0.2, dynamic_ncols=True)
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--add-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Also list (and run in place) the GGUF files in DIR, from now on.")
+def list_models(as_json, add_dir):
+    """List the models on this machine: pulled ones, the starter, and GGUFs other tools downloaded.
+
+    Found without copying: the Hugging Face cache, LM Studio's and llama.cpp's folders, and
+    folders added with --add-dir. The fit label says how each would run here.
+    """
+    from .registry import STARTER_INSTALL_HINT, add_model_dir, installed_models
+
+    if add_dir is not None:
+        click.echo(f"added {add_model_dir(add_dir)}", err=True)
+    models = installed_models()
+    rows = [{"name": m.name, "path": str(m.path), "size": m.size, "quant": m.quant, "source": m.source,
+             **_fit(m.path)} for m in models]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"No models installed; {STARTER_INSTALL_HINT}, or pull one: localllm catalog", err=True)
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {r['size'] / 1e9:6.2f} GB  {r['quant'] or '?':<7} {r['label']:<16} {r['source']:<9} {r['path']}")
+
+
+def _fit(path: Path) -> dict:
+    from .errors import LocalLLMError
+    from .model import inspect
+    from .planner import plan
+
+    try:
+        chosen = plan(_cached_hardware(), inspect(path))
+    except LocalLLMError as exc:  # a broken file is listed, with why it will not run
+        return {"fit": "error", "label": "unreadable", "error": str(exc)}
+    return {"fit": chosen.fit, "label": chosen.label}
+
+
+_HW = []
+
+
+def _cached_hardware():
+    if not _HW:
+        _HW.append(_hardware())
+    return _HW[0]
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--remote", is_flag=True, help="For a model not installed: read its real header from the Hub (a few MB).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def show(ref, remote, as_json):
+    """Show a model: what it is, where it is, and how it would load on this machine.
+
+    Works offline for installed models and catalog entries.
+    """
+    from dataclasses import asdict
+
+    from .catalog import load_catalog
+    from .errors import ModelNotFoundError
+    from .model import inspect
+    from .planner import plan, plan_quants
+    from .references import parse_reference
+    from .registry import find_installed
+
+    hw = _hardware()
+    info: dict = {"ref": ref}
+    try:
+        installed = find_installed(ref)
+    except ModelNotFoundError:
+        parsed = parse_reference(ref, load_catalog())
+        if parsed.kind in ("path", "name"):
+            raise
+        installed = None
+    if installed is not None:
+        spec = inspect(installed.path)
+        chosen, plans = plan(hw, spec), []
+        info |= {"installed": True, "path": str(installed.path), "source": installed.source, "size": installed.size}
+    elif parsed.entry is not None and not remote:
+        entry = parsed.entry
+        specs = [entry.spec(q) for q in entry.quants if not parsed.quant or q.quant == parsed.quant]
+        chosen, plans = plan_quants(hw, specs)
+        spec = chosen.spec
+        info |= {"installed": False, "family": entry.family, "license": entry.license, "params_b": entry.params_b,
+                 "repo": entry.gguf_repo, "safetensors_repo": entry.safetensors_repo, "unverified": list(entry.unverified),
+                 "description": entry.description}
+    else:
+        from .gguf_info import inspect_remote
+        from .store import prepare_pull
+
+        prepared = prepare_pull(ref, hw)
+        spec = inspect_remote(prepared.ref.repo_id, prepared.files[0].filename, prepared.ref.revision)
+        chosen, plans = plan(hw, spec), []
+        info |= {"installed": False, "repo": prepared.ref.repo_id, "files": [f.filename for f in prepared.files],
+                 "size": prepared.size}
+    info |= {"architecture": spec.architecture, "layers": spec.n_layer, "context_length": spec.n_ctx_train,
+             "quant": spec.file_type, "sliding_window": spec.sliding_window, "experts": spec.n_expert,
+             "fit": chosen.fit, "label": chosen.label, "settings": asdict(chosen.shape),
+             "explanation": chosen.explanation,
+             "quants": [{"quant": p.spec.file_type, "size": p.spec.total_bytes, "fit": p.fit, "label": p.label} for p in plans]}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key in ("ref", "family", "description", "license", "params_b", "repo", "path", "source", "architecture",
+                "layers", "context_length", "sliding_window", "experts", "quant"):
+        if info.get(key) not in (None, 0, ""):
+            click.echo(f"{key.replace('_', ' '):<15} {info[key]}")
+    if info.get("unverified"):
+        click.echo(f"{'unverified':<15} {', '.join(info['unverified'])} (from the model card, not checked against the Hub)")
+    click.echo(f"\n{chosen.label}: {chosen.explanation}")
+    for p in info["quants"]:
+        click.echo(f"  {p['quant']:<7} {p['size'] / 1e9:6.2f} GB  {p['label']}")
+    if not info["installed"]:
+        click.echo(f"\nnot installed: localllm pull {ref}")
+
+
+@click.command()
+@click.argument("ref")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def rm(ref, yes):
+    """Delete a pulled model from the Hugging Face cache, freeing its disk space."""
+    from .registry import find_installed, remove
+
+    model = find_installed(ref)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"not deleting {model.name} without confirmation: add --yes")
+        click.confirm(f"Delete {model.name} ({model.size / 1e9:.2f} GB, {model.path})?", abort=True, err=True)
+    freed = remove(model)
+    click.echo(f"deleted {model.name}: {freed / 1e9:.2f} GB freed", err=True)
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.option("--clear", is_flag=True, help="Forget the default; the best installed model is used.")
+def default(model, clear):
+    """Show or set the model used when -m is not given."""
+    from .config import load_config, save_config
+    from .registry import resolve
+
+    config = load_config()
+    if clear:
+        config.pop("default_model", None)
+        save_config(config)
+        return
+    if model is None:
+        click.echo(config.get("default_model", "(none: the best installed model is used)"))
+        return
+    resolve(model)  # refuse to remember a model that does not resolve
+    config["default_model"] = model
+    save_config(config)
+    click.echo(f"default model: {model}", err=True)
+
+
+COMMANDS = (catalog_command, pull, list_models, show, rm, default)

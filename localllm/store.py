@@ -1,0 +1,141 @@
+"""Getting models onto this machine and off it: pull (choose, check, download, verify) and remove.
+
+Everything here that needs the network says so; what is already installed is found offline by
+the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .catalog import CatalogEntry, load_catalog
+from .errors import ModelNotFoundError, UsageError
+from .gguf_info import ModelSpec, split_files
+from .hub import Progress, RemoteFile, cached_file, download, files_for_quant, list_ggufs, partial_bytes, remote_file
+from .planner import LoadPlan, plan_quants
+from .references import Reference, parse_reference
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    """What a pull will fetch, and why that file."""
+
+    ref: Reference
+    quant: str | None
+    files: tuple[RemoteFile, ...]
+    plan: LoadPlan | None  # how it would load here; None when nothing told us its shape
+    reason: str
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def missing(self) -> tuple[RemoteFile, ...]:
+        return tuple(f for f in self.files if cached_file(f.repo_id, f.filename, f.revision) is None)
+
+    @property
+    def to_download(self) -> int:
+        return sum(f.size - partial_bytes(f) for f in self.missing)
+
+
+def prepare_pull(text: str, hw=None) -> PullPlan:
+    """Resolve a reference to the files to download (network: HEAD requests, a repo listing)."""
+    ref = parse_reference(text, load_catalog())
+    if ref.kind == "path":
+        raise UsageError(f"{text} is a local path; there is nothing to pull (run it with -m)")
+    if ref.kind == "name":
+        raise ModelNotFoundError(text, "not in the catalog and not a Hub reference (owner/repo[:QUANT] or owner/repo/file.gguf); `localllm catalog` lists the catalog")
+    if ref.filename:
+        names = [ref.filename]
+        quant, chosen, reason = None, None, "the file named"
+    elif ref.entry is not None:
+        quant, chosen, reason = _choose_catalog_quant(ref.entry, ref.quant, hw)
+        names = list(ref.entry.quant(quant).files)
+    else:
+        available = list_ggufs(ref.repo_id, ref.revision)
+        if not available:
+            raise ModelNotFoundError(text, "the repository holds no .gguf file")
+        quant, names, chosen, reason = _choose_hub_quant(ref, available, hw)
+    files = tuple(remote_file(ref.repo_id, name, ref.revision) for name in _with_split_parts(names))
+    return PullPlan(ref, quant, files, chosen, reason)
+
+
+def pull(prepared: PullPlan, progress: Progress | None = None) -> Path:
+    """Download what is missing; return the (first) file's path in the cache.
+
+    ``progress(done, total)`` counts all the files together, bytes already on disk included.
+    """
+    paths, finished = [], 0
+    for remote in prepared.files:
+        def report(done: int, _total: int, before: int = finished) -> None:
+            if progress:
+                progress(before + done, prepared.size)
+
+        paths.append(download(remote, report))
+        finished += remote.size
+    return paths[0]
+
+
+def _with_split_parts(names: list[str]) -> list[str]:
+    parts: list[str] = []
+    for name in names:
+        folder = Path(name).parent
+        for part in split_files(Path(name)):
+            full = (folder / part.name).as_posix() if folder != Path(".") else part.name
+            if full not in parts:
+                parts.append(full)
+    return parts
+
+
+def _choose_catalog_quant(entry: CatalogEntry, quant: str | None, hw) -> tuple[str, LoadPlan, str]:
+    hw = hw or _hardware()
+    specs = [entry.spec(q) for q in entry.quants]
+    best, plans = plan_quants(hw, specs)
+    if quant:
+        chosen = plans[[q.quant for q in entry.quants].index(quant)]
+        return quant, chosen, "the quantization asked for"
+    name = best.spec.file_type
+    return name, best, f"the best quantization for this machine ({best.label}) of {', '.join(q.quant for q in entry.quants)}"
+
+
+def _choose_hub_quant(ref: Reference, available: dict[str, int], hw) -> tuple[str | None, list[str], LoadPlan | None, str]:
+    from .planner import QUANT_ORDER
+
+    if ref.quant:
+        names = files_for_quant(available, ref.quant)
+        if not names:
+            raise ModelNotFoundError(ref.text, f"no {ref.quant} file in {ref.repo_id}; it has {', '.join(sorted(available))}")
+        return ref.quant.upper(), names, None, "the quantization asked for"
+    groups = {q: files_for_quant(available, q) for q in QUANT_ORDER}
+    groups = {q: names for q, names in groups.items() if names}
+    if not groups:
+        if len(available) == 1:
+            return None, list(available), None, "the only GGUF in the repository"
+        raise UsageError(f"{ref.repo_id} has several GGUF files and none with a known quantization in its name; name one: owner/repo/file.gguf")
+    from .gguf_info import inspect_remote
+
+    first = next(iter(groups.values()))[0]
+    shape = inspect_remote(ref.repo_id, first, ref.revision)
+    specs = [_resized(shape, q, sum(available[n] for n in names)) for q, names in groups.items()]
+    best, _ = plan_quants(hw or _hardware(), specs)
+    quant = best.spec.file_type
+    return quant, groups[quant], best, f"the best quantization for this machine ({best.label}) of {', '.join(groups)}"
+
+
+def _resized(spec: ModelSpec, quant: str, size: int) -> ModelSpec:
+    """Another quantization of the same model: same shapes, bytes scaled to its file size."""
+    from dataclasses import replace
+
+    scale = size / max(spec.total_bytes, 1)
+    return replace(spec, name=f"{spec.name} as {quant}", file_type=quant,
+                   layer_bytes=tuple(int(b * scale) for b in spec.layer_bytes), other_bytes=int(spec.other_bytes * scale),
+                   output_bytes=int(spec.output_bytes * scale), total_bytes=size)
+
+
+def _hardware():
+    from .backends import build_info
+    from .hardware import detect
+
+    return detect(build_info())

@@ -1,0 +1,1 @@
+"""The model catalog shipped with localllm (catalog.json), read by localllm.catalog."""

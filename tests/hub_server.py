@@ -1,0 +1,194 @@
+"""A Hugging Face Hub stand-in on 127.0.0.1 for tests: real HTTP, the Hub's headers and error codes.
+
+Looked at first: the `olah` mirror speaks the protocol, but it is a caching proxy of an upstream
+Hub (it needs the network to fill its cache) and brings a web framework; nothing here may reach
+the network. This serves files from disk with what huggingface_hub reads: resolve URLs with
+X-Repo-Commit / X-Linked-Etag / X-Linked-Size, Range requests, the tree API, and the
+X-Error-Code header that turns 401/404 into typed errors. Faults are switches: a throttle, a
+connection dropped after N bytes, corrupted bytes, a gated repo, a claimed size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+COMMIT = "c0ffee0000000000000000000000000000000001"
+CHUNK = 1 << 16
+
+
+@dataclass
+class HostedFile:
+    path: Path
+    sha256: str
+    size: int
+    claimed_size: int | None = None  # what HEAD says, to test a file larger than the disk
+
+
+@dataclass
+class Faults:
+    rate: float | None = None  # bytes per second per GET
+    drop_after: int | None = None  # close the next GET's connection after this many body bytes
+    corrupt: bool = False  # flip one byte in the middle of every file
+    gated: set[str] = field(default_factory=set)
+
+
+class HubServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        self.repos: dict[str, dict[str, HostedFile]] = {}
+        self.faults = Faults()
+        self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.body_bytes = 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def add(self, repo_id: str, filename: str, path: Path, sha256: str | None = None) -> HostedFile:
+        if sha256 is None:
+            sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        hosted = HostedFile(path, sha256, path.stat().st_size)
+        self.repos.setdefault(repo_id, {})[filename] = hosted
+        return hosted
+
+    def gets(self, filename: str) -> list[str | None]:
+        """The Range header of every GET of a file, in order."""
+        return [r for m, p, r in self.log if m == "GET" and p.endswith("/" + filename)]
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: HubServer
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self._resolve(body=False)
+
+    def do_GET(self):
+        if self.path.startswith("/api/models/"):
+            return self._tree()
+        self._resolve(body=True)
+
+    def _error(self, status: int, code: str, message: str) -> None:
+        data = json.dumps({"error": message}).encode()
+        self.send_response(status)
+        self.send_header("X-Error-Code", code)
+        self.send_header("X-Error-Message", message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _repo(self, repo_id: str) -> dict[str, HostedFile] | None:
+        if repo_id in self.server.faults.gated:
+            self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it and be authenticated.")
+            return None
+        if repo_id not in self.server.repos:
+            self._error(401, "RepoNotFound", "Repository not found")
+            return None
+        return self.server.repos[repo_id]
+
+    def _tree(self) -> None:
+        match = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/?]+)", urlparse(self.path).path)
+        repo = self._repo(unquote(match.group(1))) if match else None
+        if repo is None:
+            return
+        items = [{"type": "file", "path": name, "size": f.size, "oid": f.sha256[:40],
+                  "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134}} for name, f in sorted(repo.items())]
+        data = json.dumps(items).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _resolve(self, body: bool) -> None:
+        path = unquote(urlparse(self.path).path)
+        with self.server.lock:
+            self.server.log.append((self.command, path, self.headers.get("Range")))
+        match = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+        if not match:
+            return self._error(404, "EntryNotFound", "not a resolve URL")
+        repo = self._repo(match.group(1))
+        if repo is None:
+            return
+        hosted = repo.get(match.group(3))
+        if hosted is None:
+            return self._error(404, "EntryNotFound", f"{match.group(3)} does not exist")
+        size = hosted.claimed_size or hosted.size
+        start, status = 0, 200
+        if body and (requested := self.headers.get("Range")):
+            start = int(re.match(r"bytes=(\d+)-", requested).group(1))
+            if start >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        self.send_response(status)
+        self.send_header("X-Repo-Commit", COMMIT)
+        self.send_header("X-Linked-Etag", f'"{hosted.sha256}"')
+        self.send_header("ETag", f'"{hosted.sha256}"')
+        self.send_header("X-Linked-Size", str(size))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(size - start))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.end_headers()
+        if body:
+            self._send(hosted, start)
+
+    def _send(self, hosted: HostedFile, start: int) -> None:
+        faults = self.server.faults
+        drop_after, faults.drop_after = faults.drop_after, None
+        middle = hosted.size // 2
+        sent, began = 0, time.monotonic()
+        with open(hosted.path, "rb") as f:
+            f.seek(start)
+            position = start
+            while chunk := f.read(CHUNK):
+                if faults.corrupt and position <= middle < position + len(chunk):
+                    chunk = bytearray(chunk)
+                    chunk[middle - position] ^= 0xFF
+                    chunk = bytes(chunk)
+                if drop_after is not None and sent + len(chunk) > drop_after:
+                    self.wfile.write(chunk[: drop_after - sent])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                try:
+                    self.wfile.write(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                sent += len(chunk)
+                position += len(chunk)
+                with self.server.lock:
+                    self.server.body_bytes += len(chunk)
+                if faults.rate:
+                    ahead = sent / faults.rate - (time.monotonic() - began)
+                    if ahead > 0:
+                        time.sleep(ahead)

