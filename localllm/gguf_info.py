@@ -249,10 +249,9 @@ def inspect_remote(repo_id: str, filename: str, revision: str = "main", endpoint
 
 def _read_remote_header(session: Any, headers: dict, url: str, sparse: Path, chunk: int, max_header: int):
     from gguf import GGUFReader
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     from .errors import ModelNotFoundError
-
-    from huggingface_hub.errors import OfflineModeIsEnabled
 
     fetched, total = 0, None
     with open(sparse, "wb") as out:

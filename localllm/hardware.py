@@ -93,8 +93,8 @@ class HardwareProfile:
 
 
 def read_cpu_linux(cpuinfo: str, sysfs: Path, logical: int | None, physical: int | None, usable: int | None) -> CpuInfo:
-    model = _first(re.findall(r"^(?:model name|Model|Hardware)\s*:\s*(.+)$", cpuinfo, flags=re.M))
-    flags = set((_first(re.findall(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, flags=re.M)) or "").split())
+    model = _first(re.findall(r"^(?:model name|Model|Hardware)\s*:\s*(.+)$", cpuinfo, flags=re.MULTILINE))
+    flags = set((_first(re.findall(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, flags=re.MULTILINE)) or "").split())
     features = [f for f in X86_FEATURES if f in flags] + [name for flag, name in ARM_FEATURES.items() if flag in flags]
     # Intel hybrid CPUs list their P-cores and E-cores as two PMUs.
     perf = _count_cpu_list(sysfs / "devices" / "cpu_core" / "cpus")

@@ -12,7 +12,16 @@ from pathlib import Path
 from .catalog import CatalogEntry, load_catalog
 from .errors import ModelNotFoundError, UsageError
 from .gguf_info import ModelSpec, split_files
-from .hub import Progress, RemoteFile, cached_file, download, files_for_quant, list_ggufs, partial_bytes, remote_file
+from .hub import (
+    Progress,
+    RemoteFile,
+    cached_file,
+    download,
+    files_for_quant,
+    list_ggufs,
+    partial_bytes,
+    remote_file,
+)
 from .planner import LoadPlan, plan_quants
 from .references import Reference, parse_reference
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error, run_cli
+
 from localllm import ModelNotFoundError
 from localllm.catalog import load_catalog, parse_catalog
 from localllm.errors import CatalogError

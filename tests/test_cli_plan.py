@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_cli
+
 from localllm.model import _out_of_memory, _smaller
 from localllm.options import LoadOptions
 

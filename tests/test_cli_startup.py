@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import run_cli
 
 HEAVY = ("llama_cpp", "textual", "huggingface_hub", "numpy")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 import localllm
-from localllm import ContextOverflowError, Finished, SamplingOptions, Token, UsageError, collect
+from localllm import (
+    ContextOverflowError,
+    Finished,
+    SamplingOptions,
+    Token,
+    UsageError,
+    collect,
+)
 
 pytestmark = pytest.mark.slow
 

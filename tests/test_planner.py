@@ -18,14 +18,14 @@ from localllm.hardware import (
     DeviceInfo,
     build_profile,
     default_threads,
+    metal_working_set,
     read_apple_gpu,
     read_cgroup_limit,
     read_cpu_linux,
     read_cpu_macos,
-    read_memory,
     read_drm,
+    read_memory,
     read_nvidia,
-    metal_working_set,
 )
 from localllm.planner import Overrides, plan, plan_quants
 

@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import assert_error_after_progress, assert_one_line_error, run_cli
 from hub_server import COMMIT, HubServer
 

@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 @pytest.mark.slow
 def test_python_api_example_runs():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert blocks, "the README must show the Python API"
     proc = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

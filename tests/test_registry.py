@@ -6,10 +6,9 @@ import json
 import os
 
 import pytest
-
 from conftest import run_cli
-from localllm import ModelNotFoundError
-from localllm import registry
+
+from localllm import ModelNotFoundError, registry
 from localllm.registry import STARTER_INSTALL_HINT, installed_models, resolve
 
 

@@ -189,7 +189,7 @@ class LlamaCppModel:
         single-token graph, its buffers and the thread team are set up here instead of slowing
         the first answer (measured: generation about 3.5% faster after a multi-token prompt)."""
         bos = llama_cpp.llama_vocab_bos(self._vocab)
-        one = (llama_cpp.llama_token * 1)(bos if bos >= 0 else 0)
+        one = (llama_cpp.llama_token * 1)(max(bos, 0))
         llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(one, 1))
         llama_cpp.llama_memory_clear(self._memory, True)
 

@@ -67,7 +67,7 @@ def localllm_run(*args: str) -> dict:
 
 def prompt_of_tokens(model_path: Path, n_tokens: int) -> str:
     """A user prompt that, once wrapped in the chat template, is exactly n_tokens long."""
-    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "quietly", "judge", "boxing", "matches"]
     with localllm.load_model(model_path, n_ctx=2048, n_threads=1) as model:
         def length(n_words: int) -> int:
             text = " ".join(words[i % len(words)] for i in range(n_words))
