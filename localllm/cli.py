@@ -91,6 +91,26 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
 
 
 @cli.command()
+@click.option("-m", "--model", metavar="MODEL", help="Model to open: a path, an installed name, a catalog or Hub reference.  [default: the last used, else the best installed; with none, the model picker]")
+@click.option("--resume", is_flag=True, help="Continue the most recent conversation, with its model.")
+@click.option("--ctx", type=click.IntRange(min=256), help="Context window in tokens.  [default: the last one set in the app, else the trained length, at most 4096]")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
+@click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none.  [default: as many as fit]")
+def chat(model, resume, ctx, threads, gpu_layers):
+    """Chat in the terminal: streaming answers, saved conversations, model downloads. F1 lists the keys.
+
+    Conversations are saved as they are written (in $LOCALLLM_HOME/chats.sqlite3).
+    """
+    from .config import load_config
+    from .options import LoadOptions
+    from .tui import ChatApp
+
+    saved_ctx = load_config().get("chat", {}).get("n_ctx")
+    options = LoadOptions(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers)
+    ChatApp(model_ref=model, resume=resume, load_options=options).run()
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def hw(as_json):
     """Show what this machine has: CPU, memory, GPUs, and what llama.cpp can use."""

@@ -25,23 +25,21 @@ def catalog_command(as_json):
 
     Pull one with `localllm pull NAME[:SIZE][-QUANT]`, e.g. `localllm pull qwen3:4b`.
     """
-    from .catalog import load_catalog
-    from .planner import plan_quants
+    from .store import catalog_choices, recommend
 
-    hw = _hardware()
-    rows = []
-    for entry in load_catalog().entries:
-        best, _ = plan_quants(hw, [entry.spec(q) for q in entry.quants])
-        quant = entry.quant(best.spec.file_type)
-        rows.append({"ref": entry.ref, "family": entry.family, "params_b": entry.params_b, "license": entry.license,
-                     "quant": quant.quant, "size": quant.size, "fit": best.fit, "label": best.label,
-                     "quants": [q.quant for q in entry.quants], "repo": entry.gguf_repo})
+    choices = catalog_choices(_hardware())
+    best = recommend(choices)
+    rows = [{"ref": c.entry.ref, "family": c.entry.family, "params_b": c.entry.params_b, "license": c.entry.license,
+             "quant": c.quant, "size": c.size, "fit": c.plan.fit, "label": c.plan.label, "recommended": c is best,
+             "quants": [q.quant for q in c.entry.quants], "repo": c.entry.gguf_repo} for c in choices]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     width = max(len(r["ref"]) for r in rows)
     for r in rows:
-        click.echo(f"{r['ref']:<{width}}  {r['quant']:<7} {r['size'] / 1e9:6.1f} GB  {r['label']:<16} {r['family']} ({r['license']})")
+        mark = "*" if r["recommended"] else " "
+        click.echo(f"{mark} {r['ref']:<{width}}  {r['quant']:<7} {r['size'] / 1e9:6.1f} GB  {r['label']:<16} {r['family']} ({r['license']})")
+    click.echo("\n* recommended for this machine", err=True)
 
 
 @click.command()

@@ -148,3 +148,34 @@ def _hardware():
     from .hardware import detect
 
     return detect(build_info())
+
+
+# A file this size answers at about reading speed on a laptop CPU; bigger ones are offered, not recommended.
+CPU_RECOMMEND_BYTES = 3_000_000_000
+
+
+@dataclass(frozen=True)
+class CatalogChoice:
+    """A catalog entry with the quantization the planner picks for this machine."""
+
+    entry: CatalogEntry
+    quant: str
+    size: int
+    plan: LoadPlan
+
+
+def catalog_choices(hw) -> list[CatalogChoice]:
+    choices = []
+    for entry in load_catalog().entries:
+        best, _ = plan_quants(hw, [entry.spec(q) for q in entry.quants])
+        quant = entry.quant(best.spec.file_type)
+        choices.append(CatalogChoice(entry, quant.quant, quant.size, best))
+    return choices
+
+
+def recommend(choices: list[CatalogChoice]) -> CatalogChoice | None:
+    """The largest model that fits on the GPU; without one, the largest that a CPU runs at reading speed."""
+    on_gpu = [c for c in choices if c.plan.fit == "gpu"]
+    on_cpu = [c for c in choices if c.plan.fit in ("partial", "cpu") and c.size <= CPU_RECOMMEND_BYTES]
+    pool = on_gpu or on_cpu or [c for c in choices if c.plan.fit != "none"]
+    return max(pool, key=lambda c: (c.entry.params_b, -c.size)) if pool else None

@@ -1,0 +1,267 @@
+"""A chat: its messages, the context window they use, and a crash-safe store. No UI here.
+
+The TUI renders a ChatSession; a server could too. Every message is written to SQLite as it
+grows (WAL journal, one small UPDATE per token), so a killed process loses at most the token
+being written. When the history no longer fits the context window, the oldest turns leave the
+context (the system prompt never does) and a ContextNotice says so: nothing is dropped silently,
+and dropped turns stay in the transcript and the store.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import home
+from .errors import ContextOverflowError, UsageError
+from .events import Event, Token
+from .options import SamplingOptions
+
+STORE_FILE = "chats.sqlite3"
+WARN_AT = 0.75  # share of the window in use that triggers a warning
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY, title TEXT NOT NULL, model TEXT NOT NULL, system TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY, conversation INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role TEXT NOT NULL, content TEXT NOT NULL, complete INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, id);
+"""
+
+
+@dataclass
+class ChatMessage:
+    role: str
+    content: str
+    id: int | None = None
+    complete: bool = True  # False while streaming, or if the process died mid-reply
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    title: str
+    model: str
+    system: str
+    updated: float
+
+
+@dataclass(frozen=True)
+class ContextNotice:
+    """The context window is filling up ("warning") or turns left it ("trimmed")."""
+
+    kind: str
+    used: int
+    n_ctx: int
+    dropped: int = 0  # messages that left the context
+
+    @property
+    def text(self) -> str:
+        if self.kind == "trimmed":
+            return (f"context full: the {self.dropped} oldest messages no longer reach the model "
+                    f"(the system prompt stays); {self.used}/{self.n_ctx} tokens in use")
+        return f"context {self.used}/{self.n_ctx} tokens ({self.used * 100 // self.n_ctx}%): older messages will be dropped when it is full"
+
+
+class ChatStore:
+    """Conversations in SQLite. Safe to use from the UI thread and one worker thread."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or home() / STORE_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # WAL: a commit is a short append, so saving each token is cheap, and a killed process
+            # leaves every committed write intact.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"the chat store {self.path} cannot be opened ({exc}); move it aside to start afresh") from exc
+
+    def _run(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    def create(self, model: str, system: str = "", title: str = "New chat") -> int:
+        now = time.time()
+        return self._run("INSERT INTO conversations (title, model, system, created, updated) VALUES (?, ?, ?, ?, ?)",
+                         (title, model, system, now, now)).lastrowid
+
+    def conversations(self) -> list[Conversation]:
+        rows = self._run("SELECT id, title, model, system, updated FROM conversations ORDER BY updated DESC, id DESC")
+        return [Conversation(*row) for row in rows.fetchall()]
+
+    def conversation(self, conversation_id: int) -> Conversation | None:
+        row = self._run("SELECT id, title, model, system, updated FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        return Conversation(*row) if row else None
+
+    def messages(self, conversation_id: int) -> list[ChatMessage]:
+        rows = self._run("SELECT role, content, id, complete FROM messages WHERE conversation = ? ORDER BY id", (conversation_id,))
+        return [ChatMessage(role, content, id_, bool(complete)) for role, content, id_, complete in rows.fetchall()]
+
+    def add(self, conversation_id: int, message: ChatMessage) -> ChatMessage:
+        now = time.time()
+        message.id = self._run("INSERT INTO messages (conversation, role, content, complete, created) VALUES (?, ?, ?, ?, ?)",
+                               (conversation_id, message.role, message.content, int(message.complete), now)).lastrowid
+        self._run("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
+        return message
+
+    def save(self, message: ChatMessage) -> None:
+        self._run("UPDATE messages SET content = ?, complete = ? WHERE id = ?", (message.content, int(message.complete), message.id))
+
+    def remove(self, message: ChatMessage) -> None:
+        self._run("DELETE FROM messages WHERE id = ?", (message.id,))
+
+    def update(self, conversation_id: int, **fields: str) -> None:
+        for key, value in fields.items():
+            if key not in ("title", "model", "system"):
+                raise ValueError(key)
+            self._run(f"UPDATE conversations SET {key} = ? WHERE id = ?", (value, conversation_id))
+
+    def delete(self, conversation_id: int) -> None:
+        self._run("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def to_markdown(conversation: Conversation, messages: list[ChatMessage]) -> str:
+    lines = [f"# {conversation.title}", "", f"Model: `{conversation.model}`", ""]
+    if conversation.system:
+        lines += ["**System:**", "", conversation.system, ""]
+    for m in messages:
+        lines += [f"**{'You' if m.role == 'user' else 'Assistant'}:**", "", m.content + ("" if m.complete else " *(interrupted)*"), ""]
+    return "\n".join(lines)
+
+
+@dataclass
+class ChatSession:
+    """One conversation with a loaded model. Not thread-safe: one reply at a time."""
+
+    model: object  # localllm.Model, or anything with n_ctx, tokenize, format_chat, chat
+    store: ChatStore
+    model_name: str
+    system: str = ""
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    conversation_id: int | None = None
+    messages: list[ChatMessage] = field(default_factory=list)
+    first_in_context: int = 0  # index of the oldest message the model still sees
+    used_tokens: int = 0
+
+    @classmethod
+    def resume(cls, model, store: ChatStore, model_name: str, conversation_id: int, sampling: SamplingOptions | None = None) -> ChatSession:
+        conversation = store.conversation(conversation_id)
+        if conversation is None:
+            raise UsageError(f"there is no conversation {conversation_id}")
+        session = cls(model, store, model_name, conversation.system, sampling or SamplingOptions(), conversation_id,
+                      store.messages(conversation_id))
+        session._fit_context(reserve=0)
+        return session
+
+    @property
+    def n_ctx(self) -> int:
+        return self.model.n_ctx
+
+    @property
+    def reserve(self) -> int:
+        """Tokens kept free for the reply when deciding what history fits."""
+        return max(64, min(1024, self.n_ctx // 8))
+
+    def send(self, text: str) -> Iterator[Event | ContextNotice]:
+        if not text.strip():
+            raise UsageError("the message is empty")
+        self._ensure_conversation(title=text)
+        self.messages.append(self.store.add(self.conversation_id, ChatMessage("user", text)))
+        return self._reply()
+
+    def regenerate(self) -> Iterator[Event | ContextNotice]:
+        """Replace the last answer with a new one."""
+        if not self.messages or self.messages[-1].role != "assistant":
+            raise UsageError("there is no answer to regenerate")
+        self.store.remove(self.messages.pop())
+        return self._reply()
+
+    def edit_last(self, text: str) -> Iterator[Event | ContextNotice]:
+        """Replace the last prompt (and drop its answer), then answer again."""
+        if not text.strip():
+            raise UsageError("the message is empty")
+        while self.messages and self.messages[-1].role == "assistant":
+            self.store.remove(self.messages.pop())
+        if not self.messages:
+            raise UsageError("there is no prompt to edit")
+        last = self.messages[-1]
+        last.content = text
+        self.store.save(last)
+        return self._reply()
+
+    def last_user_text(self) -> str | None:
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), None)
+
+    def set_system(self, system: str) -> None:
+        self.system = system
+        if self.conversation_id is not None:
+            self.store.update(self.conversation_id, system=system)
+        self._fit_context(reserve=0)
+
+    def _ensure_conversation(self, title: str) -> None:
+        if self.conversation_id is None:
+            title = " ".join(title.split())
+            self.conversation_id = self.store.create(self.model_name, self.system, title[:60] or "New chat")
+
+    def _chat_messages(self, start: int) -> list[dict]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + [{"role": m.role, "content": m.content} for m in self.messages[start:] if m.content or m.role == "user"]
+
+    def _count(self, start: int) -> int:
+        return len(self.model.tokenize(self.model.format_chat(self._chat_messages(start))))
+
+    def _fit_context(self, reserve: int) -> int:
+        """Move first_in_context past whole turns until the history fits; return messages dropped."""
+        dropped = 0
+        start = self.first_in_context
+        used = self._count(start) if start < len(self.messages) else 0
+        while used + reserve > self.n_ctx and start < len(self.messages) - 1:
+            start += 1
+            while start < len(self.messages) - 1 and self.messages[start].role != "user":
+                start += 1  # a turn starts with the user
+            dropped = start - self.first_in_context
+            used = self._count(start)
+        if used + min(reserve, 1) > self.n_ctx:
+            raise ContextOverflowError(used, self.n_ctx, getattr(self.model, "n_ctx_train", self.n_ctx))
+        self.first_in_context, self.used_tokens = start, used
+        return dropped
+
+    def _reply(self) -> Iterator[Event | ContextNotice]:
+        dropped = self._fit_context(self.reserve)
+        if dropped:
+            yield ContextNotice("trimmed", self.used_tokens, self.n_ctx, dropped)
+        events = self.model.chat(self._chat_messages(self.first_in_context), self.sampling)
+        answer = self.store.add(self.conversation_id, ChatMessage("assistant", "", complete=False))
+        self.messages.append(answer)
+        finished = None
+        try:
+            for event in events:
+                if isinstance(event, Token):
+                    answer.content += event.text
+                    self.store.save(answer)
+                else:
+                    finished = event
+                yield event
+        finally:
+            events.close()  # a stopped reply stops llama.cpp too
+            answer.complete = True
+            self.store.save(answer)
+            if finished is not None:
+                self.used_tokens = finished.usage.prompt_tokens + finished.usage.completion_tokens
+        if finished is not None and self.used_tokens + self.reserve > WARN_AT * self.n_ctx:
+            yield ContextNotice("warning", self.used_tokens, self.n_ctx)
+

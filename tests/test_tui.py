@@ -1,0 +1,280 @@
+"""`localllm chat` driven through Textual's Pilot: the real SmolLM2 model where behaviour depends on it,
+a scripted model where timing must be controlled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from localllm import LoadOptions
+from localllm.events import Finished, Timings, Token, Usage
+from localllm.session import ChatStore
+from localllm.tui import ChatApp
+
+pytestmark = pytest.mark.slow
+SIZE = (100, 30)
+
+
+def real_loader(starter_model):
+    """Share the session's loaded starter; closing it is the fixture's job."""
+
+    class Borrowed:
+        def __init__(self, model):
+            self._model = model
+
+        def __getattr__(self, name):
+            return getattr(self._model, name)
+
+        def close(self):
+            pass
+
+    return lambda ref, options: Borrowed(starter_model)
+
+
+class ScriptedModel:
+    """Stands in for llama.cpp where a test needs to control time: yields words at a set pace."""
+
+    def __init__(self, words: int = 400, delay: float = 0.01, n_ctx: int = 4096):
+        self.words, self.delay, self.n_ctx = words, delay, n_ctx
+        self.path, self.n_ctx_train, self.n_threads, self.n_gpu_layers = Path("scripted-Q4_K_M.gguf"), n_ctx, 2, 0
+        self.released = threading.Event()
+        self.prompts: list[list[dict]] = []
+
+    def tokenize(self, text):
+        return text.split()
+
+    def format_chat(self, messages):
+        return " ".join(f"<{m['role']}> {m['content']}" for m in messages)
+
+    def chat(self, messages, sampling):
+        self.prompts.append(list(messages))
+        return self._stream()
+
+    def _stream(self):
+        for i in range(self.words):
+            time.sleep(self.delay)
+            yield Token(f"word{i} ")
+        yield Finished("stop", Usage(10, self.words), Timings(0.1, 0.1, 1.0, 100.0, 100.0), 1)
+
+    def close(self):
+        pass
+
+
+async def wait_for(pilot, condition, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the app")
+        await pilot.pause(0.05)
+
+
+async def send(pilot, app, text: str):
+    before = len(app.session.messages) if app.session else 0
+    prompt = app.query_one("#prompt")
+    prompt.text = text
+    prompt.focus()
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: app.session is not None and len(app.session.messages) > before and not app.generating)
+
+
+def transcript(app) -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m in app.session.messages]
+
+
+async def test_streams_a_real_answer_saves_it_and_shows_the_status(starter_model, isolated_home):
+    store = ChatStore()
+    app = ChatApp(model_ref="starter", store=store, loader=real_loader(starter_model))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await send(pilot, app, "What is the capital of France? One word.")
+        (role, question), (answer_role, answer) = transcript(app)
+        assert (role, answer_role) == ("user", "assistant") and answer.strip()
+        shown = app.query(".assistant").last()
+        assert shown.source.strip() == answer.strip(), "the rendered Markdown is the whole answer"
+        status = app.status_text
+        assert "Q4_1" in status and "CPU 2 threads" in status and "tok/s" in status
+        assert f"ctx {app.session.used_tokens}/2048" in status and app.session.used_tokens > 10
+        saved = ChatStore(store.path)
+        [conversation] = saved.conversations()
+        assert [(m.role, m.content, m.complete) for m in saved.messages(conversation.id)] == [
+            ("user", question, True), ("assistant", answer, True)]
+        assert conversation.title.startswith("What is the capital")
+
+
+async def test_esc_stops_and_keeps_the_words_so_far(isolated_home):
+    model = ScriptedModel(words=2000, delay=0.005)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        prompt = app.query_one("#prompt")
+        prompt.text = "Count"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(app.session.messages) == 2 and len(app.session.messages[1].content) > 50)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not app.generating)
+        kept = app.session.messages[1].content
+        assert 50 < len(kept) < len("".join(f"word{i} " for i in range(2000))), "stopped part-way"
+        stored = app.store.messages(app.session.conversation_id)[1]
+        assert stored.content == kept and stored.complete
+        await wait_for(pilot, lambda: app.query(".assistant").last().source.rstrip() == kept.rstrip())
+
+
+async def test_regenerate_edit_new_chat_reopen_rename_export_delete(isolated_home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = ScriptedModel(words=5, delay=0)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await send(pilot, app, "first question")
+        first_id = app.session.conversation_id
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: len(model.prompts) == 2 and not app.generating)
+        assert [r for r, _ in transcript(app)] == ["user", "assistant"], "regenerate replaces the answer"
+        assert len(model.prompts) == 2 and model.prompts[1] == model.prompts[0]
+
+        await pilot.press("ctrl+e")
+        assert app.query_one("#prompt").text == "first question"
+        app.query_one("#prompt").text = "edited question"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(model.prompts) == 3 and not app.generating)
+        assert [c for _, c in transcript(app)][0] == "edited question" and len(transcript(app)) == 2
+        assert len(app.query(".user")) == 1
+
+        await pilot.press("ctrl+n")
+        await send(pilot, app, "second chat")
+        assert app.session.conversation_id != first_id
+        assert len(app.query_one("#sidebar").children) == 2
+
+        app.open_conversation(first_id)
+        await pilot.pause()
+        assert transcript(app)[0] == ("user", "edited question")
+        await pilot.press("f2")
+        await pilot.pause()
+        rename = app.screen.query_one("#answer")
+        rename.value = "Renamed"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.store.conversation(first_id).title == "Renamed"
+        await pilot.press("ctrl+x")
+        await pilot.pause()
+        exported = (tmp_path / "renamed.md").read_text()
+        assert "# Renamed" in exported and "edited question" in exported and "word4" in exported
+        await pilot.press("ctrl+d")
+        await pilot.pause()
+        await pilot.click("#ok")
+        await pilot.pause()
+        assert app.store.conversation(first_id) is None
+        assert len(app.store.conversations()) == 1
+
+
+async def test_context_meter_warns_then_trims_but_keeps_the_system_prompt(starter_model, isolated_home):
+    app = ChatApp(model_ref="starter", store=ChatStore(), loader=real_loader(starter_model))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        app.session.system = "You are terse."
+        app.session.sampling = app.session.sampling.__class__(temperature=0, max_tokens=8)
+        long = "Tell me about this: " + "the quick brown fox jumps over the lazy dog " * 40
+        notices = []
+        for _ in range(8):
+            await send(pilot, app, long)
+            notices = [str(w.content) for w in app.query(".notice")]
+            if any("no longer reach the model" in str(n) for n in notices):
+                break
+        assert any("older messages will be dropped" in str(n) for n in notices), "warned before it was full"
+        assert any("no longer reach the model" in str(n) for n in notices), "trimming is announced"
+        assert app.session.first_in_context > 0
+        assert app.session._chat_messages(app.session.first_in_context)[0] == {"role": "system", "content": "You are terse."}
+        assert app.session.used_tokens <= app.model.n_ctx
+        assert app.query(".out-of-context"), "dropped turns stay visible, marked"
+        assert len(app.store.messages(app.session.conversation_id)) == len(app.session.messages), "nothing deleted"
+
+
+async def test_resume_opens_the_last_conversation_with_its_model(isolated_home):
+    store = ChatStore()
+    conversation = store.create("scripted", "be brief", "Earlier chat")
+    from localllm.session import ChatMessage
+
+    store.add(conversation, ChatMessage("user", "hello"))
+    store.add(conversation, ChatMessage("assistant", "half an answ", complete=False))
+    asked = []
+
+    def loader(ref, options):
+        asked.append(ref)
+        return ScriptedModel(words=3, delay=0)
+
+    app = ChatApp(resume=True, store=store, loader=loader)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        assert asked == ["scripted"]
+        assert transcript(app) == [("user", "hello"), ("assistant", "half an answ")]
+        assert app.session.system == "be brief"
+
+
+async def test_settings_change_sampling_and_system_prompt(isolated_home):
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        app.screen.query_one("#system").text = "Answer in French."
+        app.screen.query_one("#temperature").value = "0.2"
+        await pilot.click("#save")
+        await pilot.pause()
+        assert app.session.sampling.temperature == 0.2 and app.session.system == "Answer in French."
+        await send(pilot, app, "hi")
+        assert model.prompts[-1][0] == {"role": "system", "content": "Answer in French."}
+        from localllm.config import load_config
+
+        assert load_config()["chat"]["temperature"] == 0.2, "settings persist"
+        await pilot.press("f1")
+        await pilot.pause()
+        assert "Regenerate" in str(app.screen.query_one("Markdown").source) or "regenerate" in app.screen.query_one("Markdown").source
+
+
+async def test_first_launch_offers_the_catalog_and_downloads_with_progress(starter_gguf, isolated_home, monkeypatch):
+    from hub_server import HubServer
+    from huggingface_hub import constants
+
+    from localllm import registry
+    from localllm.store import catalog_choices
+
+    monkeypatch.setattr(registry, "find_spec", lambda name: None)  # no starter: a truly fresh machine
+    with HubServer() as hub:
+        hub.add("bartowski/SmolLM2-135M-Instruct-GGUF", "SmolLM2-135M-Instruct-Q8_0.gguf", starter_gguf)
+        hub.faults.rate = 40e6
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        loaded = []
+        app = ChatApp(store=ChatStore(), loader=lambda ref, options: loaded.append(ref) or ScriptedModel(words=1, delay=0))
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ModelScreen")
+            screen = app.screen
+            table = screen.query_one("#catalog")
+            assert table.row_count == len(catalog_choices(app.hardware))
+            assert "★" in str(table.get_row_at(table.cursor_row)[0]), "the recommended model is selected"
+            row = next(i for i in range(table.row_count) if table.get_row_at(i)[1] == "smollm2:135m")
+            table.move_cursor(row=row)
+            seen, bar = [], screen.query_one("#progress")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: seen.append(bar.progress) or loaded, timeout=60)
+            assert max(seen) > 0, "the progress bar moved"
+            assert loaded[0].endswith("SmolLM2-135M-Instruct-Q8_0.gguf")
+            await wait_for(pilot, lambda: app.session is not None)
+
+
+async def test_no_color_and_80x24(isolated_home, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await send(pilot, app, "hi")
+        assert app.query_one("#prompt").region.bottom <= 24 and app.query_one("#status").region.width > 40
+        assert app.no_color

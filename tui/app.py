@@ -1,0 +1,446 @@
+"""The chat app: conversation list, transcript, prompt and status bar over a localllm ChatSession.
+
+Loading and generation run in thread workers, never on the event loop. Tokens from the
+generation thread collect in a buffer that a 20 Hz timer hands to Markdown's stream, so the
+UI renders in batches and the generation thread never waits for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Footer, ListItem, ListView, Markdown, Static, TextArea
+
+from localllm.config import load_config, save_config
+from localllm.errors import LocalLLMError
+from localllm.events import Finished, Token
+from localllm.options import LoadOptions, SamplingOptions
+from localllm.session import ChatSession, ChatStore, ContextNotice, to_markdown
+
+from .dialogs import AskScreen, HelpScreen, Settings, SettingsScreen
+
+FLUSH_SECONDS = 1 / 20
+
+CSS = """
+#sidebar { width: 28; border-right: solid $primary-background; }
+#sidebar.hidden { display: none; }
+#messages { height: 1fr; padding: 0 1; }
+.user { margin: 1 0 0 0; padding: 0 1; background: $boost; color: $text; }
+.assistant { margin: 0; }
+.notice { color: $warning; margin: 1 0 0 0; }
+.error { color: $error; margin: 1 0 0 0; }
+.out-of-context { opacity: 60%; }
+#prompt { height: auto; max-height: 8; min-height: 3; }
+#status { height: 1; background: $primary-background; color: $text; padding: 0 1; }
+.dialog { width: 72; height: auto; max-height: 90%; padding: 1 2; border: thick $primary; background: $surface; }
+ModalScreen { align: center middle; }
+#numbers { grid-size: 2; grid-columns: 18 1fr; height: auto; }
+#models { padding: 0 1; }
+#title { text-style: bold; }
+#catalog { height: 1fr; }
+#offline { color: $warning; }
+"""
+
+
+class PromptArea(TextArea):
+    """The prompt: Enter sends, Ctrl+J (or Shift+Enter where the terminal tells them apart) adds a line."""
+
+    class Submitted(Message):
+        def __init__(self, text: str):
+            super().__init__()
+            self.text = text
+
+    async def _on_key(self, event) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self.text))
+        elif event.key in ("shift+enter", "ctrl+j"):
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+
+
+class ChatApp(App):
+    TITLE = "localllm"
+    CSS = CSS
+    # Priority bindings win over the prompt's own TextArea keys of the same name (End and
+    # Delete still move and delete there).
+    BINDINGS = [
+        Binding("escape", "stop", "Stop", show=False),
+        Binding("ctrl+n", "new_chat", "New"),
+        Binding("ctrl+r", "regenerate", "Regenerate"),
+        Binding("ctrl+e", "edit_last", "Edit last", priority=True),
+        Binding("ctrl+y", "copy_last", "Copy", priority=True),
+        Binding("ctrl+s", "settings", "Settings"),
+        Binding("ctrl+o", "models", "Models"),
+        Binding("ctrl+b", "toggle_sidebar", "Chats", show=False),
+        Binding("f2", "rename", "Rename", show=False),
+        Binding("ctrl+d", "delete_chat", "Delete", show=False, priority=True),
+        Binding("ctrl+x", "export", "Export", show=False, priority=True),
+        Binding("f1", "help", "Help"),
+        Binding("ctrl+q", "quit", "Quit"),
+    ]
+
+    def __init__(self, model_ref: str | None = None, resume: bool = False, load_options: LoadOptions | None = None,
+                 store: ChatStore | None = None, hardware=None, loader: Callable | None = None):
+        super().__init__()
+        config = load_config()
+        saved = config.get("chat", {})
+        self.model_ref, self.resume = model_ref, resume
+        self.load_options = load_options or LoadOptions(n_ctx=saved.get("n_ctx"))
+        self.sampling = SamplingOptions(temperature=saved.get("temperature", 0.8), top_p=saved.get("top_p", 0.95))
+        self.system = saved.get("system", "")
+        self.store = store or ChatStore()
+        self._hardware = hardware
+        self.loader = loader or _load
+        self.model = None
+        self.model_name = ""
+        self.session: ChatSession | None = None
+        self.generating = False
+        self.stop_requested = threading.Event()
+        self._pending: list[str] = []
+        self._pending_lock = threading.Lock()
+        self._stream = None
+        self._answer: Markdown | None = None
+        self._rate: float | None = None
+        self._editing = False
+        self.status_text = ""
+
+    # ---- layout -------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield ListView(id="sidebar")
+            with Vertical():
+                yield VerticalScroll(id="messages")
+                yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True)
+                yield Static("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#prompt").focus()
+        self._refresh_sidebar()
+        self._start()
+
+    @property
+    def hardware(self):
+        if self._hardware is None:
+            from localllm.backends import build_info
+            from localllm.hardware import detect
+
+            self._hardware = detect(build_info())
+        return self._hardware
+
+    # ---- choosing and loading a model --------------------------------------------------
+    def _start(self) -> None:
+        from localllm.registry import installed_models
+
+        conversation = self.store.conversations()[0] if self.resume and self.store.conversations() else None
+        ref = self.model_ref or (conversation.model if conversation else None) or load_config().get("last_model")
+        if ref is None and not installed_models():
+            self.action_models(first_launch=True)
+            return
+        self.load(ref, conversation.id if conversation else None)
+
+    def action_models(self, first_launch: bool = False) -> None:
+        if self.generating:
+            return
+        self._set_status("looking at this machine and the catalog...")
+        self._open_models(first_launch)
+
+    @work(thread=True, exclusive=True, group="models")
+    def _open_models(self, first_launch: bool) -> None:
+        from huggingface_hub import constants
+
+        from localllm.registry import installed_models
+        from localllm.store import catalog_choices, recommend
+
+        from .models import ModelScreen
+
+        choices = catalog_choices(self.hardware)
+        screen = ModelScreen(self.hardware, installed_models(), choices, recommend(choices), constants.HF_HUB_OFFLINE, first_launch)
+        self.call_from_thread(self.push_screen, screen, self._model_chosen)
+
+    def _model_chosen(self, ref: str | None) -> None:
+        if ref is not None:
+            self.load(ref)
+        else:
+            self._update_status()
+
+    def load(self, ref: str | None, conversation_id: int | None = None) -> None:
+        self._set_status(f"loading {ref or 'the best installed model'}...")
+        self._load(ref, conversation_id)
+
+    @work(thread=True, exclusive=True, group="load")
+    def _load(self, ref: str | None, conversation_id: int | None) -> None:
+        old, self.model, self.session = self.model, None, None
+        if old is not None:
+            old.close()  # free its memory before the next one is mapped
+        try:
+            model = self.loader(ref, self.load_options)
+        except LocalLLMError as exc:
+            self.call_from_thread(self._error, f"cannot load the model: {exc}")
+            self.call_from_thread(self._set_status, "no model loaded: Ctrl+O picks one")
+            return
+        self.call_from_thread(self._loaded, model, ref, conversation_id)
+
+    def _loaded(self, model, ref: str | None, conversation_id: int | None) -> None:
+        self.model = model
+        self.model_name = ref or str(model.path)
+        config = load_config()
+        config["last_model"] = str(model.path)
+        save_config(config)
+        if conversation_id is not None:
+            self.open_conversation(conversation_id)
+        else:
+            self.new_session()
+        self._update_status()
+
+    # ---- conversations ------------------------------------------------------------------
+    def new_session(self) -> None:
+        self.session = ChatSession(self.model, self.store, str(self.model.path), self.system, self.sampling)
+        self.query_one("#messages").remove_children()
+
+    def open_conversation(self, conversation_id: int) -> None:
+        self.session = ChatSession.resume(self.model, self.store, str(self.model.path), conversation_id, self.sampling)
+        messages = self.query_one("#messages", VerticalScroll)
+        messages.remove_children()
+        for i, m in enumerate(self.session.messages):
+            widget = _user(m.content) if m.role == "user" else Markdown(m.content, classes="assistant")
+            widget.set_class(i < self.session.first_in_context, "out-of-context")
+            messages.mount(widget)
+        messages.anchor()
+        self._update_status()
+
+    def _refresh_sidebar(self) -> None:
+        sidebar = self.query_one("#sidebar", ListView)
+        sidebar.clear()
+        for c in self.store.conversations():
+            sidebar.append(ConversationItem(c.id, c.title))
+
+    @on(ListView.Selected, "#sidebar")
+    def _sidebar_selected(self, event: ListView.Selected) -> None:
+        if not self.generating and self.model is not None:
+            self.open_conversation(event.item.conversation_id)
+            self.query_one("#prompt").focus()
+
+    # ---- sending and streaming ------------------------------------------------------------
+    @on(PromptArea.Submitted)
+    def _submitted(self, event: PromptArea.Submitted) -> None:
+        text = event.text.strip()
+        if not text:
+            return
+        if self.generating:
+            self.notify("an answer is being written: Esc stops it", severity="warning")
+            return
+        if self.session is None:
+            self.notify("no model is loaded yet", severity="warning")
+            return
+        self.query_one("#prompt", PromptArea).clear()
+        messages = self.query_one("#messages")
+        if self._editing:
+            self._editing = False
+            turn = [w for w in messages.children if w.has_class("user")][-1]
+            for widget in messages.children[messages.children.index(turn):]:
+                widget.remove()
+            messages.mount(_user(text))
+            self._generate(lambda: self.session.edit_last(text))
+            return
+        messages.mount(_user(text))
+        self._generate(lambda: self.session.send(text))
+
+    def action_regenerate(self) -> None:
+        if self.generating or self.session is None or not self.session.messages or self.session.messages[-1].role != "assistant":
+            return
+        self.query_one("#messages").children[-1].remove()
+        self._generate(self.session.regenerate)
+
+    def action_edit_last(self) -> None:
+        """Put the last prompt back in the prompt box; sending it replaces that turn."""
+        if self.generating or self.session is None or (last := self.session.last_user_text()) is None:
+            return
+        prompt = self.query_one("#prompt", PromptArea)
+        prompt.text = last
+        prompt.focus()
+        self._editing = True
+
+    def _generate(self, start: Callable[[], Iterator]) -> None:
+        self.generating = True
+        self.stop_requested.clear()
+        self._answer = Markdown("", classes="assistant")
+        messages = self.query_one("#messages", VerticalScroll)
+        messages.mount(self._answer)
+        messages.anchor()
+        self._stream = Markdown.get_stream(self._answer)
+        self._flusher = self.set_interval(FLUSH_SECONDS, self._flush_tokens)
+        self._set_status("thinking...")
+        self._run_generation(start)
+
+    @work(thread=True, exclusive=True, group="generate")
+    def _run_generation(self, start: Callable[[], Iterator]) -> None:
+        try:
+            events = start()
+            for event in events:
+                if isinstance(event, Token):
+                    with self._pending_lock:
+                        self._pending.append(event.text)
+                elif isinstance(event, Finished):
+                    self._rate = event.timings.generation_tokens_per_s
+                elif isinstance(event, ContextNotice):
+                    self.call_from_thread(self._notice, event)
+                if self.stop_requested.is_set():  # after showing the event: the session has saved it
+                    events.close()
+                    break
+        except LocalLLMError as exc:
+            self.call_from_thread(self._error, str(exc))
+        finally:
+            self.call_from_thread(self._finish)
+
+    async def _flush_tokens(self) -> None:
+        with self._pending_lock:
+            text, self._pending = "".join(self._pending), []
+        if text and self._stream is not None:
+            await self._stream.write(text)
+
+    async def _finish(self) -> None:
+        self._flusher.stop()
+        await self._flush_tokens()
+        await self._stream.stop()
+        self._stream = None
+        self.generating = False
+        self._refresh_sidebar()
+        self._update_status()
+
+    def action_stop(self) -> None:
+        if self.generating:
+            self.stop_requested.set()
+
+    def _notice(self, notice: ContextNotice) -> None:
+        self.query_one("#messages").mount(Static(notice.text, classes="notice", markup=False))
+        if notice.kind == "trimmed" and self.session is not None:
+            widgets = [w for w in self.query_one("#messages").children if w.has_class("user") or w.has_class("assistant")]
+            for w in widgets[: self.session.first_in_context]:
+                w.add_class("out-of-context")
+        self.notify(notice.text, severity="warning")
+
+    def _error(self, text: str) -> None:
+        self.query_one("#messages").mount(Static(text, classes="error", markup=False))
+        self.notify(text, severity="error")
+
+    # ---- status -------------------------------------------------------------------------
+    def _set_status(self, text: str) -> None:
+        self.status_text = text
+        self.query_one("#status", Static).update(text)
+
+    def _update_status(self) -> None:
+        if self.model is None:
+            return
+        from localllm.registry import InstalledModel
+
+        name = Path(self.model.path).name
+        quant = InstalledModel(name, Path(self.model.path), 0, "").quant or "?"
+        where = f"GPU {self.model.n_gpu_layers} layers" if self.model.n_gpu_layers else f"CPU {self.model.n_threads} threads"
+        used = self.session.used_tokens if self.session else 0
+        rate = f"{self._rate:.1f} tok/s" if self._rate else "- tok/s"
+        self._set_status(f"{name} · {quant} · {where} · {rate} · ctx {used}/{self.model.n_ctx}")
+
+    # ---- other actions -----------------------------------------------------------------------
+    def action_new_chat(self) -> None:
+        if not self.generating and self.model is not None:
+            self.new_session()
+            self._update_status()
+
+    def action_copy_last(self) -> None:
+        answer = next((m.content for m in reversed(self.session.messages) if m.role == "assistant"), None) if self.session else None
+        if answer:
+            self.copy_to_clipboard(answer)
+            self.notify("copied the last answer")
+
+    def action_toggle_sidebar(self) -> None:
+        self.query_one("#sidebar").toggle_class("hidden")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_settings(self) -> None:
+        n_ctx = self.model.n_ctx if self.model else (self.load_options.n_ctx or 4096)
+        current = Settings(self.system, self.sampling.temperature, self.sampling.top_p, n_ctx)
+        self.push_screen(SettingsScreen(current), self._apply_settings)
+
+    def _apply_settings(self, settings: Settings | None) -> None:
+        if settings is None:
+            return
+        self.system = settings.system
+        self.sampling = replace(self.sampling, temperature=settings.temperature, top_p=settings.top_p)
+        config = load_config()
+        config["chat"] = {"system": settings.system, "temperature": settings.temperature, "top_p": settings.top_p,
+                          "n_ctx": settings.n_ctx}
+        save_config(config)
+        if self.session is not None:
+            self.session.sampling = self.sampling
+            self.session.set_system(settings.system)
+        if self.model is not None and settings.n_ctx != self.model.n_ctx:
+            self.load_options = replace(self.load_options, n_ctx=settings.n_ctx)
+            self.load(str(self.model.path), self.session.conversation_id if self.session else None)
+        self._update_status()
+
+    def _current(self):
+        return self.store.conversation(self.session.conversation_id) if self.session and self.session.conversation_id else None
+
+    def action_rename(self) -> None:
+        if (conversation := self._current()) is not None:
+            self.push_screen(AskScreen("Rename this chat", conversation.title),
+                             lambda title: title and (self.store.update(conversation.id, title=title), self._refresh_sidebar()))
+
+    def action_delete_chat(self) -> None:
+        if (conversation := self._current()) is None or self.generating:
+            return
+
+        def confirmed(answer: str | None) -> None:
+            if answer:
+                self.store.delete(conversation.id)
+                self.new_session()
+                self._refresh_sidebar()
+
+        self.push_screen(AskScreen(f"Delete “{conversation.title}”?"), confirmed)
+
+    def action_export(self) -> None:
+        if (conversation := self._current()) is None:
+            return
+        stem = "".join(ch if ch.isalnum() else "-" for ch in conversation.title.lower()).strip("-")[:40] or "chat"
+        path = Path.cwd() / f"{stem}.md"
+        n = 1
+        while path.exists():  # never overwrite
+            n += 1
+            path = Path.cwd() / f"{stem}-{n}.md"
+        path.write_text(to_markdown(conversation, self.store.messages(conversation.id)), encoding="utf-8")
+        self.notify(f"exported to {path}")
+
+    def on_unmount(self) -> None:
+        if self.model is not None:
+            self.model.close()
+        self.store.close()
+
+
+class ConversationItem(ListItem):
+    def __init__(self, conversation_id: int, title: str):
+        super().__init__(Static(title, markup=False))
+        self.conversation_id = conversation_id
+
+
+def _user(text: str) -> Static:
+    return Static(text, classes="user", markup=False)
+
+
+def _load(ref: str | None, options: LoadOptions):
+    from localllm.model import load_model
+
+    return load_model(ref, options)

@@ -1,0 +1,118 @@
+"""Modal screens: keyboard help, settings, rename, confirm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Markdown, TextArea
+
+HELP = """\
+# Keys
+
+| key | does |
+|---|---|
+| Enter | send the prompt (Shift+Enter or Ctrl+J: new line) |
+| Esc | stop the answer being written (what was written stays) |
+| Ctrl+R | regenerate the last answer |
+| Ctrl+E | edit the last prompt and send it again |
+| Ctrl+N | new chat |
+| Ctrl+Y | copy the last answer (works over SSH) |
+| Ctrl+B | show or hide the conversation list |
+| F2 | rename the chat · **Ctrl+D** delete it · **Ctrl+X** export it to Markdown |
+| Ctrl+S | settings: system prompt, sampling, context size |
+| Ctrl+O | switch model, or download one |
+| F1 | this help · **Ctrl+Q** quit |
+
+In the conversation list, Enter opens a chat. Chats are saved as they are written.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Markdown(HELP)
+            yield Button("Close", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss()
+
+
+@dataclass(frozen=True)
+class Settings:
+    system: str
+    temperature: float
+    top_p: float
+    n_ctx: int
+
+
+class SettingsScreen(ModalScreen[Settings | None]):
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, current: Settings):
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        c = self.current
+        with Vertical(classes="dialog"):
+            yield Label("System prompt")
+            yield TextArea(c.system, id="system")
+            with Grid(id="numbers"):
+                yield Label("Temperature")
+                yield Input(str(c.temperature), id="temperature", type="number")
+                yield Label("Top-p")
+                yield Input(str(c.top_p), id="top_p", type="number")
+                yield Label("Context (tokens)")
+                yield Input(str(c.n_ctx), id="n_ctx", type="integer")
+            yield Label("", id="error")
+            yield Button("Save", variant="primary", id="save")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        try:
+            settings = Settings(
+                system=self.query_one("#system", TextArea).text.strip(),
+                temperature=float(self.query_one("#temperature", Input).value),
+                top_p=float(self.query_one("#top_p", Input).value),
+                n_ctx=int(self.query_one("#n_ctx", Input).value),
+            )
+            if settings.temperature < 0 or not 0 < settings.top_p <= 1 or settings.n_ctx < 256:
+                raise ValueError
+        except ValueError:
+            self.query_one("#error", Label).update("temperature >= 0, 0 < top-p <= 1, context >= 256")
+            return
+        self.dismiss(settings)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class AskScreen(ModalScreen[str | None]):
+    """One line of text (a new title), or a yes/no question when no initial value is given."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, value: str | None = None):
+        super().__init__()
+        self.question, self.value = question, value
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question)
+            if self.value is not None:
+                yield Input(self.value, id="answer")
+            yield Button("OK", variant="primary", id="ok")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(self.query_one("#answer", Input).value if self.value is not None else "yes")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
