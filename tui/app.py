@@ -30,7 +30,7 @@ from .dialogs import AskScreen, HelpScreen, Settings, SettingsScreen
 FLUSH_SECONDS = 1 / 20
 
 CSS = """
-#sidebar { width: 28; border-right: solid $primary-background; }
+#sidebar { width: 24; border-right: solid $primary-background; }
 #sidebar.hidden { display: none; }
 #messages { height: 1fr; padding: 0 1; }
 .user { margin: 1 0 0 0; padding: 0 1; background: $boost; color: $text; }
@@ -38,7 +38,7 @@ CSS = """
 .notice { color: $warning; margin: 1 0 0 0; }
 .error { color: $error; margin: 1 0 0 0; }
 .out-of-context { opacity: 60%; }
-#prompt { height: auto; max-height: 8; min-height: 3; }
+#prompt { height: auto; max-height: 8; min-height: 2; border-top: solid $primary; }
 #status { height: 1; background: $primary-background; color: $text; padding: 0 1; }
 .dialog { width: 72; height: auto; max-height: 90%; padding: 1 2; border: thick $primary; background: $surface; }
 ModalScreen { align: center middle; }
@@ -121,11 +121,14 @@ class ChatApp(App):
             yield ListView(id="sidebar")
             with Vertical():
                 yield VerticalScroll(id="messages")
-                yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True)
+                yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True,
+                                 placeholder="Message (Enter sends, Esc stops, F1 keys)")
                 yield Static("", id="status")
         yield Footer()
 
     def on_mount(self) -> None:
+        if self.size.width < 100:  # at 80 columns the transcript needs the room; Ctrl+B shows the list
+            self.query_one("#sidebar").add_class("hidden")
         self.query_one("#prompt").focus()
         self._refresh_sidebar()
         self._start()
@@ -345,12 +348,13 @@ class ChatApp(App):
             return
         from localllm.registry import InstalledModel
 
-        name = Path(self.model.path).name
-        quant = InstalledModel(name, Path(self.model.path), 0, "").quant or "?"
+        path = Path(self.model.path)
+        quant = InstalledModel(path.name, path, 0, "").quant
+        name = path.stem if quant and quant in path.stem.upper() else f"{path.stem} · {quant or '?'}"
         where = f"GPU {self.model.n_gpu_layers} layers" if self.model.n_gpu_layers else f"CPU {self.model.n_threads} threads"
         used = self.session.used_tokens if self.session else 0
-        rate = f"{self._rate:.1f} tok/s" if self._rate else "- tok/s"
-        self._set_status(f"{name} · {quant} · {where} · {rate} · ctx {used}/{self.model.n_ctx}")
+        rate = f"{self._rate:.0f} tok/s" if self._rate else "- tok/s"
+        self._set_status(f"ctx {used}/{self.model.n_ctx} · {rate} · {where} · {name}")
 
     # ---- other actions -----------------------------------------------------------------------
     def action_new_chat(self) -> None:
