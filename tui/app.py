@@ -27,7 +27,7 @@ from localllm.session import ChatSession, ChatStore, ContextNotice, to_markdown
 
 from .dialogs import AskScreen, HelpScreen, Settings, SettingsScreen
 
-FLUSH_SECONDS = 1 / 20
+FLUSH_SECONDS = 1 / 4
 
 CSS = """
 #sidebar { width: 24; border-right: solid $primary-background; }
