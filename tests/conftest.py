@@ -57,6 +57,11 @@ def starter_model(starter_gguf):
         yield model
 
 
+# The installed console script, as a user runs it. (`python -m localllm` from the checkout's
+# root would import the source tree's localllm/, which lacks the mapped localllm.models/tui.)
+LOCALLLM = [str(Path(sys.executable).with_name("localllm"))]
+
+
 @dataclass
 class Result:
     returncode: int
@@ -67,7 +72,7 @@ class Result:
 def run_cli(*args: str, stdin: bytes | None = b"", timeout: float = 120, env: dict | None = None) -> Result:
     """Run the installed `localllm` command as a user would, in a subprocess."""
     proc = subprocess.run(
-        [sys.executable, "-m", "localllm", *args],
+        [*LOCALLLM, *args],
         input=stdin,
         capture_output=True,
         timeout=timeout,

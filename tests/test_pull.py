@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import assert_error_after_progress, assert_one_line_error, run_cli
+from conftest import LOCALLLM, assert_error_after_progress, assert_one_line_error, run_cli
 from hub_server import COMMIT, HubServer
 
 REPO = "bartowski/SmolLM2-135M-Instruct-GGUF"
@@ -85,7 +85,7 @@ def test_pull_then_list_run_and_run_offline_with_the_server_down(hub, isolated_h
 def test_resume_after_the_client_is_killed(hub, isolated_home, starter_gguf):
     size = starter_gguf.stat().st_size
     hub.faults.rate = 8e6
-    proc = subprocess.Popen([sys.executable, "-m", "localllm", "pull", REF], env=_full_env(hub),
+    proc = subprocess.Popen([*LOCALLLM, "pull", REF], env=_full_env(hub),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = None
     deadline = time.monotonic() + 60
@@ -143,7 +143,7 @@ def test_a_disk_too_small_is_refused_before_any_byte(hub, isolated_home):
 
 def test_two_concurrent_pulls_of_one_file(hub, isolated_home, starter_gguf):
     hub.faults.rate = 30e6
-    procs = [subprocess.Popen([sys.executable, "-m", "localllm", "pull", REF], env=_full_env(hub),
+    procs = [subprocess.Popen([*LOCALLLM, "pull", REF], env=_full_env(hub),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs

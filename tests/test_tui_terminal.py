@@ -4,7 +4,6 @@ back with capture-pane, the store read from disk. Also: a process killed mid-ans
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,16 +12,17 @@ import uuid
 
 import pytest
 
+from conftest import LOCALLLM
 from localllm.config import save_config
 from localllm.session import ChatStore
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
+pytestmark = pytest.mark.slow  # needs tmux on PATH, as this project's machines have
 
 
 class Terminal:
     def __init__(self, *args: str, width: int = 100, height: int = 30):
         self.socket = f"localllm-test-{uuid.uuid4().hex[:8]}"
-        command = " ".join([sys.executable, "-m", "localllm", *args])
+        command = " ".join([*LOCALLLM, *args])
         env = [f"{k}={os.environ[k]}" for k in ("LOCALLLM_HOME", "HF_HOME", "HF_HUB_OFFLINE", "HOME", "LOCALLLM_CACHE", "PATH")]
         self.tmux("new-session", "-d", "-s", "chat", "-x", str(width), "-y", str(height), "env", *env, "TERM=xterm-256color",
                   *command.split())
