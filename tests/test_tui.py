@@ -257,6 +257,7 @@ async def test_first_launch_offers_the_catalog_and_downloads_with_progress(start
             await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ModelScreen")
             screen = app.screen
             table = screen.query_one("#catalog")
+            await wait_for(pilot, lambda: table.row_count > 0)
             assert table.row_count == len(catalog_choices(app.hardware))
             assert "★" in str(table.get_row_at(table.cursor_row)[0]), "the recommended model is selected"
             row = next(i for i in range(table.row_count) if table.get_row_at(i)[1] == "smollm2:135m")
