@@ -102,11 +102,11 @@ def chat(model, resume, ctx, threads, gpu_layers):
     Conversations are saved as they are written (in $LOCALLLM_HOME/chats.sqlite3).
     """
     from .config import load_config
-    from .options import LoadOptions
+    from .options import chat_load_options
     from .tui import ChatApp
 
     saved_ctx = load_config().get("chat", {}).get("n_ctx")
-    options = LoadOptions(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers)
+    options = chat_load_options(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers)
     ChatApp(model_ref=model, resume=resume, load_options=options).run()
 
 
