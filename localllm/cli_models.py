@@ -67,7 +67,7 @@ def pull(ref):
     names = ", ".join(f.filename for f in prepared.files)
     click.echo(f"{ref}: {prepared.ref.repo_id} {names} ({prepared.size / 1e9:.2f} GB)", err=True)
     if prepared.plan is not None:
-        click.echo(f"  {prepared.quant}: {prepared.reason}", err=True)
+        click.echo(f"  {prepared.quant}: {prepared.reason}; here: {prepared.plan.label}", err=True)
         if prepared.plan.fit == "none":
             click.echo(f"localllm: warning: {prepared.plan.explanation}", err=True)
     if not prepared.missing:

@@ -32,7 +32,6 @@ from .errors import DiskSpaceError, DownloadError, LocalLLMError, ModelNotFoundE
 
 CHUNK = 1 << 20
 DISK_HEADROOM = 64 << 20  # keep this much free after a download
-STALL_SECONDS = 30.0  # no byte for this long: drop the connection and resume
 MAX_ATTEMPTS_WITHOUT_PROGRESS = 5
 GGUF_QUANT_RE = r"(?:^|[-_.]){quant}(?:[-_.]|$)"
 
@@ -227,13 +226,15 @@ class _Restart(Exception):
 
 def _transfer(remote: RemoteFile, out, done: int, hasher: _Hasher, progress: Progress | None) -> None:
     """One GET from byte ``done`` to the end, or until the connection fails."""
-    from huggingface_hub import errors, get_session
+    from huggingface_hub import constants, errors, get_session
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
     headers = {**build_hf_headers(), "Accept-Encoding": "identity"}
     if done:
         headers["Range"] = f"bytes={done}-"
-    timeout = _http().Timeout(STALL_SECONDS, connect=10.0)
+    # No byte for HF_HUB_DOWNLOAD_TIMEOUT seconds (huggingface_hub's knob, 10 by default): a stall;
+    # the connection is dropped and the transfer resumes from the last byte on disk.
+    timeout = _http().Timeout(constants.HF_HUB_DOWNLOAD_TIMEOUT, connect=10.0)
     with get_session().stream("GET", remote.url, headers=headers, timeout=timeout, follow_redirects=True) as response:
         if response.status_code == 416 and done == remote.size:
             return

@@ -68,6 +68,12 @@ def prepare_pull(text: str, hw=None) -> PullPlan:
             raise ModelNotFoundError(text, "the repository holds no .gguf file")
         quant, names, chosen, reason = _choose_hub_quant(ref, available, hw)
     files = tuple(remote_file(ref.repo_id, name, ref.revision) for name in _with_split_parts(names))
+    if chosen is None:  # a file named directly: its header (a few MB) tells how it would fit
+        from .gguf_info import inspect_remote
+        from .planner import plan
+
+        shape = inspect_remote(ref.repo_id, names[0], ref.revision)
+        quant, chosen = shape.file_type, plan(hw or _hardware(), shape)
     return PullPlan(ref, quant, files, chosen, reason)
 
 

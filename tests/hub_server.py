@@ -35,7 +35,9 @@ class HostedFile:
 @dataclass
 class Faults:
     rate: float | None = None  # bytes per second per GET
-    drop_after: int | None = None  # close the next GET's connection after this many body bytes
+    drop_after: int | None = None  # close a GET's connection after this many body bytes (once)
+    stall_after: int | None = None  # a GET goes silent after this many body bytes (once)
+    stall_seconds: float = 5.0
     corrupt: bool = False  # flip one byte in the middle of every file
     gated: set[str] = field(default_factory=set)
 
@@ -138,9 +140,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if hosted is None:
             return self._error(404, "EntryNotFound", f"{match.group(3)} does not exist")
         size = hosted.claimed_size or hosted.size
-        start, status = 0, 200
+        start, end, status = 0, size - 1, 200
         if body and (requested := self.headers.get("Range")):
-            start = int(re.match(r"bytes=(\d+)-", requested).group(1))
+            bounds = re.match(r"bytes=(\d+)-(\d*)", requested)
+            start = int(bounds.group(1))
+            end = min(int(bounds.group(2)), size - 1) if bounds.group(2) else end
             if start >= size:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
@@ -154,28 +158,36 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("ETag", f'"{hosted.sha256}"')
         self.send_header("X-Linked-Size", str(size))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(size - start))
+        self.send_header("Content-Length", str(end + 1 - start))
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
         if body:
-            self._send(hosted, start)
+            self._send(hosted, start, end + 1 - start)
 
-    def _send(self, hosted: HostedFile, start: int) -> None:
+    def _send(self, hosted: HostedFile, start: int, length: int) -> None:
         faults = self.server.faults
-        drop_after, faults.drop_after = faults.drop_after, None
         middle = hosted.size // 2
         sent, began = 0, time.monotonic()
         with open(hosted.path, "rb") as f:
             f.seek(start)
             position = start
-            while chunk := f.read(CHUNK):
+            while sent < length and (chunk := f.read(min(CHUNK, length - sent))):
                 if faults.corrupt and position <= middle < position + len(chunk):
                     chunk = bytearray(chunk)
                     chunk[middle - position] ^= 0xFF
                     chunk = bytes(chunk)
-                if drop_after is not None and sent + len(chunk) > drop_after:
-                    self.wfile.write(chunk[: drop_after - sent])
+                # A fault fires once, on the first GET that reaches its byte.
+                if faults.stall_after is not None and sent + len(chunk) > faults.stall_after:
+                    self.wfile.write(chunk[: faults.stall_after - sent])
+                    self.wfile.flush()
+                    faults.stall_after = None
+                    time.sleep(faults.stall_seconds)
+                    self.close_connection = True
+                    return
+                if faults.drop_after is not None and sent + len(chunk) > faults.drop_after:
+                    self.wfile.write(chunk[: faults.drop_after - sent])
+                    faults.drop_after = None
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(2)

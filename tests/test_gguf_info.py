@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import http.server
-import re
-import threading
-from pathlib import Path
-
 import pytest
 
+from hub_server import HubServer
 from localllm import ModelLoadError, ModelNotFoundError
 from localllm.gguf_info import inspect_file, inspect_remote, split_files
 
@@ -43,70 +39,33 @@ def test_split_file_names(tmp_path):
         inspect_file(first)
 
 
-class RangeServer(http.server.ThreadingHTTPServer):
-    """A Hub-compatible resolve endpoint that honours Range requests and counts what it sends."""
-
-    def __init__(self, files: dict[str, Path]):
-        self.files, self.sent = files, 0
-        super().__init__(("127.0.0.1", 0), RangeHandler)
-
-
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        match = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", self.path)
-        path = self.server.files.get(match.group(3)) if match else None
-        if path is None:
-            self.send_error(404)
-            return
-        size = path.stat().st_size
-        start, end = 0, size - 1
-        if ranged := re.match(r"bytes=(\d+)-(\d+)", self.headers.get("Range", "")):
-            start, end = int(ranged.group(1)), min(int(ranged.group(2)), size - 1)
-        with path.open("rb") as f:
-            f.seek(start)
-            body = f.read(end - start + 1)
-        self.send_response(206 if ranged else 200)
-        self.send_header("Content-Length", str(len(body)))
-        if ranged:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.end_headers()
-        self.wfile.write(body)
-        self.server.sent += len(body)
-
-
 @pytest.fixture
 def hub(starter_gguf, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    server = RangeServer({"smol.gguf": starter_gguf})
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with HubServer() as server:
+        server.add("someone/smol", "smol.gguf", starter_gguf)
+        yield server
 
 
 def test_remote_header_matches_the_local_file(hub, starter_spec, starter_gguf):
-    endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
+    endpoint = hub.url
     spec = inspect_remote("someone/smol", "smol.gguf", endpoint=endpoint)
     assert spec.layer_bytes == starter_spec.layer_bytes and spec.n_head_kv == starter_spec.n_head_kv
     assert spec.total_bytes == starter_spec.total_bytes
-    assert hub.sent < starter_gguf.stat().st_size / 10, "only the header crosses the network"
+    assert hub.body_bytes < starter_gguf.stat().st_size / 10, "only the header crosses the network"
 
 
 def test_remote_header_grows_its_fetch_until_complete(hub, starter_spec):
-    endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
+    endpoint = hub.url
     spec = inspect_remote("someone/smol", "smol.gguf", endpoint=endpoint, first_chunk=64 * 1024)
     assert spec.total_bytes == starter_spec.total_bytes
 
 
 def test_remote_missing_file(hub):
-    endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
+    endpoint = hub.url
     with pytest.raises(ModelNotFoundError):
         inspect_remote("someone/smol", "absent.gguf", endpoint=endpoint)
 

@@ -123,6 +123,18 @@ def test_a_dropped_connection_is_resumed_in_the_same_pull(hub, isolated_home, st
     assert sha256(snapshot(isolated_home)) == sha256(starter_gguf)
 
 
+def test_a_stalled_transfer_is_retried_from_where_it_stopped(hub, isolated_home, starter_gguf):
+    hub.faults.stall_after, hub.faults.stall_seconds = 20_000_000, 5.0
+    result = run_cli("pull", f"{REPO}/{Q8}", env={**env_for(hub), "HF_HUB_DOWNLOAD_TIMEOUT": "1"})
+    assert result.returncode == 0, result
+    assert "here: CPU only" in result.stderr, "a file named directly gets its fit label from its remote header"
+    full = [r for r in hub.gets(Q8) if r is None or not r.endswith(tuple("0123456789"))]
+    assert len(full) == 2 and full[0] is None
+    resumed_from = int(full[1].removeprefix("bytes=").rstrip("-"))
+    assert 20_000_000 - 2**20 < resumed_from <= 20_000_000
+    assert sha256(snapshot(isolated_home)) == sha256(starter_gguf)
+
+
 def test_corrupted_bytes_fail_verification_and_nothing_is_installed(hub, isolated_home):
     hub.faults.corrupt = True
     result = run_cli("pull", REF, env=env_for(hub))
