@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from hub_server import HubServer
+
 from localllm import ModelLoadError, ModelNotFoundError
 from localllm.gguf_info import inspect_file, inspect_remote, split_files
 

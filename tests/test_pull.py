@@ -9,11 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import LOCALLLM, assert_error_after_progress, assert_one_line_error, run_cli
+from conftest import (
+    LOCALLLM,
+    assert_error_after_progress,
+    assert_one_line_error,
+    run_cli,
+)
 from hub_server import COMMIT, HubServer
 
 REPO = "bartowski/SmolLM2-135M-Instruct-GGUF"

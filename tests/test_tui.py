@@ -3,18 +3,15 @@ a scripted model where timing must be controlled."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from localllm.tui import ChatApp
 
-from localllm import LoadOptions
 from localllm.events import Finished, Timings, Token, Usage
 from localllm.session import ChatStore
-from localllm.tui import ChatApp
 
 pytestmark = pytest.mark.slow
 SIZE = (100, 30)

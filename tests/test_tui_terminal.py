@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
-
 from conftest import LOCALLLM
+
 from localllm.config import save_config
 from localllm.session import ChatStore
 

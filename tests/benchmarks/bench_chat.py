@@ -47,8 +47,9 @@ def run_path(model, sampling) -> float:
 
 
 def tui_path(model, sampling) -> float:
-    from localllm.session import ChatStore
     from localllm.tui import ChatApp
+
+    from localllm.session import ChatStore
 
     class Borrowed:  # the app closes its model on exit; this one is shared across rounds
         def __getattr__(self, name):
