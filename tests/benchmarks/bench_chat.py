@@ -1,8 +1,8 @@
 """Chat benchmarks on the starter model (SmolLM2-135M Q4_1):
 
-1. Generation speed inside the TUI (ChatApp running headless: the real widgets, Markdown stream
-   and event loop, no terminal to write to) against the path `localllm run` uses (Model.prompt),
-   same model, prompt and settings, alternating rounds. Target: TUI >= 0.95x.
+1. Generation speed inside the TUI (ChatApp started as `localllm chat` starts it, headless: the
+   real widgets, Markdown stream and event loop, no terminal to write to) against `localllm run`,
+   each in its own process, same model and prompt, alternating rounds. Target: TUI >= 0.95x.
 2. Time to first token on turn 20 of a chat against turn 1 (KV cache reuse of the shared
    prefix). Target: <= 1.3x.
 
@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 PROMPT = "Write a short story about a lighthouse keeper."
+LOCALLLM = str(Path(sys.executable).with_name("localllm"))
 
 
 def main() -> None:
@@ -25,64 +30,64 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tui-once", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ["LOCALLLM_HOME"] = tempfile.mkdtemp(prefix="localllm-bench-chat-")
+    if args.tui_once:
+        print(tui_once(args.tokens, args.threads))
+        return
+    speed(args.tokens, args.threads, args.rounds)
 
-    from localllm import SamplingOptions, load_model
+    from localllm import load_model
     from localllm.options import chat_load_options
 
-    sampling = SamplingOptions(temperature=0, max_tokens=args.tokens, ignore_eos=True)
-    # The options `localllm chat` loads with (flash attention off on a CPU-only build).
     with load_model("starter", chat_load_options(n_ctx=4096, n_threads=args.threads)) as model:
-        speed(model, sampling, args.rounds)
         ttft(model)
 
 
-def run_path(model, sampling) -> float:
-    from localllm.events import Finished
+def run_once(tokens: int, threads: int) -> float:
+    """`localllm run`, as a user runs it: its own process, its own defaults."""
+    out = subprocess.run([LOCALLLM, "run", "-m", "starter", "--json", "-t", "0", "--ignore-eos", "--max-tokens", str(tokens),
+                          "--threads", str(threads), PROMPT], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["timings"]["generation_tokens_per_s"]
 
-    for event in model.prompt(PROMPT, sampling=sampling):
-        if isinstance(event, Finished):
-            return event.timings.generation_tokens_per_s
 
-
-def tui_path(model, sampling) -> float:
+def tui_once(tokens: int, threads: int) -> float:
+    """The chat app in this process as `localllm chat` starts it, headless, answering one prompt."""
+    from localllm import SamplingOptions
+    from localllm.options import chat_load_options
+    from localllm.session import ChatStore
     from localllm.tui import ChatApp
 
-    from localllm.session import ChatStore
-
-    class Borrowed:  # the app closes its model on exit; this one is shared across rounds
-        def __getattr__(self, name):
-            return getattr(model, name)
-
-        def close(self):
-            pass
-
     async def go() -> float:
-        app = ChatApp(model_ref="starter", store=ChatStore(), loader=lambda ref, options: Borrowed())
+        app = ChatApp(model_ref="starter", store=ChatStore(), load_options=chat_load_options(n_ctx=4096, n_threads=threads))
         async with app.run_test(size=(100, 30)) as pilot:
             while app.session is None:
-                await pilot.pause(0.05)
-            app.session.sampling = sampling
+                await asyncio.sleep(0.05)
+            app.session.sampling = SamplingOptions(temperature=0, max_tokens=tokens, ignore_eos=True)
             app.query_one("#prompt").text = PROMPT
             await pilot.press("enter")
             while not (len(app.session.messages) == 2 and not app.generating):
-                await pilot.pause(0.05)
+                await asyncio.sleep(0.05)  # not pilot.pause: that forces screen updates a user would not cause
             return app._rate
 
     return asyncio.run(go())
 
 
-def speed(model, sampling, rounds: int) -> None:
+def speed(tokens: int, threads: int, rounds: int) -> None:
+    tui = [sys.executable, __file__, "--tui-once", "--tokens", str(tokens), "--threads", str(threads)]
     ratios, rates = [], {"run": [], "tui": []}
     for i in range(rounds):
         pair = {}
-        for name, fn in (("run", run_path), ("tui", tui_path))[:: 1 if i % 2 == 0 else -1]:
-            pair[name] = fn(model, sampling)
+        for name in ("run", "tui")[:: 1 if i % 2 == 0 else -1]:
+            if name == "run":
+                pair[name] = run_once(tokens, threads)
+            else:
+                pair[name] = float(subprocess.run(tui, capture_output=True, text=True, check=True).stdout.split()[-1])
             rates[name].append(pair[name])
         ratios.append(pair["tui"] / pair["run"])
         print(f"round {i + 1}: run {pair['run']:6.1f} tok/s   tui {pair['tui']:6.1f} tok/s   ratio {ratios[-1]:.3f}")
-    print(f"generation, {sampling.max_tokens} tokens, medians: run {statistics.median(rates['run']):.1f} tok/s, "
+    print(f"generation, {tokens} tokens, medians: run {statistics.median(rates['run']):.1f} tok/s, "
           f"tui {statistics.median(rates['tui']):.1f} tok/s, ratio {statistics.median(ratios):.3f} (target >= 0.95)\n")
 
 
