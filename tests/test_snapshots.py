@@ -48,7 +48,7 @@ def test_first_launch_model_screen(snap_compare, isolated_home, tmp_path, monkey
     app = ChatApp(store=ChatStore(), hardware=profile("laptop_16gb_6gb_gpu", tmp_path))
 
     async def run_before(pilot):
-        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ModelScreen")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ModelScreen" and app.screen.query("#catalog"))
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -251,7 +251,7 @@ async def test_first_launch_offers_the_catalog_and_downloads_with_progress(start
         loaded = []
         app = ChatApp(store=ChatStore(), loader=lambda ref, options: loaded.append(ref) or ScriptedModel(words=1, delay=0))
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ModelScreen")
+            await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ModelScreen" and app.screen.query("#catalog"))
             screen = app.screen
             table = screen.query_one("#catalog")
             await wait_for(pilot, lambda: table.row_count > 0)
