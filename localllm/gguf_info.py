@@ -239,7 +239,8 @@ def inspect_remote(repo_id: str, filename: str, revision: str = "main", endpoint
         for part in parts:
             remote = f"{folder}/{part}" if folder else part
             url = hf_hub_url(repo_id, remote, revision=revision, endpoint=endpoint)
-            part_meta, part_tensors = _read_remote_header(session, headers, url, Path(tmp) / part, first_chunk, max_header)
+            part_meta, part_tensors = _read_remote_header(session, headers, url, f"{repo_id}/{remote}", Path(tmp) / part,
+                                                          first_chunk, max_header)
             meta = {**part_meta, **meta}
             tensors += part_tensors
     if "general.architecture" not in meta:
@@ -247,32 +248,19 @@ def inspect_remote(repo_id: str, filename: str, revision: str = "main", endpoint
     return spec_from_metadata(meta, tensors, Path(filename).name, tuple(parts))
 
 
-def _read_remote_header(session: Any, headers: dict, url: str, sparse: Path, chunk: int, max_header: int):
+def _read_remote_header(session: Any, headers: dict, url: str, label: str, sparse: Path, chunk: int, max_header: int):
     from gguf import GGUFReader
-    from huggingface_hub.errors import OfflineModeIsEnabled
+    from huggingface_hub.utils import hf_raise_for_status
 
-    from .errors import ModelNotFoundError
+    from .hub import hub_errors
 
     fetched, total = 0, None
     with open(sparse, "wb") as out:
         while True:
-            try:
+            with hub_errors(label):
                 response = session.get(url, headers={**headers, "Range": f"bytes={fetched}-{fetched + chunk - 1}"},
                                        follow_redirects=True)
-            except OfflineModeIsEnabled as exc:
-                raise ModelLoadError(url, "offline (HF_HUB_OFFLINE is set): a remote header cannot be read") from exc
-            except OSError as exc:
-                raise ModelLoadError(url, f"cannot reach the server ({exc})") from exc
-            except Exception as exc:  # httpx's transport errors do not derive from OSError
-                if type(exc).__module__.split(".")[0].startswith("httpx"):
-                    raise ModelLoadError(url, f"cannot reach the server ({exc})") from exc
-                raise
-            if response.status_code in (401, 403):
-                raise ModelLoadError(url, "the Hub refused access: a gated or private repo needs a token in HF_TOKEN")
-            if response.status_code == 404:
-                raise ModelNotFoundError(url, "no such file on the Hub")
-            if response.status_code not in (200, 206):
-                raise ModelLoadError(url, f"the server answered HTTP {response.status_code}")
+                hf_raise_for_status(response)
             body = response.content
             if response.status_code == 200:  # the server ignored the range and sent everything
                 total, fetched = len(body), 0

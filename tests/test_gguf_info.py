@@ -6,6 +6,7 @@ import pytest
 from hub_server import HubServer
 
 from localllm import ModelLoadError, ModelNotFoundError
+from localllm.errors import DownloadError
 from localllm.gguf_info import inspect_file, inspect_remote, split_files
 
 
@@ -71,7 +72,7 @@ def test_remote_missing_file(hub):
 
 
 def test_offline_mode_is_a_clear_error(starter_gguf):
-    with pytest.raises(ModelLoadError, match="offline"):
+    with pytest.raises(DownloadError, match="offline"):
         inspect_remote("someone/smol", "smol.gguf", endpoint="http://127.0.0.1:9")
 
 
@@ -79,5 +80,5 @@ def test_server_down_is_a_clear_error(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with pytest.raises(ModelLoadError, match="cannot reach"):
+    with pytest.raises(DownloadError, match="cannot reach"):
         inspect_remote("someone/smol", "smol.gguf", endpoint="http://127.0.0.1:9")

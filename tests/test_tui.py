@@ -3,7 +3,6 @@ a scripted model where timing must be controlled."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -39,8 +38,8 @@ class ScriptedModel:
     def __init__(self, words: int = 400, delay: float = 0.01, n_ctx: int = 4096):
         self.words, self.delay, self.n_ctx = words, delay, n_ctx
         self.path, self.n_ctx_train, self.n_threads, self.n_gpu_layers = Path("scripted-Q4_K_M.gguf"), n_ctx, 2, 0
-        self.released = threading.Event()
         self.prompts: list[list[dict]] = []
+        self.closed = False
 
     def tokenize(self, text):
         return text.split()
@@ -59,7 +58,7 @@ class ScriptedModel:
         yield Finished("stop", Usage(10, self.words), Timings(0.1, 0.1, 1.0, 100.0, 100.0), 1)
 
     def close(self):
-        pass
+        self.closed = True
 
 
 async def wait_for(pilot, condition, timeout: float = 60):
@@ -276,3 +275,40 @@ async def test_no_color_and_80x24(isolated_home, monkeypatch):
         await send(pilot, app, "hi")
         assert app.query_one("#prompt").region.bottom <= 24 and app.query_one("#status").region.width > 40
         assert app.no_color
+
+
+async def test_streaming_shows_live_speed(isolated_home):
+    model = ScriptedModel(words=300, delay=0.01)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        app.query_one("#prompt").text = "go"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.status_text.startswith("writing · "))
+        assert "tok/s" in app.status_text
+        await wait_for(pilot, lambda: not app.generating and len(app.session.messages) == 2)
+        assert app.status_text.startswith("ctx ")
+
+
+async def test_switching_model_unloads_the_old_one(isolated_home, starter_gguf):
+    models = []
+
+    def loader(ref, options):
+        models.append(ScriptedModel(words=3, delay=0))
+        return models[-1]
+
+    app = ChatApp(model_ref="first", store=ChatStore(), loader=loader)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ModelScreen" and app.screen.query("#installed"))
+        assert "Offline" in str(app.screen.query_one("#offline").content), "tests run with HF_HUB_OFFLINE=1"
+        app.screen.query_one("#catalog").focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert "Offline" in str(app.screen.query_one("#download-status").content), "no download offline"
+        app.screen.query_one("#installed").focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(models) == 2 and app.model is models[1] and app.session is not None)
+        assert models[0].closed and not models[1].closed
+        assert app.model_name == str(starter_gguf)

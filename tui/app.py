@@ -120,6 +120,7 @@ class ChatApp(App):
         self._rate: float | None = None
         self._editing = False
         self._generation = 0  # counts answers, so a late timer of a finished one does nothing
+        self._streamed, self._first_token_at = 0, None
         self.status_text = ""
 
     # ---- layout -------------------------------------------------------------------------
@@ -290,6 +291,7 @@ class ChatApp(App):
         messages.mount(self._answer)
         messages.anchor()
         self._stream = Markdown.get_stream(self._answer)
+        self._streamed, self._first_token_at = 0, None
         self._flush_every = FLUSH_MIN
         self._tick = (time.perf_counter(), time.thread_time())
         self._generation += 1
@@ -305,6 +307,8 @@ class ChatApp(App):
                 if isinstance(event, Token):
                     with self._pending_lock:
                         self._pending.append(event.text)
+                        self._streamed += 1
+                        self._first_token_at = self._first_token_at or time.perf_counter()
                 elif isinstance(event, Finished):
                     self._rate = event.timings.generation_tokens_per_s
                 elif isinstance(event, ContextNotice):
@@ -321,6 +325,9 @@ class ChatApp(App):
         await self._flush_tokens()
         if not self.generating or generation != self._generation:  # that answer has finished
             return
+        if self._first_token_at and self._streamed > 1:
+            rate = (self._streamed - 1) / max(time.perf_counter() - self._first_token_at, 1e-3)
+            self._set_status(f"writing · {rate:.0f} tok/s · Esc stops")
         wall, cpu = time.perf_counter(), time.thread_time()  # this (the UI) thread's CPU time
         share = (cpu - self._tick[1]) / max(wall - self._tick[0], 1e-3)
         self._tick = (wall, cpu)
