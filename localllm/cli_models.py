@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import cache
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ import click
 from .errors import UsageError
 
 
+@cache  # one command, one look at the machine
 def _hardware():
     from .backends import build_info
     from .hardware import detect
@@ -140,19 +142,10 @@ def _fit(path: Path) -> dict:
     from .planner import plan
 
     try:
-        chosen = plan(_cached_hardware(), inspect(path))
+        chosen = plan(_hardware(), inspect(path))
     except LocalLLMError as exc:  # a broken file is listed, with why it will not run
         return {"fit": "error", "label": "unreadable", "error": str(exc)}
     return {"fit": chosen.fit, "label": chosen.label}
-
-
-_HW = []
-
-
-def _cached_hardware():
-    if not _HW:
-        _HW.append(_hardware())
-    return _HW[0]
 
 
 @click.command()

@@ -271,7 +271,10 @@ class ChatApp(App):
     def action_regenerate(self) -> None:
         if self.generating or self.session is None or not self.session.messages or self.session.messages[-1].role != "assistant":
             return
-        self.query_one("#messages").children[-1].remove()
+        messages = self.query_one("#messages")
+        answer = [w for w in messages.children if w.has_class("assistant")][-1]
+        for widget in messages.children[messages.children.index(answer):]:  # the answer and notices after it
+            widget.remove()
         self._generate(self.session.regenerate)
 
     def action_edit_last(self) -> None:
