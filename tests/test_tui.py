@@ -312,3 +312,19 @@ async def test_switching_model_unloads_the_old_one(isolated_home, starter_gguf):
         await wait_for(pilot, lambda: len(models) == 2 and app.model is models[1] and app.session is not None)
         assert models[0].closed and not models[1].closed
         assert app.model_name == str(starter_gguf)
+
+
+async def test_opens_the_last_used_model(isolated_home, starter_gguf):
+    asked = []
+
+    def loader(ref, options):
+        asked.append(ref)
+        model = ScriptedModel(words=1, delay=0)
+        model.path = Path(ref)
+        return model
+
+    for model_ref in (str(starter_gguf), None):
+        app = ChatApp(model_ref=model_ref, store=ChatStore(), loader=loader)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.session is not None)
+    assert asked == [str(starter_gguf), str(starter_gguf)], "the second start, with no -m, reopened the first's model"
