@@ -101,6 +101,8 @@ def chat(model, resume, ctx, threads, gpu_layers):
 
     Conversations are saved as they are written (in $LOCALLLM_HOME/chats.sqlite3).
     """
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("localllm chat needs a terminal; in scripts and pipes use: localllm run")
     from .config import load_config
     from .options import chat_load_options
     from .tui import ChatApp

@@ -103,3 +103,7 @@ def test_corrupt_settings_file(isolated_home):
     result = run_cli("run", "hi")
     assert_one_line_error(result, 1, str(config), "not valid JSON")
     assert config.read_text() == "{not json", "a broken settings file must be left for the user to fix"
+
+
+def test_chat_without_a_terminal_says_to_use_run():
+    assert_one_line_error(run_cli("chat"), 2, "needs a terminal", "localllm run")

@@ -208,3 +208,40 @@ def _full_env(hub) -> dict:
     import os
 
     return {**os.environ, **env_for(hub)}
+
+
+@pytest.fixture(scope="session")
+def split_starter(starter_gguf, tmp_path_factory):
+    """The starter rewritten as a real two-part split GGUF (gguf's writer), which llama.cpp loads."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(starter_gguf)
+    out = tmp_path_factory.mktemp("split") / "Big-Q4_1.gguf"
+    writer = GGUFWriter(out, reader.fields["general.architecture"].contents(),
+                        split_max_tensors=(len(reader.tensors) + 1) // 2)
+    for name, field in reader.fields.items():
+        if not name.startswith("GGUF.") and name != "general.architecture":
+            kind = field.types[0]
+            writer.add_key_value(name, field.contents(), kind, sub_type=field.types[1] if kind == GGUFValueType.ARRAY else None)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return sorted(out.parent.glob("Big-Q4_1-*.gguf"))
+
+
+def test_a_split_gguf_is_pulled_whole_listed_once_and_runs(hub, isolated_home, split_starter):
+    names = [f"Big-Q4_1/{part.name}" for part in split_starter]
+    for name, part in zip(names, split_starter):
+        hub.add("someone/Big-GGUF", name, part)
+    pulled = run_cli("pull", "hf.co/someone/Big-GGUF:Q4_1", env=env_for(hub))
+    assert pulled.returncode == 0, pulled
+    assert pulled.stdout.strip().endswith(names[0]) and "(0.10 GB)" in pulled.stderr
+    whole = [[r for r in hub.gets(part.name) if r is None] for part in split_starter]  # not the header's ranges
+    assert whole == [[None], [None]], "every part fetched once"
+    listed = [m for m in json.loads(run_cli("list", "--json").stdout) if m["source"] == "hf-cache"]
+    assert [(m["name"], m["size"]) for m in listed] == [(f"someone/Big-GGUF/{names[0]}", sum(p.stat().st_size for p in split_starter))]
+    ran = run_cli("run", "-m", "hf.co/someone/Big-GGUF:Q4_1", "-t", "0", "--max-tokens", "4", "Hi")
+    assert ran.returncode == 0 and ran.stdout.strip(), ran
