@@ -118,10 +118,9 @@ def hw(as_json):
     """Show what this machine has: CPU, memory, GPUs, and what llama.cpp can use."""
     from dataclasses import asdict
 
-    from .backends import build_info
-    from .hardware import detect
+    from .backends import this_machine
 
-    profile = detect(build_info())
+    profile = this_machine()
     if as_json:
         click.echo(json.dumps(asdict(profile), indent=2))
         return
@@ -163,15 +162,15 @@ def _hw_text(profile) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
     """Show how MODEL would be loaded here, and why: fit, settings, memory per device."""
-    from .backends import build_info
-    from .hardware import CpuLoadSampler, detect
+    from .backends import this_machine
+    from .hardware import CpuLoadSampler
     from .model import inspect
     from .planner import Overrides, breakdown_rows, plan
     from .registry import resolve
 
     sampler = CpuLoadSampler()
     spec = inspect(resolve(model))
-    profile = detect(build_info())
+    profile = this_machine()
     overrides = Overrides(n_ctx=ctx, n_gpu_layers=gpu_layers, kv_type=kv_type,
                           margin=None if margin is None else margin * 2**20)
     chosen = plan(profile, spec, overrides, sampler.busy_elsewhere())

@@ -14,10 +14,9 @@ from .errors import UsageError
 
 @cache  # one command, one look at the machine
 def _hardware():
-    from .backends import build_info
-    from .hardware import detect
+    from .backends import this_machine
 
-    return detect(build_info())
+    return this_machine()
 
 
 @click.command("catalog")

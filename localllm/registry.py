@@ -217,13 +217,12 @@ def _names_match(model: InstalledModel, ref: str) -> bool:
 
 def _best_of(models: list[InstalledModel]) -> InstalledModel:
     """Of several installed models, the one the planner rates best on this machine."""
-    from .backends import build_info
-    from .hardware import detect
+    from .backends import this_machine
     from .model import inspect
     from .planner import plan_quants
 
     specs = [inspect(m.path) for m in models]
-    best, _ = plan_quants(detect(build_info()), specs)
+    best, _ = plan_quants(this_machine(), specs)
     return models[specs.index(best.spec)]
 
 

@@ -150,10 +150,9 @@ def _resized(spec: ModelSpec, quant: str, size: int) -> ModelSpec:
 
 
 def _hardware():
-    from .backends import build_info
-    from .hardware import detect
+    from .backends import this_machine
 
-    return detect(build_info())
+    return this_machine()
 
 
 # A file this size answers at about reading speed on a laptop CPU; bigger ones are offered, not recommended.

@@ -144,10 +144,9 @@ class ChatApp(App):
     @property
     def hardware(self):
         if self._hardware is None:
-            from localllm.backends import build_info
-            from localllm.hardware import detect
+            from localllm.backends import this_machine
 
-            self._hardware = detect(build_info())
+            self._hardware = this_machine()
         return self._hardware
 
     # ---- choosing and loading a model --------------------------------------------------

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ..errors import UsageError
-from ..hardware import BuildInfo, DeviceInfo
+from ..hardware import BuildInfo, DeviceInfo, HardwareProfile, detect
 from .base import Backend, LoadedModel, Message
 
-__all__ = ["Backend", "LoadedModel", "Message", "build_info", "get_backend"]
+__all__ = ["Backend", "LoadedModel", "Message", "build_info", "get_backend", "this_machine"]
 
 
 def get_backend(name: str = "llamacpp") -> Backend:
@@ -22,3 +22,8 @@ def build_info() -> BuildInfo:
     from .llamacpp import devices, supports_gpu_offload
 
     return BuildInfo(supports_gpu_offload(), tuple(DeviceInfo(*d) for d in devices()))
+
+
+def this_machine() -> HardwareProfile:
+    """This machine as the planner sees it: CPU, memory, GPUs, and what the llama.cpp build can use."""
+    return detect(build_info())
