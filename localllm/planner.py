@@ -162,15 +162,16 @@ def _split_by_free(gpus) -> tuple[float, ...]:
 def plan_quants(hw: HardwareProfile, specs: list[ModelSpec], overrides: Overrides = Overrides(), busy_elsewhere: float = 0.0) -> tuple[LoadPlan, list[LoadPlan]]:
     """Plan every quantization of a model; return the recommended plan and all of them.
 
-    Best fit first (on GPU, then partial, then CPU); within it the best quality, except that on
-    the CPU quants above Q5_K_M cost more speed than they give quality. If none fits, the smallest.
+    Best fit first (on GPU, then partial, then CPU); within it the best quality, except that
+    where layers run on the CPU, quants above Q5_K_M cost more speed than they give quality.
+    If none fits, the smallest.
     """
     plans = [plan(hw, spec, overrides, busy_elsewhere) for spec in specs]
 
     def quality(p: LoadPlan) -> int:
         name = (p.spec.file_type or "").upper()
         rank = QUANT_ORDER.index(name) if name in QUANT_ORDER else len(QUANT_ORDER)
-        if p.fit == "cpu" and rank < QUANT_ORDER.index(CPU_BEST_QUANT):
+        if p.fit in ("cpu", "partial") and rank < QUANT_ORDER.index(CPU_BEST_QUANT):
             rank = QUANT_ORDER.index(CPU_BEST_QUANT) + (QUANT_ORDER.index(CPU_BEST_QUANT) - rank)
         return rank
 

@@ -278,3 +278,14 @@ def test_quant_choice(tmp_path):
     assert len(plans) == 3
     best, _ = plan_quants(profile("laptop_8gb_cpu", tmp_path), [LLAMA_8B_Q2, LLAMA_8B, LLAMA_8B_Q8])
     assert best.spec is LLAMA_8B, "on a CPU, Q4_K_M: Q8_0 does not fit and Q2_K loses too much"
+
+
+def test_partial_offload_prefers_the_smaller_quant(tmp_path):
+    """Layers that stay on the CPU run at its speed: past Q5_K_M a bigger quant costs more than it gives."""
+    hw = profile("laptop_16gb_6gb_gpu", tmp_path)
+    q6 = llama_spec("Qwen3-14B-Q6_K.gguf", 40, 5120, 17408, 40, 8, 12_120_000_000, "Q6_K")
+    q8 = llama_spec("Qwen3-14B-Q8_0.gguf", 40, 5120, 17408, 40, 8, 15_700_000_000, "Q8_0")
+    q5 = llama_spec("Qwen3-14B-Q5_K_M.gguf", 40, 5120, 17408, 40, 8, 10_510_000_000, "Q5_K_M")
+    best, plans = plan_quants(hw, [q8, q6, q5])
+    assert [p.fit for p in plans] == ["partial"] * 3
+    assert best.spec is q5
