@@ -64,13 +64,12 @@ def pull(ref):
         click.echo(f"{ref}: already installed (offline, so not checked against the Hub)", err=True)
         click.echo(str(installed.path))
         return
-    prepared = prepare_pull(ref)
+    prepared = prepare_pull(ref, _hardware())
     names = ", ".join(f.filename for f in prepared.files)
     click.echo(f"{ref}: {prepared.ref.repo_id} {names} ({prepared.size / 1e9:.2f} GB)", err=True)
-    if prepared.plan is not None:
-        click.echo(f"  {prepared.quant}: {prepared.reason}; here: {prepared.plan.label}", err=True)
-        if prepared.plan.fit == "none":
-            click.echo(f"localllm: warning: {prepared.plan.explanation}", err=True)
+    click.echo(f"  {prepared.quant or 'unknown quantization'}: {prepared.reason}; here: {prepared.plan.label}", err=True)
+    if prepared.plan.fit == "none":
+        click.echo(f"localllm: warning: {prepared.plan.explanation}", err=True)
     if not prepared.missing:
         click.echo("  already installed", err=True)
     try:

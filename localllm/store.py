@@ -31,10 +31,13 @@ class PullPlan:
     """What a pull will fetch, and why that file."""
 
     ref: Reference
-    quant: str | None
     files: tuple[RemoteFile, ...]
-    plan: LoadPlan | None  # how it would load here; None when nothing told us its shape
+    plan: LoadPlan  # how it would load here
     reason: str
+
+    @property
+    def quant(self) -> str | None:
+        return self.plan.spec.file_type
 
     @property
     def size(self) -> int:
@@ -56,25 +59,24 @@ def prepare_pull(text: str, hw=None) -> PullPlan:
         raise UsageError(f"{text} is a local path; there is nothing to pull (run it with -m)")
     if ref.kind == "name":
         raise ModelNotFoundError(text, "not in the catalog and not a Hub reference (owner/repo[:QUANT] or owner/repo/file.gguf); `localllm catalog` lists the catalog")
+    hw = hw or _hardware()
     if ref.filename:
-        names = [ref.filename]
-        quant, chosen, reason = None, None, "the file named"
+        names, chosen, reason = [ref.filename], None, "the file named"
     elif ref.entry is not None:
-        quant, chosen, reason = _choose_catalog_quant(ref.entry, ref.quant, hw)
-        names = list(ref.entry.quant(quant).files)
+        chosen, reason = _choose_catalog_quant(ref.entry, ref.quant, hw)
+        names = list(ref.entry.quant(chosen.spec.file_type).files)
     else:
         available = list_ggufs(ref.repo_id, ref.revision)
         if not available:
             raise ModelNotFoundError(text, "the repository holds no .gguf file")
-        quant, names, chosen, reason = _choose_hub_quant(ref, available, hw)
+        names, chosen, reason = _choose_hub_quant(ref, available, hw)
     files = tuple(remote_file(ref.repo_id, name, ref.revision) for name in _with_split_parts(names))
-    if chosen is None:  # a file named directly: its header (a few MB) tells how it would fit
+    if chosen is None:  # one file, no plan yet: its header (a few MB) tells how it would fit
         from .gguf_info import inspect_remote
         from .planner import plan
 
-        shape = inspect_remote(ref.repo_id, names[0], ref.revision)
-        quant, chosen = shape.file_type, plan(hw or _hardware(), shape)
-    return PullPlan(ref, quant, files, chosen, reason)
+        chosen = plan(hw, inspect_remote(ref.repo_id, names[0], ref.revision))
+    return PullPlan(ref, files, chosen, reason)
 
 
 def pull(prepared: PullPlan, progress: Progress | None = None) -> Path:
@@ -104,39 +106,39 @@ def _with_split_parts(names: list[str]) -> list[str]:
     return parts
 
 
-def _choose_catalog_quant(entry: CatalogEntry, quant: str | None, hw) -> tuple[str, LoadPlan, str]:
-    hw = hw or _hardware()
-    specs = [entry.spec(q) for q in entry.quants]
-    best, plans = plan_quants(hw, specs)
+def _choose_catalog_quant(entry: CatalogEntry, quant: str | None, hw) -> tuple[LoadPlan, str]:
+    best, plans = _entry_plans(entry, hw)
     if quant:
-        chosen = plans[[q.quant for q in entry.quants].index(quant)]
-        return quant, chosen, "the quantization asked for"
-    name = best.spec.file_type
-    return name, best, f"the best quantization for this machine ({best.label}) of {', '.join(q.quant for q in entry.quants)}"
+        return plans[[q.quant for q in entry.quants].index(quant)], "the quantization asked for"
+    return best, f"the best quantization for this machine ({best.label}) of {', '.join(q.quant for q in entry.quants)}"
 
 
-def _choose_hub_quant(ref: Reference, available: dict[str, int], hw) -> tuple[str | None, list[str], LoadPlan | None, str]:
+def _entry_plans(entry: CatalogEntry, hw) -> tuple[LoadPlan, list[LoadPlan]]:
+    return plan_quants(hw, [entry.spec(q) for q in entry.quants])
+
+
+def _choose_hub_quant(ref: Reference, available: dict[str, int], hw) -> tuple[list[str], LoadPlan | None, str]:
+    """The files of the quantization asked for, or of the one the planner picks; a plan when it was made."""
     from .planner import QUANT_ORDER
 
     if ref.quant:
         names = files_for_quant(available, ref.quant)
         if not names:
             raise ModelNotFoundError(ref.text, f"no {ref.quant} file in {ref.repo_id}; it has {', '.join(sorted(available))}")
-        return ref.quant.upper(), names, None, "the quantization asked for"
+        return names, None, "the quantization asked for"
     groups = {q: files_for_quant(available, q) for q in QUANT_ORDER}
     groups = {q: names for q, names in groups.items() if names}
     if not groups:
         if len(available) == 1:
-            return None, list(available), None, "the only GGUF in the repository"
+            return list(available), None, "the only GGUF in the repository"
         raise UsageError(f"{ref.repo_id} has several GGUF files and none with a known quantization in its name; name one: owner/repo/file.gguf")
     from .gguf_info import inspect_remote
 
     first = next(iter(groups.values()))[0]
     shape = inspect_remote(ref.repo_id, first, ref.revision)
     specs = [_resized(shape, q, sum(available[n] for n in names)) for q, names in groups.items()]
-    best, _ = plan_quants(hw or _hardware(), specs)
-    quant = best.spec.file_type
-    return quant, groups[quant], best, f"the best quantization for this machine ({best.label}) of {', '.join(groups)}"
+    best, _ = plan_quants(hw, specs)
+    return groups[best.spec.file_type], best, f"the best quantization for this machine ({best.label}) of {', '.join(groups)}"
 
 
 def _resized(spec: ModelSpec, quant: str, size: int) -> ModelSpec:
@@ -172,7 +174,7 @@ class CatalogChoice:
 def catalog_choices(hw) -> list[CatalogChoice]:
     choices = []
     for entry in load_catalog().entries:
-        best, _ = plan_quants(hw, [entry.spec(q) for q in entry.quants])
+        best, _ = _entry_plans(entry, hw)
         quant = entry.quant(best.spec.file_type)
         choices.append(CatalogChoice(entry, quant.quant, quant.size, best))
     return choices

@@ -143,11 +143,12 @@ class ChatApp(App):
 
     @property
     def hardware(self):
-        if self._hardware is None:
-            from localllm.backends import this_machine
+        """Read afresh each time (free memory changes while the app runs), unless one was given."""
+        if self._hardware is not None:
+            return self._hardware
+        from localllm.backends import this_machine
 
-            self._hardware = this_machine()
-        return self._hardware
+        return this_machine()
 
     # ---- choosing and loading a model --------------------------------------------------
     def _start(self) -> None:
@@ -175,8 +176,9 @@ class ChatApp(App):
 
         from .models import ModelScreen
 
-        choices = catalog_choices(self.hardware)
-        screen = ModelScreen(self.hardware, installed_models(), choices, recommend(choices), constants.HF_HUB_OFFLINE, first_launch)
+        hw = self.hardware
+        choices = catalog_choices(hw)
+        screen = ModelScreen(hw, installed_models(), choices, recommend(choices), constants.HF_HUB_OFFLINE, first_launch)
         self.call_from_thread(self.push_screen, screen, self._model_chosen)
 
     def _model_chosen(self, ref: str | None) -> None:
