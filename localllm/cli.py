@@ -55,14 +55,16 @@ def cli() -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none. Ignored by CPU-only builds.  [default: as many as fit]")
 @click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="KV cache type.  [default: f16, q8_0 when memory is tight]")
+@click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default="auto", help="Flash attention. On CPUs it is faster for short contexts and slower past a few hundred tokens.  [auto: llama.cpp's choice]")
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
 @click.option("--load-anyway", is_flag=True, help="Load even when the planner predicts it will not fit.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
+@click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template (base models, text completion).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, model, finish reason, token counts, timings, settings.")
 @click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
-        seed, ctx, threads, gpu_layers, kv_type, margin, load_anyway, ignore_eos, as_json, no_stream, verbose):
+        seed, ctx, threads, gpu_layers, kv_type, flash_attn, margin, load_anyway, ignore_eos, raw, as_json, no_stream, verbose):
     """Answer one prompt and exit. Tokens stream to stdout; everything else goes to stderr.
 
     Text piped on stdin is the prompt, or, with a prompt too, context placed before it:
@@ -73,8 +75,11 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     from .model import load_model
     from .options import LoadOptions, SamplingOptions
 
+    if raw and system is not None:
+        raise UsageError("--system needs the chat template, which --raw leaves out: put the system text in the prompt")
     prompt = _read_prompt(prompt_arg, prompt_opt)
     load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
+                               flash_attn={"auto": None, "on": True, "off": False}[flash_attn],
                                margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, verbose=verbose)
     sampling = SamplingOptions(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
@@ -87,7 +92,8 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     finally:
         status.clear()
     with loaded:
-        _answer(loaded, prompt, system, sampling, as_json=as_json, stream=not (no_stream or as_json))
+        events = loaded.generate(prompt, sampling) if raw else loaded.prompt(prompt, system, sampling)
+        _answer(loaded, events, {"system": system, "raw": raw}, sampling, as_json=as_json, stream=not (no_stream or as_json))
 
 
 @cli.command()
@@ -200,14 +206,14 @@ for _command in COMMANDS:
     cli.add_command(_command)
 
 
-def _answer(model, prompt, system, sampling, as_json: bool, stream: bool) -> None:
+def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool) -> None:
     from .events import Token
 
     out = sys.stdout
     parts: list[str] = []
     finished = None
     try:
-        for event in model.prompt(prompt, system, sampling):
+        for event in events:
             if isinstance(event, Token):
                 parts.append(event.text)
                 if stream:
@@ -222,7 +228,7 @@ def _answer(model, prompt, system, sampling, as_json: bool, stream: bool) -> Non
         raise
     text = "".join(parts)
     if as_json:
-        out.write(json.dumps(_json_result(model, text, finished, system, sampling), indent=2) + "\n")
+        out.write(json.dumps(_json_result(model, text, finished, prompt_settings, sampling), indent=2) + "\n")
     elif stream:
         if text and not text.endswith("\n"):
             out.write("\n")
@@ -233,7 +239,7 @@ def _answer(model, prompt, system, sampling, as_json: bool, stream: bool) -> Non
         click.echo(f"localllm: warning: the answer was cut off: the {model.n_ctx}-token context window is full (raise it with --ctx)", err=True)
 
 
-def _json_result(model, text, finished, system, sampling) -> dict:
+def _json_result(model, text, finished, prompt_settings, sampling) -> dict:
     from dataclasses import asdict
 
     result = finished.to_dict()
@@ -246,9 +252,10 @@ def _json_result(model, text, finished, system, sampling) -> dict:
         "settings": {
             **asdict(sampling),
             "seed": finished.seed,
-            "system": system,
+            **prompt_settings,
             "n_ctx": model.n_ctx,
             "kv_type": model.options.kv_type or "f16",
+            "flash_attn": {None: "auto", True: "on", False: "off"}[model.options.flash_attn],
             "n_threads": model.n_threads,
             "n_gpu_layers": model.n_gpu_layers,
         },

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
+
+from localllm import SamplingOptions
+from localllm.model import collect
 
 pytestmark = pytest.mark.slow
 
@@ -129,3 +133,28 @@ def test_closed_stdout_is_quiet():
     )
     assert len(proc.stdout) == 10
     assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr
+
+
+def test_raw_gives_the_text_to_the_model_without_the_chat_template(starter_model):
+    text = "The capital of France is"
+    raw = json.loads(run_cli("run", "-m", "starter", "--raw", "--json", "-t", "0", "--max-tokens", "8", text).stdout)
+    templated = json.loads(run_cli("run", "-m", "starter", "--json", "-t", "0", "--max-tokens", "8", text).stdout)
+    assert raw["usage"]["prompt_tokens"] == len(starter_model.tokenize(text))
+    assert templated["usage"]["prompt_tokens"] > raw["usage"]["prompt_tokens"] + 5
+    assert raw["settings"]["raw"] is True and templated["settings"]["raw"] is False
+    expected = collect(starter_model.generate(text, SamplingOptions(temperature=0, max_tokens=8))).text
+    assert raw["text"] == expected
+
+
+def test_raw_refuses_a_system_prompt():
+    result = run_cli("run", "-m", "starter", "--raw", "-s", "Be brief.", "Hi")
+    assert_one_line_error(result, 2, "--system", "--raw")
+
+
+def test_flash_attention_setting_is_used_and_reported():
+    for value, logged in (("on", "enabled"), ("off", "disabled")):
+        result = run_cli("run", "-m", "starter", "--json", "-v", "-t", "0", "--max-tokens", "4", "--flash-attn", value, "Hi")
+        assert json.loads(result.stdout)["settings"]["flash_attn"] == value
+        assert re.search(rf"flash_attn\s+= {logged}", result.stderr), "llama.cpp's own log says what the context uses"
+    result = run_cli("run", "-m", "starter", "--flash-attn", "off", "--kv-type", "q8_0", "Hi")
+    assert_one_line_error(result, 2, "quantized KV cache needs flash attention")

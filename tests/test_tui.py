@@ -328,3 +328,21 @@ async def test_opens_the_last_used_model(isolated_home, starter_gguf):
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: app.session is not None)
     assert asked == [str(starter_gguf), str(starter_gguf)], "the second start, with no -m, reopened the first's model"
+
+
+async def test_the_answer_is_drawn_in_batches_not_per_token(isolated_home, monkeypatch):
+    from localllm.tui.app import FLUSH_MIN
+    from textual.widgets import Markdown
+
+    drawn = []
+    append = Markdown.append
+    monkeypatch.setattr(Markdown, "append", lambda self, text: drawn.append(text) or append(self, text))
+    model = ScriptedModel(words=300, delay=0.005)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        started = time.monotonic()
+        await send(pilot, app, "go")
+        seconds = time.monotonic() - started
+        assert "".join(drawn) == app.session.messages[-1].content, "every word drawn once, in order"
+        assert 2 <= len(drawn) <= seconds / FLUSH_MIN + 2, f"{len(drawn)} draws for 300 tokens in {seconds:.1f} s"

@@ -1,8 +1,8 @@
 """The chat app: conversation list, transcript, prompt and status bar over a localllm ChatSession.
 
 Loading and generation run in thread workers, never on the event loop. Tokens from the
-generation thread collect in a buffer that a 20 Hz timer hands to Markdown's stream, so the
-UI renders in batches and the generation thread never waits for it.
+generation thread collect in a buffer that a timer appends to the answer's Markdown a few times a
+second, so the UI renders in batches and the generation thread never waits for it.
 """
 
 from __future__ import annotations
@@ -18,22 +18,26 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import Footer, ListItem, ListView, Markdown, Static, TextArea
 
 from localllm.config import load_config, save_config
 from localllm.errors import LocalLLMError
 from localllm.events import Finished, Token
+from localllm.hardware import usable_cpus
 from localllm.options import LoadOptions, SamplingOptions
 from localllm.session import ChatSession, ChatStore, ContextNotice, to_markdown
 
 from .dialogs import AskScreen, HelpScreen, Settings, SettingsScreen
 
-# A streaming answer is drawn in batches: every FLUSH_MIN seconds, slower (up to FLUSH_MAX) when
-# drawing takes more than UI_SHARE of a core. Every slice the UI takes from a core llama.cpp is
-# using stalls all its threads at the next barrier: on 2 cores, drawing 4 times a second cost
-# generation a fifth of its speed, once a second a tenth.
-FLUSH_MIN, FLUSH_MAX, UI_SHARE = 0.25, 1.0, 0.05
+# A streaming answer is drawn in batches, every FLUSH_MIN seconds. When llama.cpp has a thread on
+# every CPU, each slice the UI takes from one stalls all its threads at the next barrier, so
+# batches then come slower (up to FLUSH_MAX) while drawing takes more than UI_SHARE of a core.
+# Measured on 2 cores: drawing every 0.25 s cost generation about a tenth of its speed; at
+# UI_SHARE 0.05 (about 0.5 s) 0.91x `localllm run`, at 0.025 (about 1 s) 0.965x.
+FLUSH_MIN, FLUSH_MAX, UI_SHARE = 0.25, 1.0, 0.025
 
 CSS = """
 #sidebar { width: 24; border-right: solid $primary-background; }
@@ -73,6 +77,22 @@ class PromptArea(TextArea):
             event.stop()
             event.prevent_default()
             self.insert("\n")
+
+
+class StatusBar(Widget):
+    """The status line. While an answer streams its text changes with every batch: a Static's
+    update would lay the whole screen out again, this repaints one line."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._content = Content("")
+
+    def show(self, text: str) -> None:
+        self._content = Content(text)
+        self.refresh()
+
+    def render(self) -> Content:
+        return self._content
 
 
 class ChatApp(App):
@@ -115,7 +135,6 @@ class ChatApp(App):
         self.stop_requested = threading.Event()
         self._pending: list[str] = []
         self._pending_lock = threading.Lock()
-        self._stream = None
         self._answer: Markdown | None = None
         self._rate: float | None = None
         self._editing = False
@@ -131,7 +150,7 @@ class ChatApp(App):
                 yield VerticalScroll(id="messages")
                 yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True,
                                  placeholder="Message (Enter sends, Esc stops, F1 keys)")
-                yield Static("", id="status")
+                yield StatusBar(id="status")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -294,9 +313,9 @@ class ChatApp(App):
         messages = self.query_one("#messages", VerticalScroll)
         messages.mount(self._answer)
         messages.anchor()
-        self._stream = Markdown.get_stream(self._answer)
         self._streamed, self._first_token_at = 0, None
         self._flush_every = FLUSH_MIN
+        self._shares_cpus = usable_cpus() <= self.model.n_threads
         self._tick = (time.perf_counter(), time.thread_time())
         self._generation += 1
         self._flusher = self.set_timer(self._flush_every, partial(self._flush_tick, self._generation))
@@ -335,20 +354,19 @@ class ChatApp(App):
         wall, cpu = time.perf_counter(), time.thread_time()  # this (the UI) thread's CPU time
         share = (cpu - self._tick[1]) / max(wall - self._tick[0], 1e-3)
         self._tick = (wall, cpu)
-        self._flush_every = min(FLUSH_MAX, max(FLUSH_MIN, self._flush_every * share / UI_SHARE))
+        if self._shares_cpus:
+            self._flush_every = min(FLUSH_MAX, max(FLUSH_MIN, self._flush_every * share / UI_SHARE))
         self._flusher = self.set_timer(self._flush_every, partial(self._flush_tick, generation))
 
     async def _flush_tokens(self) -> None:
         with self._pending_lock:
             text, self._pending = "".join(self._pending), []
-        if text and self._stream is not None:
-            await self._stream.write(text)
+        if text and self._answer is not None:
+            await self._answer.append(text)
 
     async def _finish(self) -> None:
         self._flusher.stop()
         await self._flush_tokens()
-        await self._stream.stop()
-        self._stream = None
         self.generating = False
         self._refresh_sidebar()
         self._update_status()
@@ -372,7 +390,7 @@ class ChatApp(App):
     # ---- status -------------------------------------------------------------------------
     def _set_status(self, text: str) -> None:
         self.status_text = text
-        self.query_one("#status", Static).update(text)
+        self.query_one("#status", StatusBar).show(text)
 
     def _update_status(self) -> None:
         if self.model is None:
