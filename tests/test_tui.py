@@ -3,6 +3,7 @@ a scripted model where timing must be controlled."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class ScriptedModel:
         self.path, self.n_ctx_train, self.n_threads, self.n_gpu_layers = Path("scripted-Q4_K_M.gguf"), n_ctx, 2, 0
         self.prompts: list[list[dict]] = []
         self.closed = False
+        self.threads = {threading.get_ident()}  # every thread that ran this model's work
 
     def tokenize(self, text):
         return text.split()
@@ -52,12 +54,14 @@ class ScriptedModel:
         return self._stream()
 
     def _stream(self):
+        self.threads.add(threading.get_ident())
         for i in range(self.words):
             time.sleep(self.delay)
             yield Token(f"word{i} ")
         yield Finished("stop", Usage(10, self.words), Timings(0.1, 0.1, 1.0, 100.0, 100.0), 1)
 
     def close(self):
+        self.threads.add(threading.get_ident())
         self.closed = True
 
 
@@ -346,3 +350,40 @@ async def test_the_answer_is_drawn_in_batches_not_per_token(isolated_home, monke
         seconds = time.monotonic() - started
         assert "".join(drawn) == app.session.messages[-1].content, "every word drawn once, in order"
         assert 2 <= len(drawn) <= seconds / FLUSH_MIN + 2, f"{len(drawn)} draws for 300 tokens in {seconds:.1f} s"
+
+
+async def test_every_llama_cpp_call_runs_on_one_engine_thread(isolated_home):
+    """OpenMP gives each calling thread its own compute team; two teams slow generation."""
+    models = []
+
+    def loader(ref, options):
+        models.append(ScriptedModel(words=5, delay=0))
+        return models[-1]
+
+    app = ChatApp(model_ref="first", store=ChatStore(), loader=loader)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await send(pilot, app, "one")
+        await send(pilot, app, "two")
+        app.load("second")
+        await wait_for(pilot, lambda: app.session is not None and app.model is models[1])
+        await send(pilot, app, "three")
+    assert models[0].closed and models[1].closed, "switching and quitting unload"
+    threads = models[0].threads | models[1].threads
+    assert len(threads) == 1 and threading.get_ident() not in threads, "one engine thread, never the UI's"
+
+
+async def test_quitting_mid_answer_saves_it_and_unloads(isolated_home):
+    model = ScriptedModel(words=2000, delay=0.005)
+    store = ChatStore()
+    app = ChatApp(model_ref="x", store=store, loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        app.query_one("#prompt").text = "go"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app._streamed > 20)
+        conversation = app.session.conversation_id
+        await pilot.press("ctrl+q")
+    assert model.closed
+    answer = ChatStore().messages(conversation)[-1]
+    assert answer.role == "assistant" and answer.complete and 20 <= len(answer.content.split()) < 2000
