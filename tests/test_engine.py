@@ -121,3 +121,18 @@ def test_multibyte_characters_survive_streaming(starter_model):
     )
     assert "東京" in result.text and "😀" in result.text
     assert "\ufffd" not in result.text
+
+
+def test_greedy_fast_path_picks_what_llama_cpps_greedy_sampler_picks(starter_model):
+    from localllm.backends.llamacpp import _sampler_chain, llama_cpp
+
+    loaded = starter_model._loaded
+    sampling = SamplingOptions(temperature=0, max_tokens=64, ignore_eos=True)
+    for text in ("Why is the sky blue?", "List three prime numbers.", "Écris une phrase en français."):
+        tokens = loaded.tokenize(starter_model.format_chat([{"role": "user", "content": text}]))
+        chain = _sampler_chain(sampling, 0)
+        try:
+            reference = collect(loaded._run(tokens, sampling, lambda: llama_cpp.llama_sampler_sample(chain, loaded._ctx, -1), 0)).text
+        finally:
+            llama_cpp.llama_sampler_free(chain)
+        assert collect(starter_model.generate(tokens, sampling)).text == reference

@@ -343,6 +343,8 @@ class ChatApp(App):
         self._tick = (time.perf_counter(), time.thread_time())
         self._generation += 1
         self._flusher = self.set_timer(self._flush_every, partial(self._flush_tick, self._generation))
+        # A blinking cursor redraws twice a second, each time taking CPU from llama.cpp.
+        self.query_one("#prompt", PromptArea).cursor_blink = False
         self._set_status("thinking...")
         self._on_engine(self._generation_job, start)
 
@@ -390,6 +392,7 @@ class ChatApp(App):
     async def _finish(self) -> None:
         self._flusher.stop()
         await self._flush_tokens()
+        self.query_one("#prompt", PromptArea).cursor_blink = True
         self.generating = False
         self._refresh_sidebar()
         self._update_status()
