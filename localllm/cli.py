@@ -16,6 +16,9 @@ from .cli_models import COMMANDS
 from .errors import LocalLLMError, UsageError
 
 MIN_PLAN_CTX = 256
+# `run` opens the KV cache for this many tokens and grows it to the window only for a longer
+# prompt or answer: most one-shot answers fit, and a smaller cache is faster to set up.
+RUN_INITIAL_CTX = 1024
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
@@ -79,7 +82,7 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
         raise UsageError("--system needs the chat template, which --raw leaves out: put the system text in the prompt")
     prompt = _read_prompt(prompt_arg, prompt_opt)
     load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
-                               flash_attn={"auto": None, "on": True, "off": False}[flash_attn],
+                               flash_attn={"auto": None, "on": True, "off": False}[flash_attn], initial_ctx=RUN_INITIAL_CTX,
                                margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, verbose=verbose)
     sampling = SamplingOptions(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,

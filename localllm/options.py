@@ -36,6 +36,10 @@ class LoadOptions:
     tensor_split: tuple[float, ...] = ()
     margin: int | None = None
     load_anyway: bool = False
+    # Open the context for this many tokens and grow it to n_ctx only when a prompt or answer
+    # needs more (0: the whole window at once). Setting up a KV cache costs time in proportion
+    # to its size: 62 ms for SmolLM2's 4096 tokens here, against 11 ms for 1024.
+    initial_ctx: int = 0
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -45,6 +49,8 @@ class LoadOptions:
             raise UsageError(f"thread count must be at least 1, not {self.n_threads}")
         if self.n_gpu_layers is not None and self.n_gpu_layers < -1:
             raise UsageError(f"GPU layers must be -1 (all), 0 (none) or a positive count, not {self.n_gpu_layers}")
+        if self.initial_ctx < 0:
+            raise UsageError(f"initial context size must be 0 (the whole window) or positive, not {self.initial_ctx}")
         if self.n_batch < 1 or self.n_ubatch < 1:
             raise UsageError("batch sizes must be at least 1")
         if self.kv_type is not None and self.kv_type not in KV_TYPES:

@@ -19,7 +19,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from pathlib import Path
 
 import llama_cpp
@@ -173,19 +172,56 @@ class LlamaCppModel:
         self.n_threads = options.n_threads or default_threads(busy_elsewhere=load_sampler.busy_elsewhere())
         self.n_gpu_layers = layers if llama_cpp.llama_supports_gpu_offload() else 0
 
-        cparams = _context_params(options, self.n_ctx_train, self.n_threads)
-        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            reason = _log.first_error() or "llama.cpp could not create the context"
+        self._options = options
+        self.n_ctx = _window(options, self.n_ctx_train)
+        lazy = 0 < options.initial_ctx < self.n_ctx
+        reason = self._open_context(options.initial_ctx if lazy else self.n_ctx)
+        if reason:
             self.close()
             raise ModelLoadError(path, f"{reason} (a smaller --ctx needs less memory)")
-        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
-        self._threadpool = _Threadpool(self._ctx, self.n_threads)
-        self._n_batch = cparams.n_batch
-        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        if not lazy:
+            self.n_ctx = self._allocated  # llama.cpp rounds the window up to a multiple of 256
         self._cached: list[int] = []
         self._formatter = self._chat_formatter()
         self._warm_up()
+
+    def _open_context(self, n_ctx: int) -> str | None:
+        """Create the llama.cpp context for n_ctx tokens; None, or why it failed."""
+        cparams = _context_params(self._options, n_ctx, self.n_threads)
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            return _log.first_error() or "llama.cpp could not create the context"
+        self._threadpool = _Threadpool(self._ctx, self.n_threads)
+        self._n_batch = cparams.n_batch
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._allocated = llama_cpp.llama_n_ctx(self._ctx)
+        return None
+
+    def _make_room(self, tokens: int) -> None:
+        """Grow a context opened for initial_ctx tokens to the whole window once `tokens` no
+        longer fit, keeping the KV cache of the tokens evaluated so far. The old context is freed
+        before the new one is made, its cache held in host memory, so the peak is the window's."""
+        if tokens <= self._allocated:
+            return
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
+        state = (ctypes.c_uint8 * size)()
+        copied = llama_cpp.llama_state_seq_get_data(self._ctx, state, size, 0)
+        self._free_context()
+        reason = self._open_context(self.n_ctx)
+        if reason:
+            self._cached = []
+            raise GenerationError(f"could not grow the context to {self.n_ctx} tokens: {reason}")
+        if self._cached and not llama_cpp.llama_state_seq_set_data(self._ctx, state, copied, 0):
+            self._cached = []
+            raise GenerationError("could not move the KV cache into the grown context")
+
+    def _free_context(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._threadpool:
+            self._threadpool.free()
+            self._threadpool = None
 
     def _warm_up(self) -> None:
         """Evaluate one token and forget it, as llama.cpp's own CLI does at load: the first
@@ -247,7 +283,7 @@ class LlamaCppModel:
             return
         sampler = _sampler_chain(sampling, seed)
         try:
-            yield from self._run(tokens, sampling, partial(llama_cpp.llama_sampler_sample, sampler, self._ctx, -1), seed)
+            yield from self._run(tokens, sampling, lambda: llama_cpp.llama_sampler_sample(sampler, self._ctx, -1), seed)
         finally:
             llama_cpp.llama_sampler_free(sampler)
 
@@ -285,10 +321,12 @@ class LlamaCppModel:
             self._cached.extend(chunk)
 
     def _run(self, tokens: list[int], sampling: SamplingOptions, pick: Callable[[], int], seed: int) -> Iterator[Event]:
-        ctx, vocab = self._ctx, self._vocab
+        vocab = self._vocab
         t_start = time.perf_counter()
         reused = self._reuse_prefix(tokens)
+        self._make_room(len(tokens))
         self._decode(tokens[reused:])
+        ctx = self._ctx
 
         room = self.n_ctx - len(tokens)
         limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
@@ -325,6 +363,9 @@ class LlamaCppModel:
             if generated == limit:
                 break
             one[0] = token
+            if len(cached) >= self._allocated:
+                self._make_room(len(cached) + 1)
+                ctx = self._ctx
             status = decode(ctx, batch)
             if status != 0:
                 raise GenerationError(f"llama.cpp failed to evaluate a generated token (llama_decode returned {status})")
@@ -353,12 +394,7 @@ class LlamaCppModel:
         )
 
     def close(self) -> None:
-        if self._ctx:
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
-        if self._threadpool:
-            self._threadpool.free()
-            self._threadpool = None
+        self._free_context()
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
@@ -367,11 +403,13 @@ class LlamaCppModel:
         self.close()
 
 
-def _context_params(options: LoadOptions, n_ctx_train: int, n_threads: int):
+def _window(options: LoadOptions, n_ctx_train: int) -> int:
     if options.n_ctx is None:
-        n_ctx = min(n_ctx_train, DEFAULT_CTX)
-    else:
-        n_ctx = options.n_ctx or n_ctx_train
+        return min(n_ctx_train, DEFAULT_CTX)
+    return options.n_ctx or n_ctx_train
+
+
+def _context_params(options: LoadOptions, n_ctx: int, n_threads: int):
     cparams = llama_cpp.llama_context_default_params()
     cparams.n_ctx = n_ctx
     cparams.n_batch = min(options.n_batch, n_ctx)
@@ -483,7 +521,7 @@ def dry_run(path: Path, options: LoadOptions) -> dict[str, int]:
         if not model:
             raise ModelLoadError(path, _load_failure_reason())
         try:
-            cparams = _context_params(options, llama_cpp.llama_model_n_ctx_train(model), options.n_threads or 1)
+            cparams = _context_params(options, _window(options, llama_cpp.llama_model_n_ctx_train(model)), options.n_threads or 1)
             ctx = llama_cpp.llama_init_from_model(model, cparams)
             if ctx:
                 llama_cpp.llama_free(ctx)
