@@ -35,9 +35,9 @@ from .dialogs import AskScreen, HelpScreen, Settings, SettingsScreen
 
 # A streaming answer is drawn in batches, every FLUSH_MIN seconds. When llama.cpp has a thread on
 # every CPU, each slice the UI takes from one stalls all its threads at the next barrier, so
-# batches then come slower (up to FLUSH_MAX) while drawing takes more than UI_SHARE of a core.
-# Measured on 2 cores: drawing every 0.25 s cost generation about a tenth of its speed; at
-# UI_SHARE 0.05 (about 0.5 s) 0.91x `localllm run`, at 0.025 (about 1 s) 0.965x.
+# batches then come slower (up to FLUSH_MAX; the pace carries over to the next answer) while
+# drawing takes more than UI_SHARE of a core. Measured on 2 cores (bench_chat.py): drawing 4
+# times a second cost generation a fifth of its speed, once a second about 5%.
 FLUSH_MIN, FLUSH_MAX, UI_SHARE = 0.25, 1.0, 0.025
 
 CSS = """
@@ -143,6 +143,7 @@ class ChatApp(App):
         self._pending_lock = threading.Lock()
         self._answer: Markdown | None = None
         self._rate: float | None = None
+        self._flush_every = FLUSH_MIN
         self._editing = False
         self._generation = 0  # counts answers, so a late timer of a finished one does nothing
         self._streamed, self._first_token_at = 0, None
@@ -338,11 +339,11 @@ class ChatApp(App):
         messages.mount(self._answer)
         messages.anchor()
         self._streamed, self._first_token_at = 0, None
-        self._flush_every = FLUSH_MIN
         self._shares_cpus = usable_cpus() <= self.model.n_threads
         self._tick = (time.perf_counter(), time.thread_time())
         self._generation += 1
-        self._flusher = self.set_timer(self._flush_every, partial(self._flush_tick, self._generation))
+        # The first words show after FLUSH_MIN; later batches keep the pace learned so far.
+        self._flusher = self.set_timer(FLUSH_MIN, partial(self._flush_tick, self._generation))
         # A blinking cursor redraws twice a second, each time taking CPU from llama.cpp.
         self.query_one("#prompt", PromptArea).cursor_blink = False
         self._set_status("thinking...")
