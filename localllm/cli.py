@@ -58,7 +58,7 @@ def cli() -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none. Ignored by CPU-only builds.  [default: as many as fit]")
 @click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="KV cache type.  [default: f16, q8_0 when memory is tight]")
-@click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default="auto", help="Flash attention. On CPUs it is faster for short contexts and slower past a few hundred tokens.  [auto: llama.cpp's choice]")
+@click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default="auto", help="Flash attention; auto lets llama.cpp choose. On CPUs it is faster for short contexts and slower past a few hundred tokens.")
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
 @click.option("--load-anyway", is_flag=True, help="Load even when the planner predicts it will not fit.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
