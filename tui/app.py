@@ -36,9 +36,10 @@ from .dialogs import AskScreen, HelpScreen, Settings, SettingsScreen
 # A streaming answer is drawn in batches, every FLUSH_MIN seconds. When llama.cpp has a thread on
 # every CPU, each slice the UI takes from one stalls all its threads at the next barrier, so
 # batches then come slower (up to FLUSH_MAX; the pace carries over to the next answer) while
-# drawing takes more than UI_SHARE of a core. Measured on 2 cores (bench_chat.py): drawing 4
-# times a second cost generation a fifth of its speed, once a second about 5%.
-FLUSH_MIN, FLUSH_MAX, UI_SHARE = 0.25, 1.0, 0.025
+# drawing takes more than UI_SHARE of a core. A batch costs Textual 20-30 ms of layout and
+# rendering; measured on 2 cores (bench_chat.py), generation ran at 0.80x `localllm run` drawing
+# 4 times a second, 0.93-0.956x once a second, 0.969x once every 2 seconds.
+FLUSH_MIN, FLUSH_MAX, UI_SHARE = 0.25, 2.0, 0.0125
 
 CSS = """
 #sidebar { width: 24; border-right: solid $primary-background; }
