@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -294,13 +295,19 @@ async def test_streaming_shows_live_speed(isolated_home):
         assert app.status_text.startswith("ctx ")
 
 
-async def test_switching_model_unloads_the_old_one(isolated_home, starter_gguf):
+def loading_scripted_models(words: int) -> tuple[list[ScriptedModel], Callable]:
+    """A loader that makes a new ScriptedModel for every load, and the list of those it made."""
     models = []
 
     def loader(ref, options):
-        models.append(ScriptedModel(words=3, delay=0))
+        models.append(ScriptedModel(words=words, delay=0))
         return models[-1]
 
+    return models, loader
+
+
+async def test_switching_model_unloads_the_old_one(isolated_home, starter_gguf):
+    models, loader = loading_scripted_models(words=3)
     app = ChatApp(model_ref="first", store=ChatStore(), loader=loader)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
@@ -354,12 +361,7 @@ async def test_the_answer_is_drawn_in_batches_not_per_token(isolated_home, monke
 
 async def test_every_llama_cpp_call_runs_on_one_engine_thread(isolated_home):
     """OpenMP gives each calling thread its own compute team; two teams slow generation."""
-    models = []
-
-    def loader(ref, options):
-        models.append(ScriptedModel(words=5, delay=0))
-        return models[-1]
-
+    models, loader = loading_scripted_models(words=5)
     app = ChatApp(model_ref="first", store=ChatStore(), loader=loader)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)

@@ -19,10 +19,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.content import Content
-from textual.message import Message
-from textual.widget import Widget
-from textual.widgets import Footer, ListItem, ListView, Markdown, Static, TextArea
+from textual.widgets import Footer, ListView, Markdown, Static
 
 from localllm.config import load_config, save_config
 from localllm.errors import LocalLLMError
@@ -32,6 +29,7 @@ from localllm.options import LoadOptions, SamplingOptions
 from localllm.session import ChatSession, ChatStore, ContextNotice, to_markdown
 
 from .dialogs import AskScreen, HelpScreen, Settings, SettingsScreen
+from .widgets import ConversationItem, PromptArea, StatusBar
 
 # A streaming answer is drawn in batches, every FLUSH_MIN seconds. When llama.cpp has a thread on
 # every CPU, each slice the UI takes from one stalls all its threads at the next barrier, so
@@ -60,41 +58,6 @@ ModalScreen { align: center middle; }
 #catalog { height: 1fr; }
 #offline { color: $warning; }
 """
-
-
-class PromptArea(TextArea):
-    """The prompt: Enter sends, Ctrl+J (or Shift+Enter where the terminal tells them apart) adds a line."""
-
-    class Submitted(Message):
-        def __init__(self, text: str):
-            super().__init__()
-            self.text = text
-
-    async def _on_key(self, event) -> None:
-        if event.key == "enter":
-            event.stop()
-            event.prevent_default()
-            self.post_message(self.Submitted(self.text))
-        elif event.key in ("shift+enter", "ctrl+j"):
-            event.stop()
-            event.prevent_default()
-            self.insert("\n")
-
-
-class StatusBar(Widget):
-    """The status line. While an answer streams its text changes with every batch: a Static's
-    update would lay the whole screen out again, this repaints one line."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._content = Content("")
-
-    def show(self, text: str) -> None:
-        self._content = Content(text)
-        self.refresh()
-
-    def render(self) -> Content:
-        return self._content
 
 
 class ChatApp(App):
@@ -515,12 +478,6 @@ class ChatApp(App):
         if model is not None:
             model.close()
         self.store.close()
-
-
-class ConversationItem(ListItem):
-    def __init__(self, conversation_id: int, title: str):
-        super().__init__(Static(title, markup=False))
-        self.conversation_id = conversation_id
 
 
 def _user(text: str) -> Static:

@@ -1,0 +1,49 @@
+"""The chat screen's own widgets: the prompt box, the status line and a conversation list entry."""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import ListItem, Static, TextArea
+
+
+class PromptArea(TextArea):
+    """The prompt: Enter sends, Ctrl+J (or Shift+Enter where the terminal tells them apart) adds a line."""
+
+    class Submitted(Message):
+        def __init__(self, text: str):
+            super().__init__()
+            self.text = text
+
+    async def _on_key(self, event) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self.text))
+        elif event.key in ("shift+enter", "ctrl+j"):
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+
+
+class StatusBar(Widget):
+    """The status line. While an answer streams its text changes with every batch: a Static's
+    update would lay the whole screen out again, this repaints one line."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._content = Content("")
+
+    def show(self, text: str) -> None:
+        self._content = Content(text)
+        self.refresh()
+
+    def render(self) -> Content:
+        return self._content
+
+
+class ConversationItem(ListItem):
+    def __init__(self, conversation_id: int, title: str):
+        super().__init__(Static(title, markup=False))
+        self.conversation_id = conversation_id
