@@ -2,9 +2,10 @@
 
 The TUI renders a ChatSession; a server could too. Messages live in SQLite (WAL journal); an
 answer being written is also appended, token by token, to a small log file beside it (see
-AnswerLog), so a killed process loses at most the token being written. When the history no longer fits the context window, the oldest turns leave the
-context (the system prompt never does) and a ContextNotice says so: nothing is dropped silently,
-and dropped turns stay in the transcript and the store.
+AnswerLog), so a killed process loses at most the token being written. When the history no
+longer fits the context window, the oldest turns leave the context (the system prompt never
+does) and a ContextNotice says so: nothing is dropped silently, and dropped turns stay in the
+transcript and the store.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class ChatStore:
     def _written_so_far(self, message_id: int, saved: str) -> str:
         """An unfinished answer as far as it is written, here or by another process."""
         if message_id in self._live:
-            return self._live[message_id].text
+            return self._live[message_id].message.content
         log = next(self._logs.glob(f"{message_id}.*.log"), None) if self._logs.is_dir() else None
         try:
             return log.read_bytes().decode("utf-8", "ignore") if log else saved
@@ -149,7 +150,7 @@ class ChatStore:
     def stream(self, message: ChatMessage) -> AnswerLog:
         """Start saving a message token by token; end with finish()."""
         self._logs.mkdir(exist_ok=True)
-        log = AnswerLog(self._logs / f"{message.id}.{os.getpid()}.log")
+        log = AnswerLog(self._logs / f"{message.id}.{os.getpid()}.log", message)
         self._live[message.id] = log
         return log
 
@@ -188,25 +189,20 @@ def to_markdown(conversation: Conversation, messages: list[ChatMessage]) -> str:
 
 
 class AnswerLog:
-    """An answer being written, one append per token.
+    """An answer being written: each token goes onto the message and into a log file.
 
     A SQLite commit for every token took about 0.1 ms of the generating thread (1-2% of a small
     model's token time); an append to a file takes a few microseconds and, like the WAL commit,
     survives the process being killed. The finished answer goes to SQLite in one write.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._parts: list[str] = []
+    def __init__(self, path: Path, message: ChatMessage):
+        self.path, self.message = path, message
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
 
     def append(self, text: str) -> None:
+        self.message.content += text
         os.write(self._fd, text.encode("utf-8"))
-        self._parts.append(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self._parts)
 
     def discard(self) -> None:
         os.close(self._fd)
@@ -322,7 +318,6 @@ class ChatSession:
         try:
             for event in events:
                 if isinstance(event, Token):
-                    answer.content += event.text
                     log.append(event.text)
                 else:
                     finished = event

@@ -1,8 +1,8 @@
 """The chat app: conversation list, transcript, prompt and status bar over a localllm ChatSession.
 
 Loading and generation run on one engine thread, never on the event loop. Tokens from the
-generation thread collect in a buffer that a timer appends to the answer's Markdown a few times a
-second, so the UI renders in batches and the generation thread never waits for it.
+generation thread collect in a buffer that a timer appends to the answer's Markdown in batches
+(see FLUSH_MIN), so the generation thread never waits for the UI.
 """
 
 from __future__ import annotations
