@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .cli_models import COMMANDS
 from .errors import LocalLLMError, UsageError
+from .options import FLASH_ATTN, flash_attn_name
 
 MIN_PLAN_CTX = 256
 # `run` opens the KV cache for this many tokens and grows it to the window only for a longer
@@ -58,7 +59,7 @@ def cli() -> None:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none. Ignored by CPU-only builds.  [default: as many as fit]")
 @click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="KV cache type.  [default: f16, q8_0 when memory is tight]")
-@click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), default="auto", help="Flash attention; auto lets llama.cpp choose. On CPUs it is faster for short contexts and slower past a few hundred tokens.")
+@click.option("--flash-attn", type=click.Choice(list(FLASH_ATTN)), default="auto", help="Flash attention; auto lets llama.cpp choose. On CPUs it is faster for short contexts and slower past a few hundred tokens.")
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
 @click.option("--load-anyway", is_flag=True, help="Load even when the planner predicts it will not fit.")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
@@ -82,7 +83,7 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
         raise UsageError("--system needs the chat template, which --raw leaves out: put the system text in the prompt")
     prompt = _read_prompt(prompt_arg, prompt_opt)
     load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
-                               flash_attn={"auto": None, "on": True, "off": False}[flash_attn], initial_ctx=RUN_INITIAL_CTX,
+                               flash_attn=FLASH_ATTN[flash_attn], initial_ctx=RUN_INITIAL_CTX,
                                margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, verbose=verbose)
     sampling = SamplingOptions(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
@@ -258,7 +259,7 @@ def _json_result(model, text, finished, prompt_settings, sampling) -> dict:
             **prompt_settings,
             "n_ctx": model.n_ctx,
             "kv_type": model.options.kv_type or "f16",
-            "flash_attn": {None: "auto", True: "on", False: "off"}[model.options.flash_attn],
+            "flash_attn": flash_attn_name(model.options.flash_attn),
             "n_threads": model.n_threads,
             "n_gpu_layers": model.n_gpu_layers,
         },

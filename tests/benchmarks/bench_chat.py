@@ -51,9 +51,9 @@ def main() -> None:
 
 
 def chat_flash_attn() -> str:
-    from localllm.options import chat_load_options
+    from localllm.options import chat_load_options, flash_attn_name
 
-    return {None: "auto", True: "on", False: "off"}[chat_load_options().flash_attn]
+    return flash_attn_name(chat_load_options().flash_attn)
 
 
 def run_once(tokens: int, threads: int) -> float:
