@@ -76,9 +76,11 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     \b
       cat file.py | localllm run -p "Explain this code"
     """
+    from . import crash
     from .model import load_model
     from .options import LoadOptions, SamplingOptions
 
+    crash.install()
     if raw and system is not None:
         raise UsageError("--system needs the chat template, which --raw leaves out: put the system text in the prompt")
     prompt = _read_prompt(prompt_arg, prompt_opt)
@@ -113,9 +115,13 @@ def chat(model, resume, ctx, threads, gpu_layers):
     """
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("localllm chat needs a terminal; in scripts and pipes use: localllm run")
+    from . import crash
     from .config import load_config
     from .options import chat_load_options
     from .tui import ChatApp
+
+    crash.install()
+    crash.restore_terminal_on_crash(sys.stdout.fileno())
 
     saved_ctx = load_config().get("chat", {}).get("n_ctx")
     options = chat_load_options(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers)
@@ -159,6 +165,9 @@ def _hw_text(profile) -> str:
     if profile.build is not None:
         devices = ", ".join(d.name for d in profile.build.devices) or "none"
         lines.append(f"llama.cpp  GPU offload {'yes' if profile.build.gpu_offload else 'no'}; devices: {devices}")
+        amx = profile.build.amx
+        if amx is not None and (amx.present or amx.in_build):
+            lines.append(f"AMX     {amx.describe()}")
     lines += [f"note: {note}" for note in profile.notes]
     return "\n".join(lines)
 

@@ -4,7 +4,8 @@ Exit codes (documented in the README, mapped in one place: ``LocalLLMError.exit_
     0 success, 1 unexpected failure, 2 usage error, 3 model not found,
     4 model failed to load, 5 prompt does not fit the context window,
     6 generation failed, 7 download failed (network, refused access, verification),
-    8 not enough disk space, 130 interrupted (Ctrl-C).
+    8 not enough disk space, 9 llama.cpp crashed (illegal instruction, memory fault: see
+    ``crash.py``), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations

@@ -65,11 +65,33 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
+class AmxStatus:
+    """Intel AMX (Xeon 4th generation and later) against the installed llama.cpp build.
+
+    Some llama.cpp builds die with SIGILL in their AMX kernels on CPUs that have AMX (issue 17),
+    so whether they are used is decided per build and CPU by a probe in a child process.
+    """
+
+    present: bool  # the CPU advertises AMX (amx_tile and amx_int8)
+    in_build: bool  # llama.cpp's CPU backend offers its AMX weight buffer
+    mode: str  # "auto", "on" or "off", as LOCALLLM_AMX or the settings file say
+    in_use: bool
+    detail: str  # why, in a few words
+
+    def describe(self) -> str:
+        """E.g. "present, in use (checked with this llama.cpp build)", "present, disabled (crashes ...)"."""
+        presence = "present" if self.present else "not reported by the CPU"
+        state = "in use" if self.in_use else "disabled" if self.in_build else "not used"
+        return f"{presence}, {state} ({self.detail})"
+
+
+@dataclass(frozen=True)
 class BuildInfo:
     """What the installed llama-cpp-python can do."""
 
     gpu_offload: bool
     devices: tuple[DeviceInfo, ...] = ()
+    amx: AmxStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +115,8 @@ class HardwareProfile:
 
 
 def read_cpu_linux(cpuinfo: str, sysfs: Path, logical: int | None, physical: int | None, usable: int | None) -> CpuInfo:
-    model = _first(re.findall(r"^(?:model name|Model|Hardware)\s*:\s*(.+)$", cpuinfo, flags=re.MULTILINE))
-    flags = set((_first(re.findall(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, flags=re.MULTILINE)) or "").split())
+    model = cpu_model_name(cpuinfo)
+    flags = cpu_flags(cpuinfo)
     features = [f for f in X86_FEATURES if f in flags] + [name for flag, name in ARM_FEATURES.items() if flag in flags]
     # Intel hybrid CPUs list their P-cores and E-cores as two PMUs.
     perf = _count_cpu_list(sysfs / "devices" / "cpu_core" / "cpus")
@@ -104,6 +126,22 @@ def read_cpu_linux(cpuinfo: str, sysfs: Path, logical: int | None, physical: int
         smt = logical is not None and physical is not None and logical > physical
         perf = perf // 2 if smt else perf
     return CpuInfo(model, physical, logical, perf, eff, tuple(features), usable)
+
+
+def cpu_model_name(cpuinfo: str) -> str | None:
+    return _first(re.findall(r"^(?:model name|Model|Hardware)\s*:\s*(.+)$", cpuinfo, flags=re.MULTILINE))
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The first CPU's feature flags, as /proc/cpuinfo lists them."""
+    return set((_first(re.findall(r"^(?:flags|Features)\s*:\s*(.+)$", cpuinfo, flags=re.MULTILINE)) or "").split())
+
+
+def read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def read_cpu_macos(sysctl: dict[str, str]) -> CpuInfo:
@@ -349,11 +387,7 @@ def detect(build: BuildInfo | None = None) -> HardwareProfile:
         apple = read_apple_gpu(sysctl, metal_working_set(build))
         gpus += [apple] if apple else []
     else:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-        cpu = read_cpu_linux(cpuinfo, Path("/sys"), logical, physical, usable_cpus())
+        cpu = read_cpu_linux(read_cpuinfo(), Path("/sys"), logical, physical, usable_cpus())
         memory = read_memory(vm.total, vm.available, swap.total, swap.free, read_cgroup_limit(_own_cgroup()))
         try:
             import pynvml

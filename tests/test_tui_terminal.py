@@ -19,12 +19,15 @@ pytestmark = pytest.mark.slow  # needs tmux on PATH, as this project's machines 
 
 
 class Terminal:
-    def __init__(self, *args: str, width: int = 100, height: int = 30):
+    def __init__(self, *args: str, width: int = 100, height: int = 30, in_shell: bool = False):
+        """in_shell: run under sh, which prints the exit status and keeps the pane open after it."""
         self.socket = f"localllm-test-{uuid.uuid4().hex[:8]}"
-        command = " ".join([*LOCALLLM, *args])
+        command = [*LOCALLLM, *args]
+        if in_shell:
+            command = ["sh", "-c", " ".join(command) + '; echo "exited with $?"; sleep 600']
         env = [f"{k}={os.environ[k]}" for k in ("LOCALLLM_HOME", "HF_HOME", "HF_HUB_OFFLINE", "HOME", "LOCALLLM_CACHE", "PATH")]
         self.tmux("new-session", "-d", "-s", "chat", "-x", str(width), "-y", str(height), "env", *env, "TERM=xterm-256color",
-                  *command.split())
+                  *command)
 
     def tmux(self, *args: str) -> str:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True).stdout
@@ -104,3 +107,16 @@ def test_killing_the_app_mid_answer_keeps_what_was_written(terminal, isolated_ho
     t2.wait(lambda: "ctx " in t2.screen() and "- tok/s" in t2.screen())
     # The transcript is drawn just after the status line says the model is ready.
     t2.wait(lambda: " ".join(seen.split()[:4]) in " ".join(t2.screen().split()) or "Write a very long story" in t2.screen())
+
+
+def test_a_crash_in_llama_cpp_leaves_the_terminal_clean_with_one_line(terminal):
+    # SIGSEGV sent from outside stands in for a fault in llama.cpp's kernels: the same handler runs.
+    t = terminal("chat", "-m", "starter", "--ctx", "512", in_shell=True)
+    t.wait(lambda: "ctx 0/" in t.screen())
+    chat = int(subprocess.run(["pgrep", "-P", str(t.pid())], capture_output=True, text=True, check=True).stdout.split()[0])
+    os.kill(chat, signal.SIGSEGV)
+    t.wait(lambda: "exited with" in t.screen(), timeout=20)
+    screen = " ".join(t.screen().split())
+    assert "localllm: error: llama.cpp crashed with a memory fault (SIGSEGV)" in screen and "exited with 9" in screen
+    state = t.tmux("display-message", "-p", "-t", "chat", "alternate=#{alternate_on} mouse=#{mouse_any_flag}")
+    assert state.split() == ["alternate=0", "mouse=0"], "the normal screen is back, mouse tracking off"

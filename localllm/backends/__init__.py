@@ -19,9 +19,10 @@ def get_backend(name: str = "llamacpp") -> Backend:
 
 def build_info() -> BuildInfo:
     """What the installed llama.cpp build can run on (imports llama_cpp)."""
+    from . import amx
     from .llamacpp import devices, supports_gpu_offload
 
-    return BuildInfo(supports_gpu_offload(), tuple(DeviceInfo(*d) for d in devices()))
+    return BuildInfo(supports_gpu_offload(), tuple(DeviceInfo(*d) for d in devices()), amx.status())
 
 
 def this_machine() -> HardwareProfile:

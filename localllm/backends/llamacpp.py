@@ -28,6 +28,8 @@ from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatte
 from ..errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
 from ..events import Event, Finished, Timings, Token, Usage
 from ..hardware import CpuLoadSampler, default_threads
+from . import amx
+from .cpu_buffers import REPACK, Overrides, cpu_layers, extra_buffer_types, library, override_patterns, repack_weights
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from .base import Message
 
@@ -35,14 +37,6 @@ _GGML_LOG_LEVEL_ERROR = 4
 _GGML_LOG_LEVEL_CONT = 5
 _GGML_MAX_N_THREADS = 512
 _GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
-
-
-def _ggml_library(stem: str) -> ctypes.CDLL:
-    lib_dir = Path(llama_cpp.llama_cpp.__file__).parent / "lib"
-    for name in (f"lib{stem}.so", f"lib{stem}.dylib", f"{stem}.dll"):
-        if (lib_dir / name).exists():
-            return ctypes.CDLL(str(lib_dir / name))
-    raise OSError(f"{stem} not found in {lib_dir}")
 
 
 class _ThreadpoolParams(ctypes.Structure):
@@ -67,7 +61,7 @@ class _Threadpool:
     def __init__(self, ctx, n_threads: int):
         self._pool = None
         try:
-            cpu = _ggml_library("ggml-cpu")
+            cpu = library("ggml-cpu")
             params_default, self._new, self._free = cpu.ggml_threadpool_params_default, cpu.ggml_threadpool_new, cpu.ggml_threadpool_free
             attach = llama_cpp.llama_cpp._lib.llama_attach_threadpool
         except (OSError, AttributeError):
@@ -160,9 +154,16 @@ class LlamaCppModel:
             # ctypes keeps no reference to the array; the model params must outlive the load call.
             self._tensor_split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*options.tensor_split)
             mparams.tensor_split = self._tensor_split
+        self._overrides = _place_cpu_weights(mparams, path, layers)
         _log.errors.clear()
         load_sampler = CpuLoadSampler() if options.n_threads is None else None
-        self._model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
+        _log.capture = captured = []
+        try:
+            self._model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
+        finally:
+            _log.capture = None
+        # Bytes of weights per llama.cpp buffer type, e.g. {"CPU_Mapped": ..., "CPU_REPACK": ...}.
+        self.weight_buffers = _model_buffers(captured)
         if not self._model:
             raise ModelLoadError(path, _load_failure_reason())
 
@@ -450,6 +451,31 @@ def _sampler_chain(sampling: SamplingOptions, seed: int):
     return chain
 
 
+def _place_cpu_weights(mparams, path: Path, n_gpu_layers: int) -> Overrides | None:
+    """Keep llama.cpp off its AMX weight buffer when AMX is not to be used here (issue 17), and
+    give the CPU-resident matmul weights that CPU_REPACK can take back to it: turning off the
+    extra buffer types alone would also lose the repack kernels. Returns the override array,
+    which must outlive the load call."""
+    verdict = amx.status()
+    if verdict.in_use or not (verdict.in_build or verdict.mode == "off"):
+        return None
+    mparams.use_extra_bufts = False
+    buft = extra_buffer_types().get(REPACK)
+    if not buft:
+        return None
+    try:
+        weights, n_layer = repack_weights(path)
+    except OSError:
+        return None  # llama.cpp's own load will say what is wrong with the file
+    first_gpu_block, output_on_cpu = cpu_layers(n_layer, n_gpu_layers, supports_gpu_offload())
+    patterns = override_patterns(weights, first_gpu_block, output_on_cpu)
+    if not patterns:
+        return None
+    overrides = Overrides(patterns, buft)
+    mparams.tensor_buft_overrides = overrides.pointer
+    return overrides
+
+
 def _load_failure_reason() -> str:
     """The most specific thing llama.cpp said about a failed load, without its function-name prefix."""
     errors = list(_log.errors)
@@ -474,7 +500,7 @@ def devices() -> list[tuple[str, str, int, int]]:
     """
     _init_backend(_log.verbose)
     try:
-        ggml, base = _ggml_library("ggml"), _ggml_library("ggml-base")
+        ggml, base = library("ggml"), library("ggml-base")
     except OSError:
         return []
     ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
@@ -497,6 +523,27 @@ def supports_gpu_offload() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+_MODEL_BUFFER_LINE = re.compile(r"(\S+) model buffer size = +([\d.]+) MiB")
+
+
+def _model_buffers(lines: list[str]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for line in lines:
+        if found := _MODEL_BUFFER_LINE.search(line):
+            sizes[found.group(1)] = sizes.get(found.group(1), 0) + round(float(found.group(2)) * 2**20)
+    return sizes
+
+
+def quantize(source: Path, target: Path, kind: str) -> None:
+    """Requantize a GGUF (e.g. the starter to "q4_0", to exercise the kernels repack serves)."""
+    _init_backend(_log.verbose)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = {"q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0}[kind]
+    params.allow_requantize = True
+    if llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(target), params) != 0:
+        raise ModelLoadError(source, f"llama.cpp could not quantize it to {kind}")
+
+
 _BUFFER_LINES = {
     "kv_cache": re.compile(r"^llama_kv_cache\w*: size = +([\d.]+) MiB"),
     "compute": re.compile(r"compute buffer size = +([\d.]+) MiB"),
@@ -517,6 +564,7 @@ def dry_run(path: Path, options: LoadOptions) -> dict[str, int]:
         mparams = llama_cpp.llama_model_default_params()
         mparams.no_alloc = True
         mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # no_alloc cannot map the file
+        overrides = _place_cpu_weights(mparams, path, options.n_gpu_layers or 0)  # alive until the load returns
         model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
         if not model:
             raise ModelLoadError(path, _load_failure_reason())
