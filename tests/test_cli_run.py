@@ -112,6 +112,8 @@ def test_ctrl_c_exits_130_and_keeps_the_output():
     proc = subprocess.Popen(
         [sys.executable, "-m", "localllm", "run", "-m", "starter", "--ignore-eos", "--max-tokens", "100000", "Tell a story."],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
+        # A suite started from a background job inherits SIGINT as ignored; a user's shell gives the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         first = proc.stdout.read(20)  # generation has started

@@ -114,13 +114,33 @@ def test_raw_generation_from_token_ids(starter_model):
     assert result.text.strip()
 
 
-def test_multibyte_characters_survive_streaming(starter_model):
-    # Byte-level BPE splits many non-ASCII characters across tokens; the stream must rejoin them.
-    result = starter_model.complete(
-        "Repeat exactly: café, naïve, 東京, 😀", sampling=SamplingOptions(temperature=0, max_tokens=60)
-    )
-    assert "東京" in result.text and "😀" in result.text
-    assert "\ufffd" not in result.text
+def _forced(model, text: str, max_tokens: int | None = None) -> tuple[list[str], str]:
+    """Stream `text`'s own tokens as if the model had picked them: the real decode loop and
+    detokenizer with the choice taken out of the model's hands, so no CPU kernel changes it."""
+    loaded = model._loaded
+    answer = loaded.tokenize(text)
+    picks = iter(answer)
+    limit = SamplingOptions(temperature=0, max_tokens=max_tokens or len(answer), ignore_eos=True)
+    events = list(loaded._run(loaded.tokenize("Say it:"), limit, lambda: next(picks), seed=0))
+    pieces = [e.text for e in events if isinstance(e, Token)]
+    return pieces, "".join(pieces)
+
+
+def test_multibyte_characters_split_across_tokens_stream_whole(starter_model):
+    text = "café, naïve, 東京, 😀"
+    tokens = starter_model.tokenize(text)
+    assert len(tokens) > len(text.split()), "byte-level BPE splits these characters across tokens"
+    pieces, streamed = _forced(starter_model, text)
+    assert streamed == text
+    assert all("\ufffd" not in piece for piece in pieces), "no half character is ever streamed"
+
+
+def test_an_answer_cut_inside_a_character_drops_its_first_bytes(starter_model):
+    text = "😀"
+    tokens = starter_model.tokenize(text)
+    assert len(tokens) > 1, "the emoji spans several tokens"
+    _, streamed = _forced(starter_model, text, max_tokens=len(tokens) - 1)
+    assert streamed == "", "a cut character is left out, never shown as U+FFFD"
 
 
 def test_greedy_fast_path_picks_what_llama_cpps_greedy_sampler_picks(starter_model):

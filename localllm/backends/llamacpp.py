@@ -371,9 +371,7 @@ class LlamaCppModel:
             if status != 0:
                 raise GenerationError(f"llama.cpp failed to evaluate a generated token (llama_decode returned {status})")
             cached.append(token)
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield Token(tail)
+        # Bytes still buffered are a character cut off by the token limit: dropped, not shown as U+FFFD.
 
         t_end = time.perf_counter()
         t_prompt_done = t_prompt_done or t_end
