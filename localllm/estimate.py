@@ -33,6 +33,7 @@ class LoadShape:
     tensor_split: tuple[float, ...] = ()  # share of offloaded layers per GPU; empty: all on GPU 0
     n_ubatch: int = 512
     swa_full: bool = False
+    amx: bool = False  # llama.cpp's AMX kernels hold the CPU's weights, some types in more bytes
 
 
 @dataclass(frozen=True)
@@ -116,28 +117,34 @@ def cpu_scratch_bytes(spec: ModelSpec, shape: LoadShape) -> int:
 def estimate(spec: ModelSpec, shape: LoadShape, gpu_vendors: tuple[str, ...] = ()) -> MemoryEstimate:
     """RAM and per-GPU memory for this model loaded this way.
 
-    The last n_gpu_layers repeating blocks go to the GPUs (split by tensor_split), as llama.cpp
-    offloads them; with every block offloaded the output head goes too. Each device that runs
-    layers holds their KV cache and a compute buffer.
+    The output head and the last n_gpu_layers - 1 repeating blocks go to the GPUs (split by
+    tensor_split), as llama.cpp offloads them. Each device that runs layers holds their KV cache
+    and a compute buffer. With AMX in use, the CPU's weights take the AMX buffer's sizes.
     """
     n_gpus = len(gpu_vendors)
     n_gpu_layers = min(max(shape.n_gpu_layers, 0), spec.n_layer + 1) if n_gpus else 0
-    first_gpu_layer = spec.n_layer - min(n_gpu_layers, spec.n_layer)
+    # llama.cpp counts the output head as the layer after the last block and offloads from the
+    # end: n GPU layers are the head and the last n - 1 blocks (src/llama-model.cpp, i_gpu_start).
+    first_gpu_layer = spec.n_layer + 1 - n_gpu_layers if n_gpu_layers else spec.n_layer
     split = _normalized(shape.tensor_split, n_gpus)
     layer_device = [0] * spec.n_layer
     offloaded = list(range(first_gpu_layer, spec.n_layer))
     for position, layer in enumerate(offloaded):
-        layer_device[layer] = 1 + _device_for(position, len(offloaded), split)
+        layer_device[layer] = 1 + _device_for(position, n_gpu_layers, split)
 
     weights = [0] * (n_gpus + 1)
     kv = [0] * (n_gpus + 1)
     for layer in range(spec.n_layer):
         device = layer_device[layer]
         weights[device] += spec.layer_bytes[layer] if layer < len(spec.layer_bytes) else 0
+        if shape.amx and device == 0 and layer < len(spec.amx_layer_extra):
+            weights[0] += spec.amx_layer_extra[layer]
         kv[device] += kv_layer_bytes(spec, layer, shape)
-    output_on_gpu = n_gpus and n_gpu_layers > spec.n_layer
-    head_device = 1 + _device_for(len(offloaded) - 1, len(offloaded), split) if output_on_gpu else 0
-    weights[0] += spec.other_bytes - (spec.output_bytes if output_on_gpu else 0)
+    output_on_gpu = n_gpu_layers > 0
+    head_device = 1 + _device_for(n_gpu_layers - 1, n_gpu_layers, split) if output_on_gpu else 0
+    # A tied head is a copy of the embeddings, which the CPU keeps for the input lookup.
+    weights[0] += spec.other_bytes - (spec.output_bytes if output_on_gpu and not spec.output_tied else 0)
+    weights[0] += spec.amx_output_extra if shape.amx and not output_on_gpu else 0
     weights[head_device] += spec.output_bytes if output_on_gpu else 0
 
     compute = compute_bytes(spec, shape)

@@ -22,6 +22,19 @@ from .errors import ModelLoadError
 # the file: every Nth layer attends globally (llama.cpp src/llama-model.cpp).
 SWA_PATTERN_BY_ARCH = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5}
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+# The weights llama.cpp multiplies with (GGML_OP_MUL_MAT) in a dense block, and the output head;
+# group 1 is the block number. Embeddings are looked up (GET_ROWS), not multiplied.
+MATMUL_WEIGHT = re.compile(
+    r"^(?:blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_qkv|attn_output|ffn_gate|ffn_up|ffn_down)|output)\.weight$"
+)
+# Bump when ModelSpec gains a field read from the file, so cached specs are read again.
+SPEC_VERSION = 2
+# llama.cpp's AMX kernels store some types with more bytes per block than the file does (an int32
+# compensation per Q8_0 block, 4 scale bytes per Q4_K/Q5_K block, 2 per IQ4_XS block:
+# ggml-cpu/amx/mmq.cpp get_row_size); the alignment of each row they require; 0 for no change.
+AMX_TYPES = {"Q4_0": (32, 0), "Q4_1": (32, 0), "Q8_0": (32, 4), "Q4_K": (256, 4), "Q5_K": (256, 4),
+             "Q6_K": (256, 0), "IQ4_XS": (256, 2), "F16": (16, 0)}
+AMX_TILE_ROWS = 32  # AMX needs a multiple of 2 x TILE_N output rows
 
 
 @dataclass(frozen=True)
@@ -47,8 +60,12 @@ class ModelSpec:
     layer_bytes: tuple[int, ...] = ()  # weights of each repeating block
     other_bytes: int = 0  # embeddings, output head, norms: what is not in a block
     output_bytes: int = 0  # the output head (tied to the embeddings when the file has none)
+    output_tied: bool = False  # no output.weight: the head reuses the embeddings, which stay on the CPU too
     total_bytes: int = 0
     files: tuple[str, ...] = field(default=())
+    # Bytes llama.cpp's AMX weight buffer adds to each block, and to the output head, when AMX is used.
+    amx_layer_extra: tuple[int, ...] = ()
+    amx_output_extra: int = 0
 
     @property
     def weights_bytes(self) -> int:
@@ -60,13 +77,13 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
         data = json.loads(text)
-        for key in ("n_head_kv", "swa_layers", "layer_bytes", "files"):
+        for key in ("n_head_kv", "swa_layers", "layer_bytes", "files", "amx_layer_extra"):
             data[key] = tuple(data[key])
         return cls(**data)
 
 
-def spec_from_metadata(meta: dict[str, Any], tensors: list[tuple[str, int]], name: str, files: tuple[str, ...] = ()) -> ModelSpec:
-    """Build a ModelSpec from GGUF key/values and (tensor name, byte size) pairs."""
+def spec_from_metadata(meta: dict[str, Any], tensors: list[tuple], name: str, files: tuple[str, ...] = ()) -> ModelSpec:
+    """Build a ModelSpec from GGUF key/values and (tensor name, byte size[, AMX extra bytes]) tuples."""
     arch = str(meta["general.architecture"])
 
     def get(key: str, default: Any = None) -> Any:
@@ -95,16 +112,19 @@ def spec_from_metadata(meta: dict[str, Any], tensors: list[tuple[str, int]], nam
     n_ff = max(n_ff) if isinstance(n_ff, (list, tuple)) else int(n_ff)
 
     layer_bytes = [0] * n_layer
-    other = output = 0
+    amx_extra = [0] * n_layer
+    other = output = amx_output = 0
     embeddings = 0
-    for tensor_name, size in tensors:
+    for tensor_name, size, *amx in tensors:
         match = re.match(r"blk\.(\d+)\.", tensor_name)
         if match and int(match.group(1)) < n_layer:
             layer_bytes[int(match.group(1))] += size
+            amx_extra[int(match.group(1))] += amx[0] if amx else 0
         else:
             other += size
             if tensor_name == "output.weight":
                 output = size
+                amx_output = amx[0] if amx else 0
             elif tensor_name == "token_embd.weight":
                 embeddings = size
     return ModelSpec(
@@ -127,8 +147,11 @@ def spec_from_metadata(meta: dict[str, Any], tensors: list[tuple[str, int]], nam
         layer_bytes=tuple(layer_bytes),
         other_bytes=other,
         output_bytes=output or embeddings,
+        output_tied=not output,
         total_bytes=sum(layer_bytes) + other,
         files=files,
+        amx_layer_extra=tuple(amx_extra),
+        amx_output_extra=amx_output,
     )
 
 
@@ -159,8 +182,20 @@ def split_files(path: Path) -> list[Path]:
     return [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
 
-def read_reader(reader: Any) -> tuple[dict[str, Any], list[tuple[str, int]]]:
-    """Key/values (tokenizer arrays left out) and tensor sizes from a gguf.GGUFReader."""
+def amx_extra_bytes(name: str, type_name: str, shape: tuple[int, ...]) -> int:
+    """Bytes llama.cpp's AMX buffer adds to this tensor over its size in the file (0 if AMX
+    would not take it), following the checks of ggml-cpu/amx/amx.cpp's supports_op."""
+    if not MATMUL_WEIGHT.match(name) or len(shape) != 2 or type_name not in AMX_TYPES:
+        return 0
+    row_alignment, extra_per_block = AMX_TYPES[type_name]
+    cols, rows = shape
+    if rows % AMX_TILE_ROWS or cols % row_alignment:
+        return 0
+    return rows * (cols // row_alignment) * extra_per_block
+
+
+def read_reader(reader: Any) -> tuple[dict[str, Any], list[tuple[str, int, int]]]:
+    """Key/values (tokenizer arrays left out) and (name, bytes, AMX extra bytes) of each tensor."""
     meta: dict[str, Any] = {}
     for key, fld in reader.fields.items():
         if key.startswith("tokenizer.ggml.") and key not in ("tokenizer.ggml.model", "tokenizer.ggml.pre"):
@@ -171,7 +206,8 @@ def read_reader(reader: Any) -> tuple[dict[str, Any], list[tuple[str, int]]]:
             meta[key] = fld.contents()
         except Exception:  # a value type this gguf version cannot decode is not one we need
             continue
-    tensors = [(t.name, int(t.n_bytes)) for t in reader.tensors]
+    tensors = [(t.name, int(t.n_bytes), amx_extra_bytes(t.name, t.tensor_type.name, tuple(int(n) for n in t.shape)))
+               for t in reader.tensors]
     return meta, tensors
 
 
@@ -182,7 +218,8 @@ def inspect_file(path: Path, cache_dir: Path | None = None) -> ModelSpec:
     if missing:
         raise ModelLoadError(path, f"split GGUF is missing {len(missing)} of {len(parts)} parts, e.g. {missing[0].name}")
     key = hashlib.sha256(
-        "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()
+        f"v{SPEC_VERSION}|".encode()
+        + "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()
     ).hexdigest()[:32]
     cached = cache_dir / f"{key}.json" if cache_dir else None
     if cached and cached.exists():
@@ -203,7 +240,7 @@ def _read_parts(parts: list[Path], name: str) -> ModelSpec:
     from gguf import GGUFReader
 
     meta: dict[str, Any] = {}
-    tensors: list[tuple[str, int]] = []
+    tensors: list[tuple] = []
     for part in parts:
         try:
             reader = GGUFReader(part)
@@ -234,7 +271,7 @@ def inspect_remote(repo_id: str, filename: str, revision: str = "main", endpoint
     parts = [p.name for p in split_files(Path(filename))]
     folder = str(Path(filename).parent) if Path(filename).parent != Path(".") else None
     meta: dict[str, Any] = {}
-    tensors: list[tuple[str, int]] = []
+    tensors: list[tuple] = []
     with tempfile.TemporaryDirectory(prefix="localllm-header-") as tmp:
         for part in parts:
             remote = f"{folder}/{part}" if folder else part

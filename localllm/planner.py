@@ -93,9 +93,10 @@ def plan(hw: HardwareProfile, spec: ModelSpec, overrides: Overrides = Overrides(
     flash = True if overrides.flash_attn is None else overrides.flash_attn
     split = overrides.tensor_split if overrides.tensor_split is not None else _split_by_free(gpus)
     all_layers = spec.n_layer + 1  # the output head counts as one more layer to offload
+    amx = hw.build is not None and hw.build.amx is not None and hw.build.amx.in_use
 
     def shape(n_ctx: int, kv: str, layers: int) -> LoadShape:
-        return LoadShape(n_ctx=n_ctx, kv_type=kv, flash_attn=flash, n_gpu_layers=layers, tensor_split=split)
+        return LoadShape(n_ctx=n_ctx, kv_type=kv, flash_attn=flash, n_gpu_layers=layers, tensor_split=split, amx=amx)
 
     def evaluate(s: LoadShape) -> tuple[MemoryEstimate, tuple[int, ...], bool]:
         est = estimate(spec, s, vendors)

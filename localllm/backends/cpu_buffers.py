@@ -7,7 +7,9 @@ repack kernels (1.7-2.1x prompt speed for Q4_0 weights). This module gives those
 the CPU device itself, tensor by tensor, whether CPU_REPACK takes the weight (the same
 ``supports_op`` check llama.cpp's loader makes), and sends exactly those weights there with
 ``tensor_buft_overrides``. A weight CPU_REPACK cannot handle must never be sent there: llama.cpp
-would dereference a null repack layout while copying it in.
+would dereference a null repack layout while copying it in. Only dense matmul weights are
+considered (``gguf_info.MATMUL_WEIGHT``): embeddings are looked up, which CPU_REPACK does not
+do, and MoE experts stay in plain CPU memory.
 
 llama-cpp-python binds none of these ggml functions, hence ctypes, on the very libraries
 libllama links (``libggml*.so.0``: wheels store symlinks as copies, and a second copy has its
@@ -24,20 +26,14 @@ from pathlib import Path
 
 import llama_cpp
 
-from ..gguf_info import split_files
+from ..gguf_info import MATMUL_WEIGHT, split_files
 
 REPACK = "CPU_REPACK"
 AMX = "AMX"
 _GGML_TYPE_F32 = 0
 _DEVICE_TYPE_CPU = 0
 _PROBE_ROWS = 512  # the batch llama.cpp's loader asks supports_op about
-# The weights llama.cpp multiplies with (GGML_OP_MUL_MAT) in a dense block, and the output head.
-# Embeddings are looked up (GET_ROWS), which CPU_REPACK does not do; MoE experts (MUL_MAT_ID, 3-D)
-# stay where llama.cpp's default puts them without extra buffer types.
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
-_MATMUL_WEIGHT = re.compile(
-    r"^(?:blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_qkv|attn_output|ffn_gate|ffn_up|ffn_down)|output)\.weight$"
-)
 
 
 def library(stem: str) -> ctypes.CDLL:
@@ -155,7 +151,7 @@ def repack_weights(path: Path) -> tuple[dict[str, int | None], int]:
                 name = g.gguf_get_tensor_name(gguf, index).decode("utf-8", "replace")
                 if block := _BLOCK.match(name):
                     n_layer = max(n_layer, int(block.group(1)) + 1)
-                match = _MATMUL_WEIGHT.match(name)
+                match = MATMUL_WEIGHT.match(name)
                 if buft and device and match and _repack_takes(g, buft, device, g.get_tensor(meta, name.encode())):
                     taken[name] = int(match.group(1)) if match.group(1) is not None else None
         finally:
