@@ -138,7 +138,7 @@ async def test_regenerate_edit_new_chat_reopen_rename_export_delete(isolated_hom
         assert [r for r, _ in transcript(app)] == ["user", "assistant"], "regenerate replaces the answer"
         assert len(model.prompts) == 2 and model.prompts[1] == model.prompts[0]
 
-        await pilot.press("ctrl+e")
+        await pilot.press("f3")
         assert app.query_one("#prompt").text == "first question"
         app.query_one("#prompt").text = "edited question"
         await pilot.press("enter")
@@ -389,3 +389,73 @@ async def test_quitting_mid_answer_saves_it_and_unloads(isolated_home):
     assert model.closed
     answer = ChatStore().messages(conversation)[-1]
     assert answer.role == "assistant" and answer.complete and 20 <= len(answer.content.split()) < 2000
+
+
+async def test_an_edit_started_in_one_chat_never_touches_another(isolated_home):
+    # Was: F3 (then Ctrl+E), Ctrl+N, send -> IndexError, the app exited 0 and the prompt was lost.
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await send(pilot, app, "first question")
+        first_id = app.session.conversation_id
+        await pilot.press("f3")
+        assert "editing the last prompt" in app.status_text
+        await pilot.press("ctrl+n")
+        assert "editing" not in app.status_text, "a new chat ends the edit"
+        await send(pilot, app, "a new topic")
+        assert app.is_running and transcript(app)[0] == ("user", "a new topic")
+        kept = [(m.role, m.content) for m in app.store.messages(first_id)]
+        assert kept[0] == ("user", "first question") and len(kept) == 2, "the first chat keeps its turn"
+
+
+async def test_esc_cancels_an_edit_and_gives_back_the_draft(isolated_home):
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await send(pilot, app, "first question")
+        prompt = app.query_one("#prompt")
+        prompt.text = "half-typed draft"
+        await pilot.press("f3")
+        assert prompt.text == "first question" and prompt.has_class("editing")
+        await pilot.press("escape")
+        assert prompt.text == "half-typed draft" and not prompt.has_class("editing")
+        assert "editing" not in app.status_text
+        await send(pilot, app, "second question")
+        assert [c for r, c in transcript(app) if r == "user"] == ["first question", "second question"], \
+            "after a cancelled edit, sending adds a turn and deletes none"
+
+
+async def test_ctrl_e_is_end_of_line_in_the_prompt(isolated_home):
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await send(pilot, app, "first question")
+        prompt = app.query_one("#prompt")
+        prompt.focus()
+        await pilot.press("h", "i", "home", "ctrl+e", "!")
+        assert prompt.text == "hi!" and "editing" not in app.status_text
+
+
+async def test_every_key_is_reachable_at_80x24(isolated_home):
+    from textual.widgets import Footer
+
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await pilot.pause(0.2)
+        keys = list(app.query_one(Footer).query("FooterKey"))
+        assert {"f1", "ctrl+q", "f3", "ctrl+o"} <= {k.key for k in keys}
+        assert all(k.region.width and k.region.right <= 80 for k in keys), "every key in the footer is on screen"
+        await pilot.press("f1")
+        await pilot.pause()
+        scroll = app.screen.query_one("#help")
+        assert scroll.max_scroll_y > 0, "at 80x24 the list is longer than the dialog"
+        await pilot.press("end")
+        await pilot.pause()
+        assert scroll.scroll_y == scroll.max_scroll_y
+        visible = app.screen.query_one("Markdown").region.intersection(scroll.region)
+        assert visible.height > 0

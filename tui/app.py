@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -49,9 +49,11 @@ CSS = """
 .error { color: $error; margin: 1 0 0 0; }
 .out-of-context { opacity: 60%; }
 #prompt { height: auto; max-height: 8; min-height: 2; border-top: solid $primary; }
+#prompt.editing { border-top: solid $warning; }
 #status { height: 1; background: $primary-background; color: $text; padding: 0 1; }
 .dialog { width: 72; height: auto; max-height: 90%; padding: 1 2; border: thick $primary; background: $surface; }
 ModalScreen { align: center middle; }
+#help { height: auto; max-height: 60vh; }
 #numbers { grid-size: 2; grid-columns: 18 1fr; height: auto; }
 #models { padding: 0 1; }
 #title { text-style: bold; }
@@ -64,20 +66,21 @@ class ChatApp(App):
     TITLE = "localllm"
     CSS = CSS
     # Priority bindings win over the prompt's own TextArea keys of the same name (End and
-    # Delete still move and delete there).
+    # Delete still move and delete there). Ctrl+E stays the prompt's end-of-line, as in every
+    # readline and emacs binding. The footer lists what fits 80 columns; F1 lists all.
     BINDINGS = [
+        Binding("f1", "help", "Help"),
         Binding("escape", "stop", "Stop", show=False),
         Binding("ctrl+n", "new_chat", "New"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+e", "edit_last", "Edit last", priority=True),
-        Binding("ctrl+y", "copy_last", "Copy", priority=True),
+        Binding("f3", "edit_last", "Edit last"),
+        Binding("ctrl+y", "copy_last", "Copy", show=False, priority=True),
         Binding("ctrl+s", "settings", "Settings"),
         Binding("ctrl+o", "models", "Models"),
         Binding("ctrl+b", "toggle_sidebar", "Chats", show=False),
         Binding("f2", "rename", "Rename", show=False),
         Binding("ctrl+d", "delete_chat", "Delete", show=False, priority=True),
         Binding("ctrl+x", "export", "Export", show=False, priority=True),
-        Binding("f1", "help", "Help"),
         Binding("ctrl+q", "quit", "Quit"),
     ]
 
@@ -108,7 +111,7 @@ class ChatApp(App):
         self._answer: Markdown | None = None
         self._rate: float | None = None
         self._flush_every = FLUSH_MIN
-        self._editing = False
+        self._edit: _Edit | None = None
         self._generation = 0  # counts answers, so a late timer of a finished one does nothing
         self._streamed, self._first_token_at = 0, None
         self.status_text = ""
@@ -122,7 +125,7 @@ class ChatApp(App):
                 yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True,
                                  placeholder="Message (Enter sends, Esc stops, F1 keys)")
                 yield StatusBar(id="status")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         if self.size.width < 100:  # at 80 columns the transcript needs the room; Ctrl+B shows the list
@@ -226,10 +229,12 @@ class ChatApp(App):
 
     # ---- conversations ------------------------------------------------------------------
     def new_session(self) -> None:
+        self._end_edit()
         self.session = ChatSession(self.model, self.store, str(self.model.path), self.system, self.sampling)
         self.query_one("#messages").remove_children()
 
     def open_conversation(self, conversation_id: int) -> None:
+        self._end_edit()
         self.session = ChatSession.resume(self.model, self.store, str(self.model.path), conversation_id, self.sampling)
         messages = self.query_one("#messages", VerticalScroll)
         messages.remove_children()
@@ -264,12 +269,16 @@ class ChatApp(App):
         if self.session is None:
             self.notify("no model is loaded yet", severity="warning")
             return
+        edit = self._edit
+        self._end_edit(restore_draft=False)
         self.query_one("#prompt", PromptArea).clear()
         messages = self.query_one("#messages")
-        if self._editing:
-            self._editing = False
-            turn = [w for w in messages.children if w.has_class("user")][-1]
-            for widget in messages.children[messages.children.index(turn):]:
+        # An edit applies only to the chat it started in, and only while that chat still ends
+        # with the prompt it put back; otherwise the text is sent as a new message.
+        turns = [w for w in messages.children if w.has_class("user")]
+        if edit is not None and edit.conversation_id == self.session.conversation_id and turns \
+                and self.session.last_user_text() == edit.original:
+            for widget in messages.children[messages.children.index(turns[-1]):]:
                 widget.remove()
             messages.mount(_user(text))
             self._generate(lambda: self.session.edit_last(text))
@@ -287,13 +296,30 @@ class ChatApp(App):
         self._generate(self.session.regenerate)
 
     def action_edit_last(self) -> None:
-        """Put the last prompt back in the prompt box; sending it replaces that turn."""
+        """Put the last prompt back in the prompt box; sending it replaces that turn, Esc cancels
+        and gives back what was typed before."""
         if self.generating or self.session is None or (last := self.session.last_user_text()) is None:
+            self.notify("this chat has no prompt to edit yet")
             return
         prompt = self.query_one("#prompt", PromptArea)
+        if self._edit is None:
+            self._edit = _Edit(self.session.conversation_id, last, prompt.text)
         prompt.text = last
+        prompt.move_cursor(prompt.document.end)
+        prompt.add_class("editing")
         prompt.focus()
-        self._editing = True
+        self._update_status()
+
+    def _end_edit(self, restore_draft: bool = True) -> None:
+        if self._edit is None:
+            return
+        prompt = self.query_one("#prompt", PromptArea)
+        if restore_draft:
+            prompt.text = self._edit.draft
+            prompt.move_cursor(prompt.document.end)
+        prompt.remove_class("editing")
+        self._edit = None
+        self._update_status()
 
     def _generate(self, start: Callable[[], Iterator]) -> None:
         self.generating = True
@@ -365,6 +391,9 @@ class ChatApp(App):
     def action_stop(self) -> None:
         if self.generating:
             self.stop_requested.set()
+        elif self._edit is not None:
+            self._end_edit()
+            self.notify("edit cancelled")
 
     def _notice(self, notice: ContextNotice) -> None:
         self.query_one("#messages").mount(Static(notice.text, classes="notice", markup=False))
@@ -394,7 +423,8 @@ class ChatApp(App):
         where = f"GPU {self.model.n_gpu_layers} layers" if self.model.n_gpu_layers else f"CPU {self.model.n_threads} threads"
         used = self.session.used_tokens if self.session else 0
         rate = f"{self._rate:.0f} tok/s" if self._rate else "- tok/s"
-        self._set_status(f"ctx {used}/{self.model.n_ctx} · {rate} · {where} · {name}")
+        editing = "editing the last prompt: Enter resends it, Esc cancels · " if self._edit else ""
+        self._set_status(f"{editing}ctx {used}/{self.model.n_ctx} · {rate} · {where} · {name}")
 
     # ---- other actions -----------------------------------------------------------------------
     def action_new_chat(self) -> None:
@@ -478,6 +508,15 @@ class ChatApp(App):
         if model is not None:
             model.close()
         self.store.close()
+
+
+@dataclass(frozen=True)
+class _Edit:
+    """An edit of the last prompt in progress: where it started, what it edits, the draft it replaced."""
+
+    conversation_id: int | None
+    original: str
+    draft: str
 
 
 def _user(text: str) -> Static:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Vertical
+from textual.containers import Grid, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Markdown, TextArea
 
@@ -18,7 +18,7 @@ HELP = """\
 | Enter | send the prompt (Shift+Enter or Ctrl+J: new line) |
 | Esc | stop the answer being written (what was written stays) |
 | Ctrl+R | regenerate the last answer |
-| Ctrl+E | edit the last prompt and send it again |
+| F3 | edit the last prompt and send it again (Esc cancels the edit) |
 | Ctrl+N | new chat |
 | Ctrl+Y | copy the last answer (works over SSH) |
 | Ctrl+B | show or hide the conversation list |
@@ -27,7 +27,8 @@ HELP = """\
 | Ctrl+O | switch model, or download one |
 | F1 | this help · **Ctrl+Q** quit |
 
-In the conversation list, Enter opens a chat. Chats are saved as they are written.
+In the prompt, Ctrl+A / Ctrl+E go to the start / end of the line. In the conversation list,
+Enter opens a chat. Chats are saved as they are written. Arrows and PgUp/PgDn scroll this list.
 """
 
 
@@ -36,8 +37,13 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Markdown(HELP)
+            # Scrolls where the terminal is shorter than the list (at 80x24 it is).
+            with VerticalScroll(id="help"):
+                yield Markdown(HELP)
             yield Button("Close", id="close")
+
+    def on_mount(self) -> None:
+        self.query_one("#help").focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss()
