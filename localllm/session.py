@@ -328,6 +328,8 @@ class ChatSession:
             self.store.finish(answer)
             if finished is not None:
                 self.used_tokens = finished.usage.prompt_tokens + finished.usage.completion_tokens
+            else:  # stopped: the words kept count too
+                self.used_tokens = self._count(self.first_in_context)
         if finished is not None and self.used_tokens + self.reserve > WARN_AT * self.n_ctx:
             yield ContextNotice("warning", self.used_tokens, self.n_ctx)
 

@@ -123,6 +123,9 @@ async def test_esc_stops_and_keeps_the_words_so_far(isolated_home):
         stored = app.store.messages(app.session.conversation_id)[1]
         assert stored.content == kept and stored.complete
         await wait_for(pilot, lambda: app.query(".assistant").last().source.rstrip() == kept.rstrip())
+        assert "stopped" in str(app.query(".notice").last().render()), "the transcript says the answer was stopped"
+        assert app.session.used_tokens == app.session._count(0) > len(kept.split()), "the context counts the kept words"
+        assert f"ctx {app.session.used_tokens}/" in app.status_text
 
 
 async def test_regenerate_edit_new_chat_reopen_rename_export_delete(isolated_home, tmp_path, monkeypatch):

@@ -383,6 +383,8 @@ class ChatApp(App):
     async def _finish(self) -> None:
         self._flusher.stop()
         await self._flush_tokens()
+        if self.stop_requested.is_set():
+            self.query_one("#messages").mount(Static("stopped (Esc): the answer so far is kept", classes="notice"))
         self.query_one("#prompt", PromptArea).cursor_blink = True
         self.generating = False
         self._refresh_sidebar()
