@@ -39,7 +39,8 @@ def cli() -> None:
 
     Exit codes: 0 success, 1 unexpected error, 2 usage error, 3 model not found,
     4 model failed to load, 5 prompt longer than the context window,
-    6 generation failed, 7 download failed, 8 not enough disk space, 130 interrupted.
+    6 generation failed, 7 download failed, 8 not enough disk space, 9 llama.cpp crashed,
+    130 interrupted, 141 stdout closed early.
     """
 
 
@@ -330,7 +331,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str] | None) -> int:
     try:
-        return cli.main(args=argv, prog_name="localllm", standalone_mode=False) or 0
+        # Not cli.main(): it swallows a broken pipe and exits 1, and a closed stdout is 141 here.
+        with cli.make_context("localllm", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            return cli.invoke(ctx) or 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

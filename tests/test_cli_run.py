@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import LOCALLLM, assert_one_line_error, run_cli
 
 from localllm import SamplingOptions
 from localllm.model import collect
@@ -128,13 +128,17 @@ def test_ctrl_c_exits_130_and_keeps_the_output():
     assert stderr.decode().strip() == "localllm: interrupted"
 
 
-def test_closed_stdout_is_quiet():
+# `head -c 10` stops reading mid-answer; `true` is gone before localllm has started up.
+@pytest.mark.parametrize("command, reader", [("run -m starter --ignore-eos --max-tokens 2000 'Tell a story.'", "head -c 10"),
+                                             ("list", "true"), ("catalog", "true")])
+def test_closed_stdout_is_quiet_and_exits_141(command, reader):
     proc = subprocess.run(
-        f"{sys.executable} -m localllm run -m starter --ignore-eos --max-tokens 2000 'Tell a story.' | head -c 10",
-        shell=True, capture_output=True, timeout=120,
+        f"{LOCALLLM[0]} {command} | {reader}; exit ${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", capture_output=True, timeout=120,
     )
-    assert len(proc.stdout) == 10
+    assert len(proc.stdout) == (10 if reader.startswith("head") else 0)
     assert b"Traceback" not in proc.stderr and b"Error" not in proc.stderr
+    assert proc.returncode == 141, "the documented code for a reader that went away"
 
 
 def test_raw_gives_the_text_to_the_model_without_the_chat_template(starter_model):
