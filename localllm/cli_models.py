@@ -58,9 +58,13 @@ def pull(ref):
     from .store import pull as pull_files
 
     if constants.HF_HUB_OFFLINE:
+        from .errors import DownloadError, ModelNotFoundError
         from .registry import find_installed
 
-        installed = find_installed(ref)
+        try:
+            installed = find_installed(ref)
+        except ModelNotFoundError:
+            raise DownloadError(f"cannot download {ref}: downloads are off (HF_HUB_OFFLINE is set; unset it to download)") from None
         click.echo(f"{ref}: already installed (offline, so not checked against the Hub)", err=True)
         click.echo(str(installed.path))
         return
@@ -220,13 +224,16 @@ def show(ref, remote, as_json):
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def rm(ref, yes):
     """Delete a pulled model from the Hugging Face cache, freeing its disk space."""
-    from .registry import find_installed, remove
+    from .registry import check_removable, find_installed, remove
 
     model = find_installed(ref)
+    check_removable(model)
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"not deleting {model.name} without confirmation: add --yes")
-        click.confirm(f"Delete {model.name} ({model.size / 1e9:.2f} GB, {model.path})?", abort=True, err=True)
+        if not click.confirm(f"Delete {model.name} ({model.size / 1e9:.2f} GB, {model.path})?", default=False, err=True):
+            click.echo("nothing removed", err=True)
+            return
     freed = remove(model)
     click.echo(f"deleted {model.name}: {freed / 1e9:.2f} GB freed", err=True)
 

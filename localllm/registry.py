@@ -243,16 +243,21 @@ def _best_installed() -> Path:
     return min(models, key=lambda m: m.size).path  # nothing fits: try the smallest, the load will say
 
 
+def check_removable(model: InstalledModel) -> None:
+    """Refuse, before anything is asked or touched, to delete what is not ours to delete."""
+    if model.source == "starter":
+        raise UsageError(f"the starter model belongs to pip: pip uninstall {STARTER_PACKAGE}")
+    if model.source != "hf-cache":
+        raise UsageError(f"{model.path} is not in the Hugging Face cache; localllm does not delete other tools' files")
+
+
 def remove(model: InstalledModel) -> int:
     """Delete a model pulled into the Hugging Face cache; return the bytes freed.
 
     Only the cache is ours to clean: the starter belongs to pip, other tools' folders to them.
     A blob still linked from another snapshot of the repo is kept.
     """
-    if model.source == "starter":
-        raise UsageError(f"the starter model belongs to pip: pip uninstall {STARTER_PACKAGE}")
-    if model.source != "hf-cache":
-        raise UsageError(f"{model.path} is not in the Hugging Face cache; localllm does not delete other tools' files")
+    check_removable(model)
     from .hub import storage_folder
 
     storage = storage_folder(model.repo_id)

