@@ -14,9 +14,8 @@ import click
 from . import __version__
 from .cli_models import COMMANDS
 from .errors import LocalLLMError, UsageError
-from .options import FLASH_ATTN, flash_attn_name
+from .options import FLASH_ATTN, MIN_CTX_TOKENS, flash_attn_name
 
-MIN_PLAN_CTX = 256
 # `run` opens the KV cache for this many tokens and grows it to the window only for a longer
 # prompt or answer: most one-shot answers fit, and a smaller cache is faster to set up.
 RUN_INITIAL_CTX = 1024
@@ -106,7 +105,7 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
 @cli.command()
 @click.option("-m", "--model", metavar="MODEL", help="Model to open: a path, an installed name, a catalog or Hub reference.  [default: the last used, else the best installed; with none, the model picker]")
 @click.option("--resume", is_flag=True, help="Continue the most recent conversation, with its model.")
-@click.option("--ctx", type=click.IntRange(min=256), help="Context window in tokens.  [default: the last one set in the app, else the trained length, at most 4096]")
+@click.option("--ctx", type=click.IntRange(min=MIN_CTX_TOKENS), help="Context window in tokens.  [default: the last one set in the app, else the trained length, at most 4096]")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none.  [default: as many as fit]")
 def chat(model, resume, ctx, threads, gpu_layers):
@@ -175,7 +174,7 @@ def _hw_text(profile) -> str:
 
 @cli.command("plan")
 @click.argument("model", required=False)
-@click.option("--ctx", type=click.IntRange(min=MIN_PLAN_CTX), help="Context window to plan for.  [default: the trained length, at most 4096]")
+@click.option("--ctx", type=click.IntRange(min=MIN_CTX_TOKENS), help="Context window to plan for.  [default: the trained length, at most 4096]")
 @click.option("--gpu-layers", type=click.IntRange(min=0), help="Fix the number of GPU layers.")
 @click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="Fix the KV cache type.")
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")

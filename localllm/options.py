@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -10,6 +11,10 @@ from .errors import UsageError
 # prompts and costs little memory on small models. The planner (issue 3) will refine this.
 DEFAULT_CTX = 4096
 KV_TYPES = ("f16", "q8_0", "q4_0")
+# llama.cpp rounds a context up to a multiple of 256 tokens, so a smaller one cannot be had as set.
+MIN_CTX_TOKENS = 256
+MAX_CTX_TOKENS = 2**31 - 1  # llama.cpp's n_ctx is a C uint32 and wraps above, then aborts
+MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS; more aborts inside llama.cpp
 # How flash attention is named on the command line and in --json, against LoadOptions.flash_attn.
 FLASH_ATTN = {"auto": None, "on": True, "off": False}
 
@@ -49,10 +54,13 @@ class LoadOptions:
     verbose: bool = False
 
     def __post_init__(self) -> None:
-        if self.n_ctx is not None and self.n_ctx < 0:
-            raise UsageError(f"context size must be 0 (the model's trained context) or positive, not {self.n_ctx}")
-        if self.n_threads is not None and self.n_threads < 1:
-            raise UsageError(f"thread count must be at least 1, not {self.n_threads}")
+        if self.n_ctx is not None and self.n_ctx != 0 and not MIN_CTX_TOKENS <= self.n_ctx <= MAX_CTX_TOKENS:
+            raise UsageError(f"context size must be 0 (the model's trained context) or {MIN_CTX_TOKENS} to "
+                             f"{MAX_CTX_TOKENS} tokens, not {self.n_ctx}")
+        if self.n_threads is not None and not 1 <= self.n_threads <= MAX_THREADS:
+            raise UsageError(f"thread count must be 1 to {MAX_THREADS}, not {self.n_threads}")
+        if self.flash_attn not in (None, True, False):
+            raise UsageError(f"flash attention must be None (auto), True or False, not {self.flash_attn!r}")
         if self.n_gpu_layers is not None and self.n_gpu_layers < -1:
             raise UsageError(f"GPU layers must be -1 (all), 0 (none) or a positive count, not {self.n_gpu_layers}")
         if self.initial_ctx < 0:
@@ -85,6 +93,9 @@ class SamplingOptions:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"{name.replace('_', '-')} must be a finite number, not {getattr(self, name)}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise UsageError(f"max tokens must be at least 1, not {self.max_tokens}")
         if self.temperature < 0:

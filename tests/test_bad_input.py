@@ -96,6 +96,39 @@ def test_out_of_range_options(option, value):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "option, value, says",
+    [
+        ("--ctx", "64", "256"),  # was silently rounded up to 256
+        ("--ctx", "4294967301", "context size"),  # wrapped in C, then llama.cpp aborted
+        ("--threads", "100000", "thread count must be 1 to 512"),
+        ("--temperature", "nan", "temperature must be a finite number"),
+        ("--temperature", "inf", "temperature must be a finite number"),
+        ("--top-p", "nan", "top-p must be a finite number"),
+        ("--repeat-penalty", "inf", "repeat-penalty must be a finite number"),
+    ],
+)
+def test_values_llama_cpp_cannot_take_are_refused_before_loading(option, value, says):
+    assert_one_line_error(run_cli("run", "-m", "starter", option, value, "hi"), EXIT_USAGE, says)
+
+
+@pytest.mark.parametrize("command", [["chat"], ["plan", "starter"]])
+def test_the_same_context_minimum_everywhere(command):
+    result = run_cli(*command, "--ctx", "64")
+    assert result.returncode == EXIT_USAGE and "256" in result.stderr
+
+
+def test_library_options_are_validated_when_made():
+    from localllm import LoadOptions, SamplingOptions, UsageError
+
+    with pytest.raises(UsageError, match="flash attention"):
+        LoadOptions(flash_attn="auto")
+    with pytest.raises(UsageError, match="finite"):
+        SamplingOptions(temperature=float("nan"))
+    with pytest.raises(UsageError, match="finite"):
+        SamplingOptions(min_p=float("-inf"))
+
+
 def test_corrupt_settings_file(isolated_home):
     config = isolated_home / "localllm" / "config.json"
     config.parent.mkdir(parents=True)

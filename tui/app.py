@@ -422,7 +422,7 @@ class ChatApp(App):
         path = Path(self.model.path)
         quant = InstalledModel(path.name, path, 0, "").quant
         name = path.stem if quant and quant in path.stem.upper() else f"{path.stem} · {quant or '?'}"
-        where = f"GPU {self.model.n_gpu_layers} layers" if self.model.n_gpu_layers else f"CPU {self.model.n_threads} threads"
+        where = f"GPU {self.model.n_gpu_layers} layers" if self.model.n_gpu_layers else f"CPU {self.model.n_threads} thread{'' if self.model.n_threads == 1 else 's'}"
         used = self.session.used_tokens if self.session else 0
         rate = f"{self._rate:.0f} tok/s" if self._rate else "- tok/s"
         editing = "editing the last prompt: Enter resends it, Esc cancels · " if self._edit else ""
