@@ -180,16 +180,21 @@ def _hw_text(profile) -> str:
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
-    """Show how MODEL would be loaded here, and why: fit, settings, memory per device."""
+    """Show how MODEL would be loaded here, and why: fit, settings, memory per device.
+
+    MODEL may be installed, a catalog name (planned offline from the catalog, with the
+    quantization that fits best unless one is named) or a Hub reference (its header is read).
+    """
     from .backends import this_machine
+    from .cli_models import spec_for
     from .hardware import CpuLoadSampler
-    from .model import inspect
     from .planner import Overrides, breakdown_rows, plan
     from .registry import resolve
 
     sampler = CpuLoadSampler()
-    spec = inspect(resolve(model))
     profile = this_machine()
+    # A model that is not installed is planned before any download: that is what plan is for.
+    spec = spec_for(model, profile)[0] if model else spec_for(str(resolve(None)), profile)[0]
     overrides = Overrides(n_ctx=ctx, n_gpu_layers=gpu_layers, kv_type=kv_type,
                           margin=None if margin is None else margin * 2**20)
     chosen = plan(profile, spec, overrides, sampler.busy_elsewhere())

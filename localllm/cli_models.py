@@ -150,17 +150,10 @@ def _fit(path: Path) -> dict:
     return {"fit": chosen.fit, "label": chosen.label}
 
 
-@click.command()
-@click.argument("ref")
-@click.option("--remote", is_flag=True, help="For a model not installed: read its real header from the Hub (a few MB).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def show(ref, remote, as_json):
-    """Show a model: what it is, where it is, and how it would load on this machine.
-
-    Works offline for installed models and catalog entries.
-    """
-    from dataclasses import asdict
-
+def spec_for(ref: str, hw, remote: bool = False):
+    """(spec, plan, plans of each quantization, facts) for a model, installed or not: an installed
+    file is read; a catalog entry is planned from the catalog, offline, choosing the quantization
+    that fits unless one is named; anything else (or with `remote`) from its header on the Hub."""
     from .catalog import load_catalog
     from .errors import ModelNotFoundError
     from .model import inspect
@@ -168,7 +161,6 @@ def show(ref, remote, as_json):
     from .references import parse_reference
     from .registry import find_installed
 
-    hw = _hardware()
     info: dict = {"ref": ref}
     try:
         installed = find_installed(ref)
@@ -198,6 +190,22 @@ def show(ref, remote, as_json):
         chosen, plans = plan(hw, spec), []
         info |= {"installed": False, "repo": prepared.ref.repo_id, "files": [f.filename for f in prepared.files],
                  "size": prepared.size}
+    return spec, chosen, plans, info
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--remote", is_flag=True, help="For a model not installed: read its real header from the Hub (a few MB).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def show(ref, remote, as_json):
+    """Show a model: what it is, where it is, and how it would load on this machine.
+
+    Works offline for installed models and catalog entries.
+    """
+    from dataclasses import asdict
+
+    hw = _hardware()
+    spec, chosen, plans, info = spec_for(ref, hw, remote)
     info |= {"architecture": spec.architecture, "layers": spec.n_layer, "context_length": spec.n_ctx_train,
              "quant": spec.file_type, "sliding_window": spec.sliding_window, "experts": spec.n_expert,
              "fit": chosen.fit, "label": chosen.label, "settings": asdict(chosen.shape),

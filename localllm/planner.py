@@ -193,12 +193,12 @@ def _explain(hw, spec, s, est, margins, budgets, fit, threads) -> str:
     if fit == "gpu":
         where = f"runs entirely on {_gpu_names(gpus)}"
     elif fit == "partial":
-        where = f"puts {s.n_gpu_layers} of {spec.n_layer + 1} layers on {_gpu_names(gpus)} and the rest on the CPU with {threads} threads"
+        where = f"puts {s.n_gpu_layers} of {spec.n_layer + 1} layers on {_gpu_names(gpus)} and the rest on the CPU with {_count(threads, 'thread')}"
     elif fit == "cpu":
         reason = "there is no GPU it can use" if not gpus else "not even one layer fits in the GPU's free memory"
         if hw.gpus and not gpus and hw.build is not None and not hw.build.gpu_offload:
             reason = "this llama-cpp-python build cannot offload to the GPU"
-        where = f"runs on the CPU with {threads} threads, since {reason}"
+        where = f"runs on the CPU with {_count(threads, 'thread')}, since {reason}"
     else:
         where = "does not fit in this machine's free memory"
     kv_total = sum(d.kv_cache for d in est.devices)
@@ -228,3 +228,7 @@ def breakdown_rows(p: LoadPlan) -> list[tuple[str, ...]]:
     rows.append(("total", *(human_bytes(d.total + m) for d, m in zip(p.estimate.devices, p.margins))))
     rows.append(("free now", *(human_bytes(b) for b in p.budgets)))
     return rows
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -41,6 +41,16 @@ def test_plan_of_a_missing_model_is_a_clean_error():
     assert result.returncode == 3 and "Traceback" not in result.stderr
 
 
+def test_plan_plans_a_catalog_model_before_it_is_downloaded():
+    # Was: exit 3 "not installed", while `show` planned the same model.
+    result = run_cli("plan", "qwen3:8b")
+    assert result.returncode == 0, result
+    assert result.stdout.startswith("qwen3:8b-") and "weights" in result.stdout
+    named = json.loads(run_cli("plan", "qwen3:8b-q4_k_m", "--ctx", "8192", "--json").stdout)
+    assert named["model"] == "qwen3:8b-q4_k_m" and named["settings"]["n_ctx"] == 8192
+    assert named["estimate"][0]["weights"] > 4 * 2**30
+
+
 @pytest.mark.slow
 def test_run_refuses_what_cannot_fit_unless_asked():
     refused = run_cli("run", "-m", "starter", "--margin", "100000000", "-t", "0", "--max-tokens", "3", "hi")

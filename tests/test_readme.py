@@ -19,3 +19,5 @@ def test_python_api_example_runs():
     proc = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"\[(stop|length), \d+ tok/s\]", proc.stdout), proc.stdout
+    after = proc.stdout[re.search(r"tok/s\]", proc.stdout).end():].strip()
+    assert after, "the later calls print their answers (a stream that is never consumed does nothing)"
