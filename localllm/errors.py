@@ -45,7 +45,8 @@ class ModelLoadError(LocalLLMError):
     def __init__(self, path: Path | str, reason: str):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"cannot load {self.path}: {reason}")
+        # Said as given: a URL through Path loses a slash ("http:/host").
+        super().__init__(f"cannot load {path}: {reason}")
 
 
 class ContextOverflowError(LocalLLMError):

@@ -82,3 +82,12 @@ def test_server_down_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(DownloadError, match="cannot reach"):
         inspect_remote("someone/smol", "smol.gguf", endpoint="http://127.0.0.1:9")
+
+
+def test_a_remote_file_that_is_not_gguf_names_its_url_whole(hub, tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf at all" * 1000)
+    hub.add("someone/junk", "junk.gguf", junk)
+    with pytest.raises(ModelLoadError) as caught:
+        inspect_remote("someone/junk", "junk.gguf", endpoint=hub.url)
+    assert f"cannot load {hub.url}/someone/junk/resolve/main/junk.gguf" in str(caught.value), "http://, never http:/"
