@@ -30,11 +30,12 @@ class ModelNotFoundError(LocalLLMError, FileNotFoundError):
 
     exit_code = 3
 
-    def __init__(self, ref: str, hint: str = ""):
+    def __init__(self, ref: str, hint: str = "", message: str | None = None):
         self.ref = ref
         self.hint = hint
-        message = f"model not found: {ref}"
-        super().__init__(f"{message} ({hint})" if hint else message)
+        if message is None:
+            message = f"model not found: {ref}" + (f" ({hint})" if hint else "")
+        super().__init__(message)
 
 
 class ModelLoadError(LocalLLMError):

