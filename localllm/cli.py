@@ -260,10 +260,13 @@ def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, strea
 def _json_result(model, text, finished, prompt_settings, sampling) -> dict:
     from dataclasses import asdict
 
+    from .registry import display_name
+
     result = finished.to_dict()
     return {
         "text": text,
-        "model": str(model.path),
+        "model": display_name(model.path),
+        "path": str(model.path),
         "finish_reason": result["reason"],
         "usage": result["usage"],
         "timings": {"load_s": model.load_seconds, **result["timings"]},

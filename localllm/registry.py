@@ -207,6 +207,12 @@ def _installed_for(parsed, models: list[InstalledModel]) -> InstalledModel:
     return _best_of(candidates)
 
 
+def display_name(path: Path) -> str:
+    """The name `localllm list` shows for this file, or the file's name if it lists no such model."""
+    path = path.absolute()
+    return next((m.name for m in installed_models() if m.path.absolute() == path), path.name)
+
+
 def _from_path(path: Path) -> InstalledModel:
     path = path.absolute()
     size = path.stat().st_size if path.is_file() else 0

@@ -160,7 +160,7 @@ def test_models_of_other_tools_are_listed_and_run_in_place(isolated_home, starte
     assert json.loads(run_cli("list", "--json").stdout) == list(listed.values()), "the added folder is remembered"
     ran = run_cli("run", "-m", "tiny-Q4_1", "--json", "-t", "0", "--max-tokens", "3", "Hi")
     assert ran.returncode == 0, ran
-    assert json.loads(ran.stdout)["model"] == str(lm_studio / "tiny-Q4_1.gguf"), "run where it is, not copied"
+    assert json.loads(ran.stdout)["path"] == str(lm_studio / "tiny-Q4_1.gguf"), "run where it is, not copied"
 
 
 @pytest.mark.slow

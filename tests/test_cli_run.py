@@ -49,7 +49,8 @@ def test_json_output():
     assert result.returncode == 0, result
     data = json.loads(result.stdout)
     assert data["text"]
-    assert data["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert data["path"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert data["model"] == "smollm2-135m-instruct:q4_1", "the name `localllm list` shows"
     assert data["finish_reason"] in ("stop", "length")
     assert data["usage"]["prompt_tokens"] > 0 and 0 < data["usage"]["completion_tokens"] <= 12
     timings = data["timings"]
@@ -90,7 +91,7 @@ def test_default_model_setting(starter_gguf, isolated_home):
     assert run_cli("default", str(starter_gguf)).returncode == 0
     assert run_cli("default").stdout.strip() == str(starter_gguf)
     result = run_cli("run", "--json", "-t", "0", "--max-tokens", "5", "Hi")
-    assert json.loads(result.stdout)["model"] == str(starter_gguf)
+    assert json.loads(result.stdout)["path"] == str(starter_gguf)
     refused = run_cli("default", "no-such-model")
     assert refused.returncode == 3
     assert run_cli("default").stdout.strip() == str(starter_gguf), "a failed set must keep the old default"
@@ -99,7 +100,7 @@ def test_default_model_setting(starter_gguf, isolated_home):
 def test_without_model_uses_the_best_installed():
     result = run_cli("run", "--json", "-t", "0", "--max-tokens", "5", "Hi")
     assert result.returncode == 0, result
-    assert json.loads(result.stdout)["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert json.loads(result.stdout)["path"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def test_list_shows_the_starter():

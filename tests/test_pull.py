@@ -78,7 +78,7 @@ def test_pull_then_list_run_and_run_offline_with_the_server_down(hub, isolated_h
     for offline in ({}, {"HF_HUB_OFFLINE": "1"}):
         ran = run_cli("run", "-m", REF, "-t", "0", "--max-tokens", "4", "--json", "Hi", env=env_for(hub) | offline)
         assert ran.returncode == 0, ran
-        assert json.loads(ran.stdout)["model"] == str(path)
+        assert json.loads(ran.stdout)["path"] == str(path)
     again = run_cli("pull", REF, env={**env_for(hub), "HF_HUB_OFFLINE": "1"})
     assert again.returncode == 0 and again.stdout.strip() == str(path), again
     assert "already installed" in again.stderr

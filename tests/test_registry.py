@@ -65,7 +65,7 @@ def test_cli_lists_and_runs_a_cached_model(hf_model):
     assert {m["source"] for m in listed} == {"starter", "hf-cache"}
     result = run_cli("run", "-m", "tiny-q4_1", "--json", "-t", "0", "--max-tokens", "5", "Hi")
     assert result.returncode == 0, result
-    assert json.loads(result.stdout)["model"].endswith("tiny-q4_1.gguf")
+    assert json.loads(result.stdout)["path"].endswith("tiny-q4_1.gguf")
 
 
 def test_ambiguous_name_lists_the_candidates(isolated_home, starter_gguf, tmp_path):
