@@ -36,7 +36,8 @@ def catalog_command(as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    width = max(len(r["ref"]) for r in rows)
+    width = max(len(r["ref"]) for r in rows + [{"ref": "NAME"}])
+    click.echo(f"  {'NAME':<{width}}  {'QUANT':<7} {'SIZE':>9}  {'FIT HERE':<16} FAMILY (LICENSE)")
     for r in rows:
         mark = "*" if r["recommended"] else " "
         click.echo(f"{mark} {r['ref']:<{width}}  {r['quant']:<7} {r['size'] / 1e9:6.1f} GB  {r['label']:<16} {r['family']} ({r['license']})")
@@ -114,26 +115,34 @@ class _ProgressBar:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.option("--add-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Also list (and run in place) the GGUF files in DIR, from now on.")
-def list_models(as_json, add_dir):
+@click.option("--remove-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Stop listing a folder added with --add-dir (its files are not touched).")
+def list_models(as_json, add_dir, remove_dir):
     """List the models on this machine: pulled ones, the starter, and GGUFs other tools downloaded.
 
     Found without copying: the Hugging Face cache, LM Studio's and llama.cpp's folders, and
     folders added with --add-dir. The fit label says how each would run here.
     """
-    from .registry import STARTER_INSTALL_HINT, add_model_dir, installed_models
+    from .registry import STARTER_INSTALL_HINT, add_model_dir, installed_models, remove_model_dir
 
     if add_dir is not None:
         click.echo(f"added {add_model_dir(add_dir)}", err=True)
+    if remove_dir is not None:
+        click.echo(f"no longer listing {remove_model_dir(remove_dir)}", err=True)
     models = installed_models()
-    rows = [{"name": m.name, "path": str(m.path), "size": m.size, "quant": m.quant, "source": m.source,
-             **_fit(m.path)} for m in models]
+    rows = []
+    for m in models:
+        fit = _fit(m.path)
+        file_type = fit.pop("file_type", None)  # the metadata names the quantization when the file name does not
+        rows.append({"name": m.name, "path": str(m.path), "size": m.size, "quant": m.quant or file_type, "source": m.source, **fit})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo(f"No models installed; {STARTER_INSTALL_HINT}, or pull one: localllm catalog", err=True)
         return
-    width = max(len(r["name"]) for r in rows)
+    width = max(len(r["name"]) for r in rows + [{"name": "NAME"}])
+    click.echo(f"{'NAME':<{width}}  {'SIZE':>9}  {'QUANT':<7} {'FIT HERE':<16} {'SOURCE':<9} PATH")
     for r in rows:
         click.echo(f"{r['name']:<{width}}  {r['size'] / 1e9:6.2f} GB  {r['quant'] or '?':<7} {r['label']:<16} {r['source']:<9} {r['path']}")
 
@@ -144,10 +153,11 @@ def _fit(path: Path) -> dict:
     from .planner import plan
 
     try:
-        chosen = plan(_hardware(), inspect(path))
+        spec = inspect(path)
+        chosen = plan(_hardware(), spec)
     except LocalLLMError as exc:  # a broken file is listed, with why it will not run
         return {"fit": "error", "label": "unreadable", "error": str(exc)}
-    return {"fit": chosen.fit, "label": chosen.label}
+    return {"fit": chosen.fit, "label": chosen.label, "file_type": spec.file_type}
 
 
 def spec_for(ref: str, hw, remote: bool = False):

@@ -151,6 +151,19 @@ def add_model_dir(folder: Path) -> Path:
     return folder
 
 
+def remove_model_dir(folder: Path) -> Path:
+    """Forget a folder added with add_model_dir (its files stay where they are)."""
+    folder = folder.expanduser().absolute()
+    config = load_config()
+    dirs = config.get("model_dirs", [])
+    if str(folder) not in dirs:
+        added = ", ".join(dirs) or "none"
+        raise UsageError(f"{folder} is not a folder added with --add-dir (added: {added})")
+    config["model_dirs"] = [d for d in dirs if d != str(folder)]
+    save_config(config)
+    return folder
+
+
 def resolve(ref: str | None) -> Path:
     """The GGUF file a reference names. None means the configured default, else the best installed."""
     if ref is None:

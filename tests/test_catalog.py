@@ -156,11 +156,17 @@ def test_models_of_other_tools_are_listed_and_run_in_place(isolated_home, starte
     listed = {m["name"]: m for m in json.loads(added.stdout)}
     assert listed["someone/Tiny-GGUF/tiny-Q4_1.gguf"]["source"] == "lm-studio"
     assert listed["someone_Tiny-GGUF_tiny2-Q4_1.gguf"]["source"] == "llama.cpp"
-    assert listed["mine.gguf"]["source"] == "folder" and listed["mine.gguf"]["quant"] is None
+    assert listed["mine.gguf"]["source"] == "folder" and listed["mine.gguf"]["quant"] == "Q4_1", "from the metadata"
     assert json.loads(run_cli("list", "--json").stdout) == list(listed.values()), "the added folder is remembered"
     ran = run_cli("run", "-m", "tiny-Q4_1", "--json", "-t", "0", "--max-tokens", "3", "Hi")
     assert ran.returncode == 0, ran
     assert json.loads(ran.stdout)["path"] == str(lm_studio / "tiny-Q4_1.gguf"), "run where it is, not copied"
+    text = run_cli("list").stdout.splitlines()
+    assert text[0].split() == ["NAME", "SIZE", "QUANT", "FIT", "HERE", "SOURCE", "PATH"]
+    forgotten = run_cli("list", "--remove-dir", str(mine), "--json")
+    assert forgotten.returncode == 0 and "mine.gguf" not in {m["name"] for m in json.loads(forgotten.stdout)}
+    assert (mine / "mine.gguf").exists(), "its files are not touched"
+    assert_one_line_error(run_cli("list", "--remove-dir", str(mine)), 2, "not a folder added with --add-dir")
 
 
 @pytest.mark.slow
@@ -173,6 +179,7 @@ def test_show_and_catalog_work_offline():
     assert all(q["label"] in ("fits on GPU", "partial offload", "CPU only", "does not fit") for q in info["quants"])
     starter = json.loads(run_cli("show", "--json", "starter").stdout)
     assert starter["installed"] is True and starter["quant"] == "Q4_1" and starter["context_length"] == 8192
+    assert run_cli("catalog").stdout.splitlines()[0].split()[:3] == ["NAME", "QUANT", "SIZE"]
     rows = json.loads(run_cli("catalog", "--json").stdout)
     assert {r["ref"].split(":")[0] for r in rows} >= FAMILIES
     huge = next(r for r in rows if r["ref"] == "llama3.3:70b")
