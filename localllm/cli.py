@@ -125,7 +125,11 @@ def chat(model, resume, ctx, threads, gpu_layers):
 
     saved_ctx = load_config().get("chat", {}).get("n_ctx")
     options = chat_load_options(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers)
-    ChatApp(model_ref=model, resume=resume, load_options=options).run()
+    app = ChatApp(model_ref=model, resume=resume, load_options=options)
+    app.run()
+    if app.fatal_error:
+        click.echo(f"localllm: error: {app.fatal_error}", err=True)
+    return app.return_code or 0
 
 
 @cli.command()
@@ -359,5 +363,7 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:
         if os.environ.get("LOCALLLM_DEBUG"):
             raise
-        click.echo(f"localllm: unexpected error: {type(exc).__name__}: {exc} (set LOCALLLM_DEBUG=1 for the traceback)", err=True)
+        from .errorlog import redact
+
+        click.echo(f"localllm: unexpected error: {type(exc).__name__}: {redact(str(exc))} (set LOCALLLM_DEBUG=1 for the traceback)", err=True)
         return 1

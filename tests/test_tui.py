@@ -462,3 +462,37 @@ async def test_every_key_is_reachable_at_80x24(isolated_home):
         assert scroll.scroll_y == scroll.max_scroll_y
         visible = app.screen.query_one("Markdown").region.intersection(scroll.region)
         assert visible.height > 0
+
+
+async def test_an_unexpected_error_is_one_line_logged_privately_and_the_app_goes_on(isolated_home, monkeypatch):
+    import stat
+
+    from localllm.errorlog import log_path
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secretsecretsecret")
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+
+        def broken(start):
+            raise RuntimeError("boom, headers={'authorization': 'Bearer hf_secretsecretsecret'}")
+
+        monkeypatch.setattr(app, "_generate", broken)
+        prompt = app.query_one("#prompt")
+        prompt.text = "a question I typed"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.is_running and prompt.text == "a question I typed", "the typed text is not lost"
+        shown = str(app.query(".error").last().render())
+        assert "unexpected error: RuntimeError" in shown and "secret" not in shown
+        del app._generate  # the class's own again
+        monkeypatch.setattr(model, "chat", lambda messages, sampling: (_ for _ in ()).throw(ValueError("engine side")))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "ValueError: engine side" in str(app.query(".error").last().render()))
+        assert app.is_running
+    log = log_path()
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600 and stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+    text = log.read_text()
+    assert "Traceback" in text and "RuntimeError: boom" in text and "ValueError: engine side" in text
+    assert "hf_secretsecretsecret" not in text, "no token in the log"

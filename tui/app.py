@@ -7,12 +7,13 @@ generation thread collect in a buffer that a timer appends to the answer's Markd
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 from textual import on, work
@@ -22,6 +23,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, ListView, Markdown, Static
 
 from localllm.config import load_config, save_config
+from localllm.errorlog import log_exception, redact
 from localllm.errors import LocalLLMError
 from localllm.events import Finished, Token
 from localllm.hardware import usable_cpus
@@ -60,6 +62,29 @@ ModalScreen { align: center middle; }
 #catalog { height: 1fr; }
 #offline { color: $warning; }
 """
+
+
+def _guarded(method):
+    """Report an unexpected error in a handler and let the app go on: left to Textual, it would
+    stop the handler's message loop and end the app."""
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def run_async(self, *args, **kwargs):
+            try:
+                return await method(self, *args, **kwargs)
+            except Exception as error:
+                self._report_unexpected(error)
+
+        return run_async
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:
+            self._report_unexpected(error)
+
+    return run
 
 
 class ChatApp(App):
@@ -115,6 +140,8 @@ class ChatApp(App):
         self._generation = 0  # counts answers, so a late timer of a finished one does nothing
         self._streamed, self._first_token_at = 0, None
         self.status_text = ""
+        self.fatal_error: str | None = None  # the one line to print if an error ended the app
+        self._recent_errors: list[float] = []
 
     # ---- layout -------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -154,6 +181,7 @@ class ChatApp(App):
             return
         self.load(ref, conversation.id if conversation else None)
 
+    @_guarded
     def action_models(self, first_launch: bool = False) -> None:
         if self.generating:
             return
@@ -174,6 +202,7 @@ class ChatApp(App):
         screen = ModelScreen(hw, installed_models(), choices, recommend(choices), constants.HF_HUB_OFFLINE, first_launch)
         self.call_from_thread(self.push_screen, screen, self._model_chosen)
 
+    @_guarded
     def _model_chosen(self, ref: str | None) -> None:
         if ref is not None:
             self.load(ref)
@@ -200,12 +229,38 @@ class ChatApp(App):
         self._ui(self._loaded, model, ref, conversation_id)
 
     def _on_engine(self, job: Callable, *args) -> None:
-        """Run a job on the engine thread; an unexpected error ends the app, as a worker's would."""
+        """Run a job on the engine thread; an unexpected error there is handled as any other (_handle_exception)."""
         self._engine.submit(job, *args).add_done_callback(self._engine_job_done)
 
     def _engine_job_done(self, future: Future) -> None:
         if not future.cancelled() and future.exception() is not None:
-            self._ui(self._handle_exception, future.exception())
+            self._ui(self._report_unexpected, future.exception())
+
+    def _report_unexpected(self, error: Exception) -> None:
+        """An unexpected error in a handler or on the engine thread: logged with its traceback
+        (no local variables, no secrets), said in one line, and the app goes on, unless they keep
+        coming (then it ends with exit status 1)."""
+        line = self._unexpected_line(error)
+        now = time.monotonic()
+        self._recent_errors = [t for t in self._recent_errors if now - t < 10] + [now]
+        if len(self._recent_errors) > 5:
+            self.fatal_error = line
+            self.exit(return_code=1)
+            return
+        self._error(line)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """What Textual calls for an error nothing caught: the message loop it came from has
+        stopped, so the app ends, with one line and exit status 1. Never Textual's own crash
+        screen: it prints local variables, which can hold the Hub token."""
+        self.fatal_error = self._unexpected_line(error)
+        self.exit(return_code=1)
+
+    @staticmethod
+    def _unexpected_line(error: Exception) -> str:
+        where = log_exception(error, "localllm chat")
+        line = redact(f"unexpected error: {type(error).__name__}: {error}")[:300]
+        return line + (f" (details in {where})" if where else "")
 
     def _ui(self, callback: Callable, *args) -> None:
         """Hand a call to the event loop without waiting for it: the engine never blocks on the
@@ -215,6 +270,7 @@ class ChatApp(App):
         except RuntimeError:  # the event loop has closed: the app is gone
             pass
 
+    @_guarded
     def _loaded(self, model, ref: str | None, conversation_id: int | None) -> None:
         self.model = model
         self.model_name = ref or str(model.path)
@@ -252,6 +308,7 @@ class ChatApp(App):
             sidebar.append(ConversationItem(c.id, c.title))
 
     @on(ListView.Selected, "#sidebar")
+    @_guarded
     def _sidebar_selected(self, event: ListView.Selected) -> None:
         if not self.generating and self.model is not None:
             self.open_conversation(event.item.conversation_id)
@@ -259,6 +316,7 @@ class ChatApp(App):
 
     # ---- sending and streaming ------------------------------------------------------------
     @on(PromptArea.Submitted)
+    @_guarded
     def _submitted(self, event: PromptArea.Submitted) -> None:
         text = event.text.strip()
         if not text:
@@ -271,7 +329,15 @@ class ChatApp(App):
             return
         edit = self._edit
         self._end_edit(restore_draft=False)
-        self.query_one("#prompt", PromptArea).clear()
+        prompt = self.query_one("#prompt", PromptArea)
+        prompt.clear()
+        try:
+            self._send(text, edit)
+        except Exception:
+            prompt.text = text  # whatever went wrong, what was typed stays
+            raise
+
+    def _send(self, text: str, edit: _Edit | None) -> None:
         messages = self.query_one("#messages")
         # An edit applies only to the chat it started in, and only while that chat still ends
         # with the prompt it put back; otherwise the text is sent as a new message.
@@ -286,6 +352,7 @@ class ChatApp(App):
         messages.mount(_user(text))
         self._generate(lambda: self.session.send(text))
 
+    @_guarded
     def action_regenerate(self) -> None:
         if self.generating or self.session is None or not self.session.messages or self.session.messages[-1].role != "assistant":
             return
@@ -295,6 +362,7 @@ class ChatApp(App):
             widget.remove()
         self._generate(self.session.regenerate)
 
+    @_guarded
     def action_edit_last(self) -> None:
         """Put the last prompt back in the prompt box; sending it replaces that turn, Esc cancels
         and gives back what was typed before."""
@@ -333,7 +401,7 @@ class ChatApp(App):
         self._tick = (time.perf_counter(), time.thread_time())
         self._generation += 1
         # The first words show after FLUSH_MIN; later batches keep the pace learned so far.
-        self._flusher = self.set_timer(FLUSH_MIN, partial(self._flush_tick, self._generation))
+        self._flusher = self.set_timer(FLUSH_MIN, functools.partial(self._flush_tick, self._generation))
         # A blinking cursor redraws twice a second, each time taking CPU from llama.cpp.
         self.query_one("#prompt", PromptArea).cursor_blink = False
         self._set_status("thinking...")
@@ -372,7 +440,7 @@ class ChatApp(App):
         self._tick = (wall, cpu)
         if self._shares_cpus:
             self._flush_every = min(FLUSH_MAX, max(FLUSH_MIN, self._flush_every * share / UI_SHARE))
-        self._flusher = self.set_timer(self._flush_every, partial(self._flush_tick, generation))
+        self._flusher = self.set_timer(self._flush_every, functools.partial(self._flush_tick, generation))
 
     async def _flush_tokens(self) -> None:
         with self._pending_lock:
@@ -380,6 +448,7 @@ class ChatApp(App):
         if text and self._answer is not None:
             await self._answer.append(text)
 
+    @_guarded
     async def _finish(self) -> None:
         self._flusher.stop()
         await self._flush_tokens()
@@ -390,6 +459,7 @@ class ChatApp(App):
         self._refresh_sidebar()
         self._update_status()
 
+    @_guarded
     def action_stop(self) -> None:
         if self.generating:
             self.stop_requested.set()
@@ -397,6 +467,7 @@ class ChatApp(App):
             self._end_edit()
             self.notify("edit cancelled")
 
+    @_guarded
     def _notice(self, notice: ContextNotice) -> None:
         self.query_one("#messages").mount(Static(notice.text, classes="notice", markup=False))
         if notice.kind == "trimmed" and self.session is not None:
@@ -429,28 +500,34 @@ class ChatApp(App):
         self._set_status(f"{editing}ctx {used}/{self.model.n_ctx} · {rate} · {where} · {name}")
 
     # ---- other actions -----------------------------------------------------------------------
+    @_guarded
     def action_new_chat(self) -> None:
         if not self.generating and self.model is not None:
             self.new_session()
             self._update_status()
 
+    @_guarded
     def action_copy_last(self) -> None:
         answer = next((m.content for m in reversed(self.session.messages) if m.role == "assistant"), None) if self.session else None
         if answer:
             self.copy_to_clipboard(answer)
             self.notify("copied the last answer")
 
+    @_guarded
     def action_toggle_sidebar(self) -> None:
         self.query_one("#sidebar").toggle_class("hidden")
 
+    @_guarded
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
+    @_guarded
     def action_settings(self) -> None:
         n_ctx = self.model.n_ctx if self.model else (self.load_options.n_ctx or 4096)
         current = Settings(self.system, self.sampling.temperature, self.sampling.top_p, n_ctx)
         self.push_screen(SettingsScreen(current), self._apply_settings)
 
+    @_guarded
     def _apply_settings(self, settings: Settings | None) -> None:
         if settings is None:
             return
@@ -471,11 +548,13 @@ class ChatApp(App):
     def _current(self):
         return self.store.conversation(self.session.conversation_id) if self.session and self.session.conversation_id else None
 
+    @_guarded
     def action_rename(self) -> None:
         if (conversation := self._current()) is not None:
             self.push_screen(AskScreen("Rename this chat", conversation.title),
                              lambda title: title and (self.store.update(conversation.id, title=title), self._refresh_sidebar()))
 
+    @_guarded
     def action_delete_chat(self) -> None:
         if (conversation := self._current()) is None or self.generating:
             return
@@ -488,6 +567,7 @@ class ChatApp(App):
 
         self.push_screen(AskScreen(f"Delete “{conversation.title}”?"), confirmed)
 
+    @_guarded
     def action_export(self) -> None:
         if (conversation := self._current()) is None:
             return
