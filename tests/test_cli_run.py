@@ -165,3 +165,24 @@ def test_flash_attention_setting_is_used_and_reported():
         assert re.search(rf"flash_attn\s+= {logged}", result.stderr), "llama.cpp's own log says what the context uses"
     result = run_cli("run", "-m", "starter", "--flash-attn", "off", "--kv-type", "q8_0", "Hi")
     assert_one_line_error(result, 2, "quantized KV cache needs flash attention")
+
+
+@pytest.mark.parametrize("option", [["--repeat-penalty", "1.3"], ["--top-k", "5"], ["--min-p", "0.2"], ["--top-p", "0.5"],
+                                    ["--seed", "7", "-t", "0.7"], ["--temperature", "1.5"]])
+def test_every_sampling_option_runs_end_to_end(option):
+    # --repeat-penalty exited 1 with a TypeError: the pinned binding takes the vocabulary size first.
+    result = run_cli("run", "-m", "starter", "--max-tokens", "12", "--json", *option, "Name three colors.")
+    assert result.returncode == 0, result
+    data = json.loads(result.stdout)
+    assert data["usage"]["completion_tokens"] >= 1
+    name = option[0].lstrip("-").replace("-", "_")
+    assert str(data["settings"][name]) in (option[1], str(float(option[1])))
+
+
+def test_a_repeat_penalty_changes_a_greedy_answer():
+    def answer(penalty: str) -> str:
+        result = run_cli("run", "-m", "starter", "-t", "0", "--max-tokens", "60", "--ignore-eos", "--repeat-penalty", penalty,
+                         "--raw", "one, two, three, one, two, three, one, two, three,")
+        assert result.returncode == 0, result
+        return result.stdout
+    assert answer("1.0") != answer("1.8"), "a strong penalty must steer greedy decoding away from the repeats"

@@ -150,7 +150,7 @@ def test_greedy_fast_path_picks_what_llama_cpps_greedy_sampler_picks(starter_mod
     sampling = SamplingOptions(temperature=0, max_tokens=64, ignore_eos=True)
     for text in ("Why is the sky blue?", "List three prime numbers.", "Écris une phrase en français."):
         tokens = loaded.tokenize(starter_model.format_chat([{"role": "user", "content": text}]))
-        chain = _sampler_chain(sampling, 0)
+        chain = _sampler_chain(sampling, 0, llama_cpp.llama_vocab_n_tokens(loaded._vocab))
         try:
             reference = collect(loaded._run(tokens, sampling, lambda: llama_cpp.llama_sampler_sample(chain, loaded._ctx, -1), 0)).text
         finally:

@@ -282,7 +282,7 @@ class LlamaCppModel:
         if sampling.temperature == 0 and sampling.repeat_penalty == 1.0:
             yield from self._run(tokens, sampling, self._greedy, seed)
             return
-        sampler = _sampler_chain(sampling, seed)
+        sampler = _sampler_chain(sampling, seed, llama_cpp.llama_vocab_n_tokens(self._vocab))
         try:
             yield from self._run(tokens, sampling, lambda: llama_cpp.llama_sampler_sample(sampler, self._ctx, -1), seed)
         finally:
@@ -428,13 +428,14 @@ def _context_params(options: LoadOptions, n_ctx: int, n_threads: int):
     return cparams
 
 
-def _sampler_chain(sampling: SamplingOptions, seed: int):
+def _sampler_chain(sampling: SamplingOptions, seed: int, n_vocab: int):
     params = llama_cpp.llama_sampler_chain_default_params()
     params.no_perf = True
     chain = llama_cpp.llama_sampler_chain_init(params)
     add = llama_cpp.llama_sampler_chain_add
     if sampling.repeat_penalty != 1.0:
-        add(chain, llama_cpp.llama_sampler_init_penalties(64, sampling.repeat_penalty, 0.0, 0.0))
+        # The pinned llama.cpp takes the vocabulary size first (llama.h), before the window of 64.
+        add(chain, llama_cpp.llama_sampler_init_penalties(n_vocab, 64, sampling.repeat_penalty, 0.0, 0.0))
     if sampling.temperature == 0:
         add(chain, llama_cpp.llama_sampler_init_greedy())
         return chain
