@@ -31,6 +31,14 @@ def cache_dir() -> Path:
     return Path(base) / "localllm"
 
 
+def private_dir(path: Path) -> Path:
+    """A folder of ours that holds user text: created, or narrowed, to its owner alone (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
 def config_path() -> Path:
     return home() / CONFIG_FILE
 
@@ -55,7 +63,7 @@ def load_config() -> dict:
 def save_config(data: dict) -> None:
     """Replace the settings file atomically: a crash leaves the old file or the new, never half of one."""
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=".config-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .config import home
+from .config import home, private_dir
 
 MAX_BYTES = 2**20
 _TOKEN_PATTERNS = (
@@ -41,8 +41,7 @@ def log_exception(error: BaseException, where: str) -> Path | None:
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     entry = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {where}\n{redact(text)}\n"
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
+        private_dir(path.parent)
         if path.exists() and path.stat().st_size > MAX_BYTES:
             os.replace(path, path.with_suffix(".log.1"))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import home
+from .config import home, private_dir
 from .errors import ContextOverflowError, UsageError
 from .events import Event, Token
 from .options import SamplingOptions
@@ -75,7 +75,12 @@ class ChatStore:
 
     def __init__(self, path: Path | None = None):
         self.path = path or home() / STORE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        # SQLite gives its -wal and -shm files the database file's mode: made 0600 first, so all are.
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for own in (self.path, self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")):
+            if own.exists() and own.stat().st_mode & 0o077:
+                os.chmod(own, 0o600)
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -149,7 +154,7 @@ class ChatStore:
 
     def stream(self, message: ChatMessage) -> AnswerLog:
         """Start saving a message token by token; end with finish()."""
-        self._logs.mkdir(exist_ok=True)
+        private_dir(self._logs)
         log = AnswerLog(self._logs / f"{message.id}.{os.getpid()}.log", message)
         self._live[message.id] = log
         return log

@@ -84,3 +84,27 @@ def test_a_finished_answer_ignores_a_log_left_behind(tmp_path):
     answer = ChatStore(path).messages(session.conversation_id)[-1]
     assert answer.content == "".join(f"word{i} " for i in range(5)) and answer.complete
     assert not list(logs.glob("*.log"))
+
+
+def test_everything_holding_user_text_is_private(isolated_home):
+    import stat
+
+    from localllm.config import home, save_config
+    from localllm.session import ChatMessage, ChatStore
+
+    store = ChatStore()
+    conversation = store.create("m", "", "secret chat")
+    message = store.add(conversation, ChatMessage("assistant", "", complete=False))
+    log = store.stream(message)
+    log.append("private words")
+    save_config({"chat": {"system": "private"}})
+    folder = home()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"chats.sqlite3", "chats.sqlite3-wal", "config.json"}
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for path in (p for p in folder.rglob("*") if p.is_dir()):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    store.finish(message)
+    store.close()
