@@ -496,3 +496,20 @@ async def test_an_unexpected_error_is_one_line_logged_privately_and_the_app_goes
     text = log.read_text()
     assert "Traceback" in text and "RuntimeError: boom" in text and "ValueError: engine side" in text
     assert "hf_secretsecretsecret" not in text, "no token in the log"
+
+
+async def test_export_never_follows_a_link(isolated_home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "outside" / "victim.txt"
+    (tmp_path / "chat.md").symlink_to(elsewhere)  # dangling: exists() says False
+    (tmp_path / "outside").mkdir()
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await send(pilot, app, "hello")
+        app.store.update(app.session.conversation_id, title="chat")
+        await pilot.press("ctrl+x")
+        await pilot.pause()
+    assert not elsewhere.exists(), "nothing was written through the link"
+    assert "hello" in (tmp_path / "chat-2.md").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -572,13 +573,19 @@ class ChatApp(App):
         if (conversation := self._current()) is None:
             return
         stem = "".join(ch if ch.isalnum() else "-" for ch in conversation.title.lower()).strip("-")[:40] or "chat"
-        path = Path.cwd() / f"{stem}.md"
-        n = 1
-        while path.exists():  # never overwrite
-            n += 1
-            path = Path.cwd() / f"{stem}-{n}.md"
-        path.write_text(to_markdown(conversation, self.store.messages(conversation.id)), encoding="utf-8")
-        self.notify(f"exported to {path}")
+        text = to_markdown(conversation, self.store.messages(conversation.id)).encode("utf-8")
+        for n in range(1, 1000):
+            path = Path.cwd() / (f"{stem}.md" if n == 1 else f"{stem}-{n}.md")
+            try:
+                # A new file only: never overwrite, never follow a link (a dangling one included).
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(text)
+            self.notify(f"exported to {path}")
+            return
+        self._error(f"not exported: {stem}.md to {stem}-999.md all exist here")
 
     def on_unmount(self) -> None:
         self.stop_requested.set()
