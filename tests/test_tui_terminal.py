@@ -120,3 +120,19 @@ def test_a_crash_in_llama_cpp_leaves_the_terminal_clean_with_one_line(terminal):
     assert "localllm: error: llama.cpp crashed with a memory fault (SIGSEGV)" in screen and "exited with 9" in screen
     state = t.tmux("display-message", "-p", "-t", "chat", "alternate=#{alternate_on} mouse=#{mouse_any_flag}")
     assert state.split() == ["alternate=0", "mouse=0"], "the normal screen is back, mouse tracking off"
+
+
+def test_sigterm_gives_the_terminal_back_and_saves_the_answer(terminal, isolated_home):
+    save_config({"chat": {"temperature": 0}})
+    t = terminal("chat", "-m", "starter", "--ctx", "512", in_shell=True)
+    t.wait(lambda: "ctx 0/" in t.screen())
+    t.keys("Write a very long story about a dragon.", "Enter")
+    store = isolated_home / "localllm" / "chats.sqlite3"
+    t.wait(lambda: len(messages(store)) == 2 and len(messages(store)[1].content) > 100)
+    chat = int(subprocess.run(["pgrep", "-P", str(t.pid())], capture_output=True, text=True, check=True).stdout.split()[0])
+    os.kill(chat, signal.SIGTERM)
+    t.wait(lambda: "exited with" in t.screen(), timeout=30)
+    assert "exited with 143" in t.screen()
+    state = t.tmux("display-message", "-p", "-t", "chat", "alternate=#{alternate_on} mouse=#{mouse_any_flag}")
+    assert state.split() == ["alternate=0", "mouse=0"], "the normal screen is back, mouse tracking off"
+    assert messages(store)[1].complete and len(messages(store)[1].content) > 100, "the answer so far is saved"

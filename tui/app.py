@@ -7,9 +7,11 @@ generation thread collect in a buffer that a timer appends to the answer's Markd
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +42,7 @@ from .widgets import ConversationItem, PromptArea, StatusBar
 # drawing takes more than UI_SHARE of a core. A batch costs Textual 20-30 ms of layout and
 # rendering; measured on 2 cores (bench_chat.py), generation ran at 0.80x `localllm run` drawing
 # 4 times a second, 0.93-0.956x once a second, 0.969x once every 2 seconds.
+EXIT_TERMINATED = 128 + signal.SIGTERM
 FLUSH_MIN, FLUSH_MAX, UI_SHARE = 0.25, 2.0, 0.0125
 
 CSS = """
@@ -156,6 +159,12 @@ class ChatApp(App):
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
+        # SIGTERM (a logout, `kill`, a service manager) quits as Ctrl+Q does: the answer being
+        # written is saved and the terminal is given back, not left in the alternate screen.
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.exit, None, EXIT_TERMINATED)
+        except (NotImplementedError, RuntimeError):  # no signals in this loop (Windows)
+            pass
         if self.size.width < 100:  # at 80 columns the transcript needs the room; Ctrl+B shows the list
             self.query_one("#sidebar").add_class("hidden")
         self.query_one("#prompt").focus()
@@ -588,6 +597,10 @@ class ChatApp(App):
         self._error(f"not exported: {stem}.md to {stem}-999.md all exist here")
 
     def on_unmount(self) -> None:
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+        except (NotImplementedError, RuntimeError):
+            pass
         self.stop_requested.set()
         # Queued behind a running answer, which stops at its next token and saves it first.
         self._engine.submit(self._close_job, self.model)
