@@ -192,6 +192,7 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
     from .backends import this_machine
     from .cli_models import spec_for
     from .hardware import CpuLoadSampler
+    from .printable import printable
     from .planner import Overrides, breakdown_rows, plan
     from .registry import resolve
 
@@ -211,8 +212,8 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
                                "margins": chosen.margins, "free": chosen.budgets,
                                "explanation": chosen.explanation, "warnings": chosen.warnings}, indent=2))
         return
-    click.echo(f"{spec.name}: {chosen.label}")
-    click.echo(chosen.explanation)
+    click.echo(f"{printable(spec.name)}: {chosen.label}")
+    click.echo(printable(chosen.explanation))
     rows = breakdown_rows(chosen)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     click.echo()
@@ -221,7 +222,7 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
     shape = chosen.shape
     click.echo(f"\nsettings: --ctx {shape.n_ctx} --gpu-layers {shape.n_gpu_layers} --kv-type {shape.kv_type} --threads {chosen.n_threads}")
     for warning in chosen.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {printable(warning)}", err=True)
 
 
 for _command in COMMANDS:
@@ -354,7 +355,9 @@ def _main(argv: list[str] | None) -> int:
         click.echo("\nlocalllm: interrupted", err=True)
         return EXIT_INTERRUPTED
     except LocalLLMError as exc:
-        click.echo(f"localllm: error: {exc}", err=True)
+        from .printable import printable
+
+        click.echo(f"localllm: error: {printable(exc)}", err=True)
         return exc.exit_code
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as shell tools do.
@@ -364,6 +367,8 @@ def _main(argv: list[str] | None) -> int:
         if os.environ.get("LOCALLLM_DEBUG"):
             raise
         from .errorlog import redact
+        from .printable import printable
 
-        click.echo(f"localllm: unexpected error: {type(exc).__name__}: {redact(str(exc))} (set LOCALLLM_DEBUG=1 for the traceback)", err=True)
+        click.echo(f"localllm: unexpected error: {type(exc).__name__}: {printable(redact(str(exc)))} "
+                   "(set LOCALLLM_DEBUG=1 for the traceback)", err=True)
         return 1

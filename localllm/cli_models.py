@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from .errors import UsageError
+from .printable import printable
 
 
 @cache  # one command, one look at the machine
@@ -40,7 +41,7 @@ def catalog_command(as_json):
     click.echo(f"  {'NAME':<{width}}  {'QUANT':<7} {'SIZE':>9}  {'FIT HERE':<16} FAMILY (LICENSE)")
     for r in rows:
         mark = "*" if r["recommended"] else " "
-        click.echo(f"{mark} {r['ref']:<{width}}  {r['quant']:<7} {r['size'] / 1e9:6.1f} GB  {r['label']:<16} {r['family']} ({r['license']})")
+        click.echo(printable(f"{mark} {r['ref']:<{width}}  {r['quant']:<7} {r['size'] / 1e9:6.1f} GB  {r['label']:<16} {r['family']} ({r['license']})"))
     click.echo("\n* recommended for this machine", err=True)
 
 
@@ -144,7 +145,7 @@ def list_models(as_json, add_dir, remove_dir):
     width = max(len(r["name"]) for r in rows + [{"name": "NAME"}])
     click.echo(f"{'NAME':<{width}}  {'SIZE':>9}  {'QUANT':<7} {'FIT HERE':<16} {'SOURCE':<9} PATH")
     for r in rows:
-        click.echo(f"{r['name']:<{width}}  {r['size'] / 1e9:6.2f} GB  {r['quant'] or '?':<7} {r['label']:<16} {r['source']:<9} {r['path']}")
+        click.echo(printable(f"{r['name']:<{width}}  {r['size'] / 1e9:6.2f} GB  {r['quant'] or '?':<7} {r['label']:<16} {r['source']:<9} {r['path']}"))
 
 
 def _fit(path: Path) -> dict:
@@ -227,14 +228,14 @@ def show(ref, remote, as_json):
     for key in ("ref", "family", "description", "license", "params_b", "repo", "path", "source", "architecture",
                 "layers", "context_length", "sliding_window", "experts", "quant"):
         if info.get(key) not in (None, 0, ""):
-            click.echo(f"{key.replace('_', ' '):<15} {info[key]}")
+            click.echo(f"{key.replace('_', ' '):<15} {printable(info[key])}")
     if info.get("unverified"):
-        click.echo(f"{'unverified':<15} {', '.join(info['unverified'])} (from the model card, not checked against the Hub)")
-    click.echo(f"\n{chosen.label}: {chosen.explanation}")
+        click.echo(printable(f"{'unverified':<15} {', '.join(info['unverified'])} (from the model card, not checked against the Hub)"))
+    click.echo(f"\n{chosen.label}: {printable(chosen.explanation)}")
     for p in info["quants"]:
-        click.echo(f"  {p['quant']:<7} {p['size'] / 1e9:6.2f} GB  {p['label']}")
+        click.echo(printable(f"  {p['quant']:<7} {p['size'] / 1e9:6.2f} GB  {p['label']}"))
     if not info["installed"]:
-        click.echo(f"\nnot installed: localllm pull {ref}")
+        click.echo(printable(f"\nnot installed: localllm pull {ref}"))
 
 
 @click.command()

@@ -140,3 +140,22 @@ def test_corrupt_settings_file(isolated_home):
 
 def test_chat_without_a_terminal_says_to_use_run():
     assert_one_line_error(run_cli("chat"), 2, "needs a terminal", "localllm run")
+
+
+def test_escape_sequences_from_files_never_reach_the_terminal(tmp_path, starter_gguf):
+    import json
+    import os
+
+    evil = "evil\x1b]0;pwned\x07\x1b[2J\u202e.gguf"
+    folder = tmp_path / "models"
+    folder.mkdir()
+    os.link(starter_gguf, folder / evil)
+    listed = run_cli("list", "--add-dir", str(folder))
+    shown = run_cli("show", str(folder / evil))
+    planned = run_cli("plan", str(folder / evil))
+    missing = run_cli("run", "-m", str(tmp_path / evil), "hi")
+    for result in (listed, shown, planned, missing):
+        for stream in (result.stdout, result.stderr):
+            assert "\x1b" not in stream and "\x07" not in stream and "\u202e" not in stream, result
+    assert "evil" in listed.stdout and "evil" in planned.stdout and "evil" in missing.stderr
+    assert evil in {m["name"] for m in json.loads(run_cli("list", "--json").stdout)}, "JSON escapes it; the name is kept"
