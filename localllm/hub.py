@@ -25,14 +25,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 
 from .errors import DiskSpaceError, DownloadError, LocalLLMError, ModelNotFoundError
+from .printable import printable
 
 CHUNK = 1 << 20
 DISK_HEADROOM = 64 << 20  # keep this much free after a download
 MAX_ATTEMPTS_WITHOUT_PROGRESS = 5
+MAX_REDIRECTS = 10
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_GIT_SHA1 = re.compile(r"[0-9a-f]{40}")
 GGUF_QUANT_RE = r"(?:^|[-_.]){quant}(?:[-_.]|$)"
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -50,7 +54,38 @@ class RemoteFile:
 
     @property
     def sha256(self) -> str | None:
-        return self.etag if re.fullmatch(r"[0-9a-f]{64}", self.etag) else None
+        return self.etag if _SHA256.fullmatch(self.etag) else None
+
+
+def check_repo_path(name: str, what: str) -> str:
+    """A file name from a server or a reference, proven to stay inside its repo: relative, no
+    `..`, no backslash or NUL; paths in the cache are built from it."""
+    parts = PurePosixPath(name).parts
+    if (not name or len(name) > 1024 or name.startswith("/") or "\\" in name or "\0" in name
+            or any(p in ("..", ".") for p in parts) or re.match(r"^[A-Za-z]:", name)):
+        raise DownloadError(f"{what}: unsafe file name {printable(name[:200])!r} (it must stay inside the repo)")
+    return name
+
+
+def inside(path: Path, root: Path) -> bool:
+    """Whether path, once links are resolved, lies inside root."""
+    resolved, top = os.path.realpath(path), os.path.realpath(root)
+    return resolved == top or resolved.startswith(top + os.sep)
+
+
+def _checked(remote: RemoteFile) -> RemoteFile:
+    """A RemoteFile whose network-given parts (ETag, commit, name, size) are what they claim to
+    be: cache paths are built from them, so a `../` ETag would write or delete outside it."""
+    name = f"{remote.repo_id}/{remote.filename}"
+    etag, commit = remote.etag.strip('"').lower(), remote.commit.lower()
+    if not (_SHA256.fullmatch(etag) or _GIT_SHA1.fullmatch(etag)):
+        raise DownloadError(f"{name}: the server sent an invalid checksum (ETag {printable(etag[:80])!r}); nothing was written")
+    if not _GIT_SHA1.fullmatch(commit):
+        raise DownloadError(f"{name}: the server sent an invalid commit ({printable(commit[:80])!r}); nothing was written")
+    check_repo_path(remote.filename, name)
+    if remote.size < 0:
+        raise DownloadError(f"{name}: the server sent an invalid size ({remote.size})")
+    return replace(remote, etag=etag, commit=commit)
 
 
 def endpoint() -> str:
@@ -97,7 +132,7 @@ def remote_file(repo_id: str, filename: str, revision: str = "main") -> RemoteFi
         meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision))
     if not meta.etag or not meta.commit_hash or meta.size is None:
         raise DownloadError(f"{repo_id}/{filename}: the server did not send the file's ETag, commit and size")
-    return RemoteFile(repo_id, filename, revision, meta.commit_hash, meta.etag, meta.size, meta.location)
+    return _checked(RemoteFile(repo_id, filename, revision, meta.commit_hash, meta.etag, meta.size, meta.location))
 
 
 def list_ggufs(repo_id: str, revision: str = "main") -> dict[str, int]:
@@ -107,7 +142,7 @@ def list_ggufs(repo_id: str, revision: str = "main") -> dict[str, int]:
 
     with hub_errors(repo_id):
         tree = HfApi(endpoint=endpoint()).list_repo_tree(repo_id, recursive=True, revision=revision)
-        return {f.path: f.size for f in tree if isinstance(f, RepoFile) and f.path.endswith(".gguf")}
+        return {check_repo_path(f.path, repo_id): f.size for f in tree if isinstance(f, RepoFile) and f.path.endswith(".gguf")}
 
 
 def files_for_quant(names: dict[str, int], quant: str) -> list[str]:
@@ -154,10 +189,13 @@ def download(remote: RemoteFile, progress: Progress | None = None) -> Path:
     from filelock import FileLock
     from huggingface_hub import constants
 
+    remote = _checked(remote)
     storage = storage_folder(remote.repo_id)
     blob = storage / "blobs" / remote.etag
     pointer = storage / "snapshots" / remote.commit / remote.filename
     lock = Path(constants.HF_HUB_CACHE) / ".locks" / storage.name / f"{remote.etag}.lock"
+    if not (inside(storage, constants.HF_HUB_CACHE) and inside(blob.parent, storage) and inside(pointer.parent, storage)):
+        raise DownloadError(f"{remote.repo_id}/{remote.filename}: its cache paths would leave {constants.HF_HUB_CACHE}")
     lock.parent.mkdir(parents=True, exist_ok=True)
     blob.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock):  # a second pull of the same file waits here, then finds the blob in place
@@ -185,20 +223,22 @@ def _fetch_verified(remote: RemoteFile, blob: Path, progress: Progress | None) -
         with open(partial, "ab") as out:
             hasher.feed_file(partial, done)
             failures = 0
+            furthest = done  # progress is passing the furthest byte ever held, not refilling after a restart
             while done < remote.size:
-                before = done
                 error = None
                 try:
                     _transfer(remote, out, done, hasher, progress)
-                except _Restart:
+                except _Restart as restart:
+                    # Counted as a failed attempt: a server that ignores Range cannot loop for ever.
+                    out.seek(0)
                     out.truncate(0)
-                    hasher, done = _Hasher(remote), 0
-                    continue
+                    hasher, done, error = _Hasher(remote), 0, restart
                 except _http().TransportError as exc:
                     error = exc
                 out.flush()
                 done = out.tell()  # what reached the file, however the transfer ended
-                failures = 0 if done > before else failures + 1
+                failures = 0 if done > furthest else failures + 1
+                furthest = max(furthest, done)
                 if failures >= MAX_ATTEMPTS_WITHOUT_PROGRESS:
                     reason = f"{error or type(error).__name__}" if error else "the server sends no more bytes"
                     raise DownloadError(f"{name}: the transfer keeps failing ({reason}); {done / 1e6:.0f} of "
@@ -221,7 +261,10 @@ def _fetch_verified(remote: RemoteFile, blob: Path, progress: Progress | None) -
 
 
 class _Restart(Exception):
-    """The server ignored the Range header: start again from byte 0."""
+    """The server ignored the Range header (or refused it): start again from byte 0."""
+
+    def __str__(self) -> str:
+        return "the server does not resume (it ignores or refuses the byte range)"
 
 
 def _transfer(remote: RemoteFile, out, done: int, hasher: _Hasher, progress: Progress | None) -> None:
@@ -229,13 +272,14 @@ def _transfer(remote: RemoteFile, out, done: int, hasher: _Hasher, progress: Pro
     from huggingface_hub import constants, errors, get_session
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
-    headers = {**build_hf_headers(), "Accept-Encoding": "identity"}
+    name = f"{remote.repo_id}/{remote.filename}"
+    headers = {"Accept-Encoding": "identity"}
     if done:
         headers["Range"] = f"bytes={done}-"
     # No byte for HF_HUB_DOWNLOAD_TIMEOUT seconds (huggingface_hub's knob, 10 by default): a stall;
     # the connection is dropped and the transfer resumes from the last byte on disk.
     timeout = _http().Timeout(constants.HF_HUB_DOWNLOAD_TIMEOUT, connect=10.0)
-    with get_session().stream("GET", remote.url, headers=headers, timeout=timeout, follow_redirects=True) as response:
+    with _follow(get_session(), remote.url, headers, build_hf_headers(), timeout, name) as response:
         if response.status_code == 416 and done == remote.size:
             return
         if response.status_code == 416 or (done and response.status_code == 200):
@@ -247,11 +291,36 @@ def _transfer(remote: RemoteFile, out, done: int, hasher: _Hasher, progress: Pro
             with hub_errors(f"{remote.repo_id}/{remote.filename}"):
                 raise
         for chunk in response.iter_bytes(CHUNK):
+            if done + len(chunk) > remote.size:  # never more than the advertised size on disk
+                raise DownloadError(f"{name}: the server sent more than the {remote.size} bytes it announced; "
+                                    "the file was not installed")
             out.write(chunk)
             hasher.feed(chunk)
             done += len(chunk)
             if progress:
                 progress(done, remote.size)
+
+
+@contextmanager
+def _follow(session, url: str, headers: dict, auth: dict, timeout, name: str):
+    """GET url, following redirects ourselves: the Hub token goes only to the endpoint's own
+    origin, never to a host it redirects to (nor to one a file's location already names)."""
+    for _ in range(MAX_REDIRECTS + 1):
+        sent = {**headers, **(auth if _origin(url) == _origin(endpoint()) else {})}
+        with session.stream("GET", url, headers=sent, timeout=timeout, follow_redirects=False) as response:
+            if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
+                url = str(response.url.join(response.headers["location"]))
+                continue
+            yield response
+            return
+    raise DownloadError(f"{name}: more than {MAX_REDIRECTS} redirects (a redirect loop?)")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
 
 
 class _Hasher:

@@ -280,7 +280,7 @@ def remove(model: InstalledModel) -> int:
     A blob still linked from another snapshot of the repo is kept.
     """
     check_removable(model)
-    from .hub import storage_folder
+    from .hub import inside, storage_folder
 
     storage = storage_folder(model.repo_id)
     snapshot = model.path.parents[len(Path(model.filename).parts) - 1]
@@ -290,6 +290,9 @@ def remove(model: InstalledModel) -> int:
         if not pointer.exists() and not pointer.is_symlink():
             continue
         blob = pointer.resolve()
+        # Only what lies in this repo's cache folder is ever deleted, whatever a link points at.
+        if not (inside(pointer.parent, storage) and inside(blob, storage / "blobs")):
+            raise UsageError(f"not deleting {pointer}: it or its target {blob} is outside {storage}")
         pointer.unlink()
         still_used = any(p.resolve() == blob for p in storage.glob("snapshots/*/**/*") if p.is_symlink())
         if blob.exists() and blob != pointer and not still_used:

@@ -36,10 +36,17 @@ class HostedFile:
 class Faults:
     rate: float | None = None  # bytes per second per GET
     drop_after: int | None = None  # close a GET's connection after this many body bytes (once)
+    drop_always: bool = False  # ... on every GET, not once
     stall_after: int | None = None  # a GET goes silent after this many body bytes (once)
     stall_seconds: float = 5.0
     corrupt: bool = False  # flip one byte in the middle of every file
     gated: set[str] = field(default_factory=set)
+    redirect_to: str | None = None  # send file requests to this origin (a 302), as the Hub does to its CDN
+    etag: str | None = None  # lie about every file's ETag
+    commit: str | None = None  # lie about the commit
+    extra_bytes: int = 0  # send this many bytes more than the file has
+    ignore_range: bool = False  # answer every ranged GET with the whole file (200)
+    listed: list[str] = field(default_factory=list)  # names added to every repo's file listing
 
 
 class HubServer(http.server.ThreadingHTTPServer):
@@ -49,6 +56,7 @@ class HubServer(http.server.ThreadingHTTPServer):
         self.repos: dict[str, dict[str, HostedFile]] = {}
         self.faults = Faults()
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.authorizations: list[str | None] = []  # the Authorization header of every request
         self.body_bytes = 0
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), Handler)
@@ -119,6 +127,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         items = [{"type": "file", "path": name, "size": f.size, "oid": f.sha256[:40],
                   "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134}} for name, f in sorted(repo.items())]
+        items += [{"type": "file", "path": name, "size": 1, "oid": "0" * 40} for name in self.server.faults.listed]
         data = json.dumps(items).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -128,8 +137,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _resolve(self, body: bool) -> None:
         path = unquote(urlparse(self.path).path)
+        faults = self.server.faults
         with self.server.lock:
             self.server.log.append((self.command, path, self.headers.get("Range")))
+            self.server.authorizations.append(self.headers.get("Authorization"))
         match = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
         if not match:
             return self._error(404, "EntryNotFound", "not a resolve URL")
@@ -140,8 +151,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if hosted is None:
             return self._error(404, "EntryNotFound", f"{match.group(3)} does not exist")
         size = hosted.claimed_size or hosted.size
+        etag, commit = faults.etag or hosted.sha256, faults.commit or COMMIT
+        if faults.redirect_to:  # as the Hub answers for a file kept on its CDN
+            self.send_response(302)
+            self.send_header("Location", faults.redirect_to + self.path)
+            self.send_header("X-Repo-Commit", commit)
+            self.send_header("X-Linked-Etag", f'"{etag}"')
+            self.send_header("X-Linked-Size", str(size))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         start, end, status = 0, size - 1, 200
-        if body and (requested := self.headers.get("Range")):
+        if body and (requested := self.headers.get("Range")) and not faults.ignore_range:
             bounds = re.match(r"bytes=(\d+)-(\d*)", requested)
             start = int(bounds.group(1))
             end = min(int(bounds.group(2)), size - 1) if bounds.group(2) else end
@@ -153,17 +174,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             status = 206
         self.send_response(status)
-        self.send_header("X-Repo-Commit", COMMIT)
-        self.send_header("X-Linked-Etag", f'"{hosted.sha256}"')
-        self.send_header("ETag", f'"{hosted.sha256}"')
+        self.send_header("X-Repo-Commit", commit)
+        self.send_header("X-Linked-Etag", f'"{etag}"')
+        self.send_header("ETag", f'"{etag}"')
         self.send_header("X-Linked-Size", str(size))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(end + 1 - start))
+        self.send_header("Content-Length", str(end + 1 - start + (faults.extra_bytes if body else 0)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
         if body:
             self._send(hosted, start, end + 1 - start)
+            if faults.extra_bytes:
+                self.wfile.write(b"\0" * faults.extra_bytes)
 
     def _send(self, hosted: HostedFile, start: int, length: int) -> None:
         faults = self.server.faults
@@ -187,7 +210,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     return
                 if faults.drop_after is not None and sent + len(chunk) > faults.drop_after:
                     self.wfile.write(chunk[: faults.drop_after - sent])
-                    faults.drop_after = None
+                    faults.drop_after = faults.drop_after if faults.drop_always else None
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(2)

@@ -269,3 +269,65 @@ def test_a_split_gguf_is_pulled_whole_listed_once_and_runs(hub, isolated_home, s
     assert [(m["name"], m["size"]) for m in listed] == [(f"someone/Big-GGUF/{names[0]}", sum(p.stat().st_size for p in split_starter))]
     ran = run_cli("run", "-m", "hf.co/someone/Big-GGUF:Q4_1", "-t", "0", "--max-tokens", "4", "Hi")
     assert ran.returncode == 0 and ran.stdout.strip(), ran
+
+
+# ---- a hostile Hub (issue 11): every value from the network is checked before it names a path ----
+
+def _everything_under(root) -> set:
+    return {p for p in root.rglob("*")} if root.exists() else set()
+
+
+def test_the_token_goes_only_to_the_endpoints_origin(hub, starter_gguf, variant, isolated_home):
+    with HubServer() as cdn:
+        cdn.add(REPO, Q8, starter_gguf)
+        cdn.add(REPO, Q4, variant)
+        hub.faults.redirect_to = cdn.url.replace("127.0.0.1", "localhost")  # another origin, as a CDN is
+        result = run_cli("pull", REF, env={**env_for(hub), "HF_TOKEN": "hf_secrettokensecrettoken"})
+    assert result.returncode == 0, result
+    assert snapshot(isolated_home).exists()
+    assert "Bearer hf_secrettokensecrettoken" in hub.authorizations, "the endpoint itself gets the token"
+    assert cdn.log and not any(cdn.authorizations), "the host it redirects to never does"
+
+
+@pytest.mark.parametrize("fault, value, says", [
+    ("etag", "../../../../outside", "invalid checksum"),
+    ("etag", "A" * 64 + "/..", "invalid checksum"),
+    ("commit", "../../evil", "invalid commit"),
+])
+def test_lying_headers_never_name_a_path(hub, isolated_home, tmp_path, fault, value, says):
+    before = _everything_under(isolated_home) - _everything_under(isolated_home / "hf")
+    setattr(hub.faults, fault, value)
+    result = run_cli("pull", REF, env=env_for(hub))
+    assert_error_after_progress(result, 7, says)
+    after = _everything_under(isolated_home) - _everything_under(isolated_home / "hf")
+    assert after == before, "nothing was written outside the cache"
+    assert not list((isolated_home / "hf").rglob("*.gguf")), "and nothing installed"
+
+
+def test_an_uppercase_sha256_etag_is_accepted_as_the_same_checksum(hub, isolated_home, starter_gguf):
+    hub.faults.etag = sha256(starter_gguf).upper()
+    result = run_cli("pull", REF, env=env_for(hub))
+    assert result.returncode == 0, result
+
+
+def test_a_listing_with_an_escaping_name_is_refused(hub, isolated_home):
+    hub.faults.listed = ["../../../../tmp/evil-Q8_0.gguf"]
+    result = run_cli("pull", f"hf.co/{REPO}:Q8_0", env=env_for(hub))
+    assert_error_after_progress(result, 7, "unsafe file name")
+
+
+def test_more_bytes_than_announced_are_never_kept(hub, isolated_home, starter_gguf):
+    hub.faults.extra_bytes = 4096
+    result = run_cli("pull", REF, env=env_for(hub))
+    assert_error_after_progress(result, 7, "more than the")
+    folder = isolated_home / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+    assert all(p.stat().st_size <= starter_gguf.stat().st_size for p in folder.glob("*")), "nothing past the size"
+    assert not snapshot(isolated_home).exists()
+
+
+def test_a_server_that_ignores_range_cannot_make_the_pull_loop(hub, isolated_home):
+    # Every GET drops after 1 MB and every resume is answered from byte 0: each restart counts as
+    # a failed attempt, with backoff, so the pull ends with a clear error instead of looping.
+    hub.faults.ignore_range, hub.faults.drop_after, hub.faults.drop_always = True, 1 << 20, True
+    result = run_cli("pull", REF, env=env_for(hub), timeout=90)
+    assert_error_after_progress(result, 7, "does not resume")
