@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelLoadError
+from .gguf_header import HeaderError, Truncated, check_layers, scan, scan_file
 
 # Architectures whose sliding-window layout llama.cpp hard-codes instead of reading it from
 # the file: every Nth layer attends globally (llama.cpp src/llama-model.cpp).
@@ -27,6 +29,9 @@ SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 MATMUL_WEIGHT = re.compile(
     r"^(?:blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_qkv|attn_output|ffn_gate|ffn_up|ffn_down)|output)\.weight$"
 )
+# Architectures that embed text but cannot generate it; such a model is never the default.
+ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "neo-bert",
+                                   "modern-bert", "t5encoder", "xlm-roberta", "eurobert"})
 # Bump when ModelSpec gains a field read from the file, so cached specs are read again.
 SPEC_VERSION = 2
 # llama.cpp's AMX kernels store some types with more bytes per block than the file does (an int32
@@ -89,6 +94,10 @@ def spec_from_metadata(meta: dict[str, Any], tensors: list[tuple], name: str, fi
     def get(key: str, default: Any = None) -> Any:
         return meta.get(f"{arch}.{key}", default)
 
+    try:
+        check_layers(meta)
+    except HeaderError as exc:
+        raise ModelLoadError(name, str(exc)) from None
     n_layer = int(get("block_count"))
     n_embd = int(get("embedding_length"))
     n_head = _per_layer(get("attention.head_count", 0), n_layer)
@@ -172,6 +181,59 @@ def _file_type_name(value: Any) -> str | None:
         return str(value)
 
 
+def type_sizes() -> dict[int, tuple[int, int]]:
+    """{ggml type number: (elements per block, bytes per block)}, from the gguf package."""
+    from gguf import GGML_QUANT_SIZES
+
+    return {int(kind): sizes for kind, sizes in GGML_QUANT_SIZES.items()}
+
+
+def header_facts(path: Path, cache_dir: Path | None = None) -> dict[str, object]:
+    """The bounded header check of every part of a local GGUF (see gguf_header), cached by the
+    files' identity: the load path runs it every time, so the second time costs a file read."""
+    parts = split_files(path)
+    key = _identity(parts, "header")
+    cached = cache_dir / f"{key}.json" if cache_dir else None
+    if cached is not None:
+        try:
+            return json.loads(cached.read_text())
+        except (OSError, ValueError):
+            pass
+    try:
+        meta = scan_file(parts[0])
+        check_layers(meta)
+        for part in parts[1:]:
+            scan_file(part)
+    except HeaderError as exc:
+        raise ModelLoadError(path, f"invalid or truncated GGUF file ({exc})") from None
+    except OSError as exc:
+        raise ModelLoadError(path, exc.strerror or str(exc)) from None
+    arch = meta["general.architecture"]
+    facts = {"architecture": arch,
+             "embedding_only": arch in ENCODER_ARCHITECTURES or f"{arch}.pooling_type" in meta}
+    if cached is not None:
+        _write_cache(cached, json.dumps(facts))
+    return facts
+
+
+def _identity(parts: list[Path], kind: str) -> str:
+    return hashlib.sha256(
+        f"v{SPEC_VERSION}|{kind}|".encode()
+        + "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()
+    ).hexdigest()[:32]
+
+
+def _write_cache(path: Path, text: str) -> None:
+    """The cache only saves time: a read-only or full cache folder is not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def split_files(path: Path) -> list[Path]:
     """All parts of a split GGUF (name-00001-of-00003.gguf ...), or just the file."""
     match = SPLIT_RE.search(path.name)
@@ -217,10 +279,7 @@ def inspect_file(path: Path, cache_dir: Path | None = None) -> ModelSpec:
     missing = [p for p in parts if not p.exists()]
     if missing:
         raise ModelLoadError(path, f"split GGUF is missing {len(missing)} of {len(parts)} parts, e.g. {missing[0].name}")
-    key = hashlib.sha256(
-        f"v{SPEC_VERSION}|".encode()
-        + "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts).encode()
-    ).hexdigest()[:32]
+    key = _identity(parts, "spec")
     cached = cache_dir / f"{key}.json" if cache_dir else None
     if cached and cached.exists():
         try:
@@ -229,10 +288,7 @@ def inspect_file(path: Path, cache_dir: Path | None = None) -> ModelSpec:
             pass  # a cache from another version: read the file again
     spec = _read_parts(parts, path.name)
     if cached:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(spec.to_json())
-        os.replace(tmp, cached)
+        _write_cache(cached, spec.to_json())
     return spec
 
 
@@ -242,6 +298,10 @@ def _read_parts(parts: list[Path], name: str) -> ModelSpec:
     meta: dict[str, Any] = {}
     tensors: list[tuple] = []
     for part in parts:
+        try:
+            scan_file(part, type_sizes())  # bounded: GGUFReader allocates whatever the header claims
+        except HeaderError as exc:
+            raise ModelLoadError(part, f"invalid or truncated GGUF file ({exc})") from None
         try:
             reader = GGUFReader(part)
         except Exception as exc:  # gguf raises ValueError, struct.error, IndexError on bad files
@@ -309,11 +369,13 @@ def _read_remote_header(session: Any, headers: dict, url: str, label: str, spars
             out.truncate(max(total or 0, fetched))
             out.flush()
             try:
-                reader = GGUFReader(sparse)
-                if reader.data_offset <= fetched:
-                    return read_reader(reader)
-            except Exception:  # the header runs past what was fetched
-                pass
-            if fetched >= (total or 0) or fetched >= max_header:
+                with open(sparse, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    scan(data, fetched, total, type_sizes())
+                return read_reader(GGUFReader(sparse))
+            except Truncated as exc:
+                needed = exc.needed
+            except HeaderError as exc:
+                raise ModelLoadError(url, f"invalid or truncated GGUF file ({exc})") from None
+            if fetched >= (total or 0) or needed > max_header:
                 raise ModelLoadError(url, "not a GGUF file, or its header is larger than localllm reads")
-            chunk *= 2
+            chunk = max(chunk * 2, needed - fetched)

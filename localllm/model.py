@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -11,7 +12,7 @@ from .backends import LoadedModel, Message, get_backend
 from .config import cache_dir
 from .errors import ModelLoadError, ModelNotFoundError, UsageError
 from .events import Event, Finished, Token
-from .gguf_info import ModelSpec, inspect_file
+from .gguf_info import ModelSpec, header_facts, inspect_file
 from .options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from .planner import MIN_CTX
 from .registry import resolve
@@ -187,6 +188,8 @@ def check_gguf(path: Path) -> None:
         raise ModelNotFoundError(str(path), "no such file")
     if path.is_dir():
         raise ModelLoadError(path, "it is a directory, not a .gguf file")
+    if not stat.S_ISREG(path.stat().st_mode):  # opening a FIFO would wait for a writer for ever
+        raise ModelLoadError(path, "not a regular file (a FIFO, socket or device cannot be a model)")
     try:
         with path.open("rb") as f:
             magic = f.read(4)
@@ -196,3 +199,4 @@ def check_gguf(path: Path) -> None:
         raise ModelLoadError(path, "the file is empty")
     if magic != GGUF_MAGIC:
         raise ModelLoadError(path, "not a GGUF file (llama.cpp needs .gguf; convert or download a GGUF build)")
+    header_facts(path, cache_dir())  # bounded, and what would make llama.cpp abort is refused

@@ -255,7 +255,7 @@ def _best_installed() -> Path:
     """
     import psutil
 
-    models = installed_models()
+    models = [m for m in installed_models() if _can_chat(m)]
     if not models:
         raise ModelNotFoundError("", message=f"no model is installed: {STARTER_INSTALL_HINT}, or pull one (localllm catalog)")
     available = psutil.virtual_memory().available
@@ -263,6 +263,18 @@ def _best_installed() -> Path:
     if fitting:
         return max(fitting, key=lambda m: m.size).path
     return min(models, key=lambda m: m.size).path  # nothing fits: try the smallest, the load will say
+
+
+def _can_chat(model: InstalledModel) -> bool:
+    """Whether a model can be the default: its header is sound and it generates text."""
+    from .config import cache_dir
+    from .errors import ModelLoadError
+    from .gguf_info import header_facts
+
+    try:
+        return not header_facts(model.path, cache_dir())["embedding_only"]
+    except ModelLoadError:
+        return False
 
 
 def check_removable(model: InstalledModel) -> None:

@@ -159,3 +159,55 @@ def test_escape_sequences_from_files_never_reach_the_terminal(tmp_path, starter_
             assert "\x1b" not in stream and "\x07" not in stream and "\u202e" not in stream, result
     assert "evil" in listed.stdout and "evil" in planned.stdout and "evil" in missing.stderr
     assert evil in {m["name"] for m in json.loads(run_cli("list", "--json").stdout)}, "JSON escapes it; the name is kept"
+
+
+def _limited(*args: str):
+    """The installed command under a 3 GiB address-space limit: unbounded allocation fails fast."""
+    import resource
+    import subprocess
+
+    from conftest import LOCALLLM, Result
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    proc = subprocess.run([*LOCALLLM, *args], capture_output=True, timeout=60, preexec_fn=limit, stdin=subprocess.DEVNULL)
+    return Result(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
+
+
+@pytest.mark.parametrize("case", ["huge-array", "huge-string", "huge-tensor-count", "huge-string-array", "no-blocks"])
+@pytest.mark.parametrize("command", [["show"], ["plan"], ["run", "-t", "0", "--max-tokens", "2", "-m"]])
+def test_a_lying_gguf_header_is_refused_naming_the_file(tmp_path, case, command):
+    import hostile_gguf
+
+    path = hostile_gguf.write(tmp_path, case)
+    args = [*command, str(path)] + (["hi"] if command[0] == "run" else [])
+    result = _limited(*args)
+    assert_one_line_error(result, EXIT_LOAD, f"{case}.gguf")
+
+
+def test_one_bad_file_in_a_scanned_folder_does_not_break_list(tmp_path, starter_gguf):
+    import json
+    import os
+
+    import hostile_gguf
+
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    os.link(starter_gguf, folder / "good-Q4_1.gguf")
+    hostile_gguf.write(folder, "huge-array")
+    (folder / "huge-array.gguf").write_bytes(hostile_gguf.CASES["huge-array"] + b"\0" * (200 << 20))  # larger than any
+    result = _limited("list", "--add-dir", str(folder), "--json")
+    assert result.returncode == 0, result
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["huge-array.gguf"]["fit"] == "error" and "huge-array.gguf" in rows["huge-array.gguf"]["error"]
+    assert rows["good-Q4_1.gguf"]["fit"] != "error"
+    assert run_cli("run", "-t", "0", "--max-tokens", "2", "hi").returncode == 0, "a broken file is never the default"
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    import os
+
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    assert_one_line_error(run_cli("run", "-m", str(fifo), "hi", timeout=20), EXIT_LOAD, "not a regular file")

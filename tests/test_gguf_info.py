@@ -91,3 +91,12 @@ def test_a_remote_file_that_is_not_gguf_names_its_url_whole(hub, tmp_path):
     with pytest.raises(ModelLoadError) as caught:
         inspect_remote("someone/junk", "junk.gguf", endpoint=hub.url)
     assert f"cannot load {hub.url}/someone/junk/resolve/main/junk.gguf" in str(caught.value), "http://, never http:/"
+
+
+def test_a_lying_remote_header_is_refused_without_fetching_what_it_claims(hub, tmp_path):
+    import hostile_gguf
+
+    hub.add("someone/evil", "evil.gguf", hostile_gguf.write(tmp_path, "huge-string-array"))
+    with pytest.raises(ModelLoadError, match="elements"):
+        inspect_remote("someone/evil", "evil.gguf", endpoint=hub.url)
+    assert hub.body_bytes < 64 * 1024, "one small range request, not the 2^40 strings it claims"
