@@ -49,6 +49,8 @@ def load_config() -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError as exc:
+        raise LocalLLMError(f"settings file {path} is not UTF-8 text (byte {exc.start}); fix or delete it") from None
     except OSError as exc:
         raise LocalLLMError(f"cannot read settings {path}: {exc.strerror}") from exc
     try:
@@ -57,7 +59,42 @@ def load_config() -> dict:
         raise LocalLLMError(f"settings file {path} is not valid JSON ({exc}); fix or delete it") from exc
     if not isinstance(data, dict):
         raise LocalLLMError(f"settings file {path} must hold a JSON object; fix or delete it")
+    _check_types(data, SCHEMA, path, "")
     return data
+
+
+# The type of every setting localllm reads; a value of another type is named, not crashed on.
+SCHEMA: dict = {
+    "chat": {"system": str, "temperature": (int, float), "top_p": (int, float), "n_ctx": (int, type(None))},
+    "model_dirs": [str],
+    "default_model": str,
+    "last_model": str,
+    "amx": str,
+}
+_TYPE_NAMES = {str: "text", int: "a whole number", float: "a number", type(None): "null", dict: "an object", list: "a list"}
+
+
+def _check_types(value, schema, path: Path, where: str) -> None:
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            raise _wrong(path, where, "an object", value)
+        for key, sub in schema.items():
+            if key in value:
+                _check_types(value[key], sub, path, f"{where}.{key}" if where else key)
+    elif isinstance(schema, list):
+        if not isinstance(value, list):
+            raise _wrong(path, where, "a list", value)
+        for i, item in enumerate(value):
+            _check_types(item, schema[0], path, f"{where}[{i}]")
+    else:
+        kinds = schema if isinstance(schema, tuple) else (schema,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise _wrong(path, where, " or ".join(_TYPE_NAMES[k] for k in kinds), value)
+
+
+def _wrong(path: Path, where: str, expected: str, value) -> LocalLLMError:
+    shown = json.dumps(value)[:60]
+    return LocalLLMError(f"settings file {path}: \"{where}\" must be {expected}, not {shown}; fix or delete it")
 
 
 def save_config(data: dict) -> None:

@@ -138,6 +138,34 @@ def test_corrupt_settings_file(isolated_home):
     assert config.read_text() == "{not json", "a broken settings file must be left for the user to fix"
 
 
+@pytest.mark.parametrize("content, says", [
+    (b'{"chat": "hot"}', '"chat" must be an object'),
+    (b'{"chat": {"temperature": "hot"}}', '"chat.temperature" must be a whole number or a number'),
+    (b'{"model_dirs": "/tmp"}', '"model_dirs" must be a list'),
+    (b'{"default_model": 3}', '"default_model" must be text'),
+    (b'{"chat": {"system": "caf\xe9"}}', "not UTF-8"),
+])
+def test_a_wrongly_typed_or_encoded_settings_file_is_named(isolated_home, content, says):
+    config = isolated_home / "localllm" / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_bytes(content)
+    for command in (["run", "hi"], ["list"]):
+        result = run_cli(*command)
+        assert_one_line_error(result, 1, str(config), says)
+        assert "unexpected error" not in result.stderr
+    assert config.read_bytes() == content
+
+
+def test_an_unwritable_cache_does_not_break_plan_show_or_list(isolated_home, tmp_path):
+    # Below a plain file no folder can be made, even by root (as CI runs): the cache is an
+    # optimisation, and every command works without it.
+    (tmp_path / "a-file").write_text("")
+    env = {"LOCALLLM_CACHE": str(tmp_path / "a-file" / "cache")}
+    for command in (["plan", "starter"], ["show", "starter"], ["list"], ["run", "-t", "0", "--max-tokens", "2", "hi"]):
+        result = run_cli(*command, env=env)
+        assert result.returncode == 0, result
+
+
 def test_chat_without_a_terminal_says_to_use_run():
     assert_one_line_error(run_cli("chat"), 2, "needs a terminal", "localllm run")
 
