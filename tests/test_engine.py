@@ -174,3 +174,20 @@ def test_a_context_opened_small_grows_to_the_window_and_answers_the_same(starter
         assert [first.text, again.text] == expected and again.finished.usage.cached_tokens > 200
     with localllm.load_model(starter_gguf, n_ctx=2048, n_threads=2, initial_ctx=256) as lazy:
         assert collect(lazy.prompt(prompt * 2, None, sampling)).text == longer, "grew before a long prompt"
+
+
+def test_a_chat_template_that_never_ends_is_stopped_within_its_budget():
+    import time
+
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from localllm.backends.llamacpp import render_chat
+
+    endless = "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}"
+    formatter = Jinja2ChatFormatter(template=endless, eos_token="", bos_token="")
+    started = time.monotonic()
+    with pytest.raises(UsageError, match="did not finish within"):
+        render_chat(formatter, [{"role": "user", "content": "hi"}], budget_s=0.5)
+    assert time.monotonic() - started < 5
+    quick = Jinja2ChatFormatter(template="{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}", eos_token="", bos_token="")
+    assert render_chat(quick, [{"role": "user", "content": "hi"}]) == "<user>hi"

@@ -248,10 +248,7 @@ class LlamaCppModel:
         return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
 
     def format_chat(self, messages: Sequence[Message]) -> str:
-        try:
-            prompt = self._formatter(messages=list(messages)).prompt
-        except Exception as exc:  # the template is model data: any Jinja error is the model's fault
-            raise UsageError(f"the model's chat template rejected these messages: {exc}") from exc
+        prompt = render_chat(self._formatter, messages)
         # llama.cpp adds BOS itself when the vocabulary asks for it; a template that also
         # writes it would give the model two.
         if self._bos_text and prompt.startswith(self._bos_text) and llama_cpp.llama_vocab_get_add_bos(self._vocab):
@@ -400,6 +397,44 @@ class LlamaCppModel:
 
     def __del__(self) -> None:
         self.close()
+
+
+TEMPLATE_BUDGET_S = 2.0  # real templates render a long chat in milliseconds
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def render_chat(formatter: Jinja2ChatFormatter, messages: Sequence[Message], budget_s: float = TEMPLATE_BUDGET_S) -> str:
+    """The prompt a chat template makes of these messages, within a time budget.
+
+    The template is model data, run in Jinja's sandbox, which still lets nested loops run for
+    ever: a trace function stops a render that outlives its budget (checked every 256 lines,
+    so the cost is a fraction of a render of milliseconds)."""
+    deadline = time.monotonic() + budget_s
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        count += 1
+        if count & 255 == 0 and time.monotonic() > deadline:
+            raise _OverBudget
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        return formatter(messages=list(messages)).prompt
+    except _OverBudget:
+        raise UsageError(f"the model's chat template did not finish within {budget_s:.0f} s (a template that never ends?); "
+                         "--raw runs the model without it") from None
+    except MemoryError:
+        raise UsageError("the model's chat template makes a prompt too large for memory") from None
+    except Exception as exc:  # the template is model data: any Jinja error is the model's fault
+        raise UsageError(f"the model's chat template rejected these messages: {exc}") from exc
+    finally:
+        sys.settrace(previous)
 
 
 def _window(options: LoadOptions, n_ctx_train: int) -> int:
