@@ -18,7 +18,8 @@ MAGIC = b"GGUF"
 MAX_KV = 1 << 16
 MAX_TENSORS = 1 << 20
 MAX_KEY = 1 << 16
-MAX_STRING = 8 << 20  # chat templates run to tens of KB; tokens are short
+MAX_STRING = 8 << 20
+MAX_TEMPLATE = 1 << 20  # real chat templates run to tens of KB; llama.cpp aborts on huge ones
 MAX_ARRAY = 1 << 24  # the largest vocabularies have about 260k tokens
 MAX_HEADER = 1 << 30
 MAX_DIMS = 4
@@ -106,7 +107,8 @@ def scan(data, available: int, file_size: int | None = None,
         if kind in _SCALARS:
             meta[key] = c.unpack(_SCALARS[kind])
         elif kind == _STRING:
-            meta[key] = c.string(MAX_STRING, f"the value of {key}").decode("utf-8", "replace")
+            limit = MAX_TEMPLATE if "chat_template" in key else MAX_STRING
+            meta[key] = c.string(limit, f"the value of {key}").decode("utf-8", "replace")
         elif kind == _ARRAY:
             item, count = c.unpack("<I"), c.unpack("<Q")
             if count > MAX_ARRAY:

@@ -349,18 +349,26 @@ def _read_remote_header(session: Any, headers: dict, url: str, label: str, spars
     from gguf import GGUFReader
     from huggingface_hub.utils import hf_raise_for_status
 
-    from .hub import hub_errors
+    from huggingface_hub import constants
+
+    from .hub import follow, http_timeout, hub_errors
 
     fetched, total = 0, None
     with open(sparse, "wb") as out:
         while True:
-            with hub_errors(label):
-                response = session.get(url, headers={**headers, "Range": f"bytes={fetched}-{fetched + chunk - 1}"},
-                                       follow_redirects=True)
-                hf_raise_for_status(response)
-            body = response.content
-            if response.status_code == 200:  # the server ignored the range and sent everything
-                total, fetched = len(body), 0
+            # Timeouts on connect and on every read, and the token only for the endpoint's origin.
+            with hub_errors(label), follow(session, url, {"Range": f"bytes={fetched}-{fetched + chunk - 1}"}, headers,
+                                           http_timeout(constants.HF_HUB_DOWNLOAD_TIMEOUT), label) as response:
+                if response.status_code >= 400:
+                    response.read()  # huggingface_hub's error names what the server said
+                    hf_raise_for_status(response)
+                body = bytearray()
+                for part in response.iter_bytes(1 << 16):  # never more than asked, if the server ignores Range
+                    body += part
+                    if len(body) >= chunk:
+                        break
+            if response.status_code == 200:  # the server ignored the range: the file from its start
+                total, fetched = int(response.headers.get("content-length", len(body))), 0
             elif total is None:
                 total = int(response.headers.get("content-range", "/0").rsplit("/", 1)[1])
             out.seek(fetched)

@@ -117,6 +117,11 @@ def hub_errors(what: str) -> Iterator[None]:
         raise DownloadError(f"{what}: cannot reach {endpoint()} ({exc or type(exc).__name__}); installed models still run offline") from exc
 
 
+def http_timeout(read: float):
+    """Connect within 10 s, and no read may wait longer than `read` seconds."""
+    return _http().Timeout(read, connect=10.0)
+
+
 def _http():
     """The HTTP client module huggingface_hub is built on (httpx, or httpx2 in huggingface_hub 2)."""
     from huggingface_hub import get_session
@@ -278,8 +283,8 @@ def _transfer(remote: RemoteFile, out, done: int, hasher: _Hasher, progress: Pro
         headers["Range"] = f"bytes={done}-"
     # No byte for HF_HUB_DOWNLOAD_TIMEOUT seconds (huggingface_hub's knob, 10 by default): a stall;
     # the connection is dropped and the transfer resumes from the last byte on disk.
-    timeout = _http().Timeout(constants.HF_HUB_DOWNLOAD_TIMEOUT, connect=10.0)
-    with _follow(get_session(), remote.url, headers, build_hf_headers(), timeout, name) as response:
+    timeout = http_timeout(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+    with follow(get_session(), remote.url, headers, build_hf_headers(), timeout, name) as response:
         if response.status_code == 416 and done == remote.size:
             return
         if response.status_code == 416 or (done and response.status_code == 200):
@@ -302,7 +307,7 @@ def _transfer(remote: RemoteFile, out, done: int, hasher: _Hasher, progress: Pro
 
 
 @contextmanager
-def _follow(session, url: str, headers: dict, auth: dict, timeout, name: str):
+def follow(session, url: str, headers: dict, auth: dict, timeout, name: str):
     """GET url, following redirects ourselves: the Hub token goes only to the endpoint's own
     origin, never to a host it redirects to (nor to one a file's location already names)."""
     for _ in range(MAX_REDIRECTS + 1):

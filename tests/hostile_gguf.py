@@ -31,6 +31,9 @@ CASES = {
     "huge-tensor-count": header(n_tensors=2**40) + b"\0" * 26000,
     "huge-string-array": header(kvs=[_kv("general.architecture", STRING, _string("llama")),
                                      _kv("tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", STRING, 2**40))]) + b"\0" * 1000,
+    "huge-template": header(kvs=[_kv("general.architecture", STRING, _string("llama")),
+                                 _kv("llama.block_count", UINT32, struct.pack("<I", 2)),
+                                 _kv("tokenizer.chat_template", STRING, _string("{{ x }}" * 400_000))]),
     "no-blocks": header(kvs=[_kv("general.architecture", STRING, _string("llama")),
                              _kv("llama.block_count", UINT32, struct.pack("<I", 0))]),
 }

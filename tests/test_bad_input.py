@@ -203,7 +203,8 @@ def _limited(*args: str):
     return Result(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
 
 
-@pytest.mark.parametrize("case", ["huge-array", "huge-string", "huge-tensor-count", "huge-string-array", "no-blocks"])
+@pytest.mark.parametrize("case", ["huge-array", "huge-string", "huge-tensor-count", "huge-string-array", "huge-template",
+                                  "no-blocks"])
 @pytest.mark.parametrize("command", [["show"], ["plan"], ["run", "-t", "0", "--max-tokens", "2", "-m"]])
 def test_a_lying_gguf_header_is_refused_naming_the_file(tmp_path, case, command):
     import hostile_gguf

@@ -331,3 +331,12 @@ def test_a_server_that_ignores_range_cannot_make_the_pull_loop(hub, isolated_hom
     hub.faults.ignore_range, hub.faults.drop_after, hub.faults.drop_always = True, 1 << 20, True
     result = run_cli("pull", REF, env=env_for(hub), timeout=90)
     assert_error_after_progress(result, 7, "does not resume")
+
+
+def test_a_stalled_header_read_times_out_in_one_line(hub, isolated_home):
+    hub.faults.stall_after, hub.faults.stall_seconds = 100, 60
+    started = time.monotonic()
+    result = run_cli("show", "--remote", f"hf.co/{REPO}:Q8_0", env={**env_for(hub), "HF_HUB_DOWNLOAD_TIMEOUT": "2"}, timeout=60)
+    assert time.monotonic() - started < 30, "a silent server is given up on, not waited on"
+    assert result.returncode == 7 and "Traceback" not in result.stderr, result
+    assert result.stderr.strip().splitlines()[-1].startswith("localllm: error: "), result.stderr
