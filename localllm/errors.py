@@ -75,6 +75,10 @@ class GenerationError(LocalLLMError):
     exit_code = 6
 
 
+class StoreError(LocalLLMError):
+    """The chat store could not save: the disk is full, or the database failed."""
+
+
 class CatalogError(LocalLLMError):
     """A catalog file (shipped or the user's) breaks the schema."""
 

@@ -10,6 +10,7 @@ transcript and the store.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import home, private_dir
-from .errors import ContextOverflowError, UsageError
+from .errors import ContextOverflowError, StoreError, UsageError
 from .events import Event, Token
 from .options import SamplingOptions
 
@@ -70,6 +71,12 @@ class ContextNotice:
         return f"context {self.used}/{self.n_ctx} tokens ({self.used * 100 // self.n_ctx}%): older messages will be dropped when it is full"
 
 
+def _store_error(path: Path, exc: Exception) -> StoreError:
+    if "full" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC:
+        return StoreError(f"disk full: the chat could not be saved in {path.parent}; free some space and send again")
+    return StoreError(f"the chat could not be saved in {path} ({exc})")
+
+
 class ChatStore:
     """Conversations in SQLite. Safe to use from the UI thread and one worker thread."""
 
@@ -111,7 +118,10 @@ class ChatStore:
 
     def _run(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
-            return self._db.execute(sql, args)
+            try:
+                return self._db.execute(sql, args)
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from exc
 
     def create(self, model: str, system: str = "", title: str = "New chat") -> int:
         now = time.time()
@@ -207,7 +217,10 @@ class AnswerLog:
 
     def append(self, text: str) -> None:
         self.message.content += text
-        os.write(self._fd, text.encode("utf-8"))
+        try:
+            os.write(self._fd, text.encode("utf-8"))
+        except OSError as exc:
+            raise _store_error(self.path, exc) from exc
 
     def discard(self) -> None:
         os.close(self._fd)

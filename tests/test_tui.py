@@ -513,3 +513,22 @@ async def test_export_never_follows_a_link(isolated_home, tmp_path, monkeypatch)
         await pilot.pause()
     assert not elsewhere.exists(), "nothing was written through the link"
     assert "hello" in (tmp_path / "chat-2.md").read_text()
+
+
+async def test_a_full_disk_says_so_keeps_the_message_and_the_app_goes_on(isolated_home):
+    store = ChatStore()
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=store, loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await send(pilot, app, "first question")
+        # SQLite's own "database or disk is full", as on a full disk: no page may be added.
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")
+        prompt = app.query_one("#prompt")
+        prompt.text = "a long question " * 2000  # more than the free room in the pages there are
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.query(".error") and not app.generating)
+        assert "disk full" in str(app.query(".error").last().render())
+        assert prompt.text.strip() == ("a long question " * 2000).strip(), "the message is back in the box"
+        assert app.is_running and len(app.query(".user")) == 1

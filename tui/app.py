@@ -357,10 +357,10 @@ class ChatApp(App):
             for widget in messages.children[messages.children.index(turns[-1]):]:
                 widget.remove()
             messages.mount(_user(text))
-            self._generate(lambda: self.session.edit_last(text))
+            self._generate(lambda: self.session.edit_last(text), draft=text)
             return
         messages.mount(_user(text))
-        self._generate(lambda: self.session.send(text))
+        self._generate(lambda: self.session.send(text), draft=text)
 
     @_guarded
     def action_regenerate(self) -> None:
@@ -399,7 +399,9 @@ class ChatApp(App):
         self._edit = None
         self._update_status()
 
-    def _generate(self, start: Callable[[], Iterator]) -> None:
+    def _generate(self, start: Callable[[], Iterator], draft: str | None = None) -> None:
+        """Start an answer on the engine thread; `draft`, the text just sent, goes back into the
+        prompt box if it could not even be saved (a full disk), so nothing typed is lost."""
         self.generating = True
         self.stop_requested.clear()
         self._answer = Markdown("", classes="assistant")
@@ -415,11 +417,16 @@ class ChatApp(App):
         # A blinking cursor redraws twice a second, each time taking CPU from llama.cpp.
         self.query_one("#prompt", PromptArea).cursor_blink = False
         self._set_status("thinking...")
-        self._on_engine(self._generation_job, start)
+        self._on_engine(self._generation_job, start, draft)
 
-    def _generation_job(self, start: Callable[[], Iterator]) -> None:
+    def _generation_job(self, start: Callable[[], Iterator], draft: str | None) -> None:
         try:
-            events = start()
+            try:
+                events = start()
+            except LocalLLMError:
+                if draft is not None:
+                    self._ui(self._unsent, draft)
+                raise
             for event in events:
                 if isinstance(event, Token):
                     with self._pending_lock:
@@ -437,6 +444,15 @@ class ChatApp(App):
             self._ui(self._error, str(exc))
         finally:
             self._ui(self._finish)
+
+    def _unsent(self, draft: str) -> None:
+        turns = [w for w in self.query_one("#messages").children if w.has_class("user")]
+        if turns:
+            turns[-1].remove()
+        prompt = self.query_one("#prompt", PromptArea)
+        if not prompt.text.strip():
+            prompt.text = draft
+            prompt.move_cursor(prompt.document.end)
 
     async def _flush_tick(self, generation: int) -> None:
         await self._flush_tokens()
