@@ -1,4 +1,4 @@
-"""One line instead of a bare "Illegal instruction" when llama.cpp dies by a signal.
+"""One line instead of a bare "Illegal instruction" (or an abort's backtrace) when llama.cpp dies.
 
 A fault inside llama.cpp (SIGILL from CPU kernels this machine cannot run, SIGSEGV, SIGBUS)
 kills the process before Python can unwind. The handler installed here runs at that moment, on
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ _SIGNALS = {
     signal.SIGILL: "an illegal instruction (SIGILL)",
     signal.SIGSEGV: "a memory fault (SIGSEGV)",
     signal.SIGBUS: "a bus error (SIGBUS)",
+    signal.SIGABRT: "an abort (SIGABRT)",
 }
 # What Textual's Linux driver undoes when it stops: mouse and paste modes, focus events, the
 # keyboard protocol, the alternate screen, the hidden cursor; and line wrapping, which it turns off.
@@ -30,6 +32,7 @@ _trampoline = None  # the C function pointer ctypes made of the handler; freed i
 _restore_terminal: Callable[[], None] | None = None
 _amx_in_use = False
 _amx_present = False
+_abort_reason: str | None = None  # what llama.cpp said as it aborted (GGML_ABORT's message)
 
 
 def note_amx(present: bool, in_use: bool) -> None:
@@ -38,8 +41,19 @@ def note_amx(present: bool, in_use: bool) -> None:
     _amx_present, _amx_in_use = present, in_use
 
 
+def note_abort(reason: str) -> None:
+    """llama.cpp's reason for the abort() that follows (from ggml's abort callback)."""
+    global _abort_reason
+    # "/build/tree/ggml/src/ggml.c:1814: GGML_ASSERT(x) failed": the build folder says nothing.
+    _abort_reason = re.sub(r"^\S*/(?=[^/\s]+:\d+: )", "", " ".join(reason.split()))[:300]
+
+
 def message(signum: int) -> str:
     what = _SIGNALS.get(signum, f"signal {signum}")
+    if signum == signal.SIGABRT:
+        said = f": {_abort_reason}" if _abort_reason else ""
+        return (f"localllm: error: llama.cpp aborted{said}; a llama.cpp bug or a model it cannot handle is the likely "
+                "cause: --verbose shows llama.cpp's log\n")
     if _amx_in_use:
         hint = ('this CPU\'s AMX kernels are the likely cause: set LOCALLLM_AMX=off (or "amx": "off" '
                 "in the settings file) to run without them")
@@ -76,6 +90,8 @@ def install() -> None:
     _trampoline = handler_type(_on_fatal_signal)
     for number in _SIGNALS:
         _libc.signal(number, ctypes.cast(_trampoline, ctypes.c_void_p))
+    # ggml prints a gdb backtrace across the terminal before it aborts; the line above says enough.
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
 
 def restore_terminal_on_crash(fd: int) -> None:

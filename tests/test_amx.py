@@ -22,7 +22,7 @@ from localllm.backends import amx
 from localllm.backends.cpu_buffers import cpu_layers, override_patterns
 from localllm.cli import _hw_text
 from localllm.config import save_config
-from localllm.errors import UsageError
+from localllm.errors import LocalLLMError, UsageError
 from localllm.events import Token
 from localllm.hardware import AmxStatus, BuildInfo, CpuInfo, HardwareProfile, MemoryInfo, cpu_flags, read_cpuinfo
 from localllm.options import SamplingOptions
@@ -121,8 +121,11 @@ def test_settings_override_the_probe(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="LOCALLLM_AMX must be one of auto, on, off"):
         amx.configured_mode()
     monkeypatch.delenv(amx.ENV)
-    save_config({"amx": 1})
+    save_config({"amx": "sometimes"})
     with pytest.raises(UsageError, match='"amx" in .*config.json must be one of'):
+        amx.configured_mode()
+    save_config({"amx": 1})
+    with pytest.raises(LocalLLMError, match='"amx" must be text'):
         amx.configured_mode()
 
 
@@ -245,3 +248,25 @@ def test_a_fatal_signal_is_one_line_naming_the_cause_and_the_setting():
     elsewhere = _crash("none", "ill")
     assert "compiled for another CPU" in elsewhere.stderr and len(elsewhere.stderr.strip().splitlines()) == 1
     assert "also try LOCALLLM_AMX=off" in _crash("present", "segv").stderr
+
+
+def test_an_abort_inside_llama_cpp_is_one_line_with_its_reason_and_no_backtrace():
+    # A real GGML_ABORT: a tensor larger than its ggml context's memory pool.
+    script = textwrap.dedent("""
+        from localllm import crash
+        from localllm.backends import llamacpp
+        from localllm.backends.cpu_buffers import _api, _InitParams
+        crash.install()
+        llamacpp._init_backend(False)
+        g = _api()
+        ctx = g.init(_InitParams(1024, None, False))
+        g.new_tensor_2d(ctx, 0, 4096, 4096)
+        print("survived")
+    """)
+    from localllm.crash import EXIT_CRASH
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == EXIT_CRASH and "survived" not in result.stdout, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("localllm: error: llama.cpp aborted: ggml.c:") and "GGML_ASSERT" in lines[-1], result.stderr
+    assert "gdb" not in result.stderr and "backtrace" not in result.stderr.lower()

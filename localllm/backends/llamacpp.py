@@ -25,6 +25,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatter
 
+from .. import crash
 from ..errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
 from ..events import Event, Finished, Timings, Token, Usage
 from ..hardware import CpuLoadSampler, default_threads
@@ -119,6 +120,11 @@ _init_lock = threading.Lock()
 _initialized = False
 
 
+_ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+# ggml calls this with its reason just before abort(): kept for the one line crash.py prints.
+_on_abort = _ABORT_CALLBACK(lambda reason: crash.note_abort(reason.decode("utf-8", "replace")))
+
+
 def _init_backend(verbose: bool) -> None:
     global _initialized
     _log.verbose = verbose
@@ -126,6 +132,12 @@ def _init_backend(verbose: bool) -> None:
         if not _initialized:
             _log.install()
             llama_cpp.llama_backend_init()
+            try:
+                set_callback = library("ggml-base").ggml_set_abort_callback
+                set_callback.argtypes, set_callback.restype = [_ABORT_CALLBACK], ctypes.c_void_p
+                set_callback(_on_abort)
+            except (OSError, AttributeError):
+                pass  # a build without it aborts with its own message
             _initialized = True
 
 
