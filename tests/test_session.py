@@ -108,3 +108,60 @@ def test_everything_holding_user_text_is_private(isolated_home):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     store.finish(message)
     store.close()
+
+
+def _linear_fit(session, reserve):
+    """The turn-by-turn search _fit_context replaced, kept as the reference it must agree with."""
+    start, last = session.first_in_context, len(session.messages) - 1
+    used = session._count(start)
+    while used + reserve > session.n_ctx and start < last:
+        start += 1
+        while start < last and session.messages[start].role != "user":
+            start += 1
+        used = session._count(start)
+    return start, used
+
+
+def test_fitting_a_long_history_agrees_with_the_turn_by_turn_search(tmp_path):
+    import random
+
+    from localllm.session import ChatMessage
+
+    rng = random.Random(17)
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    for trial in range(40):
+        model = Words(0)
+        model.n_ctx = rng.choice([64, 256, 1024])
+        messages = []
+        for i in range(rng.randint(1, 120)):
+            role = "user" if i % 2 == 0 or rng.random() < 0.1 else "assistant"
+            messages.append(ChatMessage(role, " ".join("w" for _ in range(rng.randint(1, 40)))))
+        session = ChatSession(model, store, "m", "", messages=messages)
+        reserve = rng.choice([0, 8, 64])
+        expected = _linear_fit(session, reserve)
+        try:
+            session._fit_context(reserve)
+        except Exception:
+            assert expected[1] + min(reserve, 1) > model.n_ctx, "only a last message that cannot fit is refused"
+            continue
+        assert (session.first_in_context, session.used_tokens) == expected, trial
+
+
+def test_resuming_a_long_chat_counts_a_suffix_not_the_whole_history(tmp_path):
+    from localllm.session import ChatMessage
+
+    class Counting(Words):
+        formatted = 0
+
+        def format_chat(self, messages):
+            Counting.formatted += len(messages)
+            return super().format_chat(messages)
+
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    conversation = store.create("m", "", "long")
+    for i in range(10_000):
+        store.add(conversation, ChatMessage("user" if i % 2 == 0 else "assistant", "some words in a message " * 3))
+    model = Counting(0)
+    session = ChatSession.resume(model, store, "m", conversation)
+    assert session.used_tokens <= model.n_ctx and session.first_in_context > 9_000
+    assert Counting.formatted < 20 * 600, "the search formats a few suffixes, never the 10,000 messages again and again"

@@ -532,3 +532,22 @@ async def test_a_full_disk_says_so_keeps_the_message_and_the_app_goes_on(isolate
         assert "disk full" in str(app.query(".error").last().render())
         assert prompt.text.strip() == ("a long question " * 2000).strip(), "the message is back in the box"
         assert app.is_running and len(app.query(".user")) == 1
+
+
+async def test_a_chat_of_10000_messages_opens_with_its_last_ones(isolated_home):
+    from localllm.session import ChatMessage
+
+    store = ChatStore()
+    conversation = store.create("scripted", "", "very long chat")
+    for i in range(10_000):
+        store.add(conversation, ChatMessage("user" if i % 2 == 0 else "assistant", f"message {i}"))
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=store, loader=lambda ref, options: model, resume=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None and app.session.conversation_id == conversation)
+        await pilot.pause()
+        shown = app.query(".user").nodes + app.query(".assistant").nodes
+        assert len(shown) == 200 and "9800 earlier messages" in str(app.query(".notice").first().render())
+        assert str(shown[-1].source if hasattr(shown[-1], "source") else shown[-1].render()).strip() == "message 9999"
+        await send(pilot, app, "and one more")
+        assert app.store.messages(conversation)[-2].content == "and one more"

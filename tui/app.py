@@ -43,6 +43,7 @@ from .widgets import ConversationItem, PromptArea, StatusBar
 # rendering; measured on 2 cores (bench_chat.py), generation ran at 0.80x `localllm run` drawing
 # 4 times a second, 0.93-0.956x once a second, 0.969x once every 2 seconds.
 EXIT_TERMINATED = 128 + signal.SIGTERM
+MAX_SHOWN = 200  # messages drawn when a chat is opened
 FLUSH_MIN, FLUSH_MAX, UI_SHARE = 0.25, 2.0, 0.0125
 
 CSS = """
@@ -141,6 +142,7 @@ class ChatApp(App):
         self._rate: float | None = None
         self._flush_every = FLUSH_MIN
         self._edit: _Edit | None = None
+        self._first_shown = 0
         self._generation = 0  # counts answers, so a late timer of a finished one does nothing
         self._streamed, self._first_token_at = 0, None
         self.status_text = ""
@@ -297,6 +299,7 @@ class ChatApp(App):
     def new_session(self) -> None:
         self._end_edit()
         self.session = ChatSession(self.model, self.store, str(self.model.path), self.system, self.sampling)
+        self._first_shown = 0  # the message the first widget of the transcript shows
         self.query_one("#messages").remove_children()
 
     def open_conversation(self, conversation_id: int) -> None:
@@ -304,10 +307,18 @@ class ChatApp(App):
         self.session = ChatSession.resume(self.model, self.store, str(self.model.path), conversation_id, self.sampling)
         messages = self.query_one("#messages", VerticalScroll)
         messages.remove_children()
-        for i, m in enumerate(self.session.messages):
+        # A long chat shows its last messages only: drawing thousands of Markdown widgets would
+        # freeze the app for minutes; all of them stay in the store and in an export.
+        first_shown = self._first_shown = max(0, len(self.session.messages) - MAX_SHOWN)
+        widgets = []
+        if first_shown:
+            widgets.append(Static(f"{first_shown} earlier messages are saved but not shown here; Ctrl+X exports the "
+                                  "whole chat", classes="notice"))
+        for i, m in enumerate(self.session.messages[first_shown:], start=first_shown):
             widget = _user(m.content) if m.role == "user" else Markdown(m.content, classes="assistant")
             widget.set_class(i < self.session.first_in_context, "out-of-context")
-            messages.mount(widget)
+            widgets.append(widget)
+        messages.mount_all(widgets)
         messages.anchor()
         self._update_status()
 
@@ -498,7 +509,7 @@ class ChatApp(App):
         self.query_one("#messages").mount(Static(notice.text, classes="notice", markup=False))
         if notice.kind == "trimmed" and self.session is not None:
             widgets = [w for w in self.query_one("#messages").children if w.has_class("user") or w.has_class("assistant")]
-            for w in widgets[: self.session.first_in_context]:
+            for w in widgets[: max(0, self.session.first_in_context - self._first_shown)]:
                 w.add_class("out-of-context")
         self.notify(notice.text, severity="warning")
 
