@@ -145,9 +145,24 @@ def list_ggufs(repo_id: str, revision: str = "main") -> dict[str, int]:
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
+    _check_reachable(repo_id)
     with hub_errors(repo_id):
         tree = HfApi(endpoint=endpoint()).list_repo_tree(repo_id, recursive=True, revision=revision)
         return {check_repo_path(f.path, repo_id): f.size for f in tree if isinstance(f, RepoFile) and f.path.endswith(".gguf")}
+
+
+def _check_reachable(what: str) -> None:
+    """One quick request, no retries: huggingface_hub's listing retries a refused connection five
+    times with backoff (24 s, a warning line each), where one line at once says it all."""
+    import logging
+
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return  # huggingface_hub itself says "offline" without trying
+    logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
+    with hub_errors(what):
+        get_session().head(endpoint(), timeout=http_timeout(5.0), follow_redirects=False)
 
 
 def files_for_quant(names: dict[str, int], quant: str) -> list[str]:

@@ -184,9 +184,13 @@ def test_gated_and_missing_repos_say_what_to_do(hub):
     assert_one_line_error(run_cli("pull", "nobody/Nothing-GGUF/x.gguf", env=env_for(hub)), 3, "no such repository")
 
 
-def test_server_down_and_nothing_cached_is_one_line(isolated_home):
-    result = run_cli("pull", REF, env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
+@pytest.mark.parametrize("ref", [REF, f"hf.co/{REPO}", f"hf.co/{REPO}:Q8_0"])
+def test_server_down_and_nothing_cached_is_one_line_at_once(isolated_home, ref):
+    # hf.co references took 24 s and printed five retry lines from huggingface_hub.
+    started = time.monotonic()
+    result = run_cli("pull", ref, env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
     assert_one_line_error(result, 7, "cannot reach http://127.0.0.1:9")
+    assert time.monotonic() - started < 5
 
 
 def test_rm_asks_then_frees_the_disk(hub, isolated_home):
