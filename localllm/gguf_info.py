@@ -209,7 +209,8 @@ def header_facts(path: Path, cache_dir: Path | None = None) -> dict[str, object]
     except OSError as exc:
         raise ModelLoadError(path, exc.strerror or str(exc)) from None
     arch = meta["general.architecture"]
-    facts = {"architecture": arch,
+    trained = meta.get(f"{arch}.context_length")
+    facts = {"architecture": arch, "n_ctx_train": trained if isinstance(trained, int) else None,
              "embedding_only": arch in ENCODER_ARCHITECTURES or f"{arch}.pooling_type" in meta}
     if cached is not None:
         _write_cache(cached, json.dumps(facts))

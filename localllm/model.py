@@ -116,7 +116,7 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
     options = replace(options or LoadOptions(), **option_values)
     notify = notify or (lambda message: None)
     path = resolve(None if ref is None else str(ref))
-    check_gguf(path)
+    _check_against(check_gguf(path), options)
     started = time.perf_counter()
     build = build_info()
     planned = _plan(path, options, build, notify)
@@ -182,8 +182,24 @@ def inspect(path: Path) -> ModelSpec:
     return inspect_file(path, cache_dir())
 
 
-def check_gguf(path: Path) -> None:
-    """Fail fast, with a clear reason, on files llama.cpp would reject with a vaguer one."""
+def _check_against(facts: dict, options: LoadOptions) -> None:
+    """Values llama.cpp would take and then abort on or answer badly with, against this model
+    and this machine: threads far past the CPUs, a window past the trained one unless forced."""
+    from .hardware import usable_cpus
+
+    cpus = usable_cpus()
+    if options.n_threads is not None and options.n_threads > 4 * cpus:
+        raise UsageError(f"{options.n_threads} threads is more than 4 per CPU this process may use ({cpus}); "
+                         "more threads than cores only slows llama.cpp down")
+    trained = facts.get("n_ctx_train")
+    if options.n_ctx and trained and options.n_ctx > trained and not options.load_anyway:
+        raise UsageError(f"the model was trained on a {trained}-token context; a {options.n_ctx}-token window beyond "
+                         "it degrades its answers (--ctx 0 uses the trained one; --load-anyway uses yours)")
+
+
+def check_gguf(path: Path) -> dict:
+    """Fail fast, with a clear reason, on files llama.cpp would reject with a vaguer one (or
+    abort on); return what the bounded header check found (gguf_info.header_facts)."""
     if not path.exists():
         raise ModelNotFoundError(str(path), "no such file")
     if path.is_dir():
@@ -199,4 +215,4 @@ def check_gguf(path: Path) -> None:
         raise ModelLoadError(path, "the file is empty")
     if magic != GGUF_MAGIC:
         raise ModelLoadError(path, "not a GGUF file (llama.cpp needs .gguf; convert or download a GGUF build)")
-    header_facts(path, cache_dir())  # bounded, and what would make llama.cpp abort is refused
+    return header_facts(path, cache_dir())  # bounded, and what would make llama.cpp abort is refused
