@@ -157,6 +157,8 @@ async def test_regenerate_edit_new_chat_reopen_rename_export_delete(isolated_hom
         app.open_conversation(first_id)
         await pilot.pause()
         assert transcript(app)[0] == ("user", "edited question")
+        sidebar = app.query_one("#sidebar")
+        assert sidebar.children[sidebar.index].conversation_id == first_id, "the list highlights the open chat"
         await pilot.press("f2")
         await pilot.pause()
         rename = app.screen.query_one("#answer")
@@ -239,6 +241,33 @@ async def test_settings_change_sampling_and_system_prompt(isolated_home):
         await pilot.press("f1")
         await pilot.pause()
         assert "Regenerate" in str(app.screen.query_one("Markdown").source) or "regenerate" in app.screen.query_one("Markdown").source
+
+
+async def test_settings_enter_saves_errors_name_the_field_and_cancel_keeps_all(isolated_home):
+    model = ScriptedModel(words=3, delay=0)
+    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        top_p = app.screen.query_one("#top_p")
+        top_p.value = "7"
+        top_p.focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        error = str(app.screen.query_one("#error").render())
+        assert "Top-p must be above 0 and at most 1, not '7'" in error and "Temperature" not in error
+        assert app.screen.__class__.__name__ == "SettingsScreen", "not saved"
+        top_p.value = "0.5"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.session.sampling.top_p == 0.5, "Enter in a field saves"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        app.screen.query_one("#temperature").value = "1.9"
+        await pilot.click("#cancel")
+        await pilot.pause()
+        assert app.session.sampling.temperature != 1.9 and app.screen.__class__.__name__ != "SettingsScreen"
 
 
 async def test_first_launch_offers_the_catalog_and_downloads_with_progress(starter_gguf, isolated_home, monkeypatch):

@@ -61,6 +61,8 @@ CSS = """
 .dialog { width: 72; height: auto; max-height: 90%; padding: 1 2; border: thick $primary; background: $surface; }
 ModalScreen { align: center middle; }
 #help { height: auto; max-height: 60vh; }
+.buttons { height: auto; }
+.buttons Button { margin: 0 1 0 0; }
 #numbers { grid-size: 2; grid-columns: 18 1fr; height: auto; }
 #models { padding: 0 1; }
 #title { text-style: bold; }
@@ -320,6 +322,7 @@ class ChatApp(App):
             widgets.append(widget)
         messages.mount_all(widgets)
         messages.anchor()
+        self._highlight_open_chat()
         self._update_status()
 
     def _refresh_sidebar(self) -> None:
@@ -327,6 +330,13 @@ class ChatApp(App):
         sidebar.clear()
         for c in self.store.conversations():
             sidebar.append(ConversationItem(c.id, c.title))
+        self.call_after_refresh(self._highlight_open_chat)
+
+    def _highlight_open_chat(self) -> None:
+        sidebar = self.query_one("#sidebar", ListView)
+        open_id = self.session.conversation_id if self.session else None
+        positions = [i for i, item in enumerate(sidebar.children) if getattr(item, "conversation_id", None) == open_id]
+        sidebar.index = positions[0] if positions else None
 
     @on(ListView.Selected, "#sidebar")
     @_guarded

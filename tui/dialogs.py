@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Vertical, VerticalScroll
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Markdown, TextArea
+
+from localllm.options import MIN_CTX_TOKENS
 
 HELP = """\
 # Keys
@@ -77,25 +80,44 @@ class SettingsScreen(ModalScreen[Settings | None]):
                 yield Label("Context (tokens)")
                 yield Input(str(c.n_ctx), id="n_ctx", type="integer")
             yield Label("", id="error")
-            yield Button("Save", variant="primary", id="save")
+            with Horizontal(classes="buttons"):
+                yield Button("Save (Enter)", variant="primary", id="save")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self._save()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        try:
-            settings = Settings(
-                system=self.query_one("#system", TextArea).text.strip(),
-                temperature=float(self.query_one("#temperature", Input).value),
-                top_p=float(self.query_one("#top_p", Input).value),
-                n_ctx=int(self.query_one("#n_ctx", Input).value),
-            )
-            if settings.temperature < 0 or not 0 < settings.top_p <= 1 or settings.n_ctx < 256:
-                raise ValueError
-        except ValueError:
-            self.query_one("#error", Label).update("temperature >= 0, 0 < top-p <= 1, context >= 256")
+        if event.button.id == "cancel":
+            self.dismiss(None)
+        else:
+            self._save()
+
+    def _save(self) -> None:
+        values, problems = {}, []
+        for field, kind, valid, rule in (
+            ("temperature", float, lambda v: v >= 0 and math.isfinite(v), "0 or more"),
+            ("top_p", float, lambda v: 0 < v <= 1, "above 0 and at most 1"),
+            ("n_ctx", int, lambda v: v >= MIN_CTX_TOKENS, f"at least {MIN_CTX_TOKENS}"),
+        ):
+            text = self.query_one(f"#{field}", Input).value.strip()
+            try:
+                values[field] = kind(text)
+                if not valid(values[field]):
+                    raise ValueError
+            except ValueError:
+                problems.append(f"{_LABELS[field]} must be {rule}, not {text!r}")
+        if problems:
+            self.query_one("#error", Label).update("; ".join(problems))
+            self.query_one(f"#{next(f for f in _LABELS if _LABELS[f] in problems[0])}", Input).focus()
             return
-        self.dismiss(settings)
+        self.dismiss(Settings(system=self.query_one("#system", TextArea).text.strip(), **values))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+_LABELS = {"temperature": "Temperature", "top_p": "Top-p", "n_ctx": "Context"}
 
 
 class AskScreen(ModalScreen[str | None]):
@@ -112,13 +134,18 @@ class AskScreen(ModalScreen[str | None]):
             yield Label(self.question)
             if self.value is not None:
                 yield Input(self.value, id="answer")
-            yield Button("OK", variant="primary", id="ok")
+            with Horizontal(classes="buttons"):
+                yield Button("OK (Enter)" if self.value is not None else "Yes", variant="primary", id="ok")
+                yield Button("Cancel (Esc)", id="cancel")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(self.query_one("#answer", Input).value if self.value is not None else "yes")
+        if event.button.id == "cancel":
+            self.dismiss(None)
+        else:
+            self.dismiss(self.query_one("#answer", Input).value if self.value is not None else "yes")
 
     def action_cancel(self) -> None:
         self.dismiss(None)
