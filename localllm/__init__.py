@@ -23,7 +23,7 @@ from .errors import (
     ModelNotFoundError,
     UsageError,
 )
-from .events import Event, Finished, Timings, Token, Usage
+from .events import Event, Finished, PromptProgress, Timings, Token, Usage
 from .model import Completion, Model, collect, load_model
 from .options import LoadOptions, SamplingOptions
 from .registry import InstalledModel, installed_models
@@ -40,6 +40,7 @@ __all__ = [
     "Model",
     "ModelLoadError",
     "ModelNotFoundError",
+    "PromptProgress",
     "SamplingOptions",
     "Timings",
     "Token",

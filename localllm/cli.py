@@ -99,7 +99,8 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
         status.clear()
     with loaded:
         events = loaded.generate(prompt, sampling) if raw else loaded.prompt(prompt, system, sampling)
-        _answer(loaded, events, {"system": system, "raw": raw}, sampling, as_json=as_json, stream=not (no_stream or as_json))
+        _answer(loaded, events, {"system": system, "raw": raw}, sampling, as_json=as_json, stream=not (no_stream or as_json),
+                status=status)
 
 
 @cli.command()
@@ -229,8 +230,8 @@ for _command in COMMANDS:
     cli.add_command(_command)
 
 
-def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool) -> None:
-    from .events import Token
+def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool, status: _Status) -> None:
+    from .events import Finished, PromptProgress, Token
 
     out = sys.stdout
     parts: list[str] = []
@@ -238,11 +239,15 @@ def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, strea
     try:
         for event in events:
             if isinstance(event, Token):
+                if not parts:
+                    status.clear()
                 parts.append(event.text)
                 if stream:
                     out.write(event.text)
                     out.flush()
-            else:
+            elif isinstance(event, PromptProgress):
+                status.show(f"reading the prompt: {event.done}/{event.total} tokens ({event.done * 100 // event.total}%)")
+            elif isinstance(event, Finished):
                 finished = event
     except KeyboardInterrupt:
         if stream and parts:
@@ -258,6 +263,7 @@ def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, strea
     else:
         out.write(text if text.endswith("\n") else text + "\n")
     out.flush()
+    status.clear()
     if finished.reason == "length" and finished.usage.prompt_tokens + finished.usage.completion_tokens >= model.n_ctx:
         click.echo(f"localllm: warning: the answer was cut off: the {model.n_ctx}-token context window is full (raise it with --ctx)", err=True)
 

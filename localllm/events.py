@@ -45,4 +45,13 @@ class Finished:
         return asdict(self)
 
 
-Event = Union[Token, Finished]
+@dataclass(frozen=True)
+class PromptProgress:
+    """Prompt tokens evaluated so far out of `total`: sent between batches of a long prompt,
+    before its first Token, so a front end can show that work is going on."""
+
+    done: int
+    total: int
+
+
+Event = Union[Token, PromptProgress, Finished]

@@ -97,7 +97,7 @@ def collect(events: Iterator[Event]) -> Completion:
     for event in events:
         if isinstance(event, Token):
             parts.append(event.text)
-        else:
+        elif isinstance(event, Finished):
             return Completion("".join(parts), event)
     raise RuntimeError("the backend stopped without a Finished event")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import home, private_dir
 from .errors import ContextOverflowError, StoreError, UsageError
-from .events import Event, Token
+from .events import Event, Finished, Token
 from .options import SamplingOptions
 
 STORE_FILE = "chats.sqlite3"
@@ -365,7 +365,7 @@ class ChatSession:
             for event in events:
                 if isinstance(event, Token):
                     log.append(event.text)
-                else:
+                elif isinstance(event, Finished):
                     finished = event
                 yield event
         finally:

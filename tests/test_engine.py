@@ -191,3 +191,20 @@ def test_a_chat_template_that_never_ends_is_stopped_within_its_budget():
     assert time.monotonic() - started < 5
     quick = Jinja2ChatFormatter(template="{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}", eos_token="", bos_token="")
     assert render_chat(quick, [{"role": "user", "content": "hi"}]) == "<user>hi"
+
+
+def test_a_long_prompt_reports_its_progress_before_the_answer(starter_gguf):
+    from localllm import PromptProgress
+
+    with localllm.load_model(starter_gguf, n_ctx=4096, n_threads=2) as model:
+        prompt = model.tokenize("The quick brown fox jumps over the lazy dog. " * 250)  # about 2500 tokens
+        events = list(model.generate(prompt, SamplingOptions(temperature=0, max_tokens=4)))
+        progress = [e for e in events if isinstance(e, PromptProgress)]
+        first_token = next(i for i, e in enumerate(events) if isinstance(e, Token))
+        assert len(progress) >= 4 and all(events.index(p) < first_token for p in progress)
+        assert [p.done for p in progress] == sorted(p.done for p in progress) and progress[-1].done == len(prompt)
+        assert all(p.total == len(prompt) for p in progress)
+        assert collect(model.generate(prompt, SamplingOptions(temperature=0, max_tokens=4))).text == \
+            "".join(e.text for e in events if isinstance(e, Token)), "collect() passes over progress"
+        short = list(model.generate(model.tokenize("Hi"), SamplingOptions(temperature=0, max_tokens=2)))
+        assert not any(isinstance(e, PromptProgress) for e in short), "a short prompt sends none"

@@ -28,7 +28,7 @@ from textual.widgets import Footer, ListView, Markdown, Static
 from localllm.config import load_config, save_config
 from localllm.errorlog import log_exception, redact
 from localllm.errors import LocalLLMError
-from localllm.events import Finished, Token
+from localllm.events import Finished, PromptProgress, Token
 from localllm.hardware import usable_cpus
 from localllm.options import LoadOptions, SamplingOptions
 from localllm.session import ChatSession, ChatStore, ContextNotice, to_markdown
@@ -454,6 +454,9 @@ class ChatApp(App):
                         self._pending.append(event.text)
                         self._streamed += 1
                         self._first_token_at = self._first_token_at or time.perf_counter()
+                elif isinstance(event, PromptProgress):
+                    self._ui(self._set_status, f"reading the prompt: {event.done * 100 // event.total}% "
+                                               f"of {event.total} tokens")
                 elif isinstance(event, Finished):
                     self._rate = event.timings.generation_tokens_per_s
                 elif isinstance(event, ContextNotice):

@@ -27,7 +27,7 @@ from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatte
 
 from .. import crash
 from ..errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
-from ..events import Event, Finished, Timings, Token, Usage
+from ..events import Event, Finished, PromptProgress, Timings, Token, Usage
 from ..hardware import CpuLoadSampler, default_threads
 from . import amx
 from .cpu_buffers import REPACK, Overrides, cpu_layers, extra_buffer_types, library, override_patterns, repack_weights
@@ -38,6 +38,7 @@ _GGML_LOG_LEVEL_ERROR = 4
 _GGML_LOG_LEVEL_CONT = 5
 _GGML_MAX_N_THREADS = 512
 _GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
+PROGRESS_AFTER = 1024  # prompt tokens from which evaluation reports its progress
 
 
 class _ThreadpoolParams(ctypes.Structure):
@@ -205,7 +206,7 @@ class LlamaCppModel:
         if not self._ctx:
             return _log.first_error() or "llama.cpp could not create the context"
         self._threadpool = _Threadpool(self._ctx, self.n_threads)
-        self._n_batch = cparams.n_batch
+        self._n_batch, self._n_ubatch = cparams.n_batch, cparams.n_ubatch
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._allocated = llama_cpp.llama_n_ctx(self._ctx)
         return None
@@ -320,22 +321,27 @@ class LlamaCppModel:
         self._cached = tokens[:common]
         return common
 
-    def _decode(self, tokens: Sequence[int]) -> None:
-        for start in range(0, len(tokens), self._n_batch):
-            chunk = tokens[start : start + self._n_batch]
+    def _decode(self, tokens: Sequence[int]) -> Iterator[PromptProgress]:
+        """Evaluate prompt tokens. A long prompt goes in ubatch-sized steps, each followed by a
+        PromptProgress: llama.cpp splits a batch into ubatches anyway, so this costs nothing."""
+        step = self._n_ubatch if len(tokens) > PROGRESS_AFTER else self._n_batch
+        for start in range(0, len(tokens), step):
+            chunk = tokens[start : start + step]
             array = (llama_cpp.llama_token * len(chunk))(*chunk)
             status = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
             if status != 0:
                 self._cached = []
                 raise GenerationError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {status})")
             self._cached.extend(chunk)
+            if step < len(tokens):
+                yield PromptProgress(start + len(chunk), len(tokens))
 
     def _run(self, tokens: list[int], sampling: SamplingOptions, pick: Callable[[], int], seed: int) -> Iterator[Event]:
         vocab = self._vocab
         t_start = time.perf_counter()
         reused = self._reuse_prefix(tokens)
         self._make_room(len(tokens))
-        self._decode(tokens[reused:])
+        yield from self._decode(tokens[reused:])
         ctx = self._ctx
 
         room = self.n_ctx - len(tokens)
