@@ -100,8 +100,11 @@ def _wrong(path: Path, where: str, expected: str, value) -> LocalLLMError:
 def save_config(data: dict) -> None:
     """Replace the settings file atomically: a crash leaves the old file or the new, never half of one."""
     path = config_path()
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", dir=path.parent)
+    try:
+        private_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=".config-", dir=path.parent)
+    except OSError as exc:
+        raise LocalLLMError(f"cannot save settings in {path.parent}: {exc.strerror or exc} (LOCALLLM_HOME moves it)") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=True)

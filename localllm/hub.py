@@ -115,6 +115,9 @@ def hub_errors(what: str) -> Iterator[None]:
         raise DownloadError(f"{what}: the Hub answered HTTP {status}{hint}") from exc
     except _http().TransportError as exc:
         raise DownloadError(f"{what}: cannot reach {endpoint()} ({exc or type(exc).__name__}); installed models still run offline") from exc
+    except OSError as exc:  # the Hugging Face folder (token, cache) cannot be read or written
+        raise DownloadError(f"{what}: cannot use {exc.filename or 'the Hugging Face folder'}: {exc.strerror or exc} "
+                            "(HF_HOME moves it)") from exc
 
 
 def http_timeout(read: float):
@@ -216,8 +219,12 @@ def download(remote: RemoteFile, progress: Progress | None = None) -> Path:
     lock = Path(constants.HF_HUB_CACHE) / ".locks" / storage.name / f"{remote.etag}.lock"
     if not (inside(storage, constants.HF_HUB_CACHE) and inside(blob.parent, storage) and inside(pointer.parent, storage)):
         raise DownloadError(f"{remote.repo_id}/{remote.filename}: its cache paths would leave {constants.HF_HUB_CACHE}")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    blob.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot write the Hugging Face cache {constants.HF_HUB_CACHE}: {exc.strerror or exc} "
+                            "(HF_HOME moves it)") from None
     with FileLock(lock):  # a second pull of the same file waits here, then finds the blob in place
         if not blob.exists():
             _fetch_verified(remote, blob, progress)

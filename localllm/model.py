@@ -13,6 +13,7 @@ from .config import cache_dir
 from .errors import ModelLoadError, ModelNotFoundError, UsageError
 from .events import Event, Finished, Token
 from .gguf_info import ModelSpec, header_facts, inspect_file
+from .printable import printable
 from .options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from .planner import MIN_CTX
 from .registry import resolve
@@ -200,7 +201,11 @@ def _check_against(facts: dict, options: LoadOptions) -> None:
 def check_gguf(path: Path) -> dict:
     """Fail fast, with a clear reason, on files llama.cpp would reject with a vaguer one (or
     abort on); return what the bounded header check found (gguf_info.header_facts)."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long for the filesystem, a loop of links
+        raise ModelNotFoundError(printable(str(path))[:200], exc.strerror or str(exc)) from None
+    if not exists:
         raise ModelNotFoundError(str(path), "no such file")
     if path.is_dir():
         raise ModelLoadError(path, "it is a directory, not a .gguf file")

@@ -33,7 +33,11 @@ class Reference:
 def parse_reference(text: str, catalog: Catalog) -> Reference:
     ref = text.strip()
     path = Path(ref).expanduser()
-    if path.exists() or ref.startswith(("./", "../", "/", "~")) or (ref.endswith(".gguf") and "/" not in ref):
+    try:
+        exists = path.exists()
+    except OSError:  # a name the filesystem cannot hold is no file here
+        exists = False
+    if exists or ref.startswith(("./", "../", "/", "~")) or (ref.endswith(".gguf") and "/" not in ref):
         return Reference(text, "path", path=path.absolute())
     lowered = ref.lower()
     for prefix in HUB_PREFIXES:

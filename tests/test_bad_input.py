@@ -252,3 +252,14 @@ def test_values_checked_against_the_model_and_the_machine():
     assert_one_line_error(beyond, EXIT_USAGE, "trained on a 8192-token context", "--load-anyway")
     forced = run_cli("run", "-m", "starter", "--ctx", "16384", "--load-anyway", "-t", "0", "--max-tokens", "2", "hi")
     assert forced.returncode == 0, forced
+
+
+def test_names_and_folders_the_system_refuses_get_a_documented_code(tmp_path):
+    too_long = "a" * 5000 + ".gguf"
+    assert_one_line_error(run_cli("run", "-m", too_long, "hi"), EXIT_NOT_FOUND, "model not found")
+    (tmp_path / "a-file").write_text("")
+    below_a_file = str(tmp_path / "a-file" / "home")
+    for command in (["default", "starter"], ["list", "--add-dir", str(tmp_path)]):
+        result = run_cli(*command, env={"LOCALLLM_HOME": below_a_file})
+        assert_one_line_error(result, 1, "settings", below_a_file)
+        assert "unexpected error" not in result.stderr

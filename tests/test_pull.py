@@ -344,3 +344,10 @@ def test_a_stalled_header_read_times_out_in_one_line(hub, isolated_home):
     assert time.monotonic() - started < 30, "a silent server is given up on, not waited on"
     assert result.returncode == 7 and "Traceback" not in result.stderr, result
     assert result.stderr.strip().splitlines()[-1].startswith("localllm: error: "), result.stderr
+
+
+def test_an_unwritable_hugging_face_cache_is_one_line(hub, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    result = run_cli("pull", REF, env={**env_for(hub), "HF_HOME": str(tmp_path / "a-file" / "hf")})
+    assert result.returncode == 7 and "Traceback" not in result.stderr and "unexpected error" not in result.stderr, result
+    assert "HF_HOME moves it" in result.stderr.strip().splitlines()[-1]

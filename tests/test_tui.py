@@ -66,6 +66,12 @@ class ScriptedModel:
         self.closed = True
 
 
+def scripted_app(words: int = 3) -> tuple[ChatApp, ScriptedModel]:
+    """The app on a scripted model that answers `words` words at once."""
+    model = ScriptedModel(words=words, delay=0)
+    return ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model), model
+
+
 async def wait_for(pilot, condition, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -222,8 +228,7 @@ async def test_resume_opens_the_last_conversation_with_its_model(isolated_home):
 
 
 async def test_settings_change_sampling_and_system_prompt(isolated_home):
-    model = ScriptedModel(words=3, delay=0)
-    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    app, model = scripted_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
         await pilot.press("ctrl+s")
@@ -244,8 +249,7 @@ async def test_settings_change_sampling_and_system_prompt(isolated_home):
 
 
 async def test_settings_enter_saves_errors_name_the_field_and_cancel_keeps_all(isolated_home):
-    model = ScriptedModel(words=3, delay=0)
-    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    app, model = scripted_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
         await pilot.press("ctrl+s")
@@ -305,8 +309,7 @@ async def test_first_launch_offers_the_catalog_and_downloads_with_progress(start
 
 async def test_no_color_and_80x24(isolated_home, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
-    model = ScriptedModel(words=3, delay=0)
-    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    app, model = scripted_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
         await send(pilot, app, "hi")
@@ -425,8 +428,7 @@ async def test_quitting_mid_answer_saves_it_and_unloads(isolated_home):
 
 async def test_an_edit_started_in_one_chat_never_touches_another(isolated_home):
     # Was: F3 (then Ctrl+E), Ctrl+N, send -> IndexError, the app exited 0 and the prompt was lost.
-    model = ScriptedModel(words=3, delay=0)
-    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    app, model = scripted_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
         await send(pilot, app, "first question")
@@ -442,8 +444,7 @@ async def test_an_edit_started_in_one_chat_never_touches_another(isolated_home):
 
 
 async def test_esc_cancels_an_edit_and_gives_back_the_draft(isolated_home):
-    model = ScriptedModel(words=3, delay=0)
-    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    app, model = scripted_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
         await send(pilot, app, "first question")
@@ -460,8 +461,7 @@ async def test_esc_cancels_an_edit_and_gives_back_the_draft(isolated_home):
 
 
 async def test_ctrl_e_is_end_of_line_in_the_prompt(isolated_home):
-    model = ScriptedModel(words=3, delay=0)
-    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    app, model = scripted_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
         await send(pilot, app, "first question")
@@ -474,8 +474,7 @@ async def test_ctrl_e_is_end_of_line_in_the_prompt(isolated_home):
 async def test_every_key_is_reachable_at_80x24(isolated_home):
     from textual.widgets import Footer
 
-    model = ScriptedModel(words=3, delay=0)
-    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    app, model = scripted_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
         await pilot.pause(0.2)
@@ -499,8 +498,7 @@ async def test_an_unexpected_error_is_one_line_logged_privately_and_the_app_goes
     from localllm.errorlog import log_path
 
     monkeypatch.setenv("HF_TOKEN", "hf_secretsecretsecret")
-    model = ScriptedModel(words=3, delay=0)
-    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    app, model = scripted_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
 
@@ -532,8 +530,7 @@ async def test_export_never_follows_a_link(isolated_home, tmp_path, monkeypatch)
     elsewhere = tmp_path / "outside" / "victim.txt"
     (tmp_path / "chat.md").symlink_to(elsewhere)  # dangling: exists() says False
     (tmp_path / "outside").mkdir()
-    model = ScriptedModel(words=3, delay=0)
-    app = ChatApp(model_ref="x", store=ChatStore(), loader=lambda ref, options: model)
+    app, model = scripted_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
         await send(pilot, app, "hello")
