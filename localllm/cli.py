@@ -15,6 +15,7 @@ from . import __version__
 from .cli_models import COMMANDS
 from .errors import LocalLLMError, UsageError
 from .options import FLASH_ATTN, MIN_CTX_TOKENS, flash_attn_name
+from .status import Status
 
 # `run` opens the KV cache for this many tokens and grows it to the window only for a longer
 # prompt or answer: most one-shot answers fit, and a smaller cache is faster to set up.
@@ -91,7 +92,7 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         repeat_penalty=repeat_penalty, seed=seed, ignore_eos=ignore_eos,
     )
-    status = _Status(enabled=not as_json)
+    status = Status(enabled=not as_json)
     status.show(f"loading {model or 'the default model'}…")
     try:
         loaded = load_model(model, load_options, notify=lambda message: click.echo(f"localllm: {message}", err=True))
@@ -230,7 +231,7 @@ for _command in COMMANDS:
     cli.add_command(_command)
 
 
-def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool, status: _Status) -> None:
+def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool, status: Status) -> None:
     from .events import Finished, PromptProgress, Token
 
     out = sys.stdout
@@ -318,21 +319,6 @@ def _read_stdin() -> str | None:
     except UnicodeDecodeError as exc:
         raise UsageError(f"stdin is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})") from exc
     return text.strip() or None
-
-
-class _Status:
-    """A transient one-line status on stderr, only when a person is watching it."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-
-    def show(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(f"\r\x1b[2K{text}")
-            sys.stderr.flush()
-
-    def clear(self) -> None:
-        self.show("")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ import click
 
 from .errors import UsageError
 from .printable import printable
+from .status import slow_work
 
 
 @cache  # one command, one look at the machine
@@ -70,7 +71,8 @@ def pull(ref):
         click.echo(f"{ref}: already installed (offline, so not checked against the Hub)", err=True)
         click.echo(str(installed.path))
         return
-    prepared = prepare_pull(ref, _hardware())
+    with slow_work(f"asking the Hub about {printable(ref)}"):
+        prepared = prepare_pull(ref, _hardware())
     names = ", ".join(f.filename for f in prepared.files)
     click.echo(f"{ref}: {prepared.ref.repo_id} {names} ({prepared.size / 1e9:.2f} GB)", err=True)
     click.echo(f"  {prepared.quant or 'unknown quantization'}: {prepared.reason}; here: {prepared.plan.label}", err=True)
@@ -196,8 +198,9 @@ def spec_for(ref: str, hw, remote: bool = False):
         from .gguf_info import inspect_remote
         from .store import prepare_pull
 
-        prepared = prepare_pull(ref, hw)
-        spec = inspect_remote(prepared.ref.repo_id, prepared.files[0].filename, prepared.ref.revision)
+        with slow_work(f"reading the header of {printable(ref)} from the Hub"):
+            prepared = prepare_pull(ref, hw)
+            spec = inspect_remote(prepared.ref.repo_id, prepared.files[0].filename, prepared.ref.revision)
         chosen, plans = plan(hw, spec), []
         info |= {"installed": False, "repo": prepared.ref.repo_id, "files": [f.filename for f in prepared.files],
                  "size": prepared.size}

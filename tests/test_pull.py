@@ -351,3 +351,24 @@ def test_an_unwritable_hugging_face_cache_is_one_line(hub, tmp_path):
     result = run_cli("pull", REF, env={**env_for(hub), "HF_HOME": str(tmp_path / "a-file" / "hf")})
     assert result.returncode == 7 and "Traceback" not in result.stderr and "unexpected error" not in result.stderr, result
     assert "HF_HOME moves it" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_slow_header_read_says_so_on_a_terminal_and_ctrl_c_stops_it(hub, isolated_home):
+    import os
+    import pty
+    import signal as signals
+
+    from conftest import LOCALLLM
+
+    hub.faults.stall_after, hub.faults.stall_seconds = 100, 30
+    main, terminal = pty.openpty()
+    proc = subprocess.Popen([*LOCALLLM, "show", "--remote", f"hf.co/{REPO}:Q8_0"], stdin=subprocess.DEVNULL,
+                            stdout=terminal, stderr=terminal, env={**os.environ, **env_for(hub)})
+    os.close(terminal)
+    said, deadline = b"", time.monotonic() + 20
+    while b"Ctrl-C stops" not in said and time.monotonic() < deadline:
+        said += os.read(main, 4096)
+    assert b"reading the header of" in said, said
+    proc.send_signal(signals.SIGINT)
+    assert proc.wait(timeout=20) == 130
+    os.close(main)
