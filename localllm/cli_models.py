@@ -138,6 +138,9 @@ def list_models(as_json, add_dir, remove_dir):
         fit = _fit(m.path)
         file_type = fit.pop("file_type", None)  # the metadata names the quantization when the file name does not
         rows.append({"name": m.name, "path": str(m.path), "size": m.size, "quant": m.quant or file_type, "source": m.source, **fit})
+    for r in rows:
+        if r["fit"] == "error":  # listed, so it can be found and removed, but said once
+            click.echo(printable(f"localllm: warning: {r['path']} cannot be used: {r['error']}"), err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -113,6 +113,8 @@ def hub_errors(what: str) -> Iterator[None]:
         status = exc.response.status_code if exc.response is not None else "?"
         hint = "; set HF_TOKEN to a token that may read it" if status in (401, 403) else ""
         raise DownloadError(f"{what}: the Hub answered HTTP {status}{hint}") from exc
+    except _http().TooManyRedirects as exc:
+        raise DownloadError(f"{what}: the server answers with redirect after redirect (a redirect loop)") from exc
     except _http().TransportError as exc:
         raise DownloadError(f"{what}: cannot reach {endpoint()} ({exc or type(exc).__name__}); installed models still run offline") from exc
     except OSError as exc:  # the Hugging Face folder (token, cache) cannot be read or written

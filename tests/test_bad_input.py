@@ -231,6 +231,7 @@ def test_one_bad_file_in_a_scanned_folder_does_not_break_list(tmp_path, starter_
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["huge-array.gguf"]["fit"] == "error" and "huge-array.gguf" in rows["huge-array.gguf"]["error"]
     assert rows["good-Q4_1.gguf"]["fit"] != "error"
+    assert "warning:" in result.stderr and "huge-array.gguf cannot be used" in result.stderr
     assert run_cli("run", "-t", "0", "--max-tokens", "2", "hi").returncode == 0, "a broken file is never the default"
 
 

@@ -372,3 +372,10 @@ def test_a_slow_header_read_says_so_on_a_terminal_and_ctrl_c_stops_it(hub, isola
     proc.send_signal(signals.SIGINT)
     assert proc.wait(timeout=20) == 130
     os.close(main)
+
+
+def test_a_redirect_loop_is_one_line(hub, isolated_home):
+    hub.faults.redirect_to = hub.url  # every file request is sent back to itself
+    result = run_cli("pull", REF, env=env_for(hub), timeout=60)
+    assert result.returncode == 7 and "Traceback" not in result.stderr, result
+    assert "redirect" in result.stderr.strip().splitlines()[-1].lower()
