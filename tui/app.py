@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import os
 import signal
 import threading
@@ -26,7 +25,6 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, ListView, Markdown, Static
 
 from localllm.config import load_config, save_config
-from localllm.errorlog import log_exception, redact
 from localllm.errors import LocalLLMError
 from localllm.events import Finished, PromptProgress, Token
 from localllm.hardware import usable_cpus
@@ -34,6 +32,7 @@ from localllm.options import LoadOptions, SamplingOptions
 from localllm.session import ChatSession, ChatStore, ContextNotice, to_markdown
 
 from .dialogs import AskScreen, HelpScreen, Settings, SettingsScreen
+from .errors import ErrorReporting, guarded
 from .widgets import ConversationItem, PromptArea, StatusBar
 
 # A streaming answer is drawn in batches, every FLUSH_MIN seconds. When llama.cpp has a thread on
@@ -71,30 +70,7 @@ ModalScreen { align: center middle; }
 """
 
 
-def _guarded(method):
-    """Report an unexpected error in a handler and let the app go on: left to Textual, it would
-    stop the handler's message loop and end the app."""
-    if inspect.iscoroutinefunction(method):
-        @functools.wraps(method)
-        async def run_async(self, *args, **kwargs):
-            try:
-                return await method(self, *args, **kwargs)
-            except Exception as error:
-                self._report_unexpected(error)
-
-        return run_async
-
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as error:
-            self._report_unexpected(error)
-
-    return run
-
-
-class ChatApp(App):
+class ChatApp(ErrorReporting, App):
     TITLE = "localllm"
     CSS = CSS
     # Priority bindings win over the prompt's own TextArea keys of the same name (End and
@@ -148,8 +124,6 @@ class ChatApp(App):
         self._generation = 0  # counts answers, so a late timer of a finished one does nothing
         self._streamed, self._first_token_at = 0, None
         self.status_text = ""
-        self.fatal_error: str | None = None  # the one line to print if an error ended the app
-        self._recent_errors: list[float] = []
 
     # ---- layout -------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -195,7 +169,7 @@ class ChatApp(App):
             return
         self.load(ref, conversation.id if conversation else None)
 
-    @_guarded
+    @guarded
     def action_models(self, first_launch: bool = False) -> None:
         if self.generating:
             return
@@ -216,7 +190,7 @@ class ChatApp(App):
         screen = ModelScreen(hw, installed_models(), choices, recommend(choices), constants.HF_HUB_OFFLINE, first_launch)
         self.call_from_thread(self.push_screen, screen, self._model_chosen)
 
-    @_guarded
+    @guarded
     def _model_chosen(self, ref: str | None) -> None:
         if ref is not None:
             self.load(ref)
@@ -250,32 +224,6 @@ class ChatApp(App):
         if not future.cancelled() and future.exception() is not None:
             self._ui(self._report_unexpected, future.exception())
 
-    def _report_unexpected(self, error: Exception) -> None:
-        """An unexpected error in a handler or on the engine thread: logged with its traceback
-        (no local variables, no secrets), said in one line, and the app goes on, unless they keep
-        coming (then it ends with exit status 1)."""
-        line = self._unexpected_line(error)
-        now = time.monotonic()
-        self._recent_errors = [t for t in self._recent_errors if now - t < 10] + [now]
-        if len(self._recent_errors) > 5:
-            self.fatal_error = line
-            self.exit(return_code=1)
-            return
-        self._error(line)
-
-    def _handle_exception(self, error: Exception) -> None:
-        """What Textual calls for an error nothing caught: the message loop it came from has
-        stopped, so the app ends, with one line and exit status 1. Never Textual's own crash
-        screen: it prints local variables, which can hold the Hub token."""
-        self.fatal_error = self._unexpected_line(error)
-        self.exit(return_code=1)
-
-    @staticmethod
-    def _unexpected_line(error: Exception) -> str:
-        where = log_exception(error, "localllm chat")
-        line = redact(f"unexpected error: {type(error).__name__}: {error}")[:300]
-        return line + (f" (details in {where})" if where else "")
-
     def _ui(self, callback: Callable, *args) -> None:
         """Hand a call to the event loop without waiting for it: the engine never blocks on the
         UI, so quitting while it works cannot deadlock."""
@@ -284,7 +232,7 @@ class ChatApp(App):
         except RuntimeError:  # the event loop has closed: the app is gone
             pass
 
-    @_guarded
+    @guarded
     def _loaded(self, model, ref: str | None, conversation_id: int | None) -> None:
         self.model = model
         self.model_name = ref or str(model.path)
@@ -339,7 +287,7 @@ class ChatApp(App):
         sidebar.index = positions[0] if positions else None
 
     @on(ListView.Selected, "#sidebar")
-    @_guarded
+    @guarded
     def _sidebar_selected(self, event: ListView.Selected) -> None:
         if not self.generating and self.model is not None:
             self.open_conversation(event.item.conversation_id)
@@ -347,7 +295,7 @@ class ChatApp(App):
 
     # ---- sending and streaming ------------------------------------------------------------
     @on(PromptArea.Submitted)
-    @_guarded
+    @guarded
     def _submitted(self, event: PromptArea.Submitted) -> None:
         text = event.text.strip()
         if not text:
@@ -383,7 +331,7 @@ class ChatApp(App):
         messages.mount(_user(text))
         self._generate(lambda: self.session.send(text), draft=text)
 
-    @_guarded
+    @guarded
     def action_regenerate(self) -> None:
         if self.generating or self.session is None or not self.session.messages or self.session.messages[-1].role != "assistant":
             return
@@ -393,7 +341,7 @@ class ChatApp(App):
             widget.remove()
         self._generate(self.session.regenerate)
 
-    @_guarded
+    @guarded
     def action_edit_last(self) -> None:
         """Put the last prompt back in the prompt box; sending it replaces that turn, Esc cancels
         and gives back what was typed before."""
@@ -498,7 +446,7 @@ class ChatApp(App):
         if text and self._answer is not None:
             await self._answer.append(text)
 
-    @_guarded
+    @guarded
     async def _finish(self) -> None:
         self._flusher.stop()
         await self._flush_tokens()
@@ -509,7 +457,7 @@ class ChatApp(App):
         self._refresh_sidebar()
         self._update_status()
 
-    @_guarded
+    @guarded
     def action_stop(self) -> None:
         if self.generating:
             self.stop_requested.set()
@@ -517,7 +465,7 @@ class ChatApp(App):
             self._end_edit()
             self.notify("edit cancelled")
 
-    @_guarded
+    @guarded
     def _notice(self, notice: ContextNotice) -> None:
         self.query_one("#messages").mount(Static(notice.text, classes="notice", markup=False))
         if notice.kind == "trimmed" and self.session is not None:
@@ -550,34 +498,34 @@ class ChatApp(App):
         self._set_status(f"{editing}ctx {used}/{self.model.n_ctx} · {rate} · {where} · {name}")
 
     # ---- other actions -----------------------------------------------------------------------
-    @_guarded
+    @guarded
     def action_new_chat(self) -> None:
         if not self.generating and self.model is not None:
             self.new_session()
             self._update_status()
 
-    @_guarded
+    @guarded
     def action_copy_last(self) -> None:
         answer = next((m.content for m in reversed(self.session.messages) if m.role == "assistant"), None) if self.session else None
         if answer:
             self.copy_to_clipboard(answer)
             self.notify("copied the last answer")
 
-    @_guarded
+    @guarded
     def action_toggle_sidebar(self) -> None:
         self.query_one("#sidebar").toggle_class("hidden")
 
-    @_guarded
+    @guarded
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
-    @_guarded
+    @guarded
     def action_settings(self) -> None:
         n_ctx = self.model.n_ctx if self.model else (self.load_options.n_ctx or 4096)
         current = Settings(self.system, self.sampling.temperature, self.sampling.top_p, n_ctx)
         self.push_screen(SettingsScreen(current), self._apply_settings)
 
-    @_guarded
+    @guarded
     def _apply_settings(self, settings: Settings | None) -> None:
         if settings is None:
             return
@@ -598,13 +546,13 @@ class ChatApp(App):
     def _current(self):
         return self.store.conversation(self.session.conversation_id) if self.session and self.session.conversation_id else None
 
-    @_guarded
+    @guarded
     def action_rename(self) -> None:
         if (conversation := self._current()) is not None:
             self.push_screen(AskScreen("Rename this chat", conversation.title),
                              lambda title: title and (self.store.update(conversation.id, title=title), self._refresh_sidebar()))
 
-    @_guarded
+    @guarded
     def action_delete_chat(self) -> None:
         if (conversation := self._current()) is None or self.generating:
             return
@@ -617,7 +565,7 @@ class ChatApp(App):
 
         self.push_screen(AskScreen(f"Delete “{conversation.title}”?"), confirmed)
 
-    @_guarded
+    @guarded
     def action_export(self) -> None:
         if (conversation := self._current()) is None:
             return
