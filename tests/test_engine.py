@@ -181,7 +181,7 @@ def test_a_chat_template_that_never_ends_is_stopped_within_its_budget():
 
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from localllm.backends.llamacpp import render_chat
+    from localllm.backends.chat_template import render_chat
 
     endless = "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}"
     formatter = Jinja2ChatFormatter(template=endless, eos_token="", bos_token="")

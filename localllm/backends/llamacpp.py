@@ -30,6 +30,7 @@ from ..errors import ContextOverflowError, GenerationError, ModelLoadError, Usag
 from ..events import Event, Finished, PromptProgress, Timings, Token, Usage
 from ..hardware import CpuLoadSampler, default_threads
 from . import amx
+from .chat_template import render_chat
 from .cpu_buffers import REPACK, Overrides, cpu_layers, extra_buffer_types, library, override_patterns, repack_weights
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from .base import Message
@@ -415,44 +416,6 @@ class LlamaCppModel:
 
     def __del__(self) -> None:
         self.close()
-
-
-TEMPLATE_BUDGET_S = 2.0  # real templates render a long chat in milliseconds
-
-
-class _OverBudget(Exception):
-    pass
-
-
-def render_chat(formatter: Jinja2ChatFormatter, messages: Sequence[Message], budget_s: float = TEMPLATE_BUDGET_S) -> str:
-    """The prompt a chat template makes of these messages, within a time budget.
-
-    The template is model data, run in Jinja's sandbox, which still lets nested loops run for
-    ever: a trace function stops a render that outlives its budget (checked every 256 lines,
-    so the cost is a fraction of a render of milliseconds)."""
-    deadline = time.monotonic() + budget_s
-    count = 0
-
-    def trace(frame, event, arg):
-        nonlocal count
-        count += 1
-        if count & 255 == 0 and time.monotonic() > deadline:
-            raise _OverBudget
-        return trace
-
-    previous = sys.gettrace()
-    sys.settrace(trace)
-    try:
-        return formatter(messages=list(messages)).prompt
-    except _OverBudget:
-        raise UsageError(f"the model's chat template did not finish within {budget_s:.0f} s (a template that never ends?); "
-                         "--raw runs the model without it") from None
-    except MemoryError:
-        raise UsageError("the model's chat template makes a prompt too large for memory") from None
-    except Exception as exc:  # the template is model data: any Jinja error is the model's fault
-        raise UsageError(f"the model's chat template rejected these messages: {exc}") from exc
-    finally:
-        sys.settrace(previous)
 
 
 def _window(options: LoadOptions, n_ctx_train: int) -> int:
