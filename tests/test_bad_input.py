@@ -247,8 +247,9 @@ def test_values_checked_against_the_model_and_the_machine():
     import os
 
     cpus = len(os.sched_getaffinity(0))
-    assert_one_line_error(run_cli("run", "-m", "starter", "--threads", str(4 * cpus + 1), "hi"), EXIT_USAGE,
-                          "more than 4 per CPU")
+    if 4 * cpus + 1 <= 512:  # past 512 (a 128-CPU machine) ggml's own limit answers first
+        assert_one_line_error(run_cli("run", "-m", "starter", "--threads", str(4 * cpus + 1), "hi"), EXIT_USAGE,
+                              "more than 4 per CPU")
     beyond = run_cli("run", "-m", "starter", "--ctx", "16384", "hi")  # the starter was trained on 8192
     assert_one_line_error(beyond, EXIT_USAGE, "trained on a 8192-token context", "--load-anyway")
     forced = run_cli("run", "-m", "starter", "--ctx", "16384", "--load-anyway", "-t", "0", "--max-tokens", "2", "hi")
