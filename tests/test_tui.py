@@ -172,11 +172,11 @@ async def test_regenerate_edit_new_chat_reopen_rename_export_delete(isolated_hom
         await pilot.press("enter")
         await pilot.pause()
         assert app.store.conversation(first_id).title == "Renamed"
-        await pilot.press("ctrl+x")
+        await pilot.press("f5")
         await pilot.pause()
         exported = (tmp_path / "renamed.md").read_text()
         assert "# Renamed" in exported and "edited question" in exported and "word4" in exported
-        await pilot.press("ctrl+d")
+        await pilot.press("f8")
         await pilot.pause()
         await pilot.click("#ok")
         await pilot.pause()
@@ -460,7 +460,7 @@ async def test_esc_cancels_an_edit_and_gives_back_the_draft(isolated_home):
             "after a cancelled edit, sending adds a turn and deletes none"
 
 
-async def test_ctrl_e_is_end_of_line_in_the_prompt(isolated_home):
+async def test_the_prompts_editing_keys_are_its_own(isolated_home):
     app, model = scripted_app()
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.session is not None)
@@ -469,6 +469,8 @@ async def test_ctrl_e_is_end_of_line_in_the_prompt(isolated_home):
         prompt.focus()
         await pilot.press("h", "i", "home", "ctrl+e", "!")
         assert prompt.text == "hi!" and "editing" not in app.status_text
+        await pilot.press("home", "ctrl+d")  # delete, not "delete this chat"
+        assert prompt.text == "i!" and app.screen is app.screen_stack[0]
 
 
 async def test_every_key_is_reachable_at_80x24(isolated_home):
@@ -535,7 +537,7 @@ async def test_export_never_follows_a_link(isolated_home, tmp_path, monkeypatch)
         await wait_for(pilot, lambda: app.session is not None)
         await send(pilot, app, "hello")
         app.store.update(app.session.conversation_id, title="chat")
-        await pilot.press("ctrl+x")
+        await pilot.press("f5")
         await pilot.pause()
     assert not elsewhere.exists(), "nothing was written through the link"
     assert "hello" in (tmp_path / "chat-2.md").read_text()

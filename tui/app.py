@@ -73,22 +73,22 @@ ModalScreen { align: center middle; }
 class ChatApp(ErrorReporting, App):
     TITLE = "localllm"
     CSS = CSS
-    # Priority bindings win over the prompt's own TextArea keys of the same name (End and
-    # Delete still move and delete there). Ctrl+E stays the prompt's end-of-line, as in every
-    # readline and emacs binding. The footer lists what fits 80 columns; F1 lists all.
+    # No binding takes a key the prompt's TextArea uses for editing (Ctrl+E end of line, Ctrl+D
+    # delete, Ctrl+X cut, Ctrl+Y redo...): chat commands are on Ctrl+N/R/S/O/B/Q and function
+    # keys. The footer lists what fits 80 columns; F1 lists all.
     BINDINGS = [
         Binding("f1", "help", "Help"),
         Binding("escape", "stop", "Stop", show=False),
         Binding("ctrl+n", "new_chat", "New"),
         Binding("ctrl+r", "regenerate", "Regenerate"),
         Binding("f3", "edit_last", "Edit last"),
-        Binding("ctrl+y", "copy_last", "Copy", show=False, priority=True),
+        Binding("f4", "copy_last", "Copy", show=False),
         Binding("ctrl+s", "settings", "Settings"),
         Binding("ctrl+o", "models", "Models"),
         Binding("ctrl+b", "toggle_sidebar", "Chats", show=False),
         Binding("f2", "rename", "Rename", show=False),
-        Binding("ctrl+d", "delete_chat", "Delete", show=False, priority=True),
-        Binding("ctrl+x", "export", "Export", show=False, priority=True),
+        Binding("f8", "delete_chat", "Delete", show=False),
+        Binding("f5", "export", "Export", show=False),
         Binding("ctrl+q", "quit", "Quit"),
     ]
 
@@ -262,7 +262,7 @@ class ChatApp(ErrorReporting, App):
         first_shown = self._first_shown = max(0, len(self.session.messages) - MAX_SHOWN)
         widgets = []
         if first_shown:
-            widgets.append(Static(f"{first_shown} earlier messages are saved but not shown here; Ctrl+X exports the "
+            widgets.append(Static(f"{first_shown} earlier messages are saved but not shown here; F5 exports the "
                                   "whole chat", classes="notice"))
         for i, m in enumerate(self.session.messages[first_shown:], start=first_shown):
             widget = _user(m.content) if m.role == "user" else Markdown(m.content, classes="assistant")

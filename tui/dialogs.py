@@ -23,14 +23,14 @@ HELP = """\
 | Ctrl+R | regenerate the last answer |
 | F3 | edit the last prompt and send it again (Esc cancels the edit) |
 | Ctrl+N | new chat |
-| Ctrl+Y | copy the last answer (works over SSH) |
+| F4 | copy the last answer (works over SSH) |
 | Ctrl+B | show or hide the conversation list |
-| F2 | rename the chat · **Ctrl+D** delete it · **Ctrl+X** export it to Markdown |
+| F2 | rename the chat · **F8** delete it · **F5** export it to Markdown |
 | Ctrl+S | settings: system prompt, sampling, context size |
 | Ctrl+O | switch model, or download one |
 | F1 | this help · **Ctrl+Q** quit |
 
-In the prompt, Ctrl+A / Ctrl+E go to the start / end of the line. In the conversation list,
+In the prompt, the usual editing keys work (Ctrl+A / Ctrl+E start / end of line, Ctrl+D, Ctrl+X, Ctrl+Y). In the conversation list,
 Enter opens a chat. Chats are saved as they are written. Arrows and PgUp/PgDn scroll this list.
 """
 
