@@ -168,7 +168,7 @@ class LlamaCppModel:
             # ctypes keeps no reference to the array; the model params must outlive the load call.
             self._tensor_split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*options.tensor_split)
             mparams.tensor_split = self._tensor_split
-        self._overrides = _place_cpu_weights(mparams, path, layers)
+        _place_cpu_weights(mparams, path, layers)
         _log.errors.clear()
         load_sampler = CpuLoadSampler() if options.n_threads is None else None
         _log.capture = captured = []
@@ -466,29 +466,28 @@ def _sampler_chain(sampling: SamplingOptions, seed: int, n_vocab: int):
     return chain
 
 
-def _place_cpu_weights(mparams, path: Path, n_gpu_layers: int) -> Overrides | None:
+def _place_cpu_weights(mparams, path: Path, n_gpu_layers: int) -> None:
     """Keep llama.cpp off its AMX weight buffer when AMX is not to be used here (issue 17), and
     give the CPU-resident matmul weights that CPU_REPACK can take back to it: turning off the
-    extra buffer types alone would also lose the repack kernels. Returns the override array,
-    which must outlive the load call."""
+    extra buffer types alone would also lose the repack kernels."""
     verdict = amx.status()
     if verdict.in_use or not (verdict.in_build or verdict.mode == "off"):
-        return None
+        return
     mparams.use_extra_bufts = False
     buft = extra_buffer_types().get(REPACK)
     if not buft:
-        return None
+        return
     try:
         weights, n_layer = repack_weights(path)
     except OSError:
-        return None  # llama.cpp's own load will say what is wrong with the file
+        return  # llama.cpp's own load will say what is wrong with the file
     first_gpu_block, output_on_cpu = cpu_layers(n_layer, n_gpu_layers, supports_gpu_offload())
     patterns = override_patterns(weights, first_gpu_block, output_on_cpu)
     if not patterns:
-        return None
+        return
     overrides = Overrides(patterns, buft)
     mparams.tensor_buft_overrides = overrides.pointer
-    return overrides
+    mparams.localllm_overrides = overrides  # the array lives as long as the params that point at it
 
 
 def _load_failure_reason() -> str:
@@ -579,7 +578,7 @@ def dry_run(path: Path, options: LoadOptions) -> dict[str, int]:
         mparams = llama_cpp.llama_model_default_params()
         mparams.no_alloc = True
         mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # no_alloc cannot map the file
-        overrides = _place_cpu_weights(mparams, path, options.n_gpu_layers or 0)  # alive until the load returns
+        _place_cpu_weights(mparams, path, options.n_gpu_layers or 0)
         model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
         if not model:
             raise ModelLoadError(path, _load_failure_reason())

@@ -32,7 +32,6 @@ PP_TOKENS, TG_TOKENS = 512, 128
 
 def _no_extra(mparams, path, n_gpu_layers):
     mparams.use_extra_bufts = False
-    return None
 
 
 def load(path: Path, placement: str, threads: int) -> llamacpp.LlamaCppModel:
