@@ -52,18 +52,19 @@ class Faults:
 class HubServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        """host: a loopback address; a second server on 127.0.0.2 is another origin, as a CDN is."""
         self.repos: dict[str, dict[str, HostedFile]] = {}
         self.faults = Faults()
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.authorizations: list[str | None] = []  # the Authorization header of every request
         self.body_bytes = 0
         self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__((host, 0), Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{self.server_address[0]}:{self.server_address[1]}"
 
     def add(self, repo_id: str, filename: str, path: Path, sha256: str | None = None) -> HostedFile:
         if sha256 is None:

@@ -282,10 +282,10 @@ def _everything_under(root) -> set:
 
 
 def test_the_token_goes_only_to_the_endpoints_origin(hub, starter_gguf, variant, isolated_home):
-    with HubServer() as cdn:
+    with HubServer("127.0.0.2") as cdn:  # another origin, as the Hub's CDN is
         cdn.add(REPO, Q8, starter_gguf)
         cdn.add(REPO, Q4, variant)
-        hub.faults.redirect_to = cdn.url.replace("127.0.0.1", "localhost")  # another origin, as a CDN is
+        hub.faults.redirect_to = cdn.url
         result = run_cli("pull", REF, env={**env_for(hub), "HF_TOKEN": "hf_secrettokensecrettoken"})
     assert result.returncode == 0, result
     assert snapshot(isolated_home).exists()
