@@ -201,7 +201,7 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
     sampler = CpuLoadSampler()
     profile = this_machine()
     # A model that is not installed is planned before any download: that is what plan is for.
-    spec = spec_for(model, profile)[0] if model else spec_for(str(resolve(None)), profile)[0]
+    spec = spec_for(model or str(resolve(None)), profile)[0]
     overrides = Overrides(n_ctx=ctx, n_gpu_layers=gpu_layers, kv_type=kv_type,
                           margin=None if margin is None else margin * 2**20)
     chosen = plan(profile, spec, overrides, sampler.busy_elsewhere())

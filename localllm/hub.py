@@ -261,6 +261,7 @@ def _fetch_verified(remote: RemoteFile, blob: Path, progress: Progress | None) -
                     # Counted as a failed attempt: a server that ignores Range cannot loop for ever.
                     out.seek(0)
                     out.truncate(0)
+                    hasher.hexdigest()  # ends the old hasher's thread
                     hasher, done, error = _Hasher(remote), 0, restart
                 except _http().TransportError as exc:
                     error = exc

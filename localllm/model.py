@@ -13,9 +13,9 @@ from .config import cache_dir
 from .errors import ModelLoadError, ModelNotFoundError, UsageError
 from .events import Event, Finished, Token
 from .gguf_info import ModelSpec, header_facts, inspect_file
-from .printable import printable
 from .options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from .planner import MIN_CTX
+from .references import path_exists
 from .registry import resolve
 
 GGUF_MAGIC = b"GGUF"
@@ -201,12 +201,8 @@ def _check_against(facts: dict, options: LoadOptions) -> None:
 def check_gguf(path: Path) -> dict:
     """Fail fast, with a clear reason, on files llama.cpp would reject with a vaguer one (or
     abort on); return what the bounded header check found (gguf_info.header_facts)."""
-    try:
-        exists = path.exists()
-    except OSError as exc:  # a name too long for the filesystem, a loop of links
-        raise ModelNotFoundError(printable(str(path))[:200], exc.strerror or str(exc)) from None
-    if not exists:
-        raise ModelNotFoundError(str(path), "no such file")
+    if not path_exists(path):
+        raise ModelNotFoundError(str(path)[:200], "no such file")
     if path.is_dir():
         raise ModelLoadError(path, "it is a directory, not a .gguf file")
     if not stat.S_ISREG(path.stat().st_mode):  # opening a FIFO would wait for a writer for ever

@@ -30,14 +30,18 @@ class Reference:
     revision: str = "main"
 
 
+def path_exists(path: Path) -> bool:
+    """exists(), with a name the filesystem cannot hold (too long, a loop of links) as absent."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def parse_reference(text: str, catalog: Catalog) -> Reference:
     ref = text.strip()
     path = Path(ref).expanduser()
-    try:
-        exists = path.exists()
-    except OSError:  # a name the filesystem cannot hold is no file here
-        exists = False
-    if exists or ref.startswith(("./", "../", "/", "~")) or (ref.endswith(".gguf") and "/" not in ref):
+    if path_exists(path) or ref.startswith(("./", "../", "/", "~")) or (ref.endswith(".gguf") and "/" not in ref):
         return Reference(text, "path", path=path.absolute())
     lowered = ref.lower()
     for prefix in HUB_PREFIXES:

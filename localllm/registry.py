@@ -176,10 +176,10 @@ def resolve(ref: str | None) -> Path:
 def find_installed(ref: str) -> InstalledModel:
     """The installed model a reference names: a path, the starter, a name, a catalog or Hub reference."""
     from .catalog import load_catalog
-    from .references import parse_reference
+    from .references import parse_reference, path_exists
 
     path = Path(ref).expanduser()
-    if _exists(path):
+    if path_exists(path):
         return _from_path(path)
     if ref.lower() in STARTER_ALIASES:
         starter = _starter()
@@ -224,14 +224,6 @@ def display_name(path: Path) -> str:
     """The name `localllm list` shows for this file, or the file's name if it lists no such model."""
     path = path.absolute()
     return next((m.name for m in installed_models() if m.path.absolute() == path), path.name)
-
-
-def _exists(path: Path) -> bool:
-    """exists(), with a name the filesystem cannot hold (too long, a loop) as absent, not a crash."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
 
 
 def _from_path(path: Path) -> InstalledModel:

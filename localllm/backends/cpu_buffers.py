@@ -210,7 +210,6 @@ class Overrides:
     def __init__(self, patterns: Sequence[str], buft: int):
         self._patterns = [p.encode() for p in patterns]
         self.array = (TensorOverride * (len(patterns) + 1))(*(TensorOverride(p, buft) for p in self._patterns))
-        self.count = len(patterns)
 
     @property
     def pointer(self) -> int:
