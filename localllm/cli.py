@@ -13,6 +13,7 @@ import click
 
 from . import __version__
 from .cli_models import COMMANDS
+from .cli_serve import serve
 from .errors import LocalLLMError, UsageError
 from .options import FLASH_ATTN, MIN_CTX_TOKENS, flash_attn_name
 from .status import Status
@@ -227,7 +228,7 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
         click.echo(f"warning: {printable(warning)}", err=True)
 
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, serve):
     cli.add_command(_command)
 
 

@@ -34,6 +34,11 @@ class LoadShape:
     n_ubatch: int = 512
     swa_full: bool = False
     amx: bool = False  # llama.cpp's AMX kernels hold the CPU's weights, some types in more bytes
+    n_seq: int = 1  # sequences sharing one unified KV cache of n_ctx cells each (serve --parallel)
+
+    @property
+    def cells(self) -> int:
+        return pad(self.n_ctx * self.n_seq)
 
 
 @dataclass(frozen=True)
@@ -72,9 +77,9 @@ def pad(n: int, to: int = KV_CELL_PAD) -> int:
 
 def kv_cells(spec: ModelSpec, layer: int, shape: LoadShape) -> int:
     """Cells layer `layer` keeps: the whole context, or for sliding-window layers only the window."""
-    n_ctx = pad(shape.n_ctx)
+    n_ctx = shape.cells
     if spec.swa_layers and spec.swa_layers[layer] and not shape.swa_full and spec.sliding_window:
-        return min(n_ctx, pad(spec.sliding_window + shape.n_ubatch))
+        return min(n_ctx, pad(spec.sliding_window * shape.n_seq + shape.n_ubatch))
     return n_ctx
 
 
@@ -89,11 +94,11 @@ def compute_bytes(spec: ModelSpec, shape: LoadShape) -> int:
     Without flash attention the scores tensor (f32, heads x ubatch x cells) dominates and grows
     with the context; with it only the f16 masks (ubatch x cells, one per attention kind) do.
     """
-    n_ctx = pad(shape.n_ctx)
+    n_ctx = shape.cells
     q_dim = spec.n_head * spec.head_dim_k
     activations = shape.n_ubatch * 4 * (2 * spec.n_ff + spec.n_embd + q_dim)
     has_swa = any(spec.swa_layers)
-    swa_cells = min(n_ctx, pad((spec.sliding_window or 0) + shape.n_ubatch)) if has_swa else 0
+    swa_cells = min(n_ctx, pad((spec.sliding_window or 0) * shape.n_seq + shape.n_ubatch)) if has_swa else 0
     if shape.flash_attn:
         if has_swa and not shape.swa_full:
             masks = shape.n_ubatch * 2 * (n_ctx + swa_cells)
@@ -111,7 +116,7 @@ def cpu_scratch_bytes(spec: ModelSpec, shape: LoadShape) -> int:
     Measured: 59 MiB more than the buffers at 8k context for SmolLM2, matching this term."""
     if shape.flash_attn:
         return 0
-    return shape.n_ubatch * pad(shape.n_ctx) * spec.n_head * 2
+    return shape.n_ubatch * shape.cells * spec.n_head * 2
 
 
 def estimate(spec: ModelSpec, shape: LoadShape, gpu_vendors: tuple[str, ...] = ()) -> MemoryEstimate:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends import LoadedModel, Message, get_backend
+from .backends.base import Batcher
 from .config import cache_dir
 from .errors import ModelLoadError, ModelNotFoundError, UsageError
 from .events import Event, Finished, Token
@@ -83,6 +84,21 @@ class Model:
         """The whole reply to one user message, once it is finished."""
         return collect(self.prompt(text, system, sampling))
 
+    @property
+    def can_embed(self) -> bool:
+        """An embedding model (its GGUF declares how to pool token states into one vector)."""
+        return bool(header_facts(self.path, cache_dir())["embedding_only"])
+
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """One unit-length vector per text, and the tokens they took; for embedding models only."""
+        if not self.can_embed:
+            raise UsageError(f"{self.path.name} is not an embedding model")
+        return self._loaded.embed(texts)
+
+    def batcher(self) -> Batcher:
+        """Decode up to ``options.n_seq`` requests together, step by step (see localllm.engine)."""
+        return self._loaded.batcher()
+
     def close(self) -> None:
         self._loaded.close()
 
@@ -127,7 +143,7 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
             return Model(loaded, planned, time.perf_counter() - started)
         except ModelLoadError as exc:
             smaller = _smaller(planned, options)
-            if not _out_of_memory(exc.reason) or smaller is None:
+            if not out_of_memory(exc.reason) or smaller is None:
                 raise
             planned, change = smaller
             notify(f"out of memory; retrying with {change}")
@@ -142,13 +158,13 @@ def _plan(path: Path, options: LoadOptions, build, notify: Callable[[str], None]
     from .planner import Overrides, plan
 
     gpu_choice = build.gpu_offload and options.n_gpu_layers is None
-    roomy = path.stat().st_size * 2 + 2**30 < psutil.virtual_memory().available
+    roomy = path.stat().st_size * 2 + 2**30 < psutil.virtual_memory().available and options.n_seq == 1
     if not gpu_choice and roomy and options.margin is None:
         return replace(options, n_gpu_layers=options.n_gpu_layers or 0)
     chosen = plan(detect(build), inspect_file(path, cache_dir()), Overrides(
         n_ctx=options.n_ctx, n_gpu_layers=options.n_gpu_layers, kv_type=options.kv_type,
         flash_attn=options.flash_attn, tensor_split=options.tensor_split or None, n_threads=options.n_threads,
-        margin=options.margin, load_anyway=options.load_anyway,
+        margin=options.margin, load_anyway=options.load_anyway, n_seq=options.n_seq,
     ))
     if chosen.fit == "none" and not options.load_anyway:
         raise ModelLoadError(path, f"it does not fit: {chosen.warnings[0]}")
@@ -172,7 +188,7 @@ def _smaller(current: LoadOptions, asked: LoadOptions) -> tuple[LoadOptions, str
     return None
 
 
-def _out_of_memory(reason: str) -> bool:
+def out_of_memory(reason: str) -> bool:
     reason = reason.lower()
     return any(sign in reason for sign in ("out of memory", "insufficient memory", "failed to allocate", "unable to allocate", "cudamalloc"))
 

@@ -14,7 +14,9 @@ KV_TYPES = ("f16", "q8_0", "q4_0")
 # llama.cpp rounds a context up to a multiple of 256 tokens, so a smaller one cannot be had as set.
 MIN_CTX_TOKENS = 256
 MAX_CTX_TOKENS = 2**31 - 1  # llama.cpp's n_ctx is a C uint32 and wraps above, then aborts
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS; more aborts inside llama.cpp
+MAX_STOPS, MAX_STOP_CHARS = 16, 256
 # How flash attention is named on the command line and in --json, against LoadOptions.flash_attn.
 FLASH_ATTN = {"auto": None, "on": True, "off": False}
 
@@ -51,6 +53,9 @@ class LoadOptions:
     # needs more (0: the whole window at once). Setting up a KV cache costs time in proportion
     # to its size: 62 ms for SmolLM2's 4096 tokens here, against 11-19 ms for 1024.
     initial_ctx: int = 0
+    # Sequences generated together in one context (`serve --parallel`). Each gets the whole
+    # n_ctx window: the KV cache holds n_ctx x n_seq cells, shared, so a common prefix counts once.
+    n_seq: int = 1
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -65,6 +70,10 @@ class LoadOptions:
             raise UsageError(f"GPU layers must be -1 (all), 0 (none) or a positive count, not {self.n_gpu_layers}")
         if self.initial_ctx < 0:
             raise UsageError(f"initial context size must be 0 (the whole window) or positive, not {self.initial_ctx}")
+        if not 1 <= self.n_seq <= MAX_SEQUENCES:
+            raise UsageError(f"parallel sequences must be 1 to {MAX_SEQUENCES}, not {self.n_seq}")
+        if self.n_seq > 1 and self.initial_ctx:
+            raise UsageError("a context for several sequences cannot start small and grow")
         if self.n_batch < 1 or self.n_ubatch < 1:
             raise UsageError("batch sizes must be at least 1")
         if self.kv_type is not None and self.kv_type not in KV_TYPES:
@@ -91,6 +100,8 @@ class SamplingOptions:
     repeat_penalty: float = 1.0
     seed: int | None = None
     ignore_eos: bool = False
+    # Generation ends before the first of these texts, which is never part of the answer.
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
@@ -108,6 +119,8 @@ class SamplingOptions:
             raise UsageError(f"min-p must be in [0, 1), not {self.min_p}")
         if self.repeat_penalty <= 0:
             raise UsageError(f"repeat penalty must be positive, not {self.repeat_penalty}")
+        if len(self.stop) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise UsageError(f"stop strings: at most {MAX_STOPS}, each 1 to {MAX_STOP_CHARS} characters")
         if self.seed is not None and not 0 <= self.seed < 2**32 - 1:
             raise UsageError(f"seed must be in [0, 2^32 - 2], not {self.seed}")
 

@@ -41,6 +41,7 @@ class Overrides:
     n_threads: int | None = None
     margin: int | None = None  # bytes kept free per device
     load_anyway: bool = False
+    n_seq: int = 1
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class LoadPlan:
             kv_type=self.shape.kv_type,
             swa_full=self.shape.swa_full,
             tensor_split=self.shape.tensor_split,
+            n_seq=self.shape.n_seq,
             verbose=verbose,
         )
 
@@ -96,7 +98,8 @@ def plan(hw: HardwareProfile, spec: ModelSpec, overrides: Overrides = Overrides(
     amx = hw.build is not None and hw.build.amx is not None and hw.build.amx.in_use
 
     def shape(n_ctx: int, kv: str, layers: int) -> LoadShape:
-        return LoadShape(n_ctx=n_ctx, kv_type=kv, flash_attn=flash, n_gpu_layers=layers, tensor_split=split, amx=amx)
+        return LoadShape(n_ctx=n_ctx, kv_type=kv, flash_attn=flash, n_gpu_layers=layers, tensor_split=split, amx=amx,
+                         n_seq=overrides.n_seq)
 
     def evaluate(s: LoadShape) -> tuple[MemoryEstimate, tuple[int, ...], bool]:
         est = estimate(spec, s, vendors)

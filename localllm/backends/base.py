@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +33,14 @@ class LoadedModel(Protocol):
         """Stream Token events, then one Finished. The KV cache of a shared prompt prefix is reused."""
         ...
 
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """Unit-length embeddings of each text, and the token count (embedding models only)."""
+        ...
+
+    def batcher(self) -> Batcher:
+        """Several sequences decoded together (LoadOptions.n_seq of them), for serving."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -39,3 +48,37 @@ class Backend(Protocol):
     name: str
 
     def load(self, path: Path, options: LoadOptions) -> LoadedModel: ...
+
+
+@dataclass(eq=False)
+class SequenceRequest:
+    """One generation for a batcher: prompt tokens in, events out through `emit`.
+
+    `emit` runs on the engine thread with each Token and PromptProgress, then one Finished, or
+    a LocalLLMError instead of Finished when the generation fails; it must not block. `cancel()`
+    may be called from any thread: the sequence ends at the next step and frees its slot.
+    """
+
+    tokens: list[int]
+    sampling: SamplingOptions
+    emit: Callable[[Event | Exception], None]
+    cancelled: bool = field(default=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Batcher(Protocol):
+    """Decodes up to `slots` sequences together, one step at a time, on the engine thread."""
+
+    slots: int
+
+    def free_slots(self) -> int: ...
+
+    def add(self, request: SequenceRequest) -> None: ...
+
+    def busy(self) -> bool: ...
+
+    def step(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
@@ -34,6 +35,9 @@ from .chat_template import render_chat
 from .cpu_buffers import REPACK, Overrides, cpu_layers, extra_buffer_types, library, override_patterns, repack_weights
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from .base import Message
+
+if TYPE_CHECKING:
+    from .llamacpp_batch import LlamaCppBatcher
 
 _GGML_LOG_LEVEL_ERROR = 4
 _GGML_LOG_LEVEL_CONT = 5
@@ -158,6 +162,7 @@ class LlamaCppModel:
         self.path = path
         self._model = None
         self._ctx = None
+        self._embed_ctx = None
         self._threadpool = None
 
         mparams = llama_cpp.llama_model_default_params()
@@ -209,7 +214,7 @@ class LlamaCppModel:
         self._threadpool = _Threadpool(self._ctx, self.n_threads)
         self._n_batch, self._n_ubatch = cparams.n_batch, cparams.n_ubatch
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._allocated = llama_cpp.llama_n_ctx(self._ctx)
+        self._allocated = llama_cpp.llama_n_ctx(self._ctx) // self._options.n_seq  # per sequence
         return None
 
     def _make_room(self, tokens: int) -> None:
@@ -408,8 +413,49 @@ class LlamaCppModel:
             seed=seed,
         )
 
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """Pooled, L2-normalised embeddings, one text per llama_decode in a context of their own
+        (it keeps every token's output, which generation's context does not)."""
+        if self._embed_ctx is None:
+            cparams = _context_params(self._options, self.n_ctx, self.n_threads)
+            cparams.embeddings = True
+            cparams.n_seq_max, cparams.n_outputs_max, cparams.kv_unified = 1, 0, False
+            cparams.n_ctx = self.n_ctx
+            # Models without causal attention must see the whole input in one ubatch.
+            cparams.n_batch = cparams.n_ubatch = min(self.n_ctx, self._options.n_batch)
+            self._embed_ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+            if not self._embed_ctx:
+                raise GenerationError(_log.first_error() or "llama.cpp could not create an embedding context")
+        ctx, limit = self._embed_ctx, min(self.n_ctx, self._options.n_batch)
+        vectors, total = [], 0
+        n_embd = llama_cpp.llama_model_n_embd(self._model)
+        for text in texts:
+            tokens = self.tokenize(text)
+            if len(tokens) > limit:
+                raise ContextOverflowError(len(tokens), limit, self.n_ctx_train)
+            total += len(tokens)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            array = (llama_cpp.llama_token * len(tokens))(*tokens)
+            status = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(array, len(tokens)))
+            pooled = llama_cpp.llama_get_embeddings_seq(ctx, 0)
+            if status != 0 or not pooled:
+                raise GenerationError(f"llama.cpp could not embed the text (llama_decode returned {status})")
+            vector = np.ctypeslib.as_array(pooled, shape=(n_embd,)).astype(np.float64)
+            norm = float(np.linalg.norm(vector))
+            vectors.append((vector / norm if norm > 0 else vector).tolist())
+        return vectors, total
+
+    def batcher(self) -> LlamaCppBatcher:
+        """Several sequences decoded together in this model's context (LoadOptions.n_seq of them)."""
+        from .llamacpp_batch import LlamaCppBatcher
+
+        return LlamaCppBatcher(self)
+
     def close(self) -> None:
         self._free_context()
+        if self._embed_ctx:
+            llama_cpp.llama_free(self._embed_ctx)
+            self._embed_ctx = None
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
@@ -426,12 +472,16 @@ def _window(options: LoadOptions, n_ctx_train: int) -> int:
 
 def _context_params(options: LoadOptions, n_ctx: int, n_threads: int):
     cparams = llama_cpp.llama_context_default_params()
-    cparams.n_ctx = n_ctx
-    cparams.n_batch = min(options.n_batch, n_ctx)
+    cparams.n_ctx = n_ctx * options.n_seq
+    cparams.n_batch = min(options.n_batch, cparams.n_ctx)
     cparams.n_ubatch = min(options.n_ubatch, cparams.n_batch)
-    # Only the last token's logits are ever read, and llama.cpp otherwise reserves a buffer
-    # for n_batch of them (100 MiB for a 49k vocabulary).
-    cparams.n_outputs_max = 1
+    # Only each sequence's last token's logits are ever read, and llama.cpp otherwise reserves
+    # a buffer for n_batch of them (100 MiB for a 49k vocabulary).
+    cparams.n_outputs_max = options.n_seq
+    cparams.n_seq_max = options.n_seq
+    # One KV buffer for all sequences: a prefix they share is stored once, and any sequence may
+    # use the room others leave.
+    cparams.kv_unified = options.n_seq > 1
     cparams.n_threads = n_threads
     cparams.n_threads_batch = n_threads
     cparams.flash_attn_type = {

@@ -1,0 +1,251 @@
+"""Several sequences in one llama.cpp context, decoded together: continuous batching for `serve`.
+
+Each step is one ``llama_decode`` whose batch carries the next token of every sequence that is
+generating, plus as much of newly arrived prompts as the batch has room for, so a request joins
+between steps without stalling the others. Each slot (llama.cpp sequence id) keeps the KV cache
+of its last request; a new request takes the free slot that shares the longest prefix with it,
+or copies a longer shared prefix from any other slot (the KV buffer is unified, so the copy
+shares cells instead of moving data). A chat's next turn thus evaluates only its new tokens.
+
+Everything here runs on the engine thread; only SequenceRequest.cancel() comes from others.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import secrets
+import time
+
+import llama_cpp
+import numpy as np
+
+from ..errors import GenerationError
+from ..events import Finished, PromptProgress, Timings, Token, Usage
+from ..stops import StopText
+from .base import SequenceRequest
+from .llamacpp import PROGRESS_AFTER, LlamaCppModel, _sampler_chain
+
+
+class _Slot:
+    def __init__(self, seq: int):
+        self.seq = seq
+        self.cached: list[int] = []  # tokens whose KV cache this sequence holds
+        self.request: SequenceRequest | None = None
+        self.last_used = 0.0
+
+    def start(self, request: SequenceRequest, reused: int, n_ctx: int) -> None:
+        sampling = request.sampling
+        self.request = request
+        self.pending = request.tokens[reused:]  # prompt tokens still to evaluate
+        self.reused = reused
+        self.next_token: int | None = None
+        self.seed = secrets.randbelow(2**32 - 1) if sampling.seed is None else sampling.seed
+        self.greedy = sampling.temperature == 0 and sampling.repeat_penalty == 1.0
+        self.sampler = None
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = StopText(sampling.stop)
+        room = n_ctx - len(request.tokens)
+        self.limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
+        self.generated = 0
+        self.t_start = time.perf_counter()
+        self.t_prompt_done = self.t_first = None
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    common = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        common += 1
+    return common
+
+
+class _Batch:
+    """A llama_batch whose arrays are numpy buffers, so a whole prompt chunk is written at once."""
+
+    def __init__(self, capacity: int, n_seq: int):
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        self.seq_values = np.arange(n_seq, dtype=np.int32)
+        # seq_id[i] points at seq_values[seq of token i]: one sequence per token.
+        self.seq_ptr = np.zeros(capacity, dtype=np.uintp)
+        self.n = 0
+        self.struct = llama_cpp.llama_batch()
+        self.struct.token = self.token.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self.struct.embd = None
+        self.struct.pos = self.pos.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        self.struct.seq_id = ctypes.cast(self.seq_ptr.ctypes.data, ctypes.POINTER(ctypes.POINTER(ctypes.c_int32)))
+        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+
+    def add(self, tokens: list[int], first_pos: int, seq: int, output_last: bool) -> int:
+        """Append tokens of one sequence; returns the batch index of the last one."""
+        start, end = self.n, self.n + len(tokens)
+        self.token[start:end] = tokens
+        self.pos[start:end] = np.arange(first_pos, first_pos + len(tokens), dtype=np.int32)
+        self.seq_ptr[start:end] = self.seq_values.ctypes.data + 4 * seq
+        self.logits[start:end] = 0
+        self.logits[end - 1] = output_last
+        self.n = end
+        return end - 1
+
+
+class LlamaCppBatcher:
+    def __init__(self, model: LlamaCppModel):
+        self._model = model
+        self.slots = model._options.n_seq
+        self._slots = [_Slot(seq) for seq in range(self.slots)]
+        self._budget = model._n_batch
+        self._batch = _Batch(self._budget, self.slots)
+        self._vocab = model._vocab
+        self._piece = ctypes.create_string_buffer(256)
+
+    def free_slots(self) -> int:
+        return sum(slot.request is None for slot in self._slots)
+
+    def busy(self) -> bool:
+        return any(slot.request is not None for slot in self._slots)
+
+    def add(self, request: SequenceRequest) -> None:
+        """Start a request in a free slot (the caller checked free_slots), reusing what it can of
+        a prefix already in the KV cache."""
+        tokens = request.tokens
+        free = [slot for slot in self._slots if slot.request is None]
+        # The longest own prefix wins; among equals the least recently used, so that other
+        # conversations' caches survive longest.
+        slot = max(free, key=lambda s: (min(_shared(s.cached, tokens), len(tokens) - 1), -s.last_used))
+        common = min(_shared(slot.cached, tokens), len(tokens) - 1)
+        memory = self._model._memory
+        donor = max(self._slots, key=lambda s: _shared(s.cached, tokens))
+        donated = min(_shared(donor.cached, tokens), len(tokens) - 1)
+        if donated > common:
+            llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
+            llama_cpp.llama_memory_seq_cp(memory, donor.seq, slot.seq, 0, donated)
+            common = donated
+        elif common < len(slot.cached) and not llama_cpp.llama_memory_seq_rm(memory, slot.seq, common, -1):
+            # Some caches (recurrent, sliding window) cannot be cut mid-sequence.
+            llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
+            common = 0
+        slot.cached = tokens[:common]
+        slot.start(request, common, self._model.n_ctx)
+
+    def step(self) -> None:
+        """One llama_decode for every active sequence; emits what it produced."""
+        for slot in self._slots:
+            if slot.request is not None and slot.request.cancelled:
+                self._finish(slot, "cancelled")
+        batch = self._batch
+        batch.n = 0
+        entries: list[tuple[_Slot, int, int | None]] = []  # slot, tokens it adds, batch index of its output
+        for slot in self._slots:
+            if slot.request is not None and slot.next_token is not None:
+                entries.append((slot, 1, batch.add([slot.next_token], len(slot.cached), slot.seq, True)))
+        for slot in self._slots:
+            room = self._budget - batch.n
+            if slot.request is None or slot.next_token is not None or room <= 0:
+                continue
+            chunk = slot.pending[:room]
+            done = len(chunk) == len(slot.pending)
+            index = batch.add(chunk, len(slot.cached), slot.seq, done)
+            entries.append((slot, len(chunk), index if done else None))
+        if not entries:
+            return
+        batch.struct.n_tokens = batch.n
+        status = llama_cpp.llama_decode(self._model._ctx, batch.struct)
+        if status != 0:
+            self._fail([slot for slot, _, _ in entries], status)
+            return
+        for slot, taken, index in entries:
+            self._advance(slot, taken)
+            if index is not None:
+                self._sampled(slot, self._pick(slot, index))
+
+    def _advance(self, slot: _Slot, taken: int) -> None:
+        """Record tokens that are now in the KV cache."""
+        if slot.next_token is not None:
+            slot.cached.append(slot.next_token)
+            return
+        slot.cached.extend(slot.pending[:taken])
+        slot.pending = slot.pending[taken:]
+        total = len(slot.request.tokens)
+        if total - slot.reused > PROGRESS_AFTER:
+            slot.request.emit(PromptProgress(total - len(slot.pending), total))
+
+    def _pick(self, slot: _Slot, index: int) -> int:
+        ctx = self._model._ctx
+        if slot.greedy:
+            logits = llama_cpp.llama_get_logits_ith(ctx, index)
+            row = self._model._logits_type.from_address(ctypes.addressof(logits.contents))
+            return int(np.frombuffer(row, dtype=np.float32).argmax())
+        if slot.sampler is None:
+            slot.sampler = _sampler_chain(slot.request.sampling, slot.seed, llama_cpp.llama_vocab_n_tokens(self._vocab))
+        return llama_cpp.llama_sampler_sample(slot.sampler, ctx, index)
+
+    def _sampled(self, slot: _Slot, token: int) -> None:
+        now = time.perf_counter()
+        slot.t_prompt_done = slot.t_prompt_done or now
+        request = slot.request
+        if not request.sampling.ignore_eos and llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(slot, "stop")
+            return
+        slot.generated += 1
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False)
+        text, stopped = slot.stops.feed(slot.decoder.decode(self._piece.raw[:n]) if n > 0 else "")
+        slot.t_first = slot.t_first or now
+        if text:
+            request.emit(Token(text))
+        if stopped:
+            self._finish(slot, "stop")
+        elif slot.generated >= slot.limit:
+            self._finish(slot, "length")
+        else:
+            slot.next_token = token
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        request = slot.request
+        held = slot.stops.flush()  # empty after a stop string matched
+        if held and reason != "cancelled":
+            request.emit(Token(held))
+        t_end = time.perf_counter()
+        t_prompt_done = slot.t_prompt_done or t_end
+        prompt_s = t_prompt_done - slot.t_start
+        generation_s = t_end - slot.t_first if slot.t_first is not None else 0.0
+        evaluated = len(request.tokens) - slot.reused
+        generated = slot.generated
+        self._release(slot)
+        request.emit(Finished(
+            reason=reason,
+            usage=Usage(prompt_tokens=len(request.tokens), completion_tokens=generated, cached_tokens=slot.reused),
+            timings=Timings(
+                prompt_s=prompt_s,
+                ttft_s=(slot.t_first or t_end) - slot.t_start,
+                generation_s=generation_s,
+                prompt_tokens_per_s=evaluated / prompt_s if evaluated and prompt_s > 0 else None,
+                generation_tokens_per_s=(generated - 1) / generation_s if generated > 1 and generation_s > 0 else None,
+            ),
+            seed=slot.seed,
+        ))
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            llama_cpp.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+        slot.request = None
+        slot.last_used = time.monotonic()
+
+    def _fail(self, slots: list[_Slot], status: int) -> None:
+        for slot in slots:
+            request = slot.request
+            llama_cpp.llama_memory_seq_rm(self._model._memory, slot.seq, -1, -1)
+            slot.cached = []
+            self._release(slot)
+            request.emit(GenerationError(f"llama.cpp failed to evaluate the batch (llama_decode returned {status})"))
+
+    def close(self) -> None:
+        """Cancel whatever is still running (the model is about to be freed)."""
+        for slot in self._slots:
+            if slot.request is not None:
+                self._finish(slot, "cancelled")

@@ -1,0 +1,81 @@
+"""`localllm serve`: the command; the server itself is in localllm/server (imported only here)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import click
+
+from .errors import UsageError
+from .options import FLASH_ATTN, MIN_CTX_TOKENS
+
+DEFAULT_PORT = 8642  # none of Ollama's 11434, LM Studio's 1234, llama-server's 8080, vLLM's 8000
+DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds, Ollama's way: "5m", "90s", "1h30m", a bare number of seconds; a negative one keeps
+    models loaded for ever (None)."""
+    text = text.strip().lower()
+    if re.fullmatch(r"-\d+(\.\d+)?[smh]?", text):
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    if not text or not re.fullmatch(rf"(?:{_DURATION.pattern})+", text):
+        raise UsageError(f"--keep-alive takes a duration such as 5m, 30s or 1h (or -1: for ever), not {text[:40]!r}")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(number) * scale[unit] for number, unit in _DURATION.findall(text))
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("-m", "--model", metavar="MODEL", help="Load this model at start (any reference `run -m` takes); requests may name others, loaded on demand.")
+@click.option("--host", default="127.0.0.1", help="Address to listen on. Anything but loopback needs an API key.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, help="Port (0: any free one).")
+@click.option("--parallel", "-np", type=click.IntRange(1, 64), default=DEFAULT_PARALLEL, help="Requests generated at the same time, batched in one context; each has the whole --ctx window.")
+@click.option("--queue", "queue_limit", type=click.IntRange(0, 10_000), default=64, help="Requests that may wait for a slot; past this they get 503.")
+@click.option("--keep-alive", default="5m", metavar="DURATION", help="Unload a model unused this long (5m, 30s, 1h; -1: never).")
+@click.option("--api-key", envvar="LOCALLLM_API_KEY", show_envvar=True, metavar="KEY", help="Require 'Authorization: Bearer KEY' on every request.  [default: none]")
+@click.option("--cors", multiple=True, metavar="ORIGIN", help="Allow browser pages from this origin (repeatable).  [default: none]")
+@click.option("--ctx", type=click.IntRange(min=MIN_CTX_TOKENS), help="Context window per request, in tokens.  [default: the trained length, at most 4096]")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
+@click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none.  [default: as many as fit]")
+@click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="KV cache type.  [default: f16, q8_0 when memory is tight]")
+@click.option("--flash-attn", type=click.Choice(list(FLASH_ATTN)), default="auto", help="Flash attention.")
+@click.option("--max-body", type=click.IntRange(1, 1024), default=8, metavar="MIB", help="Largest request body accepted.")
+@click.option("-q", "--quiet", is_flag=True, help="No access log (one line per request on stderr).")
+@click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
+def serve(model, host, port, parallel, queue_limit, keep_alive, api_key, cors, ctx, threads, gpu_layers, kv_type,
+          flash_attn, max_body, quiet, verbose):
+    """Serve models over HTTP: the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models,
+    /v1/embeddings) and Ollama's (/api/chat, /api/generate, /api/tags, /api/show, /api/ps).
+
+    \b
+      localllm serve -m starter
+      curl http://127.0.0.1:8642/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "starter", "messages": [{"role": "user", "content": "Hi"}]}'
+
+    Up to --parallel requests generate at once; a chat's next turn reuses the cached prompt.
+    Ctrl-C or SIGTERM lets running answers finish (5 s at most), then unloads and exits.
+    """
+    from . import crash
+    from .engine import Engine
+    from .options import LoadOptions
+    from .registry import resolve
+    from .server import Listen, ServerConfig, check_exposure
+    from .server import serve as run_server
+
+    crash.install()
+    check_exposure(host, api_key)
+    if api_key is not None and not api_key.strip():
+        raise UsageError("the API key is empty")
+    if model is not None:
+        resolve(model)  # a typo fails now, not after the server has started
+    options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
+                          flash_attn=FLASH_ATTN[flash_attn], n_seq=parallel, verbose=verbose)
+    config = ServerConfig(load_options=options, default_model=model, api_key=api_key or None, cors=tuple(cors),
+                          max_body=max_body * 2**20, quiet=quiet)
+    engine = Engine(keep_alive=parse_duration(keep_alive), queue_limit=queue_limit)
+    os.environ.pop("LOCALLLM_API_KEY", None)  # nothing started from here needs to see it
+    run_server(config, Listen(host, port), engine, model)

@@ -1,0 +1,406 @@
+"""The ASGI app behind `localllm serve`: routes for the OpenAI and Ollama APIs over one engine.
+
+Request handlers run on the event loop; they never call llama.cpp. A generation is handed to
+the engine thread as a SequenceRequest whose events come back through call_soon_threadsafe, so
+one slow client never holds up the others or the decode loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .. import __version__
+from ..backends.base import SequenceRequest
+from ..engine import BusyError, Engine, QueueFullError, Served
+from ..errors import ContextOverflowError, LocalLLMError, ModelLoadError, ModelNotFoundError, UsageError
+from ..events import Finished, Token
+from ..options import LoadOptions
+from ..printable import printable
+from . import models, schemas
+from .schemas import ApiError, GenerationJob
+
+RETRY_AFTER_S = 2
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    load_options: LoadOptions
+    default_model: str | None = None
+    api_key: str | None = None
+    cors: tuple[str, ...] = ()
+    max_body: int = 8 * 2**20
+    quiet: bool = False
+
+
+def create_app(config: ServerConfig, engine: Engine) -> Callable:
+    api = _Api(config, engine)
+    routes = [
+        Route("/", api.root, methods=["GET", "HEAD"]),
+        Route("/v1/chat/completions", api.openai_chat, methods=["POST"]),
+        Route("/v1/completions", api.openai_completions, methods=["POST"]),
+        Route("/v1/models", api.openai_models, methods=["GET"]),
+        Route("/v1/models/{name:path}", api.openai_model, methods=["GET"]),
+        Route("/v1/embeddings", api.openai_embeddings, methods=["POST"]),
+        Route("/api/chat", api.ollama_chat, methods=["POST"]),
+        Route("/api/generate", api.ollama_generate, methods=["POST"]),
+        Route("/api/tags", api.ollama_tags, methods=["GET"]),
+        Route("/api/show", api.ollama_show, methods=["POST"]),
+        Route("/api/ps", api.ollama_ps, methods=["GET"]),
+        Route("/api/version", api.ollama_version, methods=["GET"]),
+    ]
+    app: Callable = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+    app = _Auth(app, config.api_key)
+    if config.cors:
+        app = CORSMiddleware(app, allow_origins=list(config.cors), allow_methods=["GET", "POST", "OPTIONS"],
+                             allow_headers=["authorization", "content-type"])
+    return _AccessLog(app, config.quiet)
+
+
+# ---- errors ---------------------------------------------------------------------------------
+def _api_error(exc: Exception) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ModelNotFoundError):
+        return ApiError(404, str(exc), "model", "not_found_error")
+    if isinstance(exc, ContextOverflowError):
+        return ApiError(400, f"the prompt is {exc.prompt_tokens} tokens and the context window is {exc.n_ctx} "
+                             f"tokens: it does not fit (nothing was cut)", "messages", "context_length_exceeded")
+    if isinstance(exc, (QueueFullError, BusyError)):
+        return ApiError(503, str(exc), None, "server_busy", {"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(exc, UsageError):
+        return ApiError(400, str(exc))
+    if isinstance(exc, ModelLoadError):
+        return ApiError(500, str(exc), "model", "server_error")
+    return ApiError(500, str(exc) if isinstance(exc, LocalLLMError) else "internal error", None, "server_error")
+
+
+def _error_response(path: str, error: ApiError) -> JSONResponse:
+    body = error.openai() if not path.startswith("/api/") else error.ollama()
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _error_response(request.url.path, ApiError(404, f"no such endpoint: {printable(request.url.path)[:200]}"))
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return _error_response(request.url.path, ApiError(405, f"{request.method} is not allowed here"))
+
+
+def _handled(handler):
+    """Turn errors into the API's error object; the server goes on serving."""
+    async def wrapper(self, request: Request) -> Response:
+        try:
+            return await handler(self, request)
+        except Exception as exc:  # every failure answers the client; none stops the server
+            error = _api_error(exc)
+            if error.status >= 500 and not isinstance(exc, LocalLLMError):
+                sys.stderr.write(f"localllm: {request.url.path}: {type(exc).__name__}: {printable(exc)[:300]}\n")
+            return _error_response(request.url.path, error)
+    return wrapper
+
+
+# ---- the engine's events on the event loop --------------------------------------------------
+class _Events:
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, event) -> None:
+        """Called on the engine thread."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the event loop has closed: nobody is listening
+            pass
+
+    async def next(self, request: Request):
+        """The next event; a client gone while it waits cancels the wait."""
+        while True:
+            try:
+                event = await asyncio.wait_for(self.queue.get(), 1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    raise asyncio.CancelledError from None
+                continue
+            if isinstance(event, Exception):
+                raise event
+            return event
+
+
+@dataclass
+class _Run:
+    served: Served
+    sequence: SequenceRequest
+    events: _Events
+    model: str  # the name the client used
+
+
+class _Api:
+    def __init__(self, config: ServerConfig, engine: Engine):
+        self.config, self.engine = config, engine
+
+    async def _body(self, request: Request) -> object:
+        """The JSON body, read up to the size limit."""
+        limit = self.config.max_body
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise ApiError(413, f"the request body is larger than {limit // 2**20} MiB")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request body is larger than {limit // 2**20} MiB")
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except (ValueError, RecursionError):
+            raise ApiError(400, "the request body is not valid JSON") from None
+
+    async def _acquire(self, name: str | None) -> Served:
+        return await asyncio.wrap_future(self.engine.acquire(name or self.config.default_model, self.config.load_options))
+
+    async def _start(self, request: Request, job: GenerationJob) -> _Run:
+        served = await self._acquire(job.model)
+        try:
+            tokens = await run_in_threadpool(_prompt_tokens, served.model, job)
+            events = _Events()
+            sequence = SequenceRequest(tokens, job.sampling, events.put)
+            self.engine.generate(served, sequence)
+        except BaseException:
+            self.engine.release(served)
+            raise
+        return _Run(served, sequence, events, job.model or served.path.name)
+
+    async def _stream(self, request: Request, run: _Run) -> AsyncIterator[Token | Finished]:
+        """The run's events until Finished; ends the sequence if the client goes away."""
+        try:
+            while True:
+                event = await run.events.next(request)
+                if isinstance(event, Finished):
+                    request.state.tokens = f"{event.usage.prompt_tokens}+{event.usage.completion_tokens}"
+                if isinstance(event, (Token, Finished)):
+                    yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            self._end(run)
+
+    def _end(self, run: _Run) -> None:
+        run.sequence.cancel()
+        self.engine.release(run.served)
+
+    async def _collect(self, request: Request, run: _Run) -> tuple[str, Finished]:
+        parts = []
+        try:
+            while True:
+                event = await run.events.next(request)
+                if isinstance(event, Token):
+                    parts.append(event.text)
+                elif isinstance(event, Finished):
+                    request.state.tokens = f"{event.usage.prompt_tokens}+{event.usage.completion_tokens}"
+                    return "".join(parts), event
+        finally:
+            self._end(run)
+
+    # ---- routes ---------------------------------------------------------------------------
+    async def root(self, request: Request) -> Response:
+        return PlainTextResponse("localllm is running\n")
+
+    @_handled
+    async def openai_chat(self, request: Request) -> Response:
+        job = schemas.openai_chat(await self._body(request))
+        run = await self._start(request, job)
+        if not job.stream:
+            text, finished = await self._collect(request, run)
+            return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield schemas.sse(schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": ""}))
+            try:
+                async for event in self._stream(request, run):
+                    if isinstance(event, Token):
+                        yield schemas.sse(schemas.openai_chat_chunk(job, run.model, {"content": event.text}))
+                    else:
+                        yield schemas.sse(schemas.openai_chat_chunk(job, run.model, {}, event))
+                        if job.include_usage:
+                            yield schemas.sse(schemas.openai_usage_chunk(job, run.model, event, "chat"))
+            except LocalLLMError as exc:
+                yield schemas.sse(_api_error(exc).openai())
+            yield schemas.sse("[DONE]")
+        return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @_handled
+    async def openai_completions(self, request: Request) -> Response:
+        job = schemas.openai_completion(await self._body(request))
+        run = await self._start(request, job)
+        if not job.stream:
+            text, finished = await self._collect(request, run)
+            return JSONResponse(schemas.openai_completion_response(job, run.model, text, finished))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for event in self._stream(request, run):
+                    if isinstance(event, Token):
+                        yield schemas.sse(schemas.openai_completion_response(job, run.model, event.text, None))
+                    else:
+                        yield schemas.sse(schemas.openai_completion_response(job, run.model, "", event))
+                        if job.include_usage:
+                            yield schemas.sse(schemas.openai_usage_chunk(job, run.model, event, "completion"))
+            except LocalLLMError as exc:
+                yield schemas.sse(_api_error(exc).openai())
+            yield schemas.sse("[DONE]")
+        return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @_handled
+    async def openai_models(self, request: Request) -> Response:
+        listed = await run_in_threadpool(models.installed)
+        return JSONResponse({"object": "list", "data": [models.openai_entry(m) for m in listed]})
+
+    @_handled
+    async def openai_model(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        listed = await run_in_threadpool(models.installed)
+        for model in listed:
+            if model.name == name:
+                return JSONResponse(models.openai_entry(model))
+        raise ApiError(404, f"no installed model is named {printable(name)[:200]!r}", "model", "not_found_error")
+
+    @_handled
+    async def openai_embeddings(self, request: Request) -> Response:
+        body = schemas.embedding_request(await self._body(request))
+        served = await self._acquire(body.model)
+        try:
+            if not served.model.can_embed:
+                raise ApiError(400, f"{body.model} is not an embedding model: it cannot make embeddings", "model")
+            vectors, tokens = await asyncio.wrap_future(self.engine.submit(served.model.embed, body.inputs))
+        finally:
+            self.engine.release(served)
+        request.state.tokens = str(tokens)
+        encode = (lambda v: base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()) if body.base64 else list
+        return JSONResponse({"object": "list", "model": body.model,
+                             "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @_handled
+    async def ollama_chat(self, request: Request) -> Response:
+        job = schemas.ollama_chat(await self._body(request))
+        return await self._ollama(request, job, "chat")
+
+    @_handled
+    async def ollama_generate(self, request: Request) -> Response:
+        job, _raw = schemas.ollama_generate(await self._body(request))
+        if job.prompt is None and job.messages is None:  # Ollama's way to load a model
+            self.engine.release(await self._acquire(job.model))
+            return JSONResponse({"model": job.model, "created_at": schemas.now_iso(), "response": "", "done": True,
+                                 "done_reason": "load"})
+        return await self._ollama(request, job, "generate")
+
+    async def _ollama(self, request: Request, job: GenerationJob, kind: str) -> Response:
+        run = await self._start(request, job)
+        if not job.stream:
+            text, finished = await self._collect(request, run)
+            return JSONResponse(schemas.ollama_line(run.model, kind, text, finished))
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for event in self._stream(request, run):
+                    if isinstance(event, Token):
+                        line = schemas.ollama_line(run.model, kind, event.text)
+                    else:
+                        line = schemas.ollama_line(run.model, kind, "", event)
+                    yield json.dumps(line).encode() + b"\n"
+            except LocalLLMError as exc:
+                yield json.dumps(_api_error(exc).ollama()).encode() + b"\n"
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @_handled
+    async def ollama_tags(self, request: Request) -> Response:
+        listed = await run_in_threadpool(models.installed)
+        return JSONResponse({"models": [models.ollama_entry(m) for m in listed]})
+
+    @_handled
+    async def ollama_show(self, request: Request) -> Response:
+        body = await self._body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("model") or body.get("name"), str):
+            raise ApiError(400, "'model' is required", "model")
+        return JSONResponse(await run_in_threadpool(models.ollama_show, body.get("model") or body.get("name")))
+
+    @_handled
+    async def ollama_ps(self, request: Request) -> Response:
+        keep_alive = self.engine.keep_alive
+        return JSONResponse({"models": [models.ollama_running(s, keep_alive) for s in self.engine.loaded()]})
+
+    async def ollama_version(self, request: Request) -> Response:
+        return JSONResponse({"version": __version__})
+
+
+def _prompt_tokens(model, job: GenerationJob) -> list[int]:
+    """The prompt as tokens, refused (never cut) when it does not fit the window."""
+    text = model.format_chat(job.messages) if job.messages is not None else job.prompt
+    tokens = model.tokenize(text)
+    if not tokens:
+        raise ApiError(400, "the prompt is empty", "prompt")
+    if len(tokens) >= model.n_ctx:
+        raise ContextOverflowError(len(tokens), model.n_ctx, model.n_ctx_train)
+    return tokens
+
+
+# ---- middleware -----------------------------------------------------------------------------
+class _Auth:
+    """With an API key, every request must carry it: `Authorization: Bearer KEY`."""
+
+    def __init__(self, app: Callable, key: str | None):
+        self.app, self.key = app, key.encode() if key else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.key is not None:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, token = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                error = ApiError(401, "a valid API key is required: Authorization: Bearer KEY", None, "authentication_error")
+                await _error_response(scope["path"], error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _AccessLog:
+    """One line per request on stderr: client, method, path, status, tokens, seconds."""
+
+    def __init__(self, app: Callable, quiet: bool):
+        self.app, self.quiet = app, quiet
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or self.quiet:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [0]
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        scope.setdefault("state", {})
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            tokens = scope["state"].get("tokens", "-")
+            sys.stderr.write(f"{client[0]} {scope['method']} {printable(scope['path'])[:200]} {status[0] or '-'} "
+                             f"{tokens} tok {time.perf_counter() - started:.3f}s\n")

@@ -1,0 +1,76 @@
+"""What the model-listing endpoints say about installed and loaded models, in each API's shape."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..config import cache_dir
+from ..engine import Served
+from ..errors import ModelNotFoundError
+from ..registry import InstalledModel, display_name, find_installed, installed_models
+from .schemas import ApiError
+
+
+def installed() -> list[InstalledModel]:
+    return installed_models()
+
+
+def _modified(path: Path) -> datetime:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except OSError:
+        return datetime.fromtimestamp(0, timezone.utc)
+
+
+def _digest(path: Path) -> str:
+    """A stable identifier of the file (not its content hash, which would mean reading it)."""
+    return hashlib.sha256(str(path.absolute()).encode()).hexdigest()
+
+
+def openai_entry(model: InstalledModel) -> dict:
+    return {"id": model.name, "object": "model", "created": int(_modified(model.path).timestamp()), "owned_by": model.source}
+
+
+def _details(model: InstalledModel) -> dict:
+    from ..gguf_info import header_facts
+
+    try:
+        family = header_facts(model.path, cache_dir())["architecture"]
+    except Exception:  # a listing never fails for one unreadable file
+        family = ""
+    return {"format": "gguf", "family": family, "families": [family] if family else None,
+            "parameter_size": "", "quantization_level": model.quant or ""}
+
+
+def ollama_entry(model: InstalledModel) -> dict:
+    return {"name": model.name, "model": model.name, "modified_at": _modified(model.path).isoformat(),
+            "size": model.size, "digest": _digest(model.path), "details": _details(model)}
+
+
+def ollama_show(name: str) -> dict:
+    from ..model import inspect
+
+    try:
+        model = find_installed(name)
+    except ModelNotFoundError as exc:
+        raise ApiError(404, str(exc), "model", "not_found_error") from None
+    spec = inspect(model.path)
+    details = _details(model)
+    info = {"general.architecture": spec.architecture, f"{spec.architecture}.context_length": spec.n_ctx_train,
+            f"{spec.architecture}.block_count": spec.n_layer, f"{spec.architecture}.embedding_length": spec.n_embd}
+    return {"modelfile": "", "parameters": "", "template": "", "details": details, "model_info": info,
+            "capabilities": ["completion"], "modified_at": _modified(model.path).isoformat()}
+
+
+def ollama_running(served: Served, keep_alive: float | None) -> dict:
+    path = served.path
+    left = served.last_used + keep_alive - time.monotonic() if keep_alive is not None else 10 * 365 * 86400
+    expires = datetime.now(timezone.utc).timestamp() + max(0.0, left)
+    name = display_name(path)
+    model = InstalledModel(name, path, path.stat().st_size if path.exists() else 0, "path")
+    return {"name": name, "model": name, "size": model.size, "digest": _digest(path),
+            "details": _details(model), "expires_at": datetime.fromtimestamp(expires, timezone.utc).isoformat(),
+            "size_vram": 0}

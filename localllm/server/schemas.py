@@ -1,0 +1,355 @@
+"""The HTTP API's shapes: one internal request, read from OpenAI's or Ollama's request bodies,
+and the responses each API expects, written from the same events.
+
+Everything in a body is checked here (types, ranges, counts, sizes) and a bad field is an
+ApiError naming it, which the app turns into the API's own error object with status 400.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ..errors import UsageError
+from ..events import Finished
+from ..options import MAX_STOP_CHARS, MAX_STOPS, SamplingOptions
+
+MAX_MESSAGES = 4096
+ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+class ApiError(Exception):
+    """A request the API refuses: an HTTP status, a message, and the field it is about."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.headers = headers or {}
+
+    def openai(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+
+    def ollama(self) -> dict:
+        return {"error": self.message}
+
+
+@dataclass
+class GenerationJob:
+    """What any of the generation endpoints asks for, whichever API it came through."""
+
+    model: str | None
+    sampling: SamplingOptions
+    messages: list[dict[str, str]] | None = None  # a chat; else `prompt` is raw text
+    prompt: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+# ---- field checks --------------------------------------------------------------------------
+def _get(body: dict, name: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    # JSON has no separate int: 1 is a valid float, but true is no number.
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise ApiError(400, f"'{name}' must be {_kind_name(kinds)}, not a boolean", name)
+    if float in (kinds if isinstance(kinds, tuple) else (kinds,)) and isinstance(value, int):
+        value = float(value)
+    if not isinstance(value, kinds):
+        raise ApiError(400, f"'{name}' must be {_kind_name(kinds)}", name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ApiError(400, f"'{name}' must be a finite number", name)
+    return value
+
+
+def _kind_name(kinds) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array", dict: "an object"}
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join(names[k] for k in kinds)
+
+
+def _stops(value: Any, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ApiError(400, f"'{name}' must be a string or an array of strings", name)
+    if len(values) > MAX_STOPS or any(not v or len(v) > MAX_STOP_CHARS for v in values):
+        raise ApiError(400, f"'{name}': at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", name)
+    return tuple(values)
+
+
+def _sampling(max_tokens: int | None, temperature: float | None, top_p: float | None, seed: int | None,
+              stop: tuple[str, ...], **more) -> SamplingOptions:
+    fields = {"max_tokens": max_tokens, "seed": seed, "stop": stop, **more}
+    if temperature is not None:
+        fields["temperature"] = temperature
+    if top_p is not None:
+        fields["top_p"] = top_p
+    try:
+        return SamplingOptions(**{k: v for k, v in fields.items() if v is not None})
+    except UsageError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise ApiError(400, "'messages' must be a non-empty array", "messages")
+    if len(value) > MAX_MESSAGES:
+        raise ApiError(400, f"'messages' has more than {MAX_MESSAGES} entries", "messages")
+    messages = []
+    for i, message in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise ApiError(400, f"'{where}' must be an object", where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise ApiError(400, f"'{where}.role' must be one of {', '.join(ROLES)}", f"{where}.role")
+        messages.append({"role": "system" if role == "developer" else role, "content": _content(message.get("content"), where)})
+    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+        raise ApiError(400, "the messages have no user message with text", "messages")
+    return messages
+
+
+def _content(value: Any, where: str) -> str:
+    """A message's text: a string, or OpenAI's array of parts, of which only text is readable here."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for part in value:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ApiError(400, f"'{where}.content': only text parts are supported", f"{where}.content")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise ApiError(400, f"'{where}.content' must be a string or an array of text parts", f"{where}.content")
+
+
+def _n(body: dict) -> None:
+    if _get(body, "n", int, 1) != 1:
+        raise ApiError(400, "'n' must be 1: one answer per request", "n")
+
+
+def _object(body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def _model(body: dict, required: bool) -> str | None:
+    model = _get(body, "model", str)
+    if required and not model:
+        raise ApiError(400, "'model' is required", "model")
+    return model or None
+
+
+def _max_tokens(body: dict, *names: str) -> int | None:
+    for name in names:
+        value = _get(body, name, int)
+        if value is not None:
+            if value < 1:
+                raise ApiError(400, f"'{name}' must be at least 1", name)
+            return value
+    return None
+
+
+# ---- OpenAI requests -----------------------------------------------------------------------
+def openai_chat(body: Any) -> GenerationJob:
+    body = _object(body)
+    _n(body)
+    _refuse_unsupported(body)
+    return GenerationJob(
+        model=_model(body, required=True),
+        messages=_messages(body.get("messages")),
+        sampling=_openai_sampling(body, "max_completion_tokens", "max_tokens"),
+        stream=_get(body, "stream", bool, False),
+        include_usage=_include_usage(body),
+    )
+
+
+def openai_completion(body: Any) -> GenerationJob:
+    body = _object(body)
+    _n(body)
+    _refuse_unsupported(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise ApiError(400, "'prompt' must be a non-empty string (one prompt per request)", "prompt")
+    return GenerationJob(
+        model=_model(body, required=True), prompt=prompt,
+        sampling=_openai_sampling(body, "max_tokens"), stream=_get(body, "stream", bool, False),
+        include_usage=_include_usage(body),
+    )
+
+
+def _openai_sampling(body: dict, *max_names: str) -> SamplingOptions:
+    # OpenAI's own default max_tokens for completions is 16; a local server answering in full
+    # is what its users expect, so the answer runs to its end unless told otherwise.
+    return _sampling(_max_tokens(body, *max_names), _get(body, "temperature", float), _get(body, "top_p", float),
+                     _seed(body, "seed"), _stops(body.get("stop"), "stop"))
+
+
+def _seed(body: dict, name: str) -> int | None:
+    seed = _get(body, name, int)
+    if seed is not None and not 0 <= seed < 2**32 - 1:
+        raise ApiError(400, f"'{name}' must be in [0, 2^32 - 2]", name)
+    return seed
+
+
+def _include_usage(body: dict) -> bool:
+    options = _get(body, "stream_options", dict, {})
+    return bool(_get(options, "include_usage", bool, False))
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """Fields that would change the answer and that this server cannot honour are refused by
+    name, never ignored."""
+    response_format = _get(body, "response_format", dict)
+    if response_format is not None and response_format.get("type") not in (None, "text"):
+        raise ApiError(400, f"response_format {str(response_format.get('type'))[:40]!r} is not supported yet", "response_format")
+    for name in ("tools", "functions", "logit_bias", "logprobs", "top_logprobs", "echo", "best_of", "suffix"):
+        value = body.get(name)
+        if value not in (None, False, [], {}):
+            raise ApiError(400, f"'{name}' is not supported by this server", name)
+
+
+# ---- Ollama requests -----------------------------------------------------------------------
+def ollama_chat(body: Any) -> GenerationJob:
+    body = _object(body)
+    _ollama_refuse(body)
+    return GenerationJob(model=_model(body, required=True), messages=_messages(body.get("messages")),
+                         sampling=_ollama_sampling(body), stream=_get(body, "stream", bool, True))
+
+
+def ollama_generate(body: Any) -> tuple[GenerationJob, bool]:
+    """The job, and whether it is a raw prompt. An empty prompt only loads the model (Ollama's way)."""
+    body = _object(body)
+    _ollama_refuse(body)
+    prompt = _get(body, "prompt", str, "")
+    system = _get(body, "system", str)
+    raw = _get(body, "raw", bool, False)
+    job = GenerationJob(model=_model(body, required=True), sampling=_ollama_sampling(body),
+                        stream=_get(body, "stream", bool, True))
+    if raw:
+        job.prompt = prompt
+    elif prompt:
+        job.messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return job, raw
+
+
+def _ollama_sampling(body: dict) -> SamplingOptions:
+    options = _get(body, "options", dict, {})
+    num_predict = _get(options, "num_predict", int)
+    more = {"top_k": _get(options, "top_k", int), "min_p": _get(options, "min_p", float),
+            "repeat_penalty": _get(options, "repeat_penalty", float)}
+    return _sampling(None if num_predict is None or num_predict < 0 else max(num_predict, 1),
+                     _get(options, "temperature", float), _get(options, "top_p", float), _seed(options, "seed"),
+                     _stops(options.get("stop"), "options.stop"), **more)
+
+
+def _ollama_refuse(body: dict) -> None:
+    if body.get("format") not in (None, ""):
+        raise ApiError(400, "'format' is not supported yet", "format")
+    if body.get("tools") or body.get("images"):
+        raise ApiError(400, f"'{'tools' if body.get('tools') else 'images'}' is not supported by this server")
+
+
+# ---- responses -----------------------------------------------------------------------------
+def usage(finished: Finished) -> dict:
+    u = finished.usage
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
+
+
+def finish_reason(finished: Finished) -> str:
+    return "length" if finished.reason == "length" else "stop"
+
+
+def openai_chat_response(job: GenerationJob, model: str, text: str, finished: Finished) -> dict:
+    return {"id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": job.created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": finish_reason(finished)}],
+            "usage": usage(finished)}
+
+
+def openai_chat_chunk(job: GenerationJob, model: str, delta: dict, finished: Finished | None = None) -> dict:
+    return {"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk", "created": job.created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                         "finish_reason": finish_reason(finished) if finished else None}]}
+
+
+def openai_completion_response(job: GenerationJob, model: str, text: str, finished: Finished | None) -> dict:
+    return {"id": f"cmpl-{job.id}", "object": "text_completion", "created": job.created, "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None,
+                         "finish_reason": finish_reason(finished) if finished else None}],
+            **({"usage": usage(finished)} if finished and not job.stream else {})}
+
+
+def openai_usage_chunk(job: GenerationJob, model: str, finished: Finished, kind: str) -> dict:
+    return {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{job.id}",
+            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": job.created, "model": model, "choices": [], "usage": usage(finished)}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def ollama_line(model: str, kind: str, text: str, finished: Finished | None = None, load_s: float = 0.0) -> dict:
+    line: dict[str, Any] = {"model": model, "created_at": now_iso()}
+    if kind == "chat":
+        line["message"] = {"role": "assistant", "content": text}
+    else:
+        line["response"] = text
+    line["done"] = finished is not None
+    if finished is not None:
+        t = finished.timings
+        ns = 1_000_000_000
+        line.update(done_reason=finish_reason(finished),
+                    total_duration=int((t.prompt_s + t.generation_s + load_s) * ns), load_duration=int(load_s * ns),
+                    prompt_eval_count=finished.usage.prompt_tokens - finished.usage.cached_tokens,
+                    prompt_eval_duration=int(t.prompt_s * ns), eval_count=finished.usage.completion_tokens,
+                    eval_duration=int(t.generation_s * ns))
+    return line
+
+
+def sse(data: dict | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+MAX_EMBED_INPUTS = 256
+
+
+@dataclass
+class EmbeddingJob:
+    model: str
+    inputs: list[str]
+    base64: bool
+
+
+def embedding_request(body: Any) -> EmbeddingJob:
+    body = _object(body)
+    value = body.get("input")
+    inputs = [value] if isinstance(value, str) else value
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(v, str) and v for v in inputs):
+        raise ApiError(400, "'input' must be a non-empty string or an array of them (token arrays are not supported)", "input")
+    if len(inputs) > MAX_EMBED_INPUTS:
+        raise ApiError(400, f"'input' has more than {MAX_EMBED_INPUTS} entries", "input")
+    encoding = _get(body, "encoding_format", str, "float")
+    if encoding not in ("float", "base64"):
+        raise ApiError(400, "'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    if body.get("dimensions") is not None:
+        raise ApiError(400, "'dimensions' is not supported: the model's own size is used", "dimensions")
+    return EmbeddingJob(_model(body, required=True), inputs, encoding == "base64")

@@ -1,0 +1,40 @@
+"""Stop strings over streamed text: generation ends before the first match, which is never shown.
+
+A match may span tokens, so text that could be the start of a stop string is held back until
+the next token shows whether it completes one. Streaming therefore never prints a prefix of a
+stop string that later completes.
+"""
+
+from __future__ import annotations
+
+
+class StopText:
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = stops
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """The text now safe to show, and whether a stop string was reached (nothing after it is shown)."""
+        if not self.stops:
+            return text, False
+        buffer = self._held + text
+        hits = [at for stop in self.stops if (at := buffer.find(stop)) >= 0]
+        if hits:
+            self._held = ""
+            return buffer[: min(hits)], True
+        keep = max((self._partial(buffer, stop) for stop in self.stops), default=0)
+        self._held = buffer[len(buffer) - keep:] if keep else ""
+        return buffer[: len(buffer) - keep], False
+
+    def flush(self) -> str:
+        """What was held back when the answer ends without completing a stop string."""
+        held, self._held = self._held, ""
+        return held
+
+    @staticmethod
+    def _partial(buffer: str, stop: str) -> int:
+        """The length of the longest end of `buffer` that begins `stop`."""
+        for length in range(min(len(stop) - 1, len(buffer)), 0, -1):
+            if buffer.endswith(stop[:length]):
+                return length
+        return 0
