@@ -37,9 +37,10 @@ class QueueFullError(LocalLLMError):
 
     exit_code = 6
 
-    def __init__(self, waiting: int):
-        self.waiting = waiting
-        super().__init__(f"the server is busy: {waiting} requests are already waiting")
+    def __init__(self, slots: int, waiting: int):
+        self.slots, self.waiting = slots, waiting
+        super().__init__(f"busy: all {slots} slots are generating and {waiting} requests are waiting (the queue is full); "
+                         "retry shortly")
 
 
 class BusyError(LocalLLMError):
@@ -108,9 +109,16 @@ class Engine:
         """Queue a sequence on a served model; QueueFullError when the queue is full."""
         with self._lock:
             if served.queued >= self.queue_limit + max(0, served.batcher.free_slots()):
-                raise QueueFullError(served.queued)
+                raise QueueFullError(served.batcher.slots, served.queued)
             served.queued += 1
         self.submit(self._enqueue, served, request)
+
+    def cancel_all(self) -> None:
+        """Stop every running and waiting sequence (their callers get a "cancelled" Finished)."""
+        try:
+            self.submit(self._cancel_all)
+        except RuntimeError:
+            pass  # already shut down: nothing runs
 
     def loaded(self) -> list[Served]:
         with self._lock:
@@ -182,6 +190,17 @@ class Engine:
             if not request.cancelled:
                 served.batcher.add(request)
 
+    def _cancel_all(self) -> None:
+        for served in self._served.values():
+            served.batcher.close()
+            self._drop_waiting(served, "the server is shutting down")
+
+    def _drop_waiting(self, served: Served, why: str) -> None:
+        while served.waiting:
+            with self._lock:
+                served.queued -= 1
+            served.waiting.popleft().emit(GenerationError(why))
+
     def _expire(self) -> None:
         if self.keep_alive is None:
             return
@@ -224,10 +243,7 @@ class Engine:
 
     def _unload(self, served: Served) -> None:
         served.batcher.close()
-        while served.waiting:
-            with self._lock:
-                served.queued -= 1
-            served.waiting.popleft().emit(GenerationError("the model was unloaded before this request started"))
+        self._drop_waiting(served, "the model was unloaded before this request started")
         served.model.close()
         self._served.pop(served.path, None)
 

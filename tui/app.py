@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, ListView, Markdown, Static
 
 from localllm.config import load_config, save_config
+from localllm.engine import Engine
 from localllm.errors import LocalLLMError
 from localllm.events import Finished, PromptProgress, Token
 from localllm.hardware import usable_cpus
@@ -109,11 +110,9 @@ class ChatApp(ErrorReporting, App):
         self.session: ChatSession | None = None
         self.generating = False
         self.stop_requested = threading.Event()
-        # Everything that runs llama.cpp (load, warm-up, generation, unload) runs on this one
-        # thread. An OpenMP build gives each calling thread its own team of compute threads, and
-        # while two teams exist libgomp stops spinning between tokens: generating from a second
-        # thread measured 15% slower.
-        self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localllm-engine")
+        # Everything that runs llama.cpp (load, warm-up, generation, unload) runs on the engine's
+        # one thread (see localllm.engine for why).
+        self._engine = Engine()
         self._pending: list[str] = []
         self._pending_lock = threading.Lock()
         self._answer: Markdown | None = None

@@ -10,14 +10,17 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 
 from ..engine import Engine
 from ..errors import UsageError
 from .app import ServerConfig, create_app
 
-# Past this, uvicorn stops waiting for streams to end and cancels them.
-GRACEFUL_SHUTDOWN_S = 5
+# On Ctrl-C or SIGTERM running answers may finish for this long; then they are stopped (each
+# stream ends with an error event), and uvicorn closes what is left a little later.
+FINISH_S = 3
+GRACEFUL_SHUTDOWN_S = FINISH_S + 2
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,16 @@ def serve(config: ServerConfig, listen: Listen, engine: Engine, preload: str | N
         yield
         engine.shutdown(wait=True)
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if not self.should_exit:
+                timer = threading.Timer(FINISH_S, engine.cancel_all)
+                timer.daemon = True
+                timer.start()
+            super().handle_exit(sig, frame)
+
     app = create_app(config, engine)
-    server = uvicorn.Server(uvicorn.Config(
+    server = Server(uvicorn.Config(
         _Lifespan(app, lifespan), log_level="warning", access_log=False, lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, server_header=False,
     ))

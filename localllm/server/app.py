@@ -27,7 +27,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..backends.base import SequenceRequest
 from ..engine import BusyError, Engine, QueueFullError, Served
-from ..errors import ContextOverflowError, LocalLLMError, ModelLoadError, ModelNotFoundError, UsageError
+from ..errors import ContextOverflowError, GenerationError, LocalLLMError, ModelLoadError, ModelNotFoundError, UsageError
 from ..events import Finished, Token
 from ..options import LoadOptions
 from ..printable import printable
@@ -79,7 +79,7 @@ def _api_error(exc: Exception) -> ApiError:
         return ApiError(404, str(exc), "model", "not_found_error")
     if isinstance(exc, ContextOverflowError):
         return ApiError(400, f"the prompt is {exc.prompt_tokens} tokens and the context window is {exc.n_ctx} "
-                             f"tokens: it does not fit (nothing was cut)", "messages", "context_length_exceeded")
+                             f"tokens: it does not fit (nothing was cut)", "messages", code="context_length_exceeded")
     if isinstance(exc, (QueueFullError, BusyError)):
         return ApiError(503, str(exc), None, "server_busy", {"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(exc, UsageError):
@@ -193,6 +193,8 @@ class _Api:
                 event = await run.events.next(request)
                 if isinstance(event, Finished):
                     request.state.tokens = f"{event.usage.prompt_tokens}+{event.usage.completion_tokens}"
+                    if event.reason == "cancelled":
+                        raise GenerationError("the answer was stopped: the server is shutting down")
                 if isinstance(event, (Token, Finished)):
                     yield event
                 if isinstance(event, Finished):
@@ -213,6 +215,8 @@ class _Api:
                     parts.append(event.text)
                 elif isinstance(event, Finished):
                     request.state.tokens = f"{event.usage.prompt_tokens}+{event.usage.completion_tokens}"
+                    if event.reason == "cancelled":
+                        raise GenerationError("the answer was stopped: the server is shutting down")
                     return "".join(parts), event
         finally:
             self._end(run)

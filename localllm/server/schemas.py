@@ -27,13 +27,13 @@ class ApiError(Exception):
     """A request the API refuses: an HTTP status, a message, and the field it is about."""
 
     def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, code: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
         self.headers = headers or {}
 
     def openai(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def ollama(self) -> dict:
         return {"error": self.message}
@@ -196,8 +196,11 @@ def openai_completion(body: Any) -> GenerationJob:
 def _openai_sampling(body: dict, *max_names: str) -> SamplingOptions:
     # OpenAI's own default max_tokens for completions is 16; a local server answering in full
     # is what its users expect, so the answer runs to its end unless told otherwise.
+    # top_k, min_p, repeat_penalty and ignore_eos are not OpenAI's; llama-server and vLLM take them too.
+    more = {"top_k": _get(body, "top_k", int), "min_p": _get(body, "min_p", float),
+            "repeat_penalty": _get(body, "repeat_penalty", float), "ignore_eos": _get(body, "ignore_eos", bool)}
     return _sampling(_max_tokens(body, *max_names), _get(body, "temperature", float), _get(body, "top_p", float),
-                     _seed(body, "seed"), _stops(body.get("stop"), "stop"))
+                     _seed(body, "seed"), _stops(body.get("stop"), "stop"), **more)
 
 
 def _seed(body: dict, name: str) -> int | None:

@@ -1,0 +1,272 @@
+"""`localllm serve` end to end: the installed command on 127.0.0.1 with the real starter, driven
+by the official `openai` and `ollama` clients and by raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from embedding_gguf import write_embedding_model
+from server_process import ServerProcess, isolated_env
+
+pytestmark = pytest.mark.slow
+
+KEY = "sk-local-test-7f3a9c"
+STARTER_NAME = "smollm2-135m-instruct:q4_1"
+GREEDY = {"temperature": 0, "max_tokens": 24}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    env = isolated_env(tmp_path_factory.mktemp("serve"))
+    proc = ServerProcess("-m", "starter", "--parallel", "4", "--queue", "16", "--ctx", "1024", "--threads", "2",
+                         "--max-body", "1", env=env)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory):
+    """Two slots, no queue, an API key and one CORS origin."""
+    env = isolated_env(tmp_path_factory.mktemp("serve-tight"))
+    proc = ServerProcess("-m", "starter", "--parallel", "2", "--queue", "0", "--ctx", "1024", "--threads", "2",
+                         "--api-key", KEY, "--cors", "http://app.example", env=env)
+    yield proc
+    proc.stop()
+
+
+def client(server: ServerProcess, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_openai_client_streams_and_reports_usage(server):
+    api = client(server)
+    whole = api.chat.completions.create(model="starter", messages=ask("Name a fruit."), **GREEDY)
+    answer = whole.choices[0].message.content
+    assert answer.strip() and whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+
+    chunks = list(api.chat.completions.create(model="starter", messages=ask("Name a fruit."), stream=True,
+                                              stream_options={"include_usage": True}, **GREEDY))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == answer  # temperature 0, one request at a time: the same answer
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    # The same prompt again: all of it but the last token comes from the KV cache.
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == whole.usage.prompt_tokens - 1
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_a_chats_next_turn_evaluates_only_its_new_tokens(server):
+    api = client(server)
+    first = api.chat.completions.create(model="starter", messages=ask("Say hello to Ada."), **GREEDY)
+    history = ask("Say hello to Ada.") + [{"role": "assistant", "content": first.choices[0].message.content}]
+    second = api.chat.completions.create(model="starter", messages=history + ask("And to Bob?"), **GREEDY)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens, (cached, first.usage)
+    assert second.usage.prompt_tokens - cached < 20  # only the answer's end and the new turn
+
+
+def test_models_completions_and_stop_strings(server):
+    api = client(server)
+    assert STARTER_NAME in [m.id for m in api.models.list()]
+    assert api.models.retrieve(STARTER_NAME).id == STARTER_NAME
+    text = api.completions.create(model="starter", prompt="1, 2, 3, 4,", temperature=0, max_tokens=12).choices[0].text
+    assert "5" in text
+    # " 6" spans tokens with what precedes it in many vocabularies; it is never shown, even in part.
+    stopped = api.completions.create(model="starter", prompt="1, 2, 3, 4,", temperature=0, max_tokens=12, stop=[" 6"])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert text.startswith(stopped.choices[0].text) and " 6" not in stopped.choices[0].text
+    parts = [c.choices[0].text for c in api.completions.create(
+        model="starter", prompt="1, 2, 3, 4,", temperature=0, max_tokens=12, stop=[" 6"], stream=True) if c.choices]
+    assert "".join(parts) == stopped.choices[0].text
+
+
+def test_ollama_client(server):
+    api = ollama.Client(host=server.url, timeout=60)
+    reply = api.chat(model="starter", messages=ask("Name a colour."), options={"temperature": 0, "num_predict": 16})
+    assert reply.message.role == "assistant" and reply.message.content.strip() and reply.done
+    assert reply.eval_count and reply.prompt_eval_count is not None
+    parts = list(api.generate(model="starter", prompt="Name a colour.", stream=True, options={"temperature": 0, "num_predict": 16}))
+    assert parts[-1].done and "".join(p.response for p in parts) == reply.message.content
+    assert STARTER_NAME in [m.model for m in api.list().models]
+    running = api.ps().models
+    assert [m.model for m in running] == [STARTER_NAME] and running[0].size > 0
+    shown = api.show("starter")
+    assert shown.details.family == "llama" and shown.modelinfo["llama.context_length"] == 8192
+    assert httpx.get(f"{server.url}/api/version").json()["version"]
+
+
+def test_eight_concurrent_streams_all_finish(server):
+    prompts = [f"Write one sentence about the number {n}." for n in range(8)]
+    results: dict[int, tuple[str, object]] = {}
+    errors: list[BaseException] = []
+
+    def stream(i: int) -> None:
+        try:
+            chunks = list(client(server).chat.completions.create(
+                model="starter", messages=ask(prompts[i]), stream=True, stream_options={"include_usage": True}, **GREEDY))
+            results[i] = ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].usage)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and sorted(results) == list(range(8))
+    for text, usage in results.values():
+        assert text.strip() and 0 < usage.completion_tokens <= GREEDY["max_tokens"]
+    # What holds exactly: alone, a temperature-0 request repeats itself. In a batch, llama.cpp's
+    # kernels may sum in another order and a near tie can flip (README, "Serving").
+    again = [client(server).chat.completions.create(model="starter", messages=ask(prompts[0]), **GREEDY) for _ in range(2)]
+    assert again[0].choices[0].message.content == again[1].choices[0].message.content
+
+
+def _long_stream(server: ServerProcess, http: httpx.Client):
+    body = {"model": "starter", "messages": ask("Count to a thousand."), "max_tokens": 4000, "ignore_eos": True,
+            "stream": True}
+    context = http.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    response = context.__enter__()
+    lines = response.iter_lines()
+    assert response.status_code == 200
+    for line in lines:
+        if '"content": "' in line and '"content": ""' not in line:
+            break  # it is generating
+    return context, lines
+
+
+def test_queue_overflow_gets_503_and_a_disconnect_frees_its_slot(tight):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    short = {"model": "starter", "messages": ask("Hi"), "max_tokens": 4}
+    clients = [httpx.Client(timeout=60) for _ in range(2)]
+    streams = [_long_stream(tight, c) for c in clients]
+    busy = httpx.post(f"{tight.url}/v1/chat/completions", json=short, headers=auth, timeout=30)
+    assert busy.status_code == 503 and int(busy.headers["retry-after"]) > 0
+    assert busy.json()["error"]["type"] == "server_busy"
+    for context, _lines in streams:
+        context.__exit__(None, None, None)
+    for c in clients:
+        c.close()
+    # Both sequences stop within a step of the disconnect; a 4000-token answer would take minutes.
+    deadline = time.monotonic() + 10
+    while True:
+        answer = httpx.post(f"{tight.url}/v1/chat/completions", json=short, headers=auth, timeout=30)
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert answer.status_code == 200, answer.text
+
+
+def test_the_api_key_is_checked_everywhere_and_never_logged(tight):
+    body = {"model": "starter", "messages": ask("Hi"), "max_tokens": 2}
+    missing = httpx.post(f"{tight.url}/v1/chat/completions", json=body)
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    wrong = httpx.get(f"{tight.url}/v1/models", headers={"Authorization": "Bearer sk-local-test-7f3a9d"})
+    assert wrong.status_code == 401
+    assert httpx.get(f"{tight.url}/api/tags").status_code == 401 and "error" in httpx.get(f"{tight.url}/api/tags").json()
+    with pytest.raises(openai.AuthenticationError):
+        client(tight, "sk-wrong").models.list()
+    assert STARTER_NAME in [m.id for m in client(tight, KEY).models.list()]
+    assert ollama.Client(host=tight.url, headers={"Authorization": f"Bearer {KEY}"}).list().models
+    assert not any(KEY in line for line in tight.lines)
+
+
+def test_cors_only_for_the_origin_given(tight, server):
+    preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    allowed = httpx.options(f"{tight.url}/v1/chat/completions", headers=preflight)
+    assert allowed.headers.get("access-control-allow-origin") == "http://app.example"
+    other = httpx.options(f"{tight.url}/v1/chat/completions", headers={**preflight, "Origin": "http://evil.example"})
+    assert other.headers.get("access-control-allow-origin") is None
+    default = httpx.get(f"{server.url}/v1/models", headers={"Origin": "http://app.example"})
+    assert default.status_code == 200 and "access-control-allow-origin" not in default.headers
+
+
+@pytest.mark.parametrize("body, status, param", [
+    (b"{not json", 400, None),
+    (json.dumps({"model": "starter", "messages": ask("Hi"), "temperature": "hot"}).encode(), 400, "temperature"),
+    (json.dumps({"model": "starter", "messages": "Hi"}).encode(), 400, "messages"),
+    (json.dumps({"model": "starter", "messages": [{"role": "wizard", "content": "Hi"}]}).encode(), 400, "messages[0].role"),
+    (json.dumps({"model": "starter", "messages": ask("Hi"), "n": 2}).encode(), 400, "n"),
+    (json.dumps({"model": "starter", "messages": ask("Hi"), "max_tokens": 0}).encode(), 400, "max_tokens"),
+    (json.dumps({"model": "starter", "messages": ask("Hi"), "tools": [{"type": "function"}]}).encode(), 400, "tools"),
+    (json.dumps({"model": "no-such-model", "messages": ask("Hi")}).encode(), 404, "model"),
+    (json.dumps({"messages": ask("Hi")}).encode(), 400, "model"),
+])
+def test_bad_requests_get_the_openai_error_object(server, body, status, param):
+    response = httpx.post(f"{server.url}/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["param"] == param
+
+
+def test_huge_bodies_long_prompts_and_then_normal_service(server):
+    huge = httpx.post(f"{server.url}/v1/chat/completions", content=b"x" * (2 * 2**20))
+    assert huge.status_code == 413 and "MiB" in huge.json()["error"]["message"]
+    long = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "starter", "messages": ask("word " * 1500)})
+    assert long.status_code == 400
+    error = long.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
+    assert re.search(r"the prompt is 1[5-6]\d\d tokens and the context window is 1024 tokens", error["message"])
+    bad_ollama = httpx.post(f"{server.url}/api/chat", json={"model": "starter", "messages": []})
+    assert bad_ollama.status_code == 400 and isinstance(bad_ollama.json()["error"], str)
+    assert httpx.get(f"{server.url}/v2/nothing").status_code == 404
+    fine = client(server).chat.completions.create(model="starter", messages=ask("Hi"), max_tokens=3)
+    assert fine.choices[0].message.content is not None
+
+
+def test_embeddings_for_embedding_models_and_a_clear_400_for_others(server, starter_gguf, tmp_path):
+    api = client(server)
+    with pytest.raises(openai.BadRequestError, match="not an embedding model"):
+        api.embeddings.create(model="starter", input="hello")
+    embedder = write_embedding_model(starter_gguf, tmp_path / "starter-embed.gguf")
+    result = api.embeddings.create(model=str(embedder), input=["a cat", "a cat", "stock prices fell"])
+    vectors = [d.embedding for d in result.data]  # the client asks for base64 and decodes it
+    assert len(vectors) == 3 and len(vectors[0]) == 576
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    assert dot(vectors[0], vectors[1]) == pytest.approx(1.0, abs=1e-5)
+    assert dot(vectors[0], vectors[2]) < 0.99
+    floats = httpx.post(f"{server.url}/v1/embeddings", json={"model": str(embedder), "input": "a cat"}).json()
+    assert floats["data"][0]["embedding"] == pytest.approx(vectors[0], abs=1e-5)
+    assert result.usage.prompt_tokens > 0
+
+
+def test_access_log_has_one_line_per_request(server):
+    client(server).chat.completions.create(model="starter", messages=ask("Hi there"), max_tokens=3)
+    line = server.log_lines_for("/v1/chat/completions")[-1]
+    assert line.startswith("127.0.0.1 POST /v1/chat/completions 200 ") and "+3 tok" in line and line.endswith("s")
+
+
+def test_a_non_loopback_host_needs_an_api_key(server):
+    result = run_cli("serve", "--host", "0.0.0.0")
+    assert_one_line_error(result, 2, "--api-key", "LOCALLLM_API_KEY")
+    taken = run_cli("serve", "--port", server.url.rsplit(":", 1)[1])
+    assert_one_line_error(taken, 2, "in use")
+
+
+def test_sigterm_ends_streams_unloads_and_exits(tmp_path):
+    proc = ServerProcess("-m", "starter", "--ctx", "1024", "--threads", "2", "--api-key", KEY, env=isolated_env(tmp_path))
+    with httpx.Client(timeout=60) as http:
+        context, lines = _long_stream(proc, http)
+        started = time.monotonic()
+        code = proc.stop()
+        rest = list(lines)  # the stream ends cleanly: an error event, then [DONE]
+        context.__exit__(None, None, None)
+    assert time.monotonic() - started < 20
+    assert code in (0, -15, 143), proc.lines
+    assert not any("Traceback" in line for line in proc.lines)
+    events = [line for line in rest if line]
+    assert events[-1] == "data: [DONE]" and "shutting down" in events[-2]
