@@ -187,8 +187,12 @@ class Engine:
             request = served.waiting.popleft()
             with self._lock:
                 served.queued -= 1
-            if not request.cancelled:
+            if request.cancelled:
+                continue
+            try:
                 served.batcher.add(request)
+            except LocalLLMError as exc:  # e.g. a grammar this vocabulary cannot follow
+                request.emit(exc)
 
     def _cancel_all(self) -> None:
         for served in self._served.values():

@@ -62,6 +62,7 @@ class SequenceRequest:
     tokens: list[int]
     sampling: SamplingOptions
     emit: Callable[[Event | Exception], None]
+    grammar: str | None = None  # llguidance's grammar the answer must follow (localllm.constraints)
     cancelled: bool = field(default=False)
 
     def cancel(self) -> None:

@@ -163,6 +163,7 @@ class LlamaCppModel:
         self._model = None
         self._ctx = None
         self._embed_ctx = None
+        self._grammar_vocabulary = None
         self._threadpool = None
 
         mparams = llama_cpp.llama_model_default_params()
@@ -444,6 +445,15 @@ class LlamaCppModel:
             norm = float(np.linalg.norm(vector))
             vectors.append((vector / norm if norm > 0 else vector).tolist())
         return vectors, total
+
+    def grammar_vocabulary(self):
+        """llguidance's view of this vocabulary, built on first use (about a second)."""
+        if self._grammar_vocabulary is None:
+            from ..constraints import vocabulary
+
+            ends = {llama_cpp.llama_vocab_eos(self._vocab), llama_cpp.llama_vocab_eot(self._vocab)}
+            self._grammar_vocabulary = vocabulary(self._vocab, sorted(t for t in ends if t >= 0))
+        return self._grammar_vocabulary
 
     def batcher(self) -> LlamaCppBatcher:
         """Several sequences decoded together in this model's context (LoadOptions.n_seq of them)."""

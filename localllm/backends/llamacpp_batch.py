@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import GenerationError
 from ..events import Finished, PromptProgress, Timings, Token, Usage
+from ..constraints import Constraint
 from ..stops import StopText
 from .base import SequenceRequest
 from .llamacpp import PROGRESS_AFTER, LlamaCppModel, _sampler_chain
@@ -34,9 +35,10 @@ class _Slot:
         self.request: SequenceRequest | None = None
         self.last_used = 0.0
 
-    def start(self, request: SequenceRequest, reused: int, n_ctx: int) -> None:
+    def start(self, request: SequenceRequest, reused: int, n_ctx: int, constraint: Constraint | None) -> None:
         sampling = request.sampling
         self.request = request
+        self.constraint = constraint
         self.pending = request.tokens[reused:]  # prompt tokens still to evaluate
         self.reused = reused
         self.next_token: int | None = None
@@ -113,6 +115,7 @@ class LlamaCppBatcher:
         """Start a request in a free slot (the caller checked free_slots), reusing what it can of
         a prefix already in the KV cache."""
         tokens = request.tokens
+        constraint = Constraint(self._model.grammar_vocabulary(), request.grammar) if request.grammar else None
         free = [slot for slot in self._slots if slot.request is None]
         # The longest own prefix wins; among equals the least recently used, so that other
         # conversations' caches survive longest.
@@ -130,7 +133,7 @@ class LlamaCppBatcher:
             llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
             common = 0
         slot.cached = tokens[:common]
-        slot.start(request, common, self._model.n_ctx)
+        slot.start(request, common, self._model.n_ctx, constraint)
 
     def step(self) -> None:
         """One llama_decode for every active sequence; emits what it produced."""
@@ -176,10 +179,13 @@ class LlamaCppBatcher:
 
     def _pick(self, slot: _Slot, index: int) -> int:
         ctx = self._model._ctx
-        if slot.greedy:
+        if slot.greedy or slot.constraint is not None:
             logits = llama_cpp.llama_get_logits_ith(ctx, index)
-            row = self._model._logits_type.from_address(ctypes.addressof(logits.contents))
-            return int(np.frombuffer(row, dtype=np.float32).argmax())
+            row = np.frombuffer(self._model._logits_type.from_address(ctypes.addressof(logits.contents)), dtype=np.float32)
+            if slot.constraint is not None:
+                slot.constraint.mask(row)  # in llama.cpp's own buffer, which the sampler chain reads next
+            if slot.greedy:
+                return int(row.argmax())
         if slot.sampler is None:
             slot.sampler = _sampler_chain(slot.request.sampling, slot.seed, llama_cpp.llama_vocab_n_tokens(self._vocab))
         return llama_cpp.llama_sampler_sample(slot.sampler, ctx, index)
@@ -192,12 +198,14 @@ class LlamaCppBatcher:
             self._finish(slot, "stop")
             return
         slot.generated += 1
+        if slot.constraint is not None:
+            slot.constraint.accept(token)
         n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False)
         text, stopped = slot.stops.feed(slot.decoder.decode(self._piece.raw[:n]) if n > 0 else "")
         slot.t_first = slot.t_first or now
         if text:
             request.emit(Token(text))
-        if stopped:
+        if stopped or (slot.constraint is not None and slot.constraint.complete):
             self._finish(slot, "stop")
         elif slot.generated >= slot.limit:
             self._finish(slot, "length")

@@ -179,7 +179,7 @@ class _Api:
         try:
             tokens = await run_in_threadpool(_prompt_tokens, served.model, job)
             events = _Events()
-            sequence = SequenceRequest(tokens, job.sampling, events.put)
+            sequence = SequenceRequest(tokens, job.sampling, events.put, job.grammar)
             self.engine.generate(served, sequence)
         except BaseException:
             self.engine.release(served)

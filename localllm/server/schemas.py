@@ -49,6 +49,7 @@ class GenerationJob:
     prompt: str | None = None
     stream: bool = False
     include_usage: bool = False
+    grammar: str | None = None  # the answer must follow it (response_format, Ollama's format)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -174,6 +175,7 @@ def openai_chat(body: Any) -> GenerationJob:
         sampling=_openai_sampling(body, "max_completion_tokens", "max_tokens"),
         stream=_get(body, "stream", bool, False),
         include_usage=_include_usage(body),
+        grammar=_response_format(body),
     )
 
 
@@ -189,7 +191,7 @@ def openai_completion(body: Any) -> GenerationJob:
     return GenerationJob(
         model=_model(body, required=True), prompt=prompt,
         sampling=_openai_sampling(body, "max_tokens"), stream=_get(body, "stream", bool, False),
-        include_usage=_include_usage(body),
+        include_usage=_include_usage(body), grammar=_response_format(body),
     )
 
 
@@ -215,12 +217,34 @@ def _include_usage(body: dict) -> bool:
     return bool(_get(options, "include_usage", bool, False))
 
 
+def _response_format(body: dict) -> str | None:
+    """The grammar OpenAI's response_format asks for: json_object, or json_schema's schema."""
+    response_format = _get(body, "response_format", dict)
+    kind = None if response_format is None else response_format.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return _grammar(None, "response_format")
+    if kind == "json_schema":
+        spec = _get(response_format, "json_schema", dict)
+        if spec is None or not isinstance(spec.get("schema", {}), dict):
+            raise ApiError(400, "'response_format.json_schema.schema' must be an object", "response_format")
+        return _grammar(spec.get("schema") or {}, "response_format")
+    raise ApiError(400, "'response_format.type' must be text, json_object or json_schema", "response_format")
+
+
+def _grammar(schema: dict | None, name: str) -> str:
+    from ..constraints import json_grammar
+
+    try:
+        return json_grammar(schema)
+    except UsageError as exc:
+        raise ApiError(400, str(exc), name) from None
+
+
 def _refuse_unsupported(body: dict) -> None:
     """Fields that would change the answer and that this server cannot honour are refused by
     name, never ignored."""
-    response_format = _get(body, "response_format", dict)
-    if response_format is not None and response_format.get("type") not in (None, "text"):
-        raise ApiError(400, f"response_format {str(response_format.get('type'))[:40]!r} is not supported yet", "response_format")
     for name in ("tools", "functions", "logit_bias", "logprobs", "top_logprobs", "echo", "best_of", "suffix"):
         value = body.get(name)
         if value not in (None, False, [], {}):
@@ -232,7 +256,8 @@ def ollama_chat(body: Any) -> GenerationJob:
     body = _object(body)
     _ollama_refuse(body)
     return GenerationJob(model=_model(body, required=True), messages=_messages(body.get("messages")),
-                         sampling=_ollama_sampling(body), stream=_get(body, "stream", bool, True))
+                         sampling=_ollama_sampling(body), stream=_get(body, "stream", bool, True),
+                         grammar=_ollama_format(body))
 
 
 def ollama_generate(body: Any) -> tuple[GenerationJob, bool]:
@@ -243,7 +268,7 @@ def ollama_generate(body: Any) -> tuple[GenerationJob, bool]:
     system = _get(body, "system", str)
     raw = _get(body, "raw", bool, False)
     job = GenerationJob(model=_model(body, required=True), sampling=_ollama_sampling(body),
-                        stream=_get(body, "stream", bool, True))
+                        stream=_get(body, "stream", bool, True), grammar=_ollama_format(body))
     if raw:
         job.prompt = prompt
     elif prompt:
@@ -261,9 +286,19 @@ def _ollama_sampling(body: dict) -> SamplingOptions:
                      _stops(options.get("stop"), "options.stop"), **more)
 
 
+def _ollama_format(body: dict) -> str | None:
+    """Ollama's format: "json" (any JSON object) or a JSON Schema."""
+    value = body.get("format")
+    if value in (None, ""):
+        return None
+    if value == "json":
+        return _grammar(None, "format")
+    if isinstance(value, dict):
+        return _grammar(value, "format")
+    raise ApiError(400, "'format' must be \"json\" or a JSON Schema object", "format")
+
+
 def _ollama_refuse(body: dict) -> None:
-    if body.get("format") not in (None, ""):
-        raise ApiError(400, "'format' is not supported yet", "format")
     if body.get("tools") or body.get("images"):
         raise ApiError(400, f"'{'tools' if body.get('tools') else 'images'}' is not supported by this server")
 

@@ -1,0 +1,73 @@
+"""Output that must follow a grammar (a JSON Schema, any JSON object), on llguidance.
+
+One constraint engine for every backend: a backend hands over its vocabulary once and, at each
+step, its logits row; the grammar's token mask is applied to that row in place with llguidance's
+vectorised kernel (no Python loop over the vocabulary), so the usual samplers then pick only
+tokens the grammar allows. llguidance was chosen over llama.cpp's grammar sampler on measured
+grounds (FACTS.md): it never accepted an invalid document where llama.cpp's accepted several, and
+its mask costs 0.16 ms against 12 ms.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+
+MAX_SCHEMA_BYTES = 256 * 1024
+
+
+def json_grammar(schema: dict[str, Any] | None) -> str:
+    """The grammar for documents valid against `schema`; None: any JSON object. A keyword
+    llguidance cannot honour is a UsageError naming it, never silently ignored."""
+    import llguidance
+
+    text = json.dumps({"type": "object"} if schema is None else schema)
+    if len(text) > MAX_SCHEMA_BYTES:
+        raise UsageError(f"the JSON schema is larger than {MAX_SCHEMA_BYTES // 1024} KiB")
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(text, defaults={"whitespace_flexible": False})
+    except ValueError as exc:
+        raise UsageError(f"invalid JSON schema: {exc}") from None
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise UsageError(f"the JSON schema cannot be enforced: {messages[0][:300]}")
+    return grammar
+
+
+class Constraint:
+    """One sequence's progress through a grammar."""
+
+    def __init__(self, tokenizer: Any, grammar: str):
+        import llguidance
+        from llguidance.numpy import allocate_token_bitmask
+
+        self._matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        if self._matcher.is_error():
+            raise UsageError(f"the grammar cannot be enforced: {self._matcher.get_error()[:300]}")
+        self._bitmask = allocate_token_bitmask(1, tokenizer.vocab_size)
+
+    def mask(self, logits: np.ndarray) -> None:
+        """Set the logits of every token the grammar forbids next to -inf, in place."""
+        from llguidance.numpy import apply_token_bitmask_inplace, fill_next_token_bitmask
+
+        fill_next_token_bitmask(self._matcher, self._bitmask)
+        apply_token_bitmask_inplace(logits, self._bitmask)
+
+    def accept(self, token: int) -> None:
+        self._matcher.consume_token(token)
+
+    @property
+    def complete(self) -> bool:
+        """The document is finished: nothing but the end of the turn may follow."""
+        return self._matcher.is_stopped()
+
+
+def vocabulary(llama_vocab: Any, end_tokens: list[int]) -> Any:
+    """llguidance's view of a llama.cpp vocabulary (about a second to build: cache it)."""
+    from llguidance.llamacpp import lltokenizer_from_vocab
+
+    return lltokenizer_from_vocab(llama_vocab, eos_token=end_tokens)
