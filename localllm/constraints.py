@@ -11,6 +11,7 @@ its mask costs 0.16 ms against 12 ms.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,10 @@ class Constraint:
         import llguidance
         from llguidance.numpy import allocate_token_bitmask
 
-        self._matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        try:
+            self._matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"the grammar cannot be enforced: {str(exc)[:300]}") from None
         if self._matcher.is_error():
             raise UsageError(f"the grammar cannot be enforced: {self._matcher.get_error()[:300]}")
         self._bitmask = allocate_token_bitmask(1, tokenizer.vocab_size)
@@ -70,4 +74,6 @@ def vocabulary(llama_vocab: Any, end_tokens: list[int]) -> Any:
     """llguidance's view of a llama.cpp vocabulary (about a second to build: cache it)."""
     from llguidance.llamacpp import lltokenizer_from_vocab
 
-    return lltokenizer_from_vocab(llama_vocab, eos_token=end_tokens)
+    with warnings.catch_warnings():  # it reads each token through a binding llama-cpp-python deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return lltokenizer_from_vocab(llama_vocab, eos_token=end_tokens)

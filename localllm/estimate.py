@@ -153,7 +153,7 @@ def estimate(spec: ModelSpec, shape: LoadShape, gpu_vendors: tuple[str, ...] = (
     weights[head_device] += spec.output_bytes if output_on_gpu else 0
 
     compute = compute_bytes(spec, shape)
-    logits = spec.n_vocab * 4
+    logits = spec.n_vocab * 4 * shape.n_seq  # one row of logits per sequence in a step
     devices = [DeviceEstimate(
         "cpu", weights[0], kv[0], compute, cpu_scratch_bytes(spec, shape), logits,
         RUNTIME_BASE + RUNTIME_PER_VOCAB_TOKEN * spec.n_vocab,

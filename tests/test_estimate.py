@@ -73,3 +73,13 @@ def test_amx_weights_are_counted_where_they_stay_on_the_cpu(starter_gguf, tmp_pa
     assert estimate(spec, LoadShape(n_ctx=2048, amx=True)).ram.weights == plain + per_layer * spec.n_layer
     partial = estimate(spec, LoadShape(n_ctx=2048, amx=True, n_gpu_layers=11), ("nvidia",))
     assert partial.ram.weights - estimate(spec, LoadShape(n_ctx=2048, n_gpu_layers=11), ("nvidia",)).ram.weights == per_layer * 20
+
+
+@pytest.mark.parametrize("n_seq, fa", [(4, True), (8, False)])
+def test_several_sequences_share_one_cache_as_llama_cpp_sizes_it(starter_gguf, spec_cache, n_seq, fa):
+    spec = inspect_file(starter_gguf, spec_cache)
+    truth = dry_run(starter_gguf, LoadOptions(n_ctx=1024, n_seq=n_seq, flash_attn=fa))
+    ram = estimate(spec, LoadShape(n_ctx=1024, n_seq=n_seq, flash_attn=fa)).ram
+    assert abs(ram.kv_cache - truth["kv_cache"]) <= 0.01 * MIB, (ram.kv_cache / MIB, truth["kv_cache"] / MIB)
+    assert abs(ram.output - truth["output"]) <= 0.01 * MIB, (ram.output / MIB, truth["output"] / MIB)
+    assert -1 * MIB <= ram.compute - truth["compute"] <= 4 * MIB, (ram.compute / MIB, truth["compute"] / MIB)
