@@ -12,7 +12,9 @@ import base64
 import hmac
 import json
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -116,30 +118,62 @@ def _handled(handler):
 
 
 # ---- the engine's events on the event loop --------------------------------------------------
+class _Mailbox:
+    """Carries events from the engine thread to the event loop with one wake-up for whatever
+    has arrived since the last one, however many sequences and tokens that is: on a machine
+    whose cores all run llama.cpp, every wake-up of the loop takes time from it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: deque = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def post(self, queue: asyncio.Queue, event) -> None:
+        """Called on the engine thread."""
+        with self._lock:
+            self._items.append((queue, event))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the event loop has closed: nobody is listening
+            pass
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, deque()
+            self._scheduled = False
+        for queue, event in items:
+            queue.put_nowait(event)
+
+
 class _Events:
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, mailbox: _Mailbox) -> None:
+        self.mailbox = mailbox
         self.queue: asyncio.Queue = asyncio.Queue()
 
     def put(self, event) -> None:
         """Called on the engine thread."""
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the event loop has closed: nobody is listening
-            pass
+        self.mailbox.post(self.queue, event)
 
-    async def next(self, request: Request):
-        """The next event; a client gone while it waits cancels the wait."""
-        while True:
-            try:
-                event = await asyncio.wait_for(self.queue.get(), 1.0)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    raise asyncio.CancelledError from None
-                continue
-            if isinstance(event, Exception):
-                raise event
-            return event
+    async def next(self, request: Request | None):
+        """The next event. Streaming responses notice a client gone by themselves (Starlette
+        cancels them); for the others, `request` is polled for a disconnect while waiting."""
+        if request is None:
+            event = await self.queue.get()
+        else:
+            while True:
+                try:
+                    event = await asyncio.wait_for(self.queue.get(), 1.0)
+                    break
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        raise asyncio.CancelledError from None
+        if isinstance(event, Exception):
+            raise event
+        return event
 
 
 @dataclass
@@ -153,6 +187,13 @@ class _Run:
 class _Api:
     def __init__(self, config: ServerConfig, engine: Engine):
         self.config, self.engine = config, engine
+        self._mailbox: _Mailbox | None = None
+
+    @property
+    def mailbox(self) -> _Mailbox:
+        if self._mailbox is None:  # made on the serving event loop, at the first request
+            self._mailbox = _Mailbox(asyncio.get_running_loop())
+        return self._mailbox
 
     async def _body(self, request: Request) -> object:
         """The JSON body, read up to the size limit."""
@@ -178,7 +219,7 @@ class _Api:
         served = await self._acquire(job.model)
         try:
             tokens = await run_in_threadpool(_prompt_tokens, served.model, job)
-            events = _Events()
+            events = _Events(self.mailbox)
             sequence = SequenceRequest(tokens, job.sampling, events.put, job.grammar)
             self.engine.generate(served, sequence)
         except BaseException:
@@ -190,7 +231,7 @@ class _Api:
         """The run's events until Finished; ends the sequence if the client goes away."""
         try:
             while True:
-                event = await run.events.next(request)
+                event = await run.events.next(None)
                 if isinstance(event, Finished):
                     request.state.tokens = f"{event.usage.prompt_tokens}+{event.usage.completion_tokens}"
                     if event.reason == "cancelled":
@@ -233,12 +274,14 @@ class _Api:
             text, finished = await self._collect(request, run)
             return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished))
 
+        token_chunk = schemas.openai_chat_token_chunks(job, run.model)
+
         async def chunks() -> AsyncIterator[bytes]:
             yield schemas.sse(schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": ""}))
             try:
                 async for event in self._stream(request, run):
                     if isinstance(event, Token):
-                        yield schemas.sse(schemas.openai_chat_chunk(job, run.model, {"content": event.text}))
+                        yield token_chunk(event.text)
                     else:
                         yield schemas.sse(schemas.openai_chat_chunk(job, run.model, {}, event))
                         if job.include_usage:

@@ -328,6 +328,14 @@ def openai_chat_chunk(job: GenerationJob, model: str, delta: dict, finished: Fin
                          "finish_reason": finish_reason(finished) if finished else None}]}
 
 
+def openai_chat_token_chunks(job: GenerationJob, model: str):
+    """A function from a token's text to its whole SSE chunk: the same bytes as
+    sse(openai_chat_chunk(job, model, {"content": text})), with one small json.dumps per token."""
+    head, tail = json.dumps(openai_chat_chunk(job, model, {"content": ""})).split('"content": ""', 1)
+    head, tail = f"data: {head}\"content\": ".encode(), f"{tail}\n\n".encode()
+    return lambda text: head + json.dumps(text).encode() + tail
+
+
 def openai_completion_response(job: GenerationJob, model: str, text: str, finished: Finished | None) -> dict:
     return {"id": f"cmpl-{job.id}", "object": "text_completion", "created": job.created, "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None,
