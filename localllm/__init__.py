@@ -11,6 +11,8 @@ The Python API the ``localllm`` command is built on::
 
 ``model.chat(messages)`` takes a whole conversation, ``model.complete(text)`` returns the finished
 answer, ``model.generate(text_or_tokens)`` continues raw text with no chat template.
+``localllm.engine.Engine`` is what `chat` and `serve` run on: one thread for every llama.cpp
+call, with several requests decoded together.
 """
 
 __version__ = "0.1.0"

@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 
 import click
 
 from .errors import UsageError
-from .options import FLASH_ATTN, MIN_CTX_TOKENS
+from .options import FLASH_ATTN, MIN_CTX_TOKENS, parse_duration
 
 DEFAULT_PORT = 8642  # none of Ollama's 11434, LM Studio's 1234, llama-server's 8080, vLLM's 8000
 DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds, Ollama's way: "5m", "90s", "1h30m", a bare number of seconds; a negative one keeps
-    models loaded for ever (None)."""
-    text = text.strip().lower()
-    if re.fullmatch(r"-\d+(\.\d+)?[smh]?", text):
-        return None
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    if not text or not re.fullmatch(rf"(?:{_DURATION.pattern})+", text):
-        raise UsageError(f"--keep-alive takes a duration such as 5m, 30s or 1h (or -1: for ever), not {text[:40]!r}")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    return sum(float(number) * scale[unit] for number, unit in _DURATION.findall(text))
-
-
 @click.command(context_settings={"show_default": True})
 @click.option("-m", "--model", metavar="MODEL", help="Load this model at start (any reference `run -m` takes); requests may name others, loaded on demand.")
 @click.option("--host", default="127.0.0.1", help="Address to listen on. Anything but loopback needs an API key.")

@@ -63,6 +63,7 @@ class Served:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     holds: int = 0  # callers between acquire() and release()
+    keep_alive: float | None | str = "engine"  # a request's own (Ollama's keep_alive), else the engine's
     waiting: deque = field(default_factory=deque)
     queued: int = 0  # waiting, plus submitted but not yet seen by the engine thread
 
@@ -99,10 +100,13 @@ class Engine:
         """The Served entry for a model reference, loading it if needed. Pair with release()."""
         return self.submit(self._acquire, ref, options)
 
-    def release(self, served: Served) -> None:
+    def release(self, served: Served, keep_alive: float | None | str = "unchanged") -> None:
+        """End a hold; `keep_alive` (seconds, None for ever) replaces how long it stays unused."""
         with self._lock:
             served.holds -= 1
             served.last_used = time.monotonic()
+            if keep_alive != "unchanged":
+                served.keep_alive = keep_alive
         self._wake()
 
     def generate(self, served: Served, request: SequenceRequest) -> None:
@@ -172,11 +176,13 @@ class Engine:
         except BaseException as exc:  # handed to whoever waits on the future
             future.set_exception(exc)
 
+    def keep_alive_of(self, served: Served) -> float | None:
+        return self.keep_alive if served.keep_alive == "engine" else served.keep_alive
+
     def _idle_wait(self) -> float | None:
-        if self.keep_alive is None or not self._served:
-            return None
-        now = time.monotonic()
-        return max(0.05, min(s.last_used + self.keep_alive - now for s in self._served.values()))
+        waits = [s.last_used + self.keep_alive_of(s) - time.monotonic() for s in self._served.values()
+                 if self.keep_alive_of(s) is not None]
+        return max(0.05, min(waits)) if waits else None
 
     def _enqueue(self, served: Served, request: SequenceRequest) -> None:
         served.waiting.append(request)
@@ -206,12 +212,11 @@ class Engine:
             served.waiting.popleft().emit(GenerationError(why))
 
     def _expire(self) -> None:
-        if self.keep_alive is None:
-            return
         now = time.monotonic()
         for served in list(self._served.values()):
+            keep_alive = self.keep_alive_of(served)
             with self._lock:
-                expired = served.idle() and now - served.last_used >= self.keep_alive
+                expired = keep_alive is not None and served.idle() and now - served.last_used >= keep_alive
             if expired:
                 self._unload(served)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -139,3 +140,20 @@ def chat_load_options(**fields) -> LoadOptions:
     if fields.get("flash_attn") is None and not build_info().gpu_offload:
         fields["flash_attn"] = False
     return LoadOptions(**fields)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def parse_duration(text: str, what: str = "--keep-alive") -> float | None:
+    """Seconds, Ollama's way: "5m", "90s", "1h30m", a bare number of seconds; a negative one keeps
+    models loaded for ever (None)."""
+    text = text.strip().lower()
+    if re.fullmatch(r"-\d+(\.\d+)?[smh]?", text):
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    if not text or not re.fullmatch(rf"(?:{_DURATION.pattern})+", text):
+        raise UsageError(f"{what} takes a duration such as 5m, 30s or 1h (or -1: for ever), not {text[:40]!r}")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(number) * scale[unit] for number, unit in _DURATION.findall(text))

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import run_cli
 
-HEAVY = ("llama_cpp", "textual", "huggingface_hub", "numpy")
+HEAVY = ("llama_cpp", "textual", "huggingface_hub", "numpy", "starlette", "uvicorn", "llguidance")
 
 
 def imported_modules(*args: str) -> tuple[int, set[str]]:
@@ -18,7 +18,8 @@ def imported_modules(*args: str) -> tuple[int, set[str]]:
     return proc.returncode, modules
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["run", "--help"], ["list", "--help"], ["run", "--max-tokens", "0", "hi"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["run", "--help"], ["list", "--help"], ["serve", "--help"],
+                                  ["run", "--max-tokens", "0", "hi"]])
 def test_nothing_heavy_is_imported(args):
     code, modules = imported_modules(*args)
     assert code == (2 if "--max-tokens" in args else 0)
@@ -38,6 +39,13 @@ def test_run_help_documents_every_option():
     result = run_cli("run", "--help")
     for option in ("--prompt", "--model", "--system", "--max-tokens", "--temperature", "--top-p", "--seed",
                    "--ctx", "--threads", "--gpu-layers", "--json", "--no-stream", "--verbose"):
+        assert option in result.stdout, option
+
+
+def test_serve_help_documents_every_option():
+    result = run_cli("serve", "--help")
+    for option in ("--model", "--host", "--port", "--parallel", "--queue", "--keep-alive", "--api-key", "--cors",
+                   "--ctx", "--max-body", "--quiet", "LOCALLLM_API_KEY", "8642"):
         assert option in result.stdout, option
 
 

@@ -310,3 +310,20 @@ def test_a_schema_keyword_that_cannot_be_enforced_is_refused_by_name(server):
     refused = httpx.post(f"{server.url}/v1/chat/completions", json=body)
     assert refused.status_code == 400 and "if" in refused.json()["error"]["message"]
     assert refused.json()["error"]["param"] == "response_format"
+
+
+def test_ollama_keep_alive_zero_unloads_after_the_answer(tmp_path):
+    proc = ServerProcess("--ctx", "1024", "--threads", "2", env=isolated_env(tmp_path))
+    try:
+        api = ollama.Client(host=proc.url, timeout=60)
+        api.generate(model="starter", prompt="", keep_alive="10m")  # Ollama's way to load a model
+        assert [m.model for m in api.ps().models] == [STARTER_NAME]
+        api.chat(model="starter", messages=ask("Hi"), options={"num_predict": 2}, keep_alive=0)
+        deadline = time.monotonic() + 10
+        while api.ps().models and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert api.ps().models == []
+        bad = httpx.post(f"{proc.url}/api/chat", json={"model": "starter", "messages": ask("Hi"), "keep_alive": "soon"})
+        assert bad.status_code == 400 and "keep_alive" in bad.json()["error"]
+    finally:
+        proc.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from localllm.cli_serve import parse_duration
+from localllm.options import parse_duration
 from localllm.errors import UsageError
 from localllm.stops import StopText
 

@@ -182,6 +182,7 @@ class _Run:
     sequence: SequenceRequest
     events: _Events
     model: str  # the name the client used
+    keep_alive: float | None | str = "unchanged"
 
 
 class _Api:
@@ -225,7 +226,7 @@ class _Api:
         except BaseException:
             self.engine.release(served)
             raise
-        return _Run(served, sequence, events, job.model or served.path.name)
+        return _Run(served, sequence, events, job.model or served.path.name, job.keep_alive)
 
     async def _stream(self, request: Request, run: _Run) -> AsyncIterator[Token | Finished]:
         """The run's events until Finished; ends the sequence if the client goes away."""
@@ -245,7 +246,7 @@ class _Api:
 
     def _end(self, run: _Run) -> None:
         run.sequence.cancel()
-        self.engine.release(run.served)
+        self.engine.release(run.served, run.keep_alive)
 
     async def _collect(self, request: Request, run: _Run) -> tuple[str, Finished]:
         parts = []
@@ -351,8 +352,8 @@ class _Api:
     @_handled
     async def ollama_generate(self, request: Request) -> Response:
         job, _raw = schemas.ollama_generate(await self._body(request))
-        if job.prompt is None and job.messages is None:  # Ollama's way to load a model
-            self.engine.release(await self._acquire(job.model))
+        if job.prompt is None and job.messages is None:  # Ollama's way to load (or, keep_alive 0, unload) a model
+            self.engine.release(await self._acquire(job.model), job.keep_alive)
             return JSONResponse({"model": job.model, "created_at": schemas.now_iso(), "response": "", "done": True,
                                  "done_reason": "load"})
         return await self._ollama(request, job, "generate")
@@ -389,8 +390,7 @@ class _Api:
 
     @_handled
     async def ollama_ps(self, request: Request) -> Response:
-        keep_alive = self.engine.keep_alive
-        return JSONResponse({"models": [models.ollama_running(s, keep_alive) for s in self.engine.loaded()]})
+        return JSONResponse({"models": [models.ollama_running(s, self.engine.keep_alive_of(s)) for s in self.engine.loaded()]})
 
     async def ollama_version(self, request: Request) -> Response:
         return JSONResponse({"version": __version__})

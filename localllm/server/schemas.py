@@ -50,6 +50,7 @@ class GenerationJob:
     stream: bool = False
     include_usage: bool = False
     grammar: str | None = None  # the answer must follow it (response_format, Ollama's format)
+    keep_alive: float | None | str = "unchanged"  # Ollama's: seconds the model stays loaded after
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -257,7 +258,7 @@ def ollama_chat(body: Any) -> GenerationJob:
     _ollama_refuse(body)
     return GenerationJob(model=_model(body, required=True), messages=_messages(body.get("messages")),
                          sampling=_ollama_sampling(body), stream=_get(body, "stream", bool, True),
-                         grammar=_ollama_format(body))
+                         grammar=_ollama_format(body), keep_alive=ollama_keep_alive(body))
 
 
 def ollama_generate(body: Any) -> tuple[GenerationJob, bool]:
@@ -268,7 +269,8 @@ def ollama_generate(body: Any) -> tuple[GenerationJob, bool]:
     system = _get(body, "system", str)
     raw = _get(body, "raw", bool, False)
     job = GenerationJob(model=_model(body, required=True), sampling=_ollama_sampling(body),
-                        stream=_get(body, "stream", bool, True), grammar=_ollama_format(body))
+                        stream=_get(body, "stream", bool, True), grammar=_ollama_format(body),
+                        keep_alive=ollama_keep_alive(body))
     if raw:
         job.prompt = prompt
     elif prompt:
@@ -284,6 +286,21 @@ def _ollama_sampling(body: dict) -> SamplingOptions:
     return _sampling(None if num_predict is None or num_predict < 0 else max(num_predict, 1),
                      _get(options, "temperature", float), _get(options, "top_p", float), _seed(options, "seed"),
                      _stops(options.get("stop"), "options.stop"), **more)
+
+
+def ollama_keep_alive(body: dict) -> float | None | str:
+    """Ollama's keep_alive: a duration ("5m") or seconds; 0 unloads after the answer, negative never."""
+    from ..options import parse_duration
+
+    value = body.get("keep_alive")
+    if value is None:
+        return "unchanged"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ApiError(400, "'keep_alive' must be a duration such as \"5m\" or a number of seconds", "keep_alive")
+    try:
+        return parse_duration(str(value), "keep_alive")
+    except UsageError as exc:
+        raise ApiError(400, str(exc), "keep_alive") from None
 
 
 def _ollama_format(body: dict) -> str | None:

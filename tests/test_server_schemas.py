@@ -1,0 +1,86 @@
+"""The HTTP API's request checks and response shapes, without a server or a model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from localllm.events import Finished, Timings, Usage
+from localllm.server import is_loopback, schemas
+from localllm.server.schemas import ApiError
+
+
+def chat(**fields) -> dict:
+    return {"model": "starter", "messages": [{"role": "user", "content": "Hi"}], **fields}
+
+
+def refused(parse, body) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        parse(body)
+    assert caught.value.status == 400
+    return caught.value
+
+
+def test_openai_fields_become_sampling_options():
+    job = schemas.openai_chat(chat(temperature=0, top_p=0.5, seed=3, max_completion_tokens=9, stop="END",
+                                   stream=True, stream_options={"include_usage": True}))
+    assert (job.sampling.temperature, job.sampling.top_p, job.sampling.seed, job.sampling.max_tokens) == (0, 0.5, 3, 9)
+    assert job.sampling.stop == ("END",) and job.stream and job.include_usage and job.grammar is None
+    parts = schemas.openai_chat(chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                            {"type": "text", "text": "b"}]}]))
+    assert parts.messages == [{"role": "user", "content": "ab"}]
+
+
+@pytest.mark.parametrize("body, param", [
+    (chat(temperature=True), "temperature"),
+    (chat(temperature=float("nan")), "temperature"),
+    (chat(top_p=0), None),
+    (chat(seed=-1), "seed"),
+    (chat(stop=["x"] * 17), "stop"),
+    (chat(stop=[3]), "stop"),
+    (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), "messages[0].content"),
+    (chat(messages=[{"role": "system", "content": "only a system prompt"}]), "messages"),
+    (chat(response_format={"type": "xml"}), "response_format"),
+    (chat(response_format={"type": "json_schema", "json_schema": {"schema": {"type": "object", "if": {}}}}), "response_format"),
+    (chat(logprobs=True), "logprobs"),
+    (["not", "an", "object"], None),
+])
+def test_bad_openai_fields_are_refused_by_name(body, param):
+    assert refused(schemas.openai_chat, body).param == param
+
+
+def test_ollama_options_and_formats():
+    job = schemas.ollama_chat(chat(options={"temperature": 0.1, "num_predict": 5, "top_k": 3, "stop": ["\n"]},
+                                   format="json", keep_alive="1m"))
+    assert (job.sampling.max_tokens, job.sampling.top_k, job.sampling.stop, job.keep_alive) == (5, 3, ("\n",), 60)
+    assert job.stream and job.grammar  # Ollama streams unless told otherwise
+    generate, raw = schemas.ollama_generate({"model": "m", "prompt": "2+2=", "raw": True, "stream": False})
+    assert raw and generate.prompt == "2+2=" and generate.messages is None and not generate.stream
+    load_only, _ = schemas.ollama_generate({"model": "m"})
+    assert load_only.prompt is None and load_only.messages is None
+    assert refused(schemas.ollama_chat, chat(format="yaml")).param == "format"
+    assert refused(schemas.ollama_chat, chat(keep_alive=[1])).param == "keep_alive"
+
+
+def test_prerendered_token_chunks_are_the_same_bytes():
+    job = schemas.openai_chat(chat())
+    render = schemas.openai_chat_token_chunks(job, "starter")
+    for text in ("hi", 'a "quoted" \\ line\n', "ünïcödé", "</script>"):
+        assert render(text) == schemas.sse(schemas.openai_chat_chunk(job, "starter", {"content": text}))
+
+
+def test_usage_and_ollama_timings():
+    finished = Finished("length", Usage(30, 5, 20), Timings(0.5, 0.6, 1.0, 20.0, 4.0), 1)
+    assert schemas.usage(finished) == {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35,
+                                       "prompt_tokens_details": {"cached_tokens": 20}}
+    line = schemas.ollama_line("m", "chat", "", finished)
+    assert line["done"] and line["done_reason"] == "length" and line["prompt_eval_count"] == 10
+    assert line["eval_duration"] == 1_000_000_000 and json.dumps(line)
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True),
+                                            ("localhost", True), ("0.0.0.0", False), ("192.168.1.4", False),
+                                            ("example.com", False)])
+def test_which_hosts_are_loopback(host, loopback):
+    assert is_loopback(host) is loopback
