@@ -161,7 +161,10 @@ class Engine:
                 continue  # take every waiting job before the next step: new requests join sooner
             for served in busy:
                 self._admit(served)
-                served.batcher.step()
+                try:
+                    served.batcher.step()
+                except Exception as exc:  # a bug must fail these requests, not stop the engine
+                    served.batcher.fail_all(f"internal error while generating: {type(exc).__name__}: {exc}")
                 self._admit(served)
             self._expire()
         for served in list(self._served.values()):

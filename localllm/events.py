@@ -34,7 +34,8 @@ class Timings:
 
 @dataclass(frozen=True)
 class Finished:
-    """The last event. reason: "stop" (the model ended its turn) or "length" (token or context limit)."""
+    """The last event. reason: "stop" (the model ended its turn, a stop string, the grammar's end),
+    "length" (token or context limit) or, for a served sequence, "cancelled"."""
 
     reason: str
     usage: Usage

@@ -245,12 +245,19 @@ class LlamaCppBatcher:
         slot.last_used = time.monotonic()
 
     def _fail(self, slots: list[_Slot], status: int) -> None:
+        self._fail_with(slots, f"llama.cpp failed to evaluate the batch (llama_decode returned {status})")
+
+    def _fail_with(self, slots: list[_Slot], message: str) -> None:
         for slot in slots:
             request = slot.request
             llama_cpp.llama_memory_seq_rm(self._model._memory, slot.seq, -1, -1)
             slot.cached = []
             self._release(slot)
-            request.emit(GenerationError(f"llama.cpp failed to evaluate the batch (llama_decode returned {status})"))
+            request.emit(GenerationError(message))
+
+    def fail_all(self, message: str) -> None:
+        """End every running sequence with an error, forgetting their caches (after a failed step)."""
+        self._fail_with([slot for slot in self._slots if slot.request is not None], message)
 
     def close(self) -> None:
         """Cancel whatever is still running (the model is about to be freed)."""
