@@ -267,7 +267,7 @@ def test_sigterm_ends_streams_unloads_and_exits(tmp_path):
         rest = list(lines)  # the stream ends cleanly: an error event, then [DONE]
         context.__exit__(None, None, None)
     assert time.monotonic() - started < 20
-    assert code in (0, -15, 143), proc.lines
+    assert code in (-15, 143), proc.lines  # killed by the signal it re-raises once all is unloaded
     assert not any("Traceback" in line for line in proc.lines)
     events = [line for line in rest if line]
     assert events[-1] == "data: [DONE]" and "shutting down" in events[-2]
