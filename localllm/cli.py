@@ -15,7 +15,7 @@ from . import __version__
 from .cli_models import COMMANDS
 from .cli_serve import serve
 from .errors import LocalLLMError, UsageError
-from .options import FLASH_ATTN, MIN_CTX_TOKENS, flash_attn_name
+from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, flash_attn_name
 from .status import Status
 
 # `run` opens the KV cache for this many tokens and grows it to the window only for a longer
@@ -64,13 +64,16 @@ def cli() -> None:
 @click.option("--flash-attn", type=click.Choice(list(FLASH_ATTN)), default="auto", help="Flash attention; auto lets llama.cpp choose. On CPUs it is faster for short contexts and slower past a few hundred tokens.")
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
 @click.option("--load-anyway", is_flag=True, help="Load even when the planner predicts it will not fit, or with a --ctx beyond the trained context.")
+@click.option("--engine", type=click.Choice(ENGINES), help="Backend to run the model on.  [default: from its format: .gguf llama.cpp, a safetensors folder transformers]")
+@click.option("--dtype", type=click.Choice(DTYPES), help="Precision on the transformers engine.  [default: the checkpoint's where the device computes in it natively, else float32]")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
 @click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template (base models, text completion).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, model, finish reason, token counts, timings, settings.")
 @click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
-        seed, ctx, threads, gpu_layers, kv_type, flash_attn, margin, load_anyway, ignore_eos, raw, as_json, no_stream, verbose):
+        seed, ctx, threads, gpu_layers, kv_type, flash_attn, margin, load_anyway, engine, dtype, ignore_eos, raw, as_json,
+        no_stream, verbose):
     """Answer one prompt and exit. Tokens stream to stdout; everything else goes to stderr.
 
     Text piped on stdin is the prompt, or, with a prompt too, context placed before it:
@@ -88,7 +91,8 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     prompt = _read_prompt(prompt_arg, prompt_opt)
     load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
                                flash_attn=FLASH_ATTN[flash_attn], initial_ctx=RUN_INITIAL_CTX,
-                               margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, verbose=verbose)
+                               margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, engine=engine,
+                               dtype=dtype, verbose=verbose)
     sampling = SamplingOptions(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         repeat_penalty=repeat_penalty, seed=seed, ignore_eos=ignore_eos,
@@ -111,7 +115,9 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
 @click.option("--ctx", type=click.IntRange(min=MIN_CTX_TOKENS), help="Context window in tokens.  [default: the last one set in the app, else the trained length, at most 4096]")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none.  [default: as many as fit]")
-def chat(model, resume, ctx, threads, gpu_layers):
+@click.option("--engine", type=click.Choice(ENGINES), help="Backend to run the model on.  [default: from its format]")
+@click.option("--dtype", type=click.Choice(DTYPES), help="Precision on the transformers engine.  [default: the checkpoint's where native, else float32]")
+def chat(model, resume, ctx, threads, gpu_layers, engine, dtype):
     """Chat in the terminal: streaming answers, saved conversations, model downloads. F1 lists the keys.
 
     Conversations are saved as they are written (in $LOCALLLM_HOME/chats.sqlite3).
@@ -127,7 +133,7 @@ def chat(model, resume, ctx, threads, gpu_layers):
     crash.restore_terminal_on_crash(sys.stdout.fileno())
 
     saved_ctx = load_config().get("chat", {}).get("n_ctx")
-    options = chat_load_options(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers)
+    options = chat_load_options(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers, engine=engine, dtype=dtype)
     app = ChatApp(model_ref=model, resume=resume, load_options=options)
     app.run()
     if app.fatal_error:
@@ -292,6 +298,8 @@ def _json_result(model, text, finished, prompt_settings, sampling) -> dict:
             "flash_attn": flash_attn_name(model.options.flash_attn),
             "n_threads": model.n_threads,
             "n_gpu_layers": model.n_gpu_layers,
+            "engine": model.engine,
+            "dtype": model.dtype,
         },
     }
 

@@ -18,6 +18,8 @@ MAX_CTX_TOKENS = 2**31 - 1  # llama.cpp's n_ctx is a C uint32 and wraps above, t
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS; more aborts inside llama.cpp
 MAX_STOPS, MAX_STOP_CHARS = 16, 256
+ENGINES = ("llamacpp", "transformers")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 # How flash attention is named on the command line and in --json, against LoadOptions.flash_attn.
 FLASH_ATTN = {"auto": None, "on": True, "off": False}
 
@@ -57,6 +59,11 @@ class LoadOptions:
     # Sequences generated together in one context (`serve --parallel`). Each gets the whole
     # n_ctx window: the KV cache holds n_ctx x n_seq cells, shared, so a common prefix counts once.
     n_seq: int = 1
+    # Which backend runs the model: None chooses from its format (a .gguf file: llama.cpp; a
+    # safetensors folder: transformers). dtype is the transformers engine's: None or "auto" is the
+    # checkpoint's half precision where the device computes in it natively, else float32.
+    engine: str | None = None
+    dtype: str | None = None
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -71,6 +78,10 @@ class LoadOptions:
             raise UsageError(f"GPU layers must be -1 (all), 0 (none) or a positive count, not {self.n_gpu_layers}")
         if self.initial_ctx < 0:
             raise UsageError(f"initial context size must be 0 (the whole window) or positive, not {self.initial_ctx}")
+        if self.engine not in (None, *ENGINES):
+            raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.dtype not in (None, *DTYPES):
+            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if not 1 <= self.n_seq <= MAX_SEQUENCES:
             raise UsageError(f"parallel sequences must be 1 to {MAX_SEQUENCES}, not {self.n_seq}")
         if self.n_seq > 1 and self.initial_ctx:

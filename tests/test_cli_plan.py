@@ -68,7 +68,7 @@ def test_user_choices_reach_llama_cpp():
     assert (data["settings"]["kv_type"], data["settings"]["n_ctx"], data["settings"]["n_threads"]) == ("q8_0", 1024, 1)
 
 
-def testout_of_memory_ladder_changes_only_what_the_user_left_open():
+def test_out_of_memory_ladder_changes_only_what_the_user_left_open():
     asked = LoadOptions()
     current = LoadOptions(n_gpu_layers=33, n_ctx=4096)
     steps = []
@@ -82,7 +82,7 @@ def testout_of_memory_ladder_changes_only_what_the_user_left_open():
     assert _smaller(fixed, fixed) is None, "nothing the user fixed is changed"
 
 
-def test_llama_cpp_allocation_failures_count_asout_of_memory():
+def test_llama_cpp_allocation_failures_count_as_out_of_memory():
     # Messages llama.cpp printed here under `ulimit -v`, and CUDA's.
     assert out_of_memory("ggml_aligned_malloc: insufficient memory (attempted to allocate  17.51 MB)")
     assert out_of_memory("failed to allocate CUDA0 buffer of size 4294967296")

@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import UsageError
 from ..hardware import BuildInfo, DeviceInfo, HardwareProfile, detect
-from .base import Backend, LoadedModel, Message
+from .base import Backend, Capabilities, LoadedModel, Message
 
-__all__ = ["Backend", "LoadedModel", "Message", "build_info", "get_backend", "this_machine"]
+__all__ = ["Backend", "Capabilities", "LoadedModel", "Message", "backend_for", "build_info", "get_backend", "this_machine"]
 
 
 def get_backend(name: str = "llamacpp") -> Backend:
+    """A backend by name; adding one is a module and a line here."""
     if name == "llamacpp":
         from .llamacpp import LlamaCppBackend
 
         return LlamaCppBackend()
-    raise UsageError(f"unknown backend {name!r}")
+    if name == "transformers":
+        from .transformers_engine import TransformersBackend
+
+        return TransformersBackend()
+    raise UsageError(f"unknown engine {name!r} (llamacpp or transformers)")
+
+
+def backend_for(path: Path, engine: str | None = None) -> Backend:
+    """The backend for a model: the one asked for, else the one its format needs (a safetensors
+    folder: transformers; anything else: llama.cpp, whose checks then name what is wrong)."""
+    from .transformers_engine import is_checkpoint
+
+    name = engine or ("transformers" if is_checkpoint(path) else "llamacpp")
+    backend = get_backend(name)
+    if not backend.can_load(path):
+        what = "a safetensors folder (config.json and *.safetensors)" if path.is_dir() else "a .gguf file"
+        raise UsageError(f"the {name} engine cannot load {what}: {path.name}")
+    return backend
 
 
 def build_info() -> BuildInfo:

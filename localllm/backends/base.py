@@ -22,6 +22,7 @@ class LoadedModel(Protocol):
     n_ctx_train: int
     n_threads: int
     n_gpu_layers: int
+    can_embed: bool
 
     def tokenize(self, text: str) -> list[int]: ...
 
@@ -44,8 +45,36 @@ class LoadedModel(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, for the callers that must choose or refuse."""
+
+    batching: bool = False  # several sequences per step (serve --parallel); else one at a time
+    grammars: bool = False  # output constrained by localllm.constraints
+    token_input: bool = False  # prompts given as token ids
+    multi_gpu: bool = False
+    one_thread: bool = False  # every call on the thread that loaded it (see localllm.engine)
+    embeddings: bool = False
+
+
 class Backend(Protocol):
+    """One inference engine: what it can open, how it prepares a load (checks, planning), its
+    out-of-memory ladder, and the load itself. `load_model` asks these and assumes nothing."""
+
     name: str
+    capabilities: Capabilities
+
+    def can_load(self, path: Path) -> bool: ...
+
+    def prepare(self, path: Path, options: LoadOptions, notify: Callable[[str], None]) -> LoadOptions:
+        """Check the model and the options, and fill in what the caller left open."""
+        ...
+
+    def smaller(self, current: LoadOptions, asked: LoadOptions) -> tuple[LoadOptions, str] | None:
+        """The next, smaller load after running out of memory (never changing what was asked), and what changed."""
+        ...
+
+    def out_of_memory(self, reason: str) -> bool: ...
 
     def load(self, path: Path, options: LoadOptions) -> LoadedModel: ...
 

@@ -27,14 +27,17 @@ import numpy as np
 from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatter
 
 from .. import crash
+from ..config import cache_dir
 from ..errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
+from ..gguf_info import header_facts
 from ..events import Event, Finished, PromptProgress, Timings, Token, Usage
 from ..hardware import CpuLoadSampler, default_threads
 from . import amx
 from .chat_template import render_chat
 from .cpu_buffers import REPACK, Overrides, cpu_layers, extra_buffer_types, library, override_patterns, repack_weights
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
-from .base import Message
+from . import llamacpp_load
+from .base import Capabilities, Message
 
 if TYPE_CHECKING:
     from .llamacpp_batch import LlamaCppBatcher
@@ -149,6 +152,16 @@ def _init_backend(verbose: bool) -> None:
 
 class LlamaCppBackend:
     name = "llamacpp"
+    capabilities = Capabilities(batching=True, grammars=True, token_input=True, multi_gpu=True, one_thread=True,
+                                embeddings=True)
+
+    @staticmethod
+    def can_load(path: Path) -> bool:
+        return not path.is_dir()
+
+    prepare = staticmethod(llamacpp_load.prepare)
+    smaller = staticmethod(llamacpp_load.smaller)
+    out_of_memory = staticmethod(llamacpp_load.out_of_memory)
 
     def load(self, path: Path, options: LoadOptions) -> LlamaCppModel:
         return LlamaCppModel(path, options)
@@ -186,6 +199,7 @@ class LlamaCppModel:
         self.weight_buffers = _model_buffers(captured)
         if not self._model:
             raise ModelLoadError(path, _load_failure_reason())
+        self.can_embed = bool(header_facts(path, cache_dir())["embedding_only"])
 
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._logits_type = ctypes.c_float * llama_cpp.llama_vocab_n_tokens(self._vocab)
