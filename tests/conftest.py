@@ -52,6 +52,14 @@ def starter_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
+def starter_checkpoint(starter_gguf, tmp_path_factory) -> Path:
+    """The starter as a bfloat16 safetensors folder (tests/safetensors_model.py; about 20 s)."""
+    from safetensors_model import export_starter
+
+    return export_starter(starter_gguf, tmp_path_factory.mktemp("checkpoint") / "SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="session")
 def starter_model(starter_gguf):
     with load_model(starter_gguf, TEST_LOAD) as model:
         yield model

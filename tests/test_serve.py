@@ -327,3 +327,15 @@ def test_ollama_keep_alive_zero_unloads_after_the_answer(tmp_path):
         assert bad.status_code == 400 and "keep_alive" in bad.json()["error"]
     finally:
         proc.stop()
+
+
+def test_a_safetensors_model_is_served_by_the_transformers_engine(server, starter_checkpoint):
+    api = client(server)
+    whole = api.chat.completions.create(model=str(starter_checkpoint), messages=ask("Name a fruit."), **GREEDY)
+    chunks = list(api.chat.completions.create(model=str(starter_checkpoint), messages=ask("Name a fruit."),
+                                              stream=True, **GREEDY))
+    assert whole.choices[0].message.content.strip()
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    refused = httpx.post(f"{server.url}/v1/chat/completions", json={
+        "model": str(starter_checkpoint), "messages": ask("Hi"), "response_format": {"type": "json_object"}})
+    assert refused.status_code == 400 and "structured output" in refused.json()["error"]["message"]

@@ -32,9 +32,13 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def available() -> bool:
-    from importlib.util import find_spec
-
-    return all(find_spec(name) is not None for name in ("torch", "transformers", "accelerate"))
+    try:
+        import accelerate  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def choose_dtype(asked: str | None, checkpoint: str | None, device: str, cpu_features: Sequence[str]) -> str:
