@@ -48,12 +48,15 @@ def catalog_command(as_json):
 
 @click.command()
 @click.argument("ref")
-def pull(ref):
+@click.option("--full", is_flag=True, help="The full-precision safetensors checkpoint (for the transformers engine) instead of a GGUF.")
+def pull(ref, full):
     """Download a model: a catalog name (qwen3, qwen3:8b, qwen3:8b-q4_k_m), hf.co/owner/repo[:QUANT], or owner/repo/file.gguf.
 
-    Without a quantization, the one that fits this machine best is chosen. The download goes into
-    the Hugging Face cache, resumes if interrupted (run the same command again) and is checked
-    against the Hub's SHA-256 before it can be used. Prints the installed file's path on stdout.
+    Without a quantization, the one that fits this machine best is chosen. A repo with no GGUF
+    but a safetensors checkpoint (e.g. Qwen/Qwen3-8B), or --full, fetches the checkpoint: config,
+    tokenizer and every shard. The download goes into the Hugging Face cache, resumes if
+    interrupted (run the same command again) and is checked against the Hub's checksums before it
+    can be used. Prints the installed file's (or checkpoint folder's) path on stdout.
     """
     from huggingface_hub import constants
 
@@ -72,12 +75,17 @@ def pull(ref):
         click.echo(str(installed.path))
         return
     with slow_work(f"asking the Hub about {printable(ref)}"):
-        prepared = prepare_pull(ref, _hardware())
+        prepared = prepare_pull(ref, _hardware(), full=full)
     names = ", ".join(f.filename for f in prepared.files)
-    click.echo(f"{ref}: {prepared.ref.repo_id} {names} ({prepared.size / 1e9:.2f} GB)", err=True)
-    click.echo(f"  {prepared.quant or 'unknown quantization'}: {prepared.reason}; here: {prepared.plan.label}", err=True)
-    if prepared.plan.fit == "none":
-        click.echo(f"localllm: warning: {prepared.plan.explanation}", err=True)
+    if len(prepared.files) > 6:
+        names = f"{len(prepared.files)} files"
+    click.echo(printable(f"{ref}: {prepared.ref.repo_id} {names} ({prepared.size / 1e9:.2f} GB)"), err=True)
+    if prepared.plan is None:
+        click.echo(f"  safetensors: {prepared.reason}; runs on the transformers engine (localllm[full])", err=True)
+    else:
+        click.echo(f"  {prepared.quant or 'unknown quantization'}: {prepared.reason}; here: {prepared.plan.label}", err=True)
+        if prepared.plan.fit == "none":
+            click.echo(f"localllm: warning: {prepared.plan.explanation}", err=True)
     if not prepared.missing:
         click.echo("  already installed", err=True)
     try:
@@ -135,9 +143,10 @@ def list_models(as_json, add_dir, remove_dir):
     models = installed_models()
     rows = []
     for m in models:
-        fit = _fit(m.path)
+        fit = _fit(m.path) if m.format == "gguf" else {"fit": "full", "label": "transformers"}
         file_type = fit.pop("file_type", None)  # the metadata names the quantization when the file name does not
-        rows.append({"name": m.name, "path": str(m.path), "size": m.size, "quant": m.quant or file_type, "source": m.source, **fit})
+        rows.append({"name": m.name, "path": str(m.path), "size": m.size, "format": m.format,
+                     "quant": m.quant or file_type, "source": m.source, **fit})
     for r in rows:
         if r["fit"] == "error":  # listed, so it can be found and removed, but said once
             click.echo(printable(f"localllm: warning: {r['path']} cannot be used: {r['error']}"), err=True)
@@ -148,9 +157,10 @@ def list_models(as_json, add_dir, remove_dir):
         click.echo(f"No models installed; {STARTER_INSTALL_HINT}, or pull one: localllm catalog", err=True)
         return
     width = max(len(r["name"]) for r in rows + [{"name": "NAME"}])
-    click.echo(f"{'NAME':<{width}}  {'SIZE':>9}  {'QUANT':<7} {'FIT HERE':<16} {'SOURCE':<9} PATH")
+    click.echo(f"{'NAME':<{width}}  {'SIZE':>9}  {'FORMAT':<11} {'QUANT':<7} {'FIT HERE':<16} {'SOURCE':<9} PATH")
     for r in rows:
-        click.echo(printable(f"{r['name']:<{width}}  {r['size'] / 1e9:6.2f} GB  {r['quant'] or '?':<7} {r['label']:<16} {r['source']:<9} {r['path']}"))
+        click.echo(printable(f"{r['name']:<{width}}  {r['size'] / 1e9:6.2f} GB  {r['format']:<11} {r['quant'] or '?':<7} "
+                             f"{r['label']:<16} {r['source']:<9} {r['path']}"))
 
 
 def _fit(path: Path) -> dict:

@@ -147,13 +147,26 @@ def remote_file(repo_id: str, filename: str, revision: str = "main") -> RemoteFi
 
 def list_ggufs(repo_id: str, revision: str = "main") -> dict[str, int]:
     """Every .gguf file in a repo, with its size."""
+    return {name: size for name, size in list_files(repo_id, revision).items() if name.endswith(".gguf")}
+
+
+MAX_LISTED_FILES = 100_000
+
+
+def list_files(repo_id: str, revision: str = "main") -> dict[str, int]:
+    """Every file in a repo, with its size (names checked to stay inside the repo)."""
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
     _check_reachable(repo_id)
+    files: dict[str, int] = {}
     with hub_errors(repo_id):
-        tree = HfApi(endpoint=endpoint()).list_repo_tree(repo_id, recursive=True, revision=revision)
-        return {check_repo_path(f.path, repo_id): f.size for f in tree if isinstance(f, RepoFile) and f.path.endswith(".gguf")}
+        for entry in HfApi(endpoint=endpoint()).list_repo_tree(repo_id, recursive=True, revision=revision):
+            if isinstance(entry, RepoFile):
+                files[check_repo_path(entry.path, repo_id)] = entry.size
+                if len(files) > MAX_LISTED_FILES:
+                    raise DownloadError(f"{repo_id}: the listing has more than {MAX_LISTED_FILES} files")
+    return files
 
 
 def _check_reachable(what: str) -> None:

@@ -37,12 +37,15 @@ class InstalledModel:
     size: int  # bytes on disk, all parts of a split file
     source: str  # "starter", "hf-cache", "lm-studio", "llama.cpp" or "folder"
     repo_id: str | None = None  # for the Hugging Face cache
-    filename: str | None = None  # path inside the repo
+    filename: str | None = None  # path inside the repo (None for a safetensors checkpoint: the whole snapshot)
+    format: str = "gguf"  # or "safetensors": a checkpoint folder for the transformers engine
 
     @property
     def quant(self) -> str | None:
         from .planner import QUANT_ORDER
 
+        if self.format != "gguf":
+            return None
         stem = self.path.name.upper()
         return next((q for q in QUANT_ORDER if re.search(rf"(^|[-_.]){q}([-_.]|$)", stem)), None)
 
@@ -82,6 +85,10 @@ def _hf_cache() -> list[InstalledModel]:
             continue
         for revision in sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True):
             files = {f.file_path.relative_to(revision.snapshot_path).as_posix(): f for f in revision.files}
+            if "config.json" in files and any(rel.endswith(".safetensors") and "/" not in rel for rel in files):
+                size = sum(f.size_on_disk for f in files.values())
+                found.setdefault(repo.repo_id, InstalledModel(repo.repo_id, revision.snapshot_path, size, "hf-cache",
+                                                              repo.repo_id, None, "safetensors"))
             for rel, file in files.items():
                 if not rel.endswith(".gguf") or _later_part(rel):
                     continue
@@ -227,7 +234,12 @@ def display_name(path: Path) -> str:
 
 
 def _from_path(path: Path) -> InstalledModel:
+    from .backends.transformers_engine import is_checkpoint
+
     path = path.absolute()
+    if is_checkpoint(path):
+        return InstalledModel(path.name, path, sum(p.stat().st_size for p in path.iterdir() if p.is_file()), "path",
+                              format="safetensors")
     size = path.stat().st_size if path.is_file() else 0
     return InstalledModel(path.name, path, size, "path")
 
@@ -266,11 +278,14 @@ def _best_installed() -> Path:
 
 
 def _can_chat(model: InstalledModel) -> bool:
-    """Whether a model can be the default: its header is sound and it generates text."""
+    """Whether a model can be the default: a GGUF (which needs no extra) whose header is sound
+    and which generates text."""
     from .config import cache_dir
     from .errors import ModelLoadError
     from .gguf_info import header_facts
 
+    if model.format != "gguf":
+        return False
     try:
         return not header_facts(model.path, cache_dir())["embedding_only"]
     except ModelLoadError:
@@ -295,9 +310,14 @@ def remove(model: InstalledModel) -> int:
     from .hub import inside, storage_folder
 
     storage = storage_folder(model.repo_id)
-    snapshot = model.path.parents[len(Path(model.filename).parts) - 1]
+    if model.format == "safetensors":
+        snapshot = model.path
+        names = [p.relative_to(snapshot).as_posix() for p in snapshot.iterdir() if p.is_file() or p.is_symlink()]
+    else:
+        snapshot = model.path.parents[len(Path(model.filename).parts) - 1]
+        names = _parts(model.filename)
     freed = 0
-    for rel in _parts(model.filename):
+    for rel in names:
         pointer = snapshot / rel
         if not pointer.exists() and not pointer.is_symlink():
             continue

@@ -6,7 +6,8 @@ the registry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .catalog import CatalogEntry, load_catalog
@@ -18,6 +19,7 @@ from .hub import (
     cached_file,
     download,
     files_for_quant,
+    list_files,
     list_ggufs,
     partial_bytes,
     remote_file,
@@ -26,18 +28,28 @@ from .planner import LoadPlan, plan_quants
 from .references import Reference, parse_reference
 
 
+# What a safetensors checkpoint needs to load, at the top of its repo: the config, the tokenizer,
+# the weights and their index. Other weight formats (.bin, .pth, consolidated copies) and
+# subfolders (original/, onnx/) are left on the Hub.
+CHECKPOINT_FILE = re.compile(
+    r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|preprocessor_config)\.json"
+    r"|tokenizer\.model|merges\.txt|chat_template\.(jinja|json)"
+    r"|model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json")
+
+
 @dataclass(frozen=True)
 class PullPlan:
-    """What a pull will fetch, and why that file."""
+    """What a pull will fetch, and why those files."""
 
     ref: Reference
     files: tuple[RemoteFile, ...]
-    plan: LoadPlan  # how it would load here
+    plan: LoadPlan | None  # how a GGUF would load here; None for a safetensors checkpoint
     reason: str
+    format: str = "gguf"
 
     @property
     def quant(self) -> str | None:
-        return self.plan.spec.file_type
+        return self.plan.spec.file_type if self.plan else None
 
     @property
     def size(self) -> int:
@@ -52,13 +64,20 @@ class PullPlan:
         return sum(f.size - partial_bytes(f) for f in self.missing)
 
 
-def prepare_pull(text: str, hw=None) -> PullPlan:
-    """Resolve a reference to the files to download (network: HEAD requests, a repo listing)."""
+def prepare_pull(text: str, hw=None, full: bool = False) -> PullPlan:
+    """Resolve a reference to the files to download (network: HEAD requests, a repo listing).
+    `full`: the safetensors checkpoint (a catalog entry's safetensors_repo) instead of a GGUF."""
     ref = parse_reference(text, load_catalog())
     if ref.kind == "path":
         raise UsageError(f"{text} is a local path; there is nothing to pull (run it with -m)")
     if ref.kind == "name":
         raise ModelNotFoundError(text, "not in the catalog and not a Hub reference (owner/repo[:QUANT] or owner/repo/file.gguf); `localllm catalog` lists the catalog")
+    listing = None
+    if full or (ref.entry is None and not ref.filename and not ref.quant):
+        repo = ref.entry.safetensors_repo if ref.entry is not None else ref.repo_id
+        listing = list_files(repo, ref.revision)
+        if full or not any(name.endswith(".gguf") for name in listing):
+            return _checkpoint_pull(text, replace(ref, repo_id=repo), listing)
     hw = hw or _hardware()
     if ref.filename:
         names, chosen, reason = [ref.filename], None, "the file named"
@@ -66,7 +85,7 @@ def prepare_pull(text: str, hw=None) -> PullPlan:
         chosen, reason = _choose_catalog_quant(ref.entry, ref.quant, hw)
         names = list(ref.entry.quant(chosen.spec.file_type).files)
     else:
-        available = list_ggufs(ref.repo_id, ref.revision)
+        available = {n: size for n, size in listing.items() if n.endswith(".gguf")} if listing is not None else list_ggufs(ref.repo_id, ref.revision)
         if not available:
             raise ModelNotFoundError(text, "the repository holds no .gguf file")
         names, chosen, reason = _choose_hub_quant(ref, available, hw)
@@ -79,8 +98,16 @@ def prepare_pull(text: str, hw=None) -> PullPlan:
     return PullPlan(ref, files, chosen, reason)
 
 
+def _checkpoint_pull(text: str, ref: Reference, available: dict[str, int]) -> PullPlan:
+    names = sorted(name for name in available if CHECKPOINT_FILE.fullmatch(name))
+    if "config.json" not in names or not any(name.endswith(".safetensors") for name in names):
+        raise ModelNotFoundError(text, f"{ref.repo_id} holds no safetensors checkpoint (config.json and model*.safetensors)")
+    files = tuple(remote_file(ref.repo_id, name, ref.revision) for name in names)
+    return PullPlan(ref, files, None, "the full-precision checkpoint (config, tokenizer, every shard)", "safetensors")
+
+
 def pull(prepared: PullPlan, progress: Progress | None = None) -> Path:
-    """Download what is missing; return the (first) file's path in the cache.
+    """Download what is missing; return the (first) file's path in the cache, or a checkpoint's folder.
 
     ``progress(done, total)`` counts all the files together, bytes already on disk included.
     """
@@ -92,7 +119,7 @@ def pull(prepared: PullPlan, progress: Progress | None = None) -> Path:
 
         paths.append(download(remote, report))
         finished += remote.size
-    return paths[0]
+    return paths[0].parent if prepared.format == "safetensors" else paths[0]
 
 
 def _with_split_parts(names: list[str]) -> list[str]:

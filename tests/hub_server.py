@@ -73,6 +73,10 @@ class HubServer(http.server.ThreadingHTTPServer):
         self.repos.setdefault(repo_id, {})[filename] = hosted
         return hosted
 
+    def requested_paths(self) -> list[str]:
+        """The URL path of every GET and HEAD, in order."""
+        return [p for m, p, _ in self.log if m in ("GET", "HEAD")]
+
     def gets(self, filename: str) -> list[str | None]:
         """The Range header of every GET of a file, in order."""
         return [r for m, p, r in self.log if m == "GET" and p.endswith("/" + filename)]

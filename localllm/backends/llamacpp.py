@@ -157,7 +157,9 @@ class LlamaCppBackend:
 
     @staticmethod
     def can_load(path: Path) -> bool:
-        return not path.is_dir()
+        from .transformers_engine import is_checkpoint
+
+        return not is_checkpoint(path)  # anything else it checks itself, naming what is wrong
 
     prepare = staticmethod(llamacpp_load.prepare)
     smaller = staticmethod(llamacpp_load.smaller)
