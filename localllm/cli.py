@@ -191,12 +191,15 @@ def _hw_text(profile) -> str:
 @click.option("--gpu-layers", type=click.IntRange(min=0), help="Fix the number of GPU layers.")
 @click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="Fix the KV cache type.")
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
+@click.option("--full", is_flag=True, help="Plan the full-precision safetensors checkpoint (a catalog entry's safetensors_repo, or owner/repo on the Hub).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
+def plan_command(model, ctx, gpu_layers, kv_type, margin, full, as_json):
     """Show how MODEL would be loaded here, and why: fit, settings, memory per device.
 
     MODEL may be installed, a catalog name (planned offline from the catalog, with the
     quantization that fits best unless one is named) or a Hub reference (its header is read).
+    A safetensors checkpoint (a folder, an installed one, or --full before any download: its
+    config and headers are read by HTTP range) is planned for the transformers engine, per GPU.
     """
     from .backends import this_machine
     from .cli_models import spec_for
@@ -207,6 +210,9 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
 
     sampler = CpuLoadSampler()
     profile = this_machine()
+    if full or (model is not None and _installed_checkpoint(model)):
+        _plan_checkpoint(model, profile, ctx, margin, full, as_json)
+        return
     # A model that is not installed is planned before any download: that is what plan is for.
     spec = spec_for(model or str(resolve(None)), profile)[0]
     overrides = Overrides(n_ctx=ctx, n_gpu_layers=gpu_layers, kv_type=kv_type,
@@ -236,6 +242,57 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, as_json):
 
 for _command in (*COMMANDS, serve):
     cli.add_command(_command)
+
+
+def _installed_checkpoint(ref: str):
+    from .errors import ModelNotFoundError
+    from .registry import find_installed
+
+    try:
+        found = find_installed(ref)
+    except (ModelNotFoundError, UsageError):
+        return None
+    return found.path if found.format == "safetensors" else None
+
+
+def _plan_checkpoint(ref, profile, ctx, margin, full: bool, as_json: bool) -> None:
+    from .catalog import load_catalog
+    from .checkpoint_plan import place, read_local, read_remote
+    from .backends.transformers_engine import choose_dtype
+    from .planner import human_bytes
+    from .printable import printable
+    from .references import parse_reference
+
+    if ref is None:
+        raise UsageError("plan --full needs a model: a catalog name or owner/repo")
+    local = _installed_checkpoint(ref)
+    if local is not None:
+        spec = read_local(local)
+    else:
+        parsed = parse_reference(ref, load_catalog())
+        repo = parsed.entry.safetensors_repo if parsed.entry is not None else parsed.repo_id
+        if repo is None:
+            raise UsageError(f"{ref} names no Hub repository to plan")
+        spec = read_remote(repo, parsed.revision)
+    gpus = [(g.index, g.free, g.vendor) for g in profile.gpus if g.vendor == "nvidia" and g.free]
+    dtype = choose_dtype(None, spec.dtype, "cuda" if gpus else "cpu", profile.cpu.features)
+    n_ctx = ctx or min(spec.n_ctx_train, 4096)
+    placed = place(spec, dtype, n_ctx, gpus, profile.memory.available, None if margin is None else margin * 2**20)
+    layers = {device: sum(1 for m, d in placed.device_map.items() if d == device and ".layers." in m)
+              for device in [*(g[0] for g in gpus), "cpu"]}
+    if as_json:
+        click.echo(json.dumps({"model": spec.name, "engine": "transformers", "fit": placed.fit, "dtype": dtype,
+                               "n_ctx": n_ctx, "layers": {str(k): v for k, v in layers.items()}, "used": placed.used,
+                               "free": placed.free, "warnings": placed.warnings}, indent=2))
+        return
+    labels = {"gpu": "fits on GPU", "partial": "partial offload", "cpu": "CPU only", "none": "does not fit"}
+    click.echo(printable(f"{spec.name}: {labels[placed.fit]} (transformers engine, {dtype}, {n_ctx}-token context)"))
+    for device, count in layers.items():
+        name = "RAM" if device == "cpu" else f"GPU {device}"
+        click.echo(f"  {name:<6} {count:>4} of {spec.n_layer} layers  {human_bytes(placed.used[str(device)]):>10} of "
+                   f"{human_bytes(placed.free[str(device)])} usable (weights, KV cache, runtime)")
+    for warning in placed.warnings:
+        click.echo(f"localllm: warning: {warning}", err=True)
 
 
 def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool, status: Status) -> None:

@@ -64,6 +64,8 @@ class LoadOptions:
     # checkpoint's half precision where the device computes in it natively, else float32.
     engine: str | None = None
     dtype: str | None = None
+    # The transformers engine's placement, module -> device (localllm.checkpoint_plan): set by its planner.
+    device_map: tuple[tuple[str, str | int], ...] = ()
     verbose: bool = False
 
     def __post_init__(self) -> None:

@@ -94,5 +94,10 @@ def test_a_checkpoint_with_a_bad_config_is_refused_before_torch_reads_it(tmp_pat
     (folder / "config.json").write_text("[1, 2]")
     (folder / "model.safetensors").write_bytes(b"\0" * 16)
     assert_one_line_error(run_cli("run", "-m", str(folder), "Hi"), 4, "config.json has no model_type")
+    (folder / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 1}')
+    (folder / "model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}")
+    assert_one_line_error(run_cli("run", "-m", str(folder), "Hi"), 4, "safetensors header claims")
+    (folder / "model.safetensors").write_bytes((40).to_bytes(8, "little") + b'{"w": {"dtype": "F16", "shape": [-1]}}  ')
+    assert_one_line_error(run_cli("run", "-m", str(folder), "Hi"), 4, "describes 'w' wrongly")
     with pytest.raises(UsageError, match="dtype must be one of"):
         load_model(folder, dtype="int3")

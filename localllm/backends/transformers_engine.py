@@ -66,14 +66,19 @@ class TransformersBackend:
 
     @staticmethod
     def prepare(path: Path, options: LoadOptions, notify: Callable[[str], None]) -> LoadOptions:
+        """Check the checkpoint, choose the dtype, and place it on the GPUs and RAM (checkpoint_plan)."""
         if not available():
             raise UsageError(INSTALL_HINT)
-        read_config(path)
         if options.kv_type not in (None, "f16") or options.tensor_split:
             raise UsageError("--kv-type and --tensor-split are llama.cpp settings; the transformers engine has none")
         if options.n_seq > 1:
             notify("the transformers engine answers one request at a time")
-        return replace(options, n_seq=1)
+        placed, dtype, n_ctx = plan_checkpoint(path, options)
+        if placed.fit == "none" and not options.load_anyway:
+            raise ModelLoadError(path, f"it does not fit: {placed.warnings[0]}")
+        for warning in placed.warnings:
+            notify(warning)
+        return replace(options, n_seq=1, dtype=dtype, n_ctx=n_ctx, device_map=tuple(placed.device_map.items()))
 
     @staticmethod
     def smaller(current: LoadOptions, asked: LoadOptions) -> None:
@@ -85,6 +90,22 @@ class TransformersBackend:
 
     def load(self, path: Path, options: LoadOptions) -> TransformersModel:
         return TransformersModel(path, options)
+
+
+def plan_checkpoint(path: Path, options: LoadOptions):
+    """(Placement, dtype, context) for this checkpoint on this machine, GPUs from NVML."""
+    import torch
+
+    from ..backends import this_machine
+    from ..checkpoint_plan import place, read_local
+
+    machine = this_machine()
+    spec = read_local(path)
+    use_gpu = torch.cuda.is_available() and options.n_gpu_layers != 0
+    gpus = [(g.index, g.free, g.vendor) for g in machine.gpus if g.vendor == "nvidia" and g.free] if use_gpu else []
+    dtype = choose_dtype(options.dtype, spec.dtype, "cuda" if gpus else "cpu", machine.cpu.features)
+    n_ctx = min(spec.n_ctx_train, DEFAULT_CTX) if options.n_ctx is None else (options.n_ctx or spec.n_ctx_train)
+    return place(spec, dtype, n_ctx, gpus, machine.memory.available, options.margin), dtype, n_ctx
 
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -131,13 +152,13 @@ class TransformersModel:
         self.n_threads = options.n_threads or default_threads(machine.cpu)
         torch.set_num_threads(self.n_threads)
         config = read_config(path)
-        use_gpu = torch.cuda.is_available() and options.n_gpu_layers != 0
+        device_map = dict(options.device_map) or {"": "cpu"}
+        use_gpu = any(device != "cpu" for device in device_map.values())
         self.dtype = choose_dtype(options.dtype, config.get("torch_dtype") or config.get("dtype"),
                                   "cuda" if use_gpu else "cpu", machine.cpu.features)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(path)
-            self._model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=getattr(torch, self.dtype), device_map="auto" if use_gpu else "cpu")
+            self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype), device_map=device_map)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelLoadError(path, str(exc).splitlines()[0][:300]) from None
         self._model.eval()
@@ -145,7 +166,7 @@ class TransformersModel:
         self._cache_arg = "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
         self.n_ctx_train = int(config.get("max_position_embeddings") or DEFAULT_CTX)
         self.n_ctx = min(self.n_ctx_train, DEFAULT_CTX) if options.n_ctx is None else (options.n_ctx or self.n_ctx_train)
-        self.n_gpu_layers = -1 if use_gpu else 0
+        self.n_gpu_layers = sum(1 for module, device in device_map.items() if device != "cpu" and ".layers." in module)
         self._device = next(self._model.parameters()).device
         ends = self._model.generation_config.eos_token_id
         self._ends = set(ends if isinstance(ends, list) else [ends] if ends is not None else [])
@@ -218,7 +239,8 @@ class TransformersModel:
             while len(generated) < limit:
                 ids = torch.tensor([feed], device=self._device)
                 try:
-                    out = self._model(input_ids=ids, use_cache=True, **{self._cache_arg: self._cache})
+                    # Logits of the last position only: all of them would cost prompt x vocabulary floats.
+                    out = self._model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: self._cache})
                 except RuntimeError as exc:
                     self._cached, self._cache = [], None
                     raise GenerationError(f"the model failed to evaluate: {str(exc).splitlines()[0][:200]}") from None
