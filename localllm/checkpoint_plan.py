@@ -25,6 +25,9 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2":
                "I8": 1, "U8": 1, "BOOL": 1}
 TORCH_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 MAX_HEADER_BYTES = 100 * 2**20
+# What PyTorch and the tokenizer hold besides weights, KV cache and activations, measured on the
+# starter checkpoint on CPU (tests/benchmarks/bench_full.py): RSS growth minus the rest.
+CPU_RUNTIME = 48 * MIB
 _LAYER = re.compile(r"^(.*\.layers\.\d+)\.")
 
 
@@ -192,6 +195,8 @@ def place(spec: CheckpointSpec, dtype: str, n_ctx: int, gpus: list[tuple[int, in
         used[device] += cost
     if gpus:
         device_map[""] = devices[0]  # modules without weights (rotary tables) go with the first
+    else:
+        used["cpu"] += activations + (CPU_RUNTIME if with_runtime else 0)
     on_cpu = [m for m, d in device_map.items() if d == "cpu" and m]
     warnings = []
     fit = "gpu" if gpus and not on_cpu else ("cpu" if not gpus or len(on_cpu) == len(costs) else "partial")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
 from ..events import Event, Finished, Timings, Token, Usage
-from ..hardware import default_threads
+from ..hardware import default_threads, detect
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from ..stops import StopText
 from .base import Capabilities, Message
@@ -32,13 +32,14 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def available() -> bool:
+    from importlib.util import find_spec
+
     try:
-        import accelerate  # noqa: F401
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError:
         return False
-    return True
+    return find_spec("accelerate") is not None  # imported only to place on GPUs (0.1 s)
 
 
 def choose_dtype(asked: str | None, checkpoint: str | None, device: str, cpu_features: Sequence[str]) -> str:
@@ -78,7 +79,8 @@ class TransformersBackend:
             raise ModelLoadError(path, f"it does not fit: {placed.warnings[0]}")
         for warning in placed.warnings:
             notify(warning)
-        return replace(options, n_seq=1, dtype=dtype, n_ctx=n_ctx, device_map=tuple(placed.device_map.items()))
+        return replace(options, n_seq=1, dtype=dtype, n_ctx=n_ctx, device_map=tuple(placed.device_map.items()),
+                       n_threads=options.n_threads or default_threads(detect().cpu))
 
     @staticmethod
     def smaller(current: LoadOptions, asked: LoadOptions) -> None:
@@ -96,10 +98,9 @@ def plan_checkpoint(path: Path, options: LoadOptions):
     """(Placement, dtype, context) for this checkpoint on this machine, GPUs from NVML."""
     import torch
 
-    from ..backends import this_machine
     from ..checkpoint_plan import place, read_local
 
-    machine = this_machine()
+    machine = detect()  # without llama.cpp's build facts, which this engine does not use
     spec = read_local(path)
     use_gpu = torch.cuda.is_available() and options.n_gpu_layers != 0
     gpus = [(g.index, g.free, g.vendor) for g in machine.gpus if g.vendor == "nvidia" and g.free] if use_gpu else []
@@ -140,25 +141,24 @@ class TransformersModel:
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..backends import this_machine
-
         if not options.verbose:  # its progress bars and notices would fill stderr around the answer
             transformers.utils.logging.set_verbosity_error()
             transformers.utils.logging.disable_progress_bar()
 
         self.path = path
         self._torch = torch
-        machine = this_machine()
-        self.n_threads = options.n_threads or default_threads(machine.cpu)
+        self.n_threads = options.n_threads or default_threads()
         torch.set_num_threads(self.n_threads)
         config = read_config(path)
         device_map = dict(options.device_map) or {"": "cpu"}
         use_gpu = any(device != "cpu" for device in device_map.values())
-        self.dtype = choose_dtype(options.dtype, config.get("torch_dtype") or config.get("dtype"),
-                                  "cuda" if use_gpu else "cpu", machine.cpu.features)
+        # prepare() chose it for this machine; a caller that skipped it gets float32, always safe.
+        self.dtype = options.dtype if options.dtype not in (None, "auto") else "float32"
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(path)
-            self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype), device_map=device_map)
+            # All on the CPU needs no device map, and so no accelerate.
+            placement = {"device_map": device_map} if use_gpu else {}
+            self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype), **placement)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelLoadError(path, str(exc).splitlines()[0][:300]) from None
         self._model.eval()
