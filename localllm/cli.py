@@ -126,7 +126,7 @@ def chat(model, resume, ctx, threads, gpu_layers, engine, dtype):
         raise UsageError("localllm chat needs a terminal; in scripts and pipes use: localllm run")
     from . import crash
     from .config import load_config
-    from .options import chat_load_options
+    from .model import chat_load_options
     from .tui import ChatApp
 
     crash.install()

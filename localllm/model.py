@@ -161,3 +161,17 @@ def inspect(path: Path) -> ModelSpec:
     return inspect_file(path, cache_dir())
 
 
+def chat_load_options(**fields) -> LoadOptions:
+    """Load options for a multi-turn chat.
+
+    On a CPU-only build flash attention is off: a chat's turns are short prompts evaluated on top
+    of a long cached history, and llama.cpp's CPU flash-attention kernel slows with that depth
+    (measured here, SmolLM2, turn 20 of a chat: time to first token 1.7-2.0x turn 1 with it,
+    1.2-1.3x without). Its cost, a score buffer of heads x ubatch x context, is small at chat
+    contexts and is in the planner's estimate.
+    """
+    from .backends import build_info
+
+    if fields.get("flash_attn") is None and not build_info().gpu_offload:
+        fields["flash_attn"] = False
+    return LoadOptions(**fields)

@@ -252,10 +252,15 @@ def _names_match(model: InstalledModel, ref: str) -> bool:
 def _best_of(models: list[InstalledModel]) -> InstalledModel:
     """Of several installed models, the one the planner rates best on this machine."""
     from .backends import this_machine
-    from .model import inspect
+    from .backends.llamacpp_load import check_gguf
+    from .config import cache_dir
+    from .gguf_info import inspect_file
     from .planner import plan_quants
 
-    specs = [inspect(m.path) for m in models]
+    specs = []
+    for m in models:
+        check_gguf(m.path)
+        specs.append(inspect_file(m.path, cache_dir()))
     best, _ = plan_quants(this_machine(), specs)
     return models[specs.index(best.spec)]
 

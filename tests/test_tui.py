@@ -12,6 +12,7 @@ import pytest
 from localllm.tui import ChatApp
 
 from localllm.events import Finished, Timings, Token, Usage
+from localllm.options import LoadOptions
 from localllm.session import ChatStore
 
 pytestmark = pytest.mark.slow
@@ -606,3 +607,17 @@ async def test_offline_with_no_model_offers_what_works_offline(isolated_home, st
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.session is not None)
         assert app.model_name == str(starter_gguf), "a local .gguf opens by its path"
+
+
+async def test_chats_on_the_transformers_engine_as_on_gguf(starter_checkpoint, isolated_home):
+    store = ChatStore()
+    app = ChatApp(model_ref=str(starter_checkpoint), store=store, load_options=LoadOptions(n_ctx=2048, n_threads=2))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None, timeout=120)
+        assert app.model.engine == "transformers"
+        await send(pilot, app, "Name a colour.")
+        (_, question), (_, answer) = transcript(app)
+        assert answer.strip() and app.query(".assistant").last().source.strip() == answer.strip()
+        assert "tok/s" in app.status_text and app.model.dtype in app.status_text
+        [conversation] = ChatStore(store.path).conversations()
+        assert [m.content for m in ChatStore(store.path).messages(conversation.id)] == [question, answer]

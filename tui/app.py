@@ -488,7 +488,7 @@ class ChatApp(ErrorReporting, App):
         from localllm.registry import InstalledModel
 
         path = Path(self.model.path)
-        quant = InstalledModel(path.name, path, 0, "").quant
+        quant = InstalledModel(path.name, path, 0, "").quant or getattr(self.model, "dtype", None)
         name = path.stem if quant and quant in path.stem.upper() else f"{path.stem} · {quant or '?'}"
         where = f"GPU {self.model.n_gpu_layers} layers" if self.model.n_gpu_layers else f"CPU {self.model.n_threads} thread{'' if self.model.n_threads == 1 else 's'}"
         used = self.session.used_tokens if self.session else 0

@@ -51,7 +51,8 @@ def main() -> None:
 
 
 def chat_flash_attn() -> str:
-    from localllm.options import chat_load_options, flash_attn_name
+    from localllm.model import chat_load_options
+    from localllm.options import flash_attn_name
 
     return flash_attn_name(chat_load_options().flash_attn)
 
@@ -69,7 +70,7 @@ def tui_once(tokens: int, threads: int) -> float:
     from localllm.tui import ChatApp
 
     from localllm import SamplingOptions
-    from localllm.options import chat_load_options
+    from localllm.model import chat_load_options
     from localllm.session import ChatStore
 
     async def go() -> float:
@@ -109,7 +110,7 @@ def ttft_once(threads: int) -> list[tuple[float, int, int]]:
     """A 20-turn chat on a freshly loaded model: (time to first token, prompt, reused) per turn."""
     from localllm import SamplingOptions, load_model
     from localllm.events import Finished
-    from localllm.options import chat_load_options
+    from localllm.model import chat_load_options
     from localllm.session import ChatSession, ChatStore
 
     with load_model("starter", chat_load_options(n_ctx=4096, n_threads=threads)) as model:
