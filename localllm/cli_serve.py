@@ -7,7 +7,7 @@ import os
 import click
 
 from .errors import UsageError
-from .options import FLASH_ATTN, MIN_CTX_TOKENS, parse_duration
+from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, parse_duration
 
 DEFAULT_PORT = 8642  # none of Ollama's 11434, LM Studio's 1234, llama-server's 8080, vLLM's 8000
 DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
@@ -25,11 +25,13 @@ DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none.  [default: as many as fit]")
 @click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="KV cache type.  [default: f16, q8_0 when memory is tight]")
 @click.option("--flash-attn", type=click.Choice(list(FLASH_ATTN)), default="auto", help="Flash attention.")
+@click.option("--engine", type=click.Choice(ENGINES), help="Backend for every model served.  [default: from each model's format]")
+@click.option("--dtype", type=click.Choice(DTYPES), help="Precision on the transformers engine.  [default: the checkpoint's where native, else float32]")
 @click.option("--max-body", type=click.IntRange(1, 1024), default=8, metavar="MIB", help="Largest request body accepted.")
 @click.option("-q", "--quiet", is_flag=True, help="No access log (one line per request on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def serve(model, host, port, parallel, queue_limit, keep_alive, api_key, cors, ctx, threads, gpu_layers, kv_type,
-          flash_attn, max_body, quiet, verbose):
+          flash_attn, engine, dtype, max_body, quiet, verbose):
     """Serve models over HTTP: the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models,
     /v1/embeddings) and Ollama's (/api/chat, /api/generate, /api/tags, /api/show, /api/ps).
 
@@ -55,7 +57,7 @@ def serve(model, host, port, parallel, queue_limit, keep_alive, api_key, cors, c
     if model is not None:
         resolve(model)  # a typo fails now, not after the server has started
     options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
-                          flash_attn=FLASH_ATTN[flash_attn], n_seq=parallel, verbose=verbose)
+                          flash_attn=FLASH_ATTN[flash_attn], n_seq=parallel, engine=engine, dtype=dtype, verbose=verbose)
     config = ServerConfig(load_options=options, default_model=model, api_key=api_key or None, cors=tuple(cors),
                           max_body=max_body * 2**20, quiet=quiet)
     engine = Engine(keep_alive=parse_duration(keep_alive), queue_limit=queue_limit)

@@ -162,7 +162,7 @@ def test_models_of_other_tools_are_listed_and_run_in_place(isolated_home, starte
     assert ran.returncode == 0, ran
     assert json.loads(ran.stdout)["path"] == str(lm_studio / "tiny-Q4_1.gguf"), "run where it is, not copied"
     text = run_cli("list").stdout.splitlines()
-    assert text[0].split() == ["NAME", "SIZE", "QUANT", "FIT", "HERE", "SOURCE", "PATH"]
+    assert text[0].split() == ["NAME", "SIZE", "FORMAT", "QUANT", "FIT", "HERE", "SOURCE", "PATH"]
     forgotten = run_cli("list", "--remove-dir", str(mine), "--json")
     assert forgotten.returncode == 0 and "mine.gguf" not in {m["name"] for m in json.loads(forgotten.stdout)}
     assert (mine / "mine.gguf").exists(), "its files are not touched"
