@@ -39,6 +39,7 @@ class CheckpointSpec:
     model_type: str
     n_layer: int
     n_embd: int
+    n_head: int
     n_head_kv: int
     head_dim: int
     n_ff: int
@@ -72,7 +73,7 @@ def spec_from(name: str, config: dict, tensors: dict[str, tuple[str, list[int]]]
         order[module] = order.get(module, 0) + count
     modules = sorted(order.items(), key=lambda item: _rank(item[0]))
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
-    return CheckpointSpec(name, str(config.get("model_type", "")), n_layer, n_embd, n_head_kv, head_dim,
+    return CheckpointSpec(name, str(config.get("model_type", "")), n_layer, n_embd, n_head, n_head_kv, head_dim,
                           int(text.get("intermediate_size") or 4 * n_embd), int(text.get("vocab_size") or 0),
                           int(text.get("max_position_embeddings") or 4096), dtype, tuple(modules),
                           bool(config.get("tie_word_embeddings", False)) and not any(m == "lm_head" for m, _ in modules))

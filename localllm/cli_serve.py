@@ -7,7 +7,7 @@ import os
 import click
 
 from .errors import UsageError
-from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, parse_duration
+from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, REMOTE_ENGINES, parse_duration
 
 DEFAULT_PORT = 8642  # none of Ollama's 11434, LM Studio's 1234, llama-server's 8080, vLLM's 8000
 DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
@@ -25,13 +25,16 @@ DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none.  [default: as many as fit]")
 @click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="KV cache type.  [default: f16, q8_0 when memory is tight]")
 @click.option("--flash-attn", type=click.Choice(list(FLASH_ATTN)), default="auto", help="Flash attention.")
-@click.option("--engine", type=click.Choice(ENGINES), help="Backend for every model served.  [default: from each model's format]")
+@click.option("--engine", type=click.Choice(ENGINES + REMOTE_ENGINES), help="Backend for every model served; vllm starts vLLM on -m (a safetensors checkpoint) and serves through it.  [default: from each model's format]")
+@click.option("--vllm", "vllm_path", metavar="PATH", help="The vllm executable (of its own environment).  [default: vllm on PATH]")
+@click.option("--vllm-url", metavar="URL", help="Serve through a vLLM (or other OpenAI-compatible engine) already running there, instead of starting one.")
+@click.option("--nodes", type=click.IntRange(1, 64), default=1, help="Machines in vLLM's Ray cluster (started beforehand: see README).")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Precision on the transformers engine.  [default: the checkpoint's where native, else float32]")
 @click.option("--max-body", type=click.IntRange(1, 1024), default=8, metavar="MIB", help="Largest request body accepted.")
 @click.option("-q", "--quiet", is_flag=True, help="No access log (one line per request on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def serve(model, host, port, parallel, queue_limit, keep_alive, api_key, cors, ctx, threads, gpu_layers, kv_type,
-          flash_attn, engine, dtype, max_body, quiet, verbose):
+          flash_attn, engine, vllm_path, vllm_url, nodes, dtype, max_body, quiet, verbose):
     """Serve models over HTTP: the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models,
     /v1/embeddings) and Ollama's (/api/chat, /api/generate, /api/tags, /api/show, /api/ps).
 
@@ -60,6 +63,14 @@ def serve(model, host, port, parallel, queue_limit, keep_alive, api_key, cors, c
                           flash_attn=FLASH_ATTN[flash_attn], n_seq=parallel, engine=engine, dtype=dtype, verbose=verbose)
     config = ServerConfig(load_options=options, default_model=model, api_key=api_key or None, cors=tuple(cors),
                           max_body=max_body * 2**20, quiet=quiet)
-    engine = Engine(keep_alive=parse_duration(keep_alive), queue_limit=queue_limit)
     os.environ.pop("LOCALLLM_API_KEY", None)  # nothing started from here needs to see it
-    run_server(config, Listen(host, port), engine, model)
+    if engine == "vllm":
+        from .serve_vllm import remote_engine
+
+        served, stop = remote_engine(model, options, vllm_path, vllm_url, nodes, queue_limit)
+        try:
+            run_server(config, Listen(host, port), served, model)
+        finally:
+            stop()
+        return
+    run_server(config, Listen(host, port), Engine(keep_alive=parse_duration(keep_alive), queue_limit=queue_limit), model)

@@ -45,6 +45,10 @@ class Model:
         return self._loaded.n_ctx_train
 
     @property
+    def n_vocab(self) -> int:
+        return self._loaded.n_vocab
+
+    @property
     def n_threads(self) -> int:
         return self._loaded.n_threads
 

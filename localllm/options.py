@@ -19,6 +19,7 @@ MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS; more aborts inside llama.cpp
 MAX_STOPS, MAX_STOP_CHARS = 16, 256
 ENGINES = ("llamacpp", "transformers")
+REMOTE_ENGINES = ("vllm",)  # served through another process: `serve --engine vllm`
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 # How flash attention is named on the command line and in --json, against LoadOptions.flash_attn.
 FLASH_ATTN = {"auto": None, "on": True, "off": False}
@@ -80,8 +81,8 @@ class LoadOptions:
             raise UsageError(f"GPU layers must be -1 (all), 0 (none) or a positive count, not {self.n_gpu_layers}")
         if self.initial_ctx < 0:
             raise UsageError(f"initial context size must be 0 (the whole window) or positive, not {self.initial_ctx}")
-        if self.engine not in (None, *ENGINES):
-            raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.engine not in (None, *ENGINES, *REMOTE_ENGINES):
+            raise UsageError(f"engine must be one of {', '.join(ENGINES + REMOTE_ENGINES)}, not {self.engine!r}")
         if self.dtype not in (None, *DTYPES):
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if not 1 <= self.n_seq <= MAX_SEQUENCES:

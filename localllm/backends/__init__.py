@@ -21,6 +21,8 @@ def get_backend(name: str = "llamacpp") -> Backend:
         from .transformers_engine import TransformersBackend
 
         return TransformersBackend()
+    if name == "vllm":
+        raise UsageError("vLLM serves through `localllm serve --engine vllm`, not one prompt at a time")
     raise UsageError(f"unknown engine {name!r} (llamacpp or transformers)")
 
 

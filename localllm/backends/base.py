@@ -22,6 +22,7 @@ class LoadedModel(Protocol):
     n_ctx_train: int
     n_threads: int
     n_gpu_layers: int
+    n_vocab: int
     can_embed: bool
 
     def tokenize(self, text: str) -> list[int]: ...

@@ -204,7 +204,8 @@ class LlamaCppModel:
         self.can_embed = bool(header_facts(path, cache_dir())["embedding_only"])
 
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._logits_type = ctypes.c_float * llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._logits_type = ctypes.c_float * self.n_vocab
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
         self.n_threads = options.n_threads or default_threads(busy_elsewhere=load_sampler.busy_elsewhere())
         self.n_gpu_layers = layers if llama_cpp.llama_supports_gpu_offload() else 0

@@ -165,6 +165,7 @@ class TransformersModel:
         # transformers 5.x renames forward()'s past_key_values to cache.
         self._cache_arg = "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
         self.n_ctx_train = int(config.get("max_position_embeddings") or DEFAULT_CTX)
+        self.n_vocab = int(self._model.config.get_text_config().vocab_size)
         self.n_ctx = min(self.n_ctx_train, DEFAULT_CTX) if options.n_ctx is None else (options.n_ctx or self.n_ctx_train)
         self.n_gpu_layers = sum(1 for module, device in device_map.items() if device != "cpu" and ".layers." in module)
         self._device = next(self._model.parameters()).device

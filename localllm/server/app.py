@@ -398,8 +398,12 @@ class _Api:
 
 def _prompt_tokens(model, job: GenerationJob) -> list[int]:
     """The prompt as tokens, refused (never cut) when it does not fit the window."""
-    text = model.format_chat(job.messages) if job.messages is not None else job.prompt
-    tokens = model.tokenize(text)
+    if job.prompt_tokens is not None:
+        tokens = job.prompt_tokens
+        if max(tokens) >= model.n_vocab:  # an id past the vocabulary would crash llama.cpp
+            raise ApiError(400, f"'prompt' holds token ids past the vocabulary ({model.n_vocab} tokens)", "prompt")
+    else:
+        tokens = model.tokenize(model.format_chat(job.messages) if job.messages is not None else job.prompt)
     if not tokens:
         raise ApiError(400, "the prompt is empty", "prompt")
     if len(tokens) >= model.n_ctx:

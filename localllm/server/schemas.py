@@ -20,6 +20,7 @@ from ..events import Finished
 from ..options import MAX_STOP_CHARS, MAX_STOPS, SamplingOptions
 
 MAX_MESSAGES = 4096
+MAX_PROMPT_IDS = 1 << 20
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
@@ -45,8 +46,9 @@ class GenerationJob:
 
     model: str | None
     sampling: SamplingOptions
-    messages: list[dict[str, str]] | None = None  # a chat; else `prompt` is raw text
+    messages: list[dict[str, str]] | None = None  # a chat; else `prompt` is raw text (or prompt_tokens, ids)
     prompt: str | None = None
+    prompt_tokens: list[int] | None = None
     stream: bool = False
     include_usage: bool = False
     grammar: str | None = None  # the answer must follow it (response_format, Ollama's format)
@@ -185,12 +187,17 @@ def openai_completion(body: Any) -> GenerationJob:
     _n(body)
     _refuse_unsupported(body)
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise ApiError(400, "'prompt' must be a non-empty string (one prompt per request)", "prompt")
+    ids = None
+    if isinstance(prompt, list):  # token ids, as OpenAI's API allows
+        if not prompt or len(prompt) > MAX_PROMPT_IDS or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
+            raise ApiError(400, f"'prompt' as tokens must be 1 to {MAX_PROMPT_IDS} non-negative integers", "prompt")
+        ids, prompt = prompt, None
+    elif not isinstance(prompt, str) or not prompt:
+        raise ApiError(400, "'prompt' must be a non-empty string or an array of token ids (one prompt per request)", "prompt")
     return GenerationJob(
-        model=_model(body, required=True), prompt=prompt,
+        model=_model(body, required=True), prompt=prompt, prompt_tokens=ids,
         sampling=_openai_sampling(body, "max_tokens"), stream=_get(body, "stream", bool, False),
         include_usage=_include_usage(body), grammar=_response_format(body),
     )
@@ -199,9 +206,11 @@ def openai_completion(body: Any) -> GenerationJob:
 def _openai_sampling(body: dict, *max_names: str) -> SamplingOptions:
     # OpenAI's own default max_tokens for completions is 16; a local server answering in full
     # is what its users expect, so the answer runs to its end unless told otherwise.
-    # top_k, min_p, repeat_penalty and ignore_eos are not OpenAI's; llama-server and vLLM take them too.
+    # top_k, min_p, repeat_penalty (vLLM: repetition_penalty) and ignore_eos are not OpenAI's;
+    # llama-server and vLLM take them too.
     more = {"top_k": _get(body, "top_k", int), "min_p": _get(body, "min_p", float),
-            "repeat_penalty": _get(body, "repeat_penalty", float), "ignore_eos": _get(body, "ignore_eos", bool)}
+            "repeat_penalty": _get(body, "repeat_penalty", float) or _get(body, "repetition_penalty", float),
+            "ignore_eos": _get(body, "ignore_eos", bool)}
     return _sampling(_max_tokens(body, *max_names), _get(body, "temperature", float), _get(body, "top_p", float),
                      _seed(body, "seed"), _stops(body.get("stop"), "stop"), **more)
 
