@@ -261,7 +261,7 @@ class Engine:
 
 
 def _memory_problem(exc: ModelLoadError) -> bool:
-    from .model import out_of_memory
+    from .backends.llamacpp_load import out_of_memory
 
     return "does not fit" in exc.reason or out_of_memory(exc.reason)
 

@@ -19,11 +19,11 @@ from typing import Any
 
 from .errors import ModelLoadError
 from .gguf_header import HeaderError, Truncated, check_layers, scan, scan_file
+from .gguf_names import split_files
 
 # Architectures whose sliding-window layout llama.cpp hard-codes instead of reading it from
 # the file: every Nth layer attends globally (llama.cpp src/llama-model.cpp).
 SWA_PATTERN_BY_ARCH = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5}
-SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 # The weights llama.cpp multiplies with (GGML_OP_MUL_MAT) in a dense block, and the output head;
 # group 1 is the block number. Embeddings are looked up (GET_ROWS), not multiplied.
 MATMUL_WEIGHT = re.compile(
@@ -233,16 +233,6 @@ def _write_cache(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
-
-
-def split_files(path: Path) -> list[Path]:
-    """All parts of a split GGUF (name-00001-of-00003.gguf ...), or just the file."""
-    match = SPLIT_RE.search(path.name)
-    if not match:
-        return [path]
-    count = int(match.group(2))
-    stem = path.name[: match.start()]
-    return [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
 
 def amx_extra_bytes(name: str, type_name: str, shape: tuple[int, ...]) -> int:

@@ -37,7 +37,6 @@ MAX_ATTEMPTS_WITHOUT_PROGRESS = 5
 MAX_REDIRECTS = 10
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GIT_SHA1 = re.compile(r"[0-9a-f]{40}")
-GGUF_QUANT_RE = r"(?:^|[-_.]){quant}(?:[-_.]|$)"
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -181,12 +180,6 @@ def _check_reachable(what: str) -> None:
     logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
     with hub_errors(what):
         get_session().head(endpoint(), timeout=http_timeout(5.0), follow_redirects=False)
-
-
-def files_for_quant(names: dict[str, int], quant: str) -> list[str]:
-    """The file(s) of one quantization among a repo's GGUFs (several when split), sorted."""
-    pattern = re.compile(GGUF_QUANT_RE.format(quant=re.escape(quant)), re.IGNORECASE)
-    return sorted(n for n in names if pattern.search(Path(n).stem) and not Path(n).name.startswith("mmproj"))
 
 
 def cached_file(repo_id: str, filename: str, revision: str = "main") -> Path | None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from .backends import LoadedModel, Message, backend_for
 from .backends.base import Batcher
-from .backends.llamacpp_load import check_gguf, out_of_memory  # noqa: F401 (public here too)
+from .backends.llamacpp_load import check_gguf  # noqa: F401 (public here too)
 from .config import cache_dir
 from .errors import ModelLoadError, UsageError
 from .events import Event, Finished, Token
-from .gguf_info import ModelSpec, header_facts, inspect_file
+from .gguf_info import ModelSpec, inspect_file
 from .options import LoadOptions, SamplingOptions
 from .registry import resolve
 

@@ -11,15 +11,13 @@ from dataclasses import dataclass, field
 
 from .estimate import MIB, LoadShape, MemoryEstimate, estimate
 from .gguf_info import ModelSpec
+from .gguf_names import QUANT_ORDER
 from .hardware import HardwareProfile, default_threads
 from .options import DEFAULT_CTX, LoadOptions
 
 FIT_LABELS = {"gpu": "fits on GPU", "partial": "partial offload", "cpu": "CPU only", "none": "does not fit"}
 FIT_RANK = {"gpu": 0, "partial": 1, "cpu": 2, "none": 3}
 MIN_CTX = 512
-# Quality order of common GGUF quantizations, best first.
-QUANT_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S",
-               "IQ4_XS", "IQ4_NL", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "IQ3_M", "Q3_K_S", "IQ3_XXS", "Q2_K", "IQ2_M")
 # On a CPU a bigger quant is proportionally slower; past Q5_K_M the quality gain is small.
 CPU_BEST_QUANT = "Q5_K_M"
 

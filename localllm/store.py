@@ -12,13 +12,13 @@ from pathlib import Path
 
 from .catalog import CatalogEntry, load_catalog
 from .errors import ModelNotFoundError, UsageError
-from .gguf_info import ModelSpec, split_files
+from .gguf_info import ModelSpec
+from .gguf_names import QUANT_ORDER, files_for_quant, split_parts
 from .hub import (
     Progress,
     RemoteFile,
     cached_file,
     download,
-    files_for_quant,
     list_files,
     list_ggufs,
     partial_bytes,
@@ -123,14 +123,7 @@ def pull(prepared: PullPlan, progress: Progress | None = None) -> Path:
 
 
 def _with_split_parts(names: list[str]) -> list[str]:
-    parts: list[str] = []
-    for name in names:
-        folder = Path(name).parent
-        for part in split_files(Path(name)):
-            full = (folder / part.name).as_posix() if folder != Path(".") else part.name
-            if full not in parts:
-                parts.append(full)
-    return parts
+    return list(dict.fromkeys(part for name in names for part in split_parts(name)))
 
 
 def _choose_catalog_quant(entry: CatalogEntry, quant: str | None, hw) -> tuple[LoadPlan, str]:
@@ -146,7 +139,6 @@ def _entry_plans(entry: CatalogEntry, hw) -> tuple[LoadPlan, list[LoadPlan]]:
 
 def _choose_hub_quant(ref: Reference, available: dict[str, int], hw) -> tuple[list[str], LoadPlan | None, str]:
     """The files of the quantization asked for, or of the one the planner picks; a plan when it was made."""
-    from .planner import QUANT_ORDER
 
     if ref.quant:
         names = files_for_quant(available, ref.quant)

@@ -13,7 +13,7 @@ from conftest import assert_one_line_error, run_cli
 from localllm import ModelNotFoundError
 from localllm.catalog import load_catalog, parse_catalog
 from localllm.errors import CatalogError
-from localllm.planner import QUANT_ORDER
+from localllm.gguf_names import QUANT_ORDER
 from localllm.references import parse_reference
 
 FAMILIES = {"qwen3", "llama3.2", "llama3.1", "llama3.3", "gemma3", "phi4-mini", "mistral", "smollm2",

@@ -7,7 +7,8 @@ from hub_server import HubServer
 
 from localllm import ModelLoadError, ModelNotFoundError
 from localllm.errors import DownloadError
-from localllm.gguf_info import inspect_file, inspect_remote, split_files
+from localllm.gguf_info import inspect_file, inspect_remote
+from localllm.gguf_names import split_files
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import llama_cpp
 
-from ..gguf_info import MATMUL_WEIGHT, split_files
+from ..gguf_info import MATMUL_WEIGHT
+from ..gguf_names import split_files
 
 REPACK = "CPU_REPACK"
 AMX = "AMX"
