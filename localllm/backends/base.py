@@ -80,6 +80,17 @@ class Backend(Protocol):
     def load(self, path: Path, options: LoadOptions) -> LoadedModel: ...
 
 
+def reusable_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many leading prompt tokens a KV cache holding `cached` already has, leaving at least
+    one to evaluate: the first sample needs the logits of a prompt token."""
+    common = 0
+    for old, new in zip(cached, tokens):
+        if old != new:
+            break
+        common += 1
+    return min(common, len(tokens) - 1)
+
+
 @dataclass(eq=False)
 class SequenceRequest:
     """One generation for a batcher: prompt tokens in, events out through `emit`.

@@ -37,7 +37,7 @@ from .chat_template import render_chat
 from .cpu_buffers import REPACK, Overrides, cpu_layers, extra_buffer_types, library, override_patterns, repack_weights
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from . import llamacpp_load
-from .base import Capabilities, Message
+from .base import Capabilities, Message, reusable_prefix
 
 if TYPE_CHECKING:
     from .llamacpp_batch import LlamaCppBatcher
@@ -331,13 +331,7 @@ class LlamaCppModel:
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Drop the KV cache after the longest prefix shared with the last call; return its length."""
-        common = 0
-        for cached, new in zip(self._cached, tokens):
-            if cached != new:
-                break
-            common += 1
-        # At least one prompt token must be evaluated to get logits for the first sample.
-        common = min(common, len(tokens) - 1)
+        common = reusable_prefix(self._cached, tokens)
         if common and not llama_cpp.llama_memory_seq_rm(self._memory, 0, common, -1):
             common = 0  # some caches (recurrent, sliding window) cannot be cut mid-sequence
         if not common:

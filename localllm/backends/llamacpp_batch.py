@@ -24,7 +24,7 @@ from ..errors import GenerationError
 from ..events import Finished, PromptProgress, Timings, Token, Usage
 from ..constraints import Constraint
 from ..stops import StopText
-from .base import SequenceRequest
+from .base import SequenceRequest, reusable_prefix
 from .llamacpp import PROGRESS_AFTER, LlamaCppModel, _sampler_chain
 
 
@@ -52,15 +52,6 @@ class _Slot:
         self.generated = 0
         self.t_start = time.perf_counter()
         self.t_prompt_done = self.t_first = None
-
-
-def _shared(a: list[int], b: list[int]) -> int:
-    common = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        common += 1
-    return common
 
 
 class _Batch:
@@ -119,11 +110,11 @@ class LlamaCppBatcher:
         free = [slot for slot in self._slots if slot.request is None]
         # The longest own prefix wins; among equals the least recently used, so that other
         # conversations' caches survive longest.
-        slot = max(free, key=lambda s: (min(_shared(s.cached, tokens), len(tokens) - 1), -s.last_used))
-        common = min(_shared(slot.cached, tokens), len(tokens) - 1)
+        slot = max(free, key=lambda s: (reusable_prefix(s.cached, tokens), -s.last_used))
+        common = reusable_prefix(slot.cached, tokens)
         memory = self._model._memory
-        donor = max(self._slots, key=lambda s: _shared(s.cached, tokens))
-        donated = min(_shared(donor.cached, tokens), len(tokens) - 1)
+        donor = max(self._slots, key=lambda s: reusable_prefix(s.cached, tokens))
+        donated = reusable_prefix(donor.cached, tokens)
         if donated > common:
             llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
             llama_cpp.llama_memory_seq_cp(memory, donor.seq, slot.seq, 0, donated)

@@ -21,7 +21,7 @@ from ..events import Event, Finished, Timings, Token, Usage
 from ..hardware import default_threads, detect
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from ..stops import StopText
-from .base import Capabilities, Message
+from .base import Capabilities, Message, reusable_prefix
 
 INSTALL_HINT = "the full-precision engine is not installed: pipx install 'localllm[full]' (or pip install 'localllm[full]')"
 
@@ -207,12 +207,7 @@ class TransformersModel:
     def _reuse_prefix(self, tokens: list[int]) -> int:
         from transformers import DynamicCache
 
-        common = 0
-        for cached, new in zip(self._cached, tokens):
-            if cached != new:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)
+        common = reusable_prefix(self._cached, tokens)
         if common and self._cache is not None:
             surplus = self._cache.get_seq_length() - common
             if surplus > 0:
