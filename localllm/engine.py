@@ -60,7 +60,6 @@ class Served:
     path: Path
     model: object  # localllm.model.Model
     batcher: Batcher
-    loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     holds: int = 0  # callers between acquire() and release()
     keep_alive: float | None | str = "engine"  # a request's own (Ollama's keep_alive), else the engine's

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backends import LoadedModel, Message, backend_for
-from .backends.base import Batcher
+from .backends.base import Batcher, Capabilities
 from .backends.llamacpp_load import check_gguf  # noqa: F401 (public here too)
 from .config import cache_dir
 from .errors import ModelLoadError, UsageError
@@ -88,6 +88,11 @@ class Model:
     def engine(self) -> str:
         """The backend running it: "llamacpp" or "transformers"."""
         return self.options.engine
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What its backend can do (batching, grammars, ...)."""
+        return self._loaded.capabilities
 
     @property
     def dtype(self) -> str | None:

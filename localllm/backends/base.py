@@ -24,6 +24,7 @@ class LoadedModel(Protocol):
     n_gpu_layers: int
     n_vocab: int
     can_embed: bool
+    capabilities: Capabilities
 
     def tokenize(self, text: str) -> list[int]: ...
 

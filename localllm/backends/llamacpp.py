@@ -172,6 +172,8 @@ class LlamaCppBackend:
 class LlamaCppModel:
     """A GGUF model and one llama.cpp context over it."""
 
+    capabilities = LlamaCppBackend.capabilities
+
     def __init__(self, path: Path, options: LoadOptions):
         _init_backend(options.verbose)
         self.path = path

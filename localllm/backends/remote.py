@@ -27,6 +27,7 @@ class RemoteModel:
 
     can_embed = False
     n_gpu_layers = -1
+    capabilities = Capabilities(batching=True, multi_gpu=True, token_input=True)
 
     def __init__(self, path: Path, url: str, n_ctx: int | None):
         import httpx
@@ -164,7 +165,7 @@ class RemoteBackend:
     """Serving through another engine: `serve --engine vllm` (localllm.vllm starts it)."""
 
     name = "vllm"
-    capabilities = Capabilities(batching=True, multi_gpu=True, token_input=True)
+    capabilities = RemoteModel.capabilities
 
     def __init__(self, url: str):
         self.url = url

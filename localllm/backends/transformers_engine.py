@@ -134,6 +134,8 @@ def read_config(path: Path) -> dict:
 class TransformersModel:
     """A safetensors checkpoint in memory, on the CPU or the GPUs accelerate's device map names."""
 
+    capabilities = TransformersBackend.capabilities
+
     def __init__(self, path: Path, options: LoadOptions):
         import torch
         import inspect

@@ -219,6 +219,9 @@ class _Api:
     async def _start(self, request: Request, job: GenerationJob) -> _Run:
         served = await self._acquire(job.model)
         try:
+            if job.grammar is not None and not served.model.capabilities.grammars:
+                raise ApiError(400, f"structured output is not available on the {served.model.engine} engine yet",
+                               "response_format")
             tokens = await run_in_threadpool(_prompt_tokens, served.model, job)
             events = _Events(self.mailbox)
             sequence = SequenceRequest(tokens, job.sampling, events.put, job.grammar)
