@@ -45,6 +45,29 @@ class Finished:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def measured(cls, reason: str, usage: Usage, seed: int, t_start: float, t_prompt_done: float | None,
+                 t_first: float | None, t_end: float) -> Finished:
+        """From the clock readings of one generation: started, prompt evaluated (first sample),
+        first text shown, ended; those never reached count as the end."""
+        t_prompt_done = t_prompt_done or t_end
+        prompt_s = t_prompt_done - t_start
+        generation_s = t_end - t_first if t_first is not None else 0.0
+        evaluated, generated = usage.prompt_tokens - usage.cached_tokens, usage.completion_tokens
+        return cls(reason, usage, Timings(
+            prompt_s=prompt_s,
+            ttft_s=(t_first or t_end) - t_start,
+            generation_s=generation_s,
+            prompt_tokens_per_s=evaluated / prompt_s if evaluated and prompt_s > 0 else None,
+            # n tokens take n-1 decode steps after the first one is sampled.
+            generation_tokens_per_s=(generated - 1) / generation_s if generated > 1 and generation_s > 0 else None,
+        ), seed)
+
+    @classmethod
+    def cancelled(cls, prompt_tokens: int) -> Finished:
+        """A served sequence stopped before its end (its client left, or the server is stopping)."""
+        return cls("cancelled", Usage(prompt_tokens, 0), Timings(0.0, 0.0, 0.0, None, None), 0)
+
 
 @dataclass(frozen=True)
 class PromptProgress:

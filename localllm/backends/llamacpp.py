@@ -30,7 +30,7 @@ from .. import crash
 from ..config import cache_dir
 from ..errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
 from ..gguf_info import header_facts
-from ..events import Event, Finished, PromptProgress, Timings, Token, Usage
+from ..events import Event, Finished, PromptProgress, Token, Usage
 from ..hardware import CpuLoadSampler, default_threads
 from . import amx
 from .chat_template import render_chat
@@ -408,24 +408,8 @@ class LlamaCppModel:
             cached.append(token)
         # Bytes still buffered are a character cut off by the token limit: dropped, not shown as U+FFFD.
 
-        t_end = time.perf_counter()
-        t_prompt_done = t_prompt_done or t_end
-        evaluated = len(tokens) - reused
-        prompt_s = t_prompt_done - t_start
-        generation_s = t_end - t_first if t_first is not None else 0.0
-        yield Finished(
-            reason=reason,
-            usage=Usage(prompt_tokens=len(tokens), completion_tokens=generated, cached_tokens=reused),
-            timings=Timings(
-                prompt_s=prompt_s,
-                ttft_s=(t_first or t_end) - t_start,
-                generation_s=generation_s,
-                prompt_tokens_per_s=evaluated / prompt_s if evaluated and prompt_s > 0 else None,
-                # n tokens take n-1 decode steps after the first one is sampled.
-                generation_tokens_per_s=(generated - 1) / generation_s if generated > 1 and generation_s > 0 else None,
-            ),
-            seed=seed,
-        )
+        yield Finished.measured(reason, Usage(len(tokens), generated, reused), seed, t_start, t_prompt_done, t_first,
+                                time.perf_counter())
 
     def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Pooled, L2-normalised embeddings, one text per llama_decode in a context of their own

@@ -21,7 +21,7 @@ import llama_cpp
 import numpy as np
 
 from ..errors import GenerationError
-from ..events import Finished, PromptProgress, Timings, Token, Usage
+from ..events import Finished, PromptProgress, Token, Usage
 from ..constraints import Constraint
 from ..stops import StopText
 from .base import SequenceRequest, reusable_prefix
@@ -208,25 +208,10 @@ class LlamaCppBatcher:
         held = slot.stops.flush()  # empty after a stop string matched
         if held and reason != "cancelled":
             request.emit(Token(held))
-        t_end = time.perf_counter()
-        t_prompt_done = slot.t_prompt_done or t_end
-        prompt_s = t_prompt_done - slot.t_start
-        generation_s = t_end - slot.t_first if slot.t_first is not None else 0.0
-        evaluated = len(request.tokens) - slot.reused
-        generated = slot.generated
+        finished = Finished.measured(reason, Usage(len(request.tokens), slot.generated, slot.reused), slot.seed,
+                                     slot.t_start, slot.t_prompt_done, slot.t_first, time.perf_counter())
         self._release(slot)
-        request.emit(Finished(
-            reason=reason,
-            usage=Usage(prompt_tokens=len(request.tokens), completion_tokens=generated, cached_tokens=slot.reused),
-            timings=Timings(
-                prompt_s=prompt_s,
-                ttft_s=(slot.t_first or t_end) - slot.t_start,
-                generation_s=generation_s,
-                prompt_tokens_per_s=evaluated / prompt_s if evaluated and prompt_s > 0 else None,
-                generation_tokens_per_s=(generated - 1) / generation_s if generated > 1 and generation_s > 0 else None,
-            ),
-            seed=slot.seed,
-        ))
+        request.emit(finished)
 
     def _release(self, slot: _Slot) -> None:
         if slot.sampler is not None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import GenerationError, ModelLoadError, UsageError
-from ..events import Event, Finished, Timings, Token, Usage
+from ..events import Event, Finished, Token, Usage
 from .base import Capabilities, Message, SequenceRequest
 
 MAX_REMOTE_SLOTS = 256
@@ -124,8 +124,7 @@ class RemoteBatcher:
                     raise GenerationError(f"the engine answered {response.status_code}: {response.read()[:300]!r}")
                 for line in response.iter_lines():
                     if request.cancelled:
-                        self._events.put((request, Finished("cancelled", Usage(len(request.tokens), 0),
-                                                            Timings(0.0, 0.0, 0.0, None, None), 0)))
+                        self._events.put((request, Finished.cancelled(len(request.tokens))))
                         return
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
@@ -143,12 +142,9 @@ class RemoteBatcher:
         prompt_tokens = (usage or {}).get("prompt_tokens", len(request.tokens))
         completion = (usage or {}).get("completion_tokens", 0)
         cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        prompt_s = (first or end) - started
-        self._events.put((request, Finished(
-            "length" if reason == "length" else "stop", Usage(prompt_tokens, completion, cached),
-            Timings(prompt_s, prompt_s, end - (first or end), None,
-                    (completion - 1) / (end - first) if first and completion > 1 and end > first else None),
-            s.seed or 0)))
+        self._events.put((request, Finished.measured("length" if reason == "length" else "stop",
+                                                     Usage(prompt_tokens, completion, cached), s.seed or 0,
+                                                     started, first, first, end)))
 
     def fail_all(self, message: str) -> None:
         for request in list(self._running):

@@ -4,7 +4,7 @@ turn, each step taking one event from the running generation."""
 from __future__ import annotations
 
 from ..errors import LocalLLMError, UsageError
-from ..events import Finished, Timings, Usage
+from ..events import Finished
 from .base import SequenceRequest
 
 
@@ -30,7 +30,7 @@ class SerialBatcher:
     def step(self) -> None:
         request = self._request
         if request.cancelled:
-            self._end(Finished("cancelled", Usage(len(request.tokens), 0), Timings(0.0, 0.0, 0.0, None, None), 0))
+            self._end(Finished.cancelled(len(request.tokens)))
             return
         try:
             event = next(self._events)

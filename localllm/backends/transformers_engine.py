@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
-from ..events import Event, Finished, Timings, Token, Usage
+from ..events import Event, Finished, Token, Usage
 from ..hardware import default_threads, detect
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from ..stops import StopText
@@ -258,25 +258,11 @@ class TransformersModel:
                     reason = "stop"
                     break
                 feed = [token]
-        if reason != "stop" or not sampling.stop:
-            held = stops.flush()
-            if held:
-                yield Token(held)
-        t_end = time.perf_counter()
-        t_prompt_done = t_prompt_done or t_end
-        prompt_s = t_prompt_done - t_start
-        generation_s = t_end - t_first if t_first is not None else 0.0
-        evaluated = len(tokens) - reused
-        yield Finished(
-            reason=reason,
-            usage=Usage(prompt_tokens=len(tokens), completion_tokens=len(generated), cached_tokens=reused),
-            timings=Timings(
-                prompt_s=prompt_s, ttft_s=(t_first or t_end) - t_start, generation_s=generation_s,
-                prompt_tokens_per_s=evaluated / prompt_s if evaluated and prompt_s > 0 else None,
-                generation_tokens_per_s=(len(generated) - 1) / generation_s if len(generated) > 1 and generation_s > 0 else None,
-            ),
-            seed=seed,
-        )
+        held = stops.flush()  # empty after a stop string matched; text that only began one, after the end of turn
+        if held:
+            yield Token(held)
+        yield Finished.measured(reason, Usage(len(tokens), len(generated), reused), seed, t_start, t_prompt_done, t_first,
+                                time.perf_counter())
 
     def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         raise UsageError(f"{self.path.name} is not an embedding model")

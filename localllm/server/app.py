@@ -33,6 +33,7 @@ from ..errors import ContextOverflowError, GenerationError, LocalLLMError, Model
 from ..events import Finished, Token
 from ..options import LoadOptions
 from ..printable import printable
+from ..registry import installed_models
 from . import models, schemas
 from .schemas import ApiError, GenerationJob
 
@@ -231,11 +232,12 @@ class _Api:
             raise
         return _Run(served, sequence, events, job.model or served.path.name, job.keep_alive)
 
-    async def _stream(self, request: Request, run: _Run) -> AsyncIterator[Token | Finished]:
-        """The run's events until Finished; ends the sequence if the client goes away."""
+    async def _stream(self, request: Request, run: _Run, poll: bool = False) -> AsyncIterator[Token | Finished]:
+        """The run's events until Finished; the sequence ends when this does, however it ends.
+        `poll`: watch for the client leaving (streaming responses are told by Starlette)."""
         try:
             while True:
-                event = await run.events.next(None)
+                event = await run.events.next(request if poll else None)
                 if isinstance(event, Finished):
                     request.state.tokens = f"{event.usage.prompt_tokens}+{event.usage.completion_tokens}"
                     if event.reason == "cancelled":
@@ -245,26 +247,36 @@ class _Api:
                 if isinstance(event, Finished):
                     return
         finally:
-            self._end(run)
-
-    def _end(self, run: _Run) -> None:
-        run.sequence.cancel()
-        self.engine.release(run.served, run.keep_alive)
+            run.sequence.cancel()
+            self.engine.release(run.served, run.keep_alive)
 
     async def _collect(self, request: Request, run: _Run) -> tuple[str, Finished]:
-        parts = []
-        try:
-            while True:
-                event = await run.events.next(request)
-                if isinstance(event, Token):
-                    parts.append(event.text)
-                elif isinstance(event, Finished):
-                    request.state.tokens = f"{event.usage.prompt_tokens}+{event.usage.completion_tokens}"
-                    if event.reason == "cancelled":
-                        raise GenerationError("the answer was stopped: the server is shutting down")
-                    return "".join(parts), event
-        finally:
-            self._end(run)
+        parts, finished = [], None
+        async for event in self._stream(request, run, poll=True):  # to its end, so it closes at once
+            if isinstance(event, Token):
+                parts.append(event.text)
+            else:
+                finished = event
+        return "".join(parts), finished
+
+    def _openai_stream(self, request: Request, run: _Run, job: GenerationJob, kind: str, opening: bytes | None,
+                       token_chunk: Callable[[str], bytes], last_chunk: Callable[[Finished], bytes]) -> Response:
+        """OpenAI's SSE stream: chunks, the usage chunk if asked for, errors as an event, then [DONE]."""
+        async def chunks() -> AsyncIterator[bytes]:
+            if opening is not None:
+                yield opening
+            try:
+                async for event in self._stream(request, run):
+                    if isinstance(event, Token):
+                        yield token_chunk(event.text)
+                    else:
+                        yield last_chunk(event)
+                        if job.include_usage:
+                            yield schemas.sse(schemas.openai_usage_chunk(job, run.model, event, kind))
+            except LocalLLMError as exc:
+                yield schemas.sse(_api_error(exc).openai())
+            yield schemas.sse("[DONE]")
+        return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     # ---- routes ---------------------------------------------------------------------------
     async def root(self, request: Request) -> Response:
@@ -278,22 +290,10 @@ class _Api:
             text, finished = await self._collect(request, run)
             return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished))
 
-        token_chunk = schemas.openai_chat_token_chunks(job, run.model)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            yield schemas.sse(schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": ""}))
-            try:
-                async for event in self._stream(request, run):
-                    if isinstance(event, Token):
-                        yield token_chunk(event.text)
-                    else:
-                        yield schemas.sse(schemas.openai_chat_chunk(job, run.model, {}, event))
-                        if job.include_usage:
-                            yield schemas.sse(schemas.openai_usage_chunk(job, run.model, event, "chat"))
-            except LocalLLMError as exc:
-                yield schemas.sse(_api_error(exc).openai())
-            yield schemas.sse("[DONE]")
-        return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return self._openai_stream(
+            request, run, job, "chat", schemas.sse(schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": ""})),
+            schemas.openai_chat_token_chunks(job, run.model),
+            lambda finished: schemas.sse(schemas.openai_chat_chunk(job, run.model, {}, finished)))
 
     @_handled
     async def openai_completions(self, request: Request) -> Response:
@@ -303,29 +303,20 @@ class _Api:
             text, finished = await self._collect(request, run)
             return JSONResponse(schemas.openai_completion_response(job, run.model, text, finished))
 
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                async for event in self._stream(request, run):
-                    if isinstance(event, Token):
-                        yield schemas.sse(schemas.openai_completion_response(job, run.model, event.text, None))
-                    else:
-                        yield schemas.sse(schemas.openai_completion_response(job, run.model, "", event))
-                        if job.include_usage:
-                            yield schemas.sse(schemas.openai_usage_chunk(job, run.model, event, "completion"))
-            except LocalLLMError as exc:
-                yield schemas.sse(_api_error(exc).openai())
-            yield schemas.sse("[DONE]")
-        return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return self._openai_stream(
+            request, run, job, "completion", None,
+            lambda text: schemas.sse(schemas.openai_completion_response(job, run.model, text, None)),
+            lambda finished: schemas.sse(schemas.openai_completion_response(job, run.model, "", finished)))
 
     @_handled
     async def openai_models(self, request: Request) -> Response:
-        listed = await run_in_threadpool(models.installed)
+        listed = await run_in_threadpool(installed_models)
         return JSONResponse({"object": "list", "data": [models.openai_entry(m) for m in listed]})
 
     @_handled
     async def openai_model(self, request: Request) -> Response:
         name = request.path_params["name"]
-        listed = await run_in_threadpool(models.installed)
+        listed = await run_in_threadpool(installed_models)
         for model in listed:
             if model.name == name:
                 return JSONResponse(models.openai_entry(model))
@@ -381,7 +372,7 @@ class _Api:
 
     @_handled
     async def ollama_tags(self, request: Request) -> Response:
-        listed = await run_in_threadpool(models.installed)
+        listed = await run_in_threadpool(installed_models)
         return JSONResponse({"models": [models.ollama_entry(m) for m in listed]})
 
     @_handled

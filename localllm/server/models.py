@@ -10,12 +10,8 @@ from pathlib import Path
 from ..config import cache_dir
 from ..engine import Served
 from ..errors import ModelNotFoundError
-from ..registry import InstalledModel, display_name, find_installed, installed_models
+from ..registry import InstalledModel, display_name, find_installed
 from .schemas import ApiError
-
-
-def installed() -> list[InstalledModel]:
-    return installed_models()
 
 
 def _modified(path: Path) -> datetime:
