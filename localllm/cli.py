@@ -13,6 +13,7 @@ import click
 
 from . import __version__
 from .cli_models import COMMANDS
+from .cli_rpc import rpc_option, rpc_worker
 from .cli_serve import serve
 from .errors import LocalLLMError, UsageError
 from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, flash_attn_name
@@ -39,7 +40,7 @@ def cli() -> None:
       localllm pull qwen3:4b            # download (resumable, verified)
 
     Exit codes: 0 success, 1 unexpected error, 2 usage error, 3 model not found,
-    4 model failed to load, 5 prompt longer than the context window,
+    4 model failed to load (or an RPC worker is unusable), 5 prompt longer than the context window,
     6 generation failed, 7 download failed, 8 not enough disk space, 9 llama.cpp crashed,
     130 interrupted, 141 stdout closed early.
     """
@@ -66,13 +67,14 @@ def cli() -> None:
 @click.option("--load-anyway", is_flag=True, help="Load even when the planner predicts it will not fit, or with a --ctx beyond the trained context.")
 @click.option("--engine", type=click.Choice(ENGINES), help="Backend to run the model on.  [default: from its format: .gguf llama.cpp, a safetensors folder transformers]")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Precision on the transformers engine.  [default: the checkpoint's where the device computes in it natively, else float32]")
+@rpc_option
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
 @click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template (base models, text completion).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, model, finish reason, token counts, timings, settings.")
 @click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
-        seed, ctx, threads, gpu_layers, kv_type, flash_attn, margin, load_anyway, engine, dtype, ignore_eos, raw, as_json,
+        seed, ctx, threads, gpu_layers, kv_type, flash_attn, margin, load_anyway, engine, dtype, rpc, ignore_eos, raw, as_json,
         no_stream, verbose):
     """Answer one prompt and exit. Tokens stream to stdout; everything else goes to stderr.
 
@@ -92,7 +94,7 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
                                flash_attn=FLASH_ATTN[flash_attn], initial_ctx=RUN_INITIAL_CTX,
                                margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, engine=engine,
-                               dtype=dtype, verbose=verbose)
+                               dtype=dtype, rpc=rpc, verbose=verbose)
     sampling = SamplingOptions(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         repeat_penalty=repeat_penalty, seed=seed, ignore_eos=ignore_eos,
@@ -117,7 +119,8 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none.  [default: as many as fit]")
 @click.option("--engine", type=click.Choice(ENGINES), help="Backend to run the model on.  [default: from its format]")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Precision on the transformers engine.  [default: the checkpoint's where native, else float32]")
-def chat(model, resume, ctx, threads, gpu_layers, engine, dtype):
+@rpc_option
+def chat(model, resume, ctx, threads, gpu_layers, engine, dtype, rpc):
     """Chat in the terminal: streaming answers, saved conversations, model downloads. F1 lists the keys.
 
     Conversations are saved as they are written (in $LOCALLLM_HOME/chats.sqlite3).
@@ -133,7 +136,8 @@ def chat(model, resume, ctx, threads, gpu_layers, engine, dtype):
     crash.restore_terminal_on_crash(sys.stdout.fileno())
 
     saved_ctx = load_config().get("chat", {}).get("n_ctx")
-    options = chat_load_options(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers, engine=engine, dtype=dtype)
+    options = chat_load_options(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers, engine=engine, dtype=dtype,
+                                rpc=rpc)
     app = ChatApp(model_ref=model, resume=resume, load_options=options)
     app.run()
     if app.fatal_error:
@@ -192,8 +196,9 @@ def _hw_text(profile) -> str:
 @click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="Fix the KV cache type.")
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
 @click.option("--full", is_flag=True, help="Plan the full-precision safetensors checkpoint (a catalog entry's safetensors_repo, or owner/repo on the Hub).")
+@rpc_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def plan_command(model, ctx, gpu_layers, kv_type, margin, full, as_json):
+def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
     """Show how MODEL would be loaded here, and why: fit, settings, memory per device.
 
     MODEL may be installed, a catalog name (planned offline from the catalog, with the
@@ -209,6 +214,10 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, as_json):
     from .registry import resolve
 
     sampler = CpuLoadSampler()
+    if rpc:
+        from . import rpc as rpc_workers
+
+        rpc_workers.connect(rpc)
     profile = this_machine()
     if full or (model is not None and _installed_checkpoint(model)):
         _plan_checkpoint(model, profile, ctx, margin, full, as_json)
@@ -240,7 +249,7 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, as_json):
         click.echo(f"warning: {printable(warning)}", err=True)
 
 
-for _command in (*COMMANDS, serve):
+for _command in (*COMMANDS, serve, rpc_worker):
     cli.add_command(_command)
 
 
@@ -357,6 +366,7 @@ def _json_result(model, text, finished, prompt_settings, sampling) -> dict:
             "n_gpu_layers": model.n_gpu_layers,
             "engine": model.engine,
             "dtype": model.dtype,
+            "rpc": list(model.options.rpc),
         },
     }
 

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from .cli_rpc import rpc_option
 from .errors import UsageError
 from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, REMOTE_ENGINES, parse_duration
 
@@ -30,11 +31,12 @@ DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
 @click.option("--vllm-url", metavar="URL", help="Serve through a vLLM (or other OpenAI-compatible engine) already running there, instead of starting one.")
 @click.option("--nodes", type=click.IntRange(1, 64), default=1, help="Machines in vLLM's Ray cluster (started beforehand: see README).")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Precision on the transformers engine.  [default: the checkpoint's where native, else float32]")
+@rpc_option
 @click.option("--max-body", type=click.IntRange(1, 1024), default=8, metavar="MIB", help="Largest request body accepted.")
 @click.option("-q", "--quiet", is_flag=True, help="No access log (one line per request on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def serve(model, host, port, parallel, queue_limit, keep_alive, api_key, cors, ctx, threads, gpu_layers, kv_type,
-          flash_attn, engine, vllm_path, vllm_url, nodes, dtype, max_body, quiet, verbose):
+          flash_attn, engine, vllm_path, vllm_url, nodes, dtype, rpc, max_body, quiet, verbose):
     """Serve models over HTTP: the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models,
     /v1/embeddings) and Ollama's (/api/chat, /api/generate, /api/tags, /api/show, /api/ps).
 
@@ -60,7 +62,8 @@ def serve(model, host, port, parallel, queue_limit, keep_alive, api_key, cors, c
     if model is not None:
         resolve(model)  # a typo fails now, not after the server has started
     options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
-                          flash_attn=FLASH_ATTN[flash_attn], n_seq=parallel, engine=engine, dtype=dtype, verbose=verbose)
+                          flash_attn=FLASH_ATTN[flash_attn], n_seq=parallel, engine=engine, dtype=dtype, rpc=rpc,
+                          verbose=verbose)
     config = ServerConfig(load_options=options, default_model=model, api_key=api_key or None, cors=tuple(cors),
                           max_body=max_body * 2**20, quiet=quiet)
     os.environ.pop("LOCALLLM_API_KEY", None)  # nothing started from here needs to see it

@@ -19,7 +19,8 @@ FLASH_ATTN_WORKSPACE = 8 * MIB  # measured: the CPU flash-attention graph keeps 
 # on SmolLM2 (49k tokens) and Gemma 3 (262k tokens); they grow with the vocabulary.
 RUNTIME_BASE = 24 * MIB
 RUNTIME_PER_VOCAB_TOKEN = 160
-GPU_RUNTIME_OVERHEAD = {"nvidia": 450 * MIB, "apple": 512 * MIB, "amd": 450 * MIB}
+# An RPC worker's own runtime is already spent when it reports its free memory.
+GPU_RUNTIME_OVERHEAD = {"nvidia": 450 * MIB, "apple": 512 * MIB, "amd": 450 * MIB, "rpc": 0}
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class LoadShape:
 class DeviceEstimate:
     """Bytes one device needs, by what they are for."""
 
-    device: str  # "cpu" or "gpu0", "gpu1", ...
+    device: str  # "cpu", or "gpu0", "gpu1", ... ("rpc0", ... for RPC workers' devices)
     weights: int = 0
     kv_cache: int = 0
     compute: int = 0
@@ -158,10 +159,11 @@ def estimate(spec: ModelSpec, shape: LoadShape, gpu_vendors: tuple[str, ...] = (
         "cpu", weights[0], kv[0], compute, cpu_scratch_bytes(spec, shape), logits,
         RUNTIME_BASE + RUNTIME_PER_VOCAB_TOKEN * spec.n_vocab,
     )]
+    n_remote = gpu_vendors.count("rpc")  # llama.cpp puts RPC workers' devices first
     for i, vendor in enumerate(gpu_vendors, start=1):
         uses = weights[i] or kv[i]
         devices.append(DeviceEstimate(
-            f"gpu{i - 1}", weights[i], kv[i], compute if uses else 0, 0, 0,
+            f"rpc{i - 1}" if vendor == "rpc" else f"gpu{i - 1 - n_remote}", weights[i], kv[i], compute if uses else 0, 0, 0,
             GPU_RUNTIME_OVERHEAD.get(vendor, 450 * MIB) if uses else 0,
         ))
     return MemoryEstimate(tuple(devices))

@@ -58,10 +58,16 @@ class GpuInfo:
 class DeviceInfo:
     """A llama.cpp backend device, with memory as llama.cpp itself sees it."""
 
-    name: str  # e.g. "CUDA0", "Metal", "CPU"
+    name: str  # e.g. "CUDA0", "Metal", "CPU", "RPC0"
     kind: str  # "cpu", "gpu", "igpu", "accel"
     free: int
     total: int
+    description: str = ""  # an RPC worker's HOST:PORT
+
+    @property
+    def remote(self) -> bool:
+        """An RPC worker's device (localllm.rpc), not one of this machine's."""
+        return self.name.startswith("RPC")
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class AmxStatus:
 class BuildInfo:
     """What the installed llama-cpp-python can do."""
 
-    gpu_offload: bool
+    gpu_offload: bool  # to this machine's own GPUs
     devices: tuple[DeviceInfo, ...] = ()
     amx: AmxStatus | None = None
 
@@ -105,10 +111,13 @@ class HardwareProfile:
 
     @property
     def offload_gpus(self) -> tuple[GpuInfo, ...]:
-        """GPUs llama.cpp can offload to: none if the build cannot, else those with known memory."""
+        """Devices llama.cpp can offload layers to, in its order: RPC workers' first, then this
+        machine's GPUs with known memory (none if the build cannot use them)."""
+        remote = tuple(GpuInfo(i, "rpc", f"{d.name} at {d.description}", d.total, d.free)
+                       for i, d in enumerate(d for d in (self.build.devices if self.build else ()) if d.remote))
         if self.build is not None and not self.build.gpu_offload:
-            return ()
-        return tuple(g for g in self.gpus if g.total is not None and not (g.unified and g.vendor != "apple"))
+            return remote
+        return remote + tuple(g for g in self.gpus if g.total is not None and not (g.unified and g.vendor != "apple"))
 
 
 # --- CPU ---------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ class LoadOptions:
     dtype: str | None = None
     # The transformers engine's placement, module -> device (localllm.checkpoint_plan): set by its planner.
     device_map: tuple[tuple[str, str | int], ...] = ()
+    # llama.cpp RPC workers (HOST:PORT) whose devices take layers as GPUs do (localllm.rpc).
+    rpc: tuple[str, ...] = ()
     verbose: bool = False
 
     def __post_init__(self) -> None:

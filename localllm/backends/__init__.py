@@ -44,7 +44,11 @@ def build_info() -> BuildInfo:
     from . import amx
     from .llamacpp import devices, supports_gpu_offload
 
-    return BuildInfo(supports_gpu_offload(), tuple(DeviceInfo(*d) for d in devices()), amx.status())
+    found = tuple(DeviceInfo(*d) for d in devices())
+    # llama.cpp counts RPC workers as GPUs; gpu_offload means this machine's own.
+    local_gpu = supports_gpu_offload() and (not any(d.remote for d in found)
+                                            or any(d.kind in ("gpu", "igpu") and not d.remote for d in found))
+    return BuildInfo(local_gpu, found, amx.status())
 
 
 def this_machine() -> HardwareProfile:

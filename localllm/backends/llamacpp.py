@@ -562,8 +562,9 @@ def _load_failure_reason() -> str:
 _DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
 
 
-def devices() -> list[tuple[str, str, int, int]]:
-    """llama.cpp's backend devices as (name, type, free bytes, total bytes), e.g. ("CUDA0", "gpu", ...).
+def devices() -> list[tuple[str, str, int, int, str]]:
+    """llama.cpp's backend devices as (name, type, free bytes, total bytes, description), e.g.
+    ("CUDA0", "gpu", ...) or an RPC worker's ("RPC0", "gpu", ..., "10.0.0.2:50052").
 
     These are the devices the installed build can actually use, with memory as llama.cpp sees
     it (for Metal, the recommended working set). llama-cpp-python does not bind this part of
@@ -577,6 +578,7 @@ def devices() -> list[tuple[str, str, int, int]]:
     ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
     ggml.ggml_backend_dev_get.argtypes, ggml.ggml_backend_dev_get.restype = [ctypes.c_size_t], ctypes.c_void_p
     base.ggml_backend_dev_name.argtypes, base.ggml_backend_dev_name.restype = [ctypes.c_void_p], ctypes.c_char_p
+    base.ggml_backend_dev_description.argtypes, base.ggml_backend_dev_description.restype = [ctypes.c_void_p], ctypes.c_char_p
     base.ggml_backend_dev_type.argtypes, base.ggml_backend_dev_type.restype = [ctypes.c_void_p], ctypes.c_int
     size_p = ctypes.POINTER(ctypes.c_size_t)
     base.ggml_backend_dev_memory.argtypes, base.ggml_backend_dev_memory.restype = [ctypes.c_void_p, size_p, size_p], None
@@ -586,7 +588,8 @@ def devices() -> list[tuple[str, str, int, int]]:
         free, total = ctypes.c_size_t(), ctypes.c_size_t()
         base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         kind = _DEVICE_TYPES.get(base.ggml_backend_dev_type(dev), "other")
-        found.append((base.ggml_backend_dev_name(dev).decode(), kind, free.value, total.value))
+        description = (base.ggml_backend_dev_description(dev) or b"").decode(errors="replace")
+        found.append((base.ggml_backend_dev_name(dev).decode(), kind, free.value, total.value, description))
     return found
 
 

@@ -23,6 +23,10 @@ def prepare(path: Path, options: LoadOptions, notify: Callable[[str], None]) -> 
     from . import build_info
 
     check_against(check_gguf(path), options)
+    if options.rpc:
+        from .. import rpc
+
+        rpc.connect(options.rpc)
     return plan_load(path, options, build_info(), notify)
 
 
@@ -34,7 +38,7 @@ def plan_load(path: Path, options: LoadOptions, build, notify: Callable[[str], N
     from ..hardware import detect
     from ..planner import Overrides, plan
 
-    gpu_choice = build.gpu_offload and options.n_gpu_layers is None
+    gpu_choice = (build.gpu_offload or bool(options.rpc)) and options.n_gpu_layers is None
     roomy = path.stat().st_size * 2 + 2**30 < psutil.virtual_memory().available and options.n_seq == 1
     if not gpu_choice and roomy and options.margin is None:
         return replace(options, n_gpu_layers=options.n_gpu_layers or 0)
