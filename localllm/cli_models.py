@@ -49,7 +49,9 @@ def catalog_command(as_json):
 @click.command()
 @click.argument("ref")
 @click.option("--full", is_flag=True, help="The full-precision safetensors checkpoint (for the transformers engine) instead of a GGUF.")
-def pull(ref, full):
+@click.option("--to", "to_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Also copy the verified files and a manifest into DIR, for `localllm add DIR` on a machine without a network.")
+def pull(ref, full, to_dir):
     """Download a model: a catalog name (qwen3, qwen3:8b, qwen3:8b-q4_k_m), hf.co/owner/repo[:QUANT], or owner/repo/file.gguf.
 
     Without a quantization, the one that fits this machine best is chosen. A repo with no GGUF
@@ -72,6 +74,7 @@ def pull(ref, full):
         except ModelNotFoundError:
             raise DownloadError(f"cannot download {ref}: downloads are off (HF_HUB_OFFLINE is set; unset it to download)") from None
         click.echo(f"{ref}: already installed (offline, so not checked against the Hub)", err=True)
+        _export(installed, to_dir)
         click.echo(str(installed.path))
         return
     with slow_work(f"asking the Hub about {printable(ref)}"):
@@ -95,7 +98,25 @@ def pull(ref, full):
         click.echo("\nlocalllm: download interrupted; what arrived is kept: run the same command to resume", err=True)
         raise
     click.echo(f"  verified and installed: {path}", err=True)
+    if to_dir is not None:
+        _export(_installed_at(path), to_dir)
     click.echo(str(path))
+
+
+def _installed_at(path: Path):
+    from .registry import installed_models
+
+    return next(m for m in installed_models() if m.path.absolute() == path.absolute())
+
+
+def _export(model, to_dir: Path | None) -> None:
+    if to_dir is None:
+        return
+    from .transfer import export
+
+    with slow_work(f"copying {printable(model.name)} to {to_dir}"):
+        folder = export(model, to_dir)
+    click.echo(printable(f"  copied with its manifest to {folder}; on the other machine: localllm add {folder}"), err=True)
 
 
 class _ProgressBar:
@@ -258,7 +279,8 @@ def show(ref, remote, as_json):
 @click.argument("ref")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def rm(ref, yes):
-    """Delete a pulled model from the Hugging Face cache, freeing its disk space."""
+    """Delete a pulled model from the Hugging Face cache, freeing its disk space (a model registered
+    with `localllm add` is forgotten; its file stays)."""
     from .registry import check_removable, find_installed, remove
 
     model = find_installed(ref)
@@ -266,10 +288,15 @@ def rm(ref, yes):
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"not deleting {model.name} without confirmation: add --yes")
-        if not click.confirm(f"Delete {model.name} ({model.size / 1e9:.2f} GB, {model.path})?", default=False, err=True):
+        question = (f"Forget {model.name} (the file {model.path} stays)?" if model.source == "added" else
+                    f"Delete {model.name} ({model.size / 1e9:.2f} GB, {model.path})?")
+        if not click.confirm(question, default=False, err=True):
             click.echo("nothing removed", err=True)
             return
     freed = remove(model)
+    if model.source == "added":
+        click.echo(f"forgot {model.name}; {model.path} is untouched", err=True)
+        return
     click.echo(f"deleted {model.name}: {freed / 1e9:.2f} GB freed", err=True)
 
 

