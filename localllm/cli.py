@@ -14,7 +14,7 @@ import click
 from . import __version__
 from .cli_models import COMMANDS
 from .cli_rpc import rpc_option, rpc_worker
-from .cli_transfer import add, verify
+from .cli_transfer import add, doctor, verify
 from .cli_serve import serve
 from .errors import LocalLLMError, UsageError
 from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, flash_attn_name
@@ -43,7 +43,7 @@ def cli() -> None:
     Exit codes: 0 success, 1 unexpected error, 2 usage error, 3 model not found,
     4 model failed to load (or an RPC worker is unusable), 5 prompt longer than the context window,
     6 generation failed, 7 download failed, 8 not enough disk space, 9 llama.cpp crashed,
-    10 a model file changed since it arrived (verify, add),
+    10 a model file changed since it arrived (verify, add), 11 doctor found a problem,
     130 interrupted, 141 stdout closed early.
     """
 
@@ -251,7 +251,7 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
         click.echo(f"warning: {printable(warning)}", err=True)
 
 
-for _command in (*COMMANDS, add, verify, serve, rpc_worker):
+for _command in (*COMMANDS, add, verify, doctor, serve, rpc_worker):
     cli.add_command(_command)
 
 

@@ -60,3 +60,34 @@ def verify(model, as_json):
         raise IntegrityError(f"{len(bad)} file{'s' if len(bad) > 1 else ''} changed or missing since "
                              f"{'it' if len(bad) == 1 else 'they'} arrived: {printable(str(bad[0].path))}"
                              + (" and others" if len(bad) > 1 else "") + "; download or copy it again")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object: the findings and the readings they come from.")
+@click.option("--no-load", is_flag=True, help="Skip the test run of the starter (a few seconds; with a GPU, two runs).")
+@click.option("--offline", is_flag=True, help="Do not ask whether the Hugging Face Hub answers.")
+def doctor(as_json, no_load, offline):
+    """Check this installation: what llama.cpp was built with and which CPU kernels it runs, every
+    GPU against what the build can use, a real run of the starter (with a GPU: offloaded and not,
+    to see the GPU do the work), free disk for models, the Hub, versions, threads.
+
+    Each problem comes with the command that fixes it. Exit 11 when something is broken.
+    """
+    from .doctor import as_json as to_json
+    from .doctor import gather, judge, report
+    from .errors import LocalLLMError
+
+    with slow_work("checking"):
+        situation = gather(load=not no_load, hub=not offline)
+    findings = judge(situation)
+    if as_json:
+        click.echo(to_json(situation, findings))
+    else:
+        for line in report(findings):
+            click.echo(printable(line))
+    broken = [f for f in findings if f.status == "error"]
+    if broken:
+        error = LocalLLMError(f"{len(broken)} problem{'s' if len(broken) > 1 else ''} found: {broken[0].check}"
+                              + (" and more" if len(broken) > 1 else "") + " (the fix is above)")
+        error.exit_code = 11
+        raise error

@@ -33,6 +33,7 @@ from ..gguf_info import header_facts
 from ..events import Event, Finished, PromptProgress, Token, Usage
 from ..hardware import CpuLoadSampler, default_threads
 from . import amx
+from .ggml_build import load_dynamic_backends
 from .chat_template import render_chat
 from .cpu_buffers import REPACK, Overrides, cpu_layers, extra_buffer_types, library, override_patterns, repack_weights
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
@@ -71,14 +72,14 @@ class _Threadpool:
     def __init__(self, ctx, n_threads: int):
         self._pool = None
         try:
-            cpu = library("ggml-cpu")
-            params_default, self._new, self._free = cpu.ggml_threadpool_params_default, cpu.ggml_threadpool_new, cpu.ggml_threadpool_free
+            params_default = library("ggml-base").ggml_threadpool_params_default
+            new, free = _cpu_function("ggml_threadpool_new"), _cpu_function("ggml_threadpool_free")
             attach = llama_cpp.llama_cpp._lib.llama_attach_threadpool
         except (OSError, AttributeError):
             return
         params_default.argtypes, params_default.restype = [ctypes.c_int], _ThreadpoolParams
-        self._new.argtypes, self._new.restype = [ctypes.POINTER(_ThreadpoolParams)], ctypes.c_void_p
-        self._free.argtypes, self._free.restype = [ctypes.c_void_p], None
+        self._new = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_ThreadpoolParams))(new)
+        self._free = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(free)
         attach.argtypes, attach.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], None
         params = params_default(n_threads)
         self._pool = self._new(ctypes.byref(params))
@@ -90,6 +91,20 @@ class _Threadpool:
         if self._pool:
             self._free(self._pool)
             self._pool = None
+
+
+def _cpu_function(name: str) -> int:
+    """A function of ggml's CPU backend, asked of its registry: a portable build has no single
+    libggml-cpu to look it up in (backends/ggml_build.py)."""
+    ggml, base = library("ggml"), library("ggml-base")
+    ggml.ggml_backend_reg_by_name.argtypes, ggml.ggml_backend_reg_by_name.restype = [ctypes.c_char_p], ctypes.c_void_p
+    proc = base.ggml_backend_reg_get_proc_address
+    proc.argtypes, proc.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_void_p
+    reg = ggml.ggml_backend_reg_by_name(b"CPU")
+    address = proc(reg, name.encode()) if reg else None
+    if not address:
+        raise AttributeError(name)
+    return address
 
 
 class _LlamaLog:
@@ -140,6 +155,7 @@ def _init_backend(verbose: bool) -> None:
     with _init_lock:
         if not _initialized:
             _log.install()
+            load_dynamic_backends()
             llama_cpp.llama_backend_init()
             try:
                 set_callback = library("ggml-base").ggml_set_abort_callback
