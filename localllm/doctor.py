@@ -187,11 +187,11 @@ def _store_disk() -> tuple[Path, int | None]:
 
 def check_hub() -> str:
     """"ok", "offline", or why the Hub did not answer: one request, a short timeout, no retries."""
-    import httpx
     from huggingface_hub import constants
 
-    from .hub import endpoint
+    from .hub import endpoint, http_client
 
+    httpx = http_client()  # huggingface_hub's own client (httpx, or httpx2 from version 2)
     if constants.HF_HUB_OFFLINE:
         return "offline"
     try:

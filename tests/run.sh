@@ -21,4 +21,14 @@ fi
 LOCALLLM_GGML_RPC="$(cd "$venv" && pwd)/localllm-ggml-rpc/libggml-rpc.so"
 export LOCALLLM_GGML_RPC
 PYTHON="$venv/bin/python" bash packaging/build-ggml-rpc.sh "$LOCALLLM_GGML_RPC" >/dev/null
+# A portable wheelhouse (packaging/build-wheels.sh) for the offline-install tests. Its
+# llama-cpp-python build takes 11 minutes on 2 cores, so that one wheel is kept between runs,
+# keyed by the build script; localllm's own wheel and the dependencies are gathered each run.
+wheel_cache="${XDG_CACHE_HOME:-$HOME/.cache}/localllm-test-wheels/$(sha256sum packaging/build-wheels.sh | cut -c1-16)"
+LOCALLLM_WHEELHOUSE="$(cd "$venv" && pwd)/wheelhouse"
+export LOCALLLM_WHEELHOUSE
+mkdir -p "$wheel_cache" "$LOCALLLM_WHEELHOUSE/cpu"
+cp "$wheel_cache"/llama_cpp_python-*.whl "$LOCALLLM_WHEELHOUSE/cpu/" 2>/dev/null || true
+LOCALLLM_WHEELS_CUDA=off PYTHON="$venv/bin/python" bash packaging/build-wheels.sh "$LOCALLLM_WHEELHOUSE" >/dev/null
+cp "$LOCALLLM_WHEELHOUSE"/cpu/llama_cpp_python-*.whl "$wheel_cache/"
 PATH="$PWD/$venv/bin:$PATH" exec "$venv/bin/pytest" "$@"

@@ -30,7 +30,9 @@ class RemoteModel:
     capabilities = Capabilities(batching=True, multi_gpu=True, token_input=True)
 
     def __init__(self, path: Path, url: str, n_ctx: int | None):
-        import httpx
+        from ..hub import http_client
+
+        httpx = http_client()  # huggingface_hub's own client (httpx, or httpx2 from version 2)
         from transformers import AutoTokenizer
 
         self.path, self.url = path, url.rstrip("/")
@@ -106,7 +108,9 @@ class RemoteBatcher:
 
     def _stream(self, request: SequenceRequest) -> None:
         """On its own thread: one streaming /v1/completions request."""
-        import httpx
+        from ..hub import http_client
+
+        httpx = http_client()  # huggingface_hub's own client (httpx, or httpx2 from version 2)
 
         s = request.sampling
         body = {"model": self._model.name, "prompt": request.tokens, "stream": True,
