@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
 from . import __version__
 from .cli_models import COMMANDS
 from .cli_rpc import rpc_option, rpc_worker
+from .cli_embed import embed
 from .cli_transfer import add, doctor, verify
 from .cli_serve import serve
 from .errors import LocalLLMError, UsageError
@@ -70,13 +72,18 @@ def cli() -> None:
 @click.option("--engine", type=click.Choice(ENGINES), help="Backend to run the model on.  [default: from its format: .gguf llama.cpp, a safetensors folder transformers]")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Precision on the transformers engine.  [default: the checkpoint's where the device computes in it natively, else float32]")
 @rpc_option
+@click.option("--schema", metavar="FILE|JSON", help="Constrain the answer to this JSON Schema (a file, or the schema itself); an answer that ends on its own validates.")
+@click.option("--grammar", "grammar_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+              help="Constrain the answer to this grammar: llama.cpp's GBNF, or Lark.")
+@click.option("--stop", multiple=True, metavar="TEXT", help="End the answer before this text, which is not printed (repeatable).")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
 @click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template (base models, text completion).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, model, finish reason, token counts, timings, settings.")
 @click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
-        seed, ctx, threads, gpu_layers, kv_type, flash_attn, margin, load_anyway, engine, dtype, rpc, ignore_eos, raw, as_json,
+        seed, ctx, threads, gpu_layers, kv_type, flash_attn, margin, load_anyway, engine, dtype, rpc, schema, grammar_file,
+        stop, ignore_eos, raw, as_json,
         no_stream, verbose):
     """Answer one prompt and exit. Tokens stream to stdout; everything else goes to stderr.
 
@@ -99,7 +106,8 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
                                dtype=dtype, rpc=rpc, verbose=verbose)
     sampling = SamplingOptions(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-        repeat_penalty=repeat_penalty, seed=seed, ignore_eos=ignore_eos,
+        repeat_penalty=repeat_penalty, seed=seed, ignore_eos=ignore_eos, stop=stop,
+        grammar=_grammar(schema, grammar_file),
     )
     status = Status(enabled=not as_json)
     status.show(f"loading {model or 'the default model'}…")
@@ -251,7 +259,7 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
         click.echo(f"warning: {printable(warning)}", err=True)
 
 
-for _command in (*COMMANDS, add, verify, doctor, serve, rpc_worker):
+for _command in (*COMMANDS, add, verify, doctor, embed, serve, rpc_worker):
     cli.add_command(_command)
 
 
@@ -306,6 +314,40 @@ def _plan_checkpoint(ref, profile, ctx, margin, full: bool, as_json: bool) -> No
         click.echo(f"localllm: warning: {warning}", err=True)
 
 
+MAX_SCHEMA_FILE = 256 * 1024
+
+
+def _grammar(schema: str | None, grammar_file: Path | None) -> str | None:
+    """The llguidance grammar --schema or --grammar asks for; a bad one is a usage error naming why."""
+    from .constraints import json_grammar, text_grammar
+
+    if schema is not None and grammar_file is not None:
+        raise UsageError("give --schema or --grammar, not both")
+    if grammar_file is not None:
+        return text_grammar(_read_small(grammar_file, "--grammar"))
+    if schema is None:
+        return None
+    text = schema if schema.lstrip().startswith("{") else _read_small(Path(schema), "--schema")
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--schema is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise UsageError("--schema must be a JSON object (a JSON Schema)")
+    return json_grammar(parsed)
+
+
+def _read_small(path: Path, option: str) -> str:
+    try:
+        if path.stat().st_size > MAX_SCHEMA_FILE:
+            raise UsageError(f"{option} {path}: larger than {MAX_SCHEMA_FILE // 1024} KiB")
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such file (a schema given inline starts with {{)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{option} {path}: cannot be read as UTF-8 text ({type(exc).__name__})") from None
+
+
 def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool, status: Status) -> None:
     from .events import Finished, PromptProgress, Token
 
@@ -340,7 +382,10 @@ def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, strea
         out.write(text if text.endswith("\n") else text + "\n")
     out.flush()
     status.clear()
-    if finished.reason == "length" and finished.usage.prompt_tokens + finished.usage.completion_tokens >= model.n_ctx:
+    if finished.reason == "length" and sampling.grammar is not None:
+        click.echo("localllm: warning: the answer was cut off by the token limit, so it does not follow the schema "
+                   "or grammar to its end (raise --max-tokens)", err=True)
+    elif finished.reason == "length" and finished.usage.prompt_tokens + finished.usage.completion_tokens >= model.n_ctx:
         click.echo(f"localllm: warning: the answer was cut off: the {model.n_ctx}-token context window is full (raise it with --ctx)", err=True)
 
 
@@ -358,7 +403,8 @@ def _json_result(model, text, finished, prompt_settings, sampling) -> dict:
         "usage": result["usage"],
         "timings": {"load_s": model.load_seconds, **result["timings"]},
         "settings": {
-            **asdict(sampling),
+            **{k: v for k, v in asdict(sampling).items() if k != "grammar"},
+            "constrained": sampling.grammar is not None,
             "seed": finished.seed,
             **prompt_settings,
             "n_ctx": model.n_ctx,

@@ -39,6 +39,25 @@ def json_grammar(schema: dict[str, Any] | None) -> str:
     return grammar
 
 
+MAX_GRAMMAR_BYTES = 256 * 1024
+
+
+def text_grammar(text: str) -> str:
+    """A raw grammar: llama.cpp's GBNF, or llguidance's Lark (both read by llguidance)."""
+    import llguidance
+
+    if len(text.encode()) > MAX_GRAMMAR_BYTES:
+        raise UsageError(f"the grammar is larger than {MAX_GRAMMAR_BYTES // 1024} KiB")
+    try:
+        grammar = llguidance.grammar_from("gbnf", text)
+    except ValueError as exc:
+        raise UsageError(f"invalid grammar: {str(exc).splitlines()[0][:300]}") from None
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise UsageError(f"the grammar cannot be enforced: {messages[0][:300]}")
+    return grammar
+
+
 class Constraint:
     """One sequence's progress through a grammar."""
 
@@ -63,6 +82,14 @@ class Constraint:
 
     def accept(self, token: int) -> None:
         self._matcher.consume_token(token)
+
+    def forced(self) -> list[int]:
+        """Tokens the grammar allows no alternative to from here (fast-forward): accepted already,
+        to be evaluated in one batch rather than sampled one by one."""
+        tokens = self._matcher.compute_ff_tokens()
+        if tokens:
+            self._matcher.consume_tokens(tokens)
+        return tokens
 
     @property
     def complete(self) -> bool:

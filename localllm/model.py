@@ -68,7 +68,7 @@ class Model:
         if not messages or not any(m.get("content", "").strip() for m in messages if m.get("role") == "user"):
             raise UsageError("the prompt is empty")
         prompt = self._loaded.format_chat(messages)
-        return self._loaded.generate(prompt, sampling or SamplingOptions())
+        return self._loaded.generate(prompt, self._checked(sampling))
 
     def prompt(self, text: str, system: str | None = None, sampling: SamplingOptions | None = None) -> Iterator[Event]:
         """Stream the reply to one user message, with an optional system prompt."""
@@ -78,7 +78,14 @@ class Model:
 
     def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions | None = None) -> Iterator[Event]:
         """Stream a raw continuation of text or token ids, with no chat template."""
-        return self._loaded.generate(prompt, sampling or SamplingOptions())
+        return self._loaded.generate(prompt, self._checked(sampling))
+
+    def _checked(self, sampling: SamplingOptions | None) -> SamplingOptions:
+        sampling = sampling or SamplingOptions()
+        if sampling.grammar is not None and not self.capabilities.grammars:
+            raise UsageError(f"the {self.engine} engine cannot constrain output to a schema or grammar yet; "
+                             "use a GGUF model (the llama.cpp engine)")
+        return sampling
 
     def complete(self, text: str, system: str | None = None, sampling: SamplingOptions | None = None) -> Completion:
         """The whole reply to one user message, once it is finished."""

@@ -119,6 +119,9 @@ class SamplingOptions:
     ignore_eos: bool = False
     # Generation ends before the first of these texts, which is never part of the answer.
     stop: tuple[str, ...] = ()
+    # The answer must follow this llguidance grammar (localllm.constraints: json_grammar for a
+    # JSON Schema, text_grammar for GBNF or Lark). Backends without grammars refuse it.
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("temperature", "top_p", "min_p", "repeat_penalty"):

@@ -39,6 +39,8 @@ from .cpu_buffers import REPACK, Overrides, cpu_layers, extra_buffer_types, libr
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from . import llamacpp_load
 from .base import Capabilities, Message, reusable_prefix
+from ..constraints import Constraint
+from ..stops import StopText
 
 if TYPE_CHECKING:
     from .llamacpp_batch import LlamaCppBatcher
@@ -344,8 +346,12 @@ class LlamaCppModel:
         """The likeliest next token. The C sampler chain first copies the whole vocabulary into a
         candidate array (65 us a token for SmolLM2's 49k); argmax over the logits in place takes
         6 us. Ties go to the lowest id, as with llama.cpp's greedy sampler."""
+        return int(self._logits_row().argmax())
+
+    def _logits_row(self) -> np.ndarray:
+        """The last evaluated token's logits, in llama.cpp's own buffer (no copy)."""
         logits = llama_cpp.llama_get_logits_ith(self._ctx, -1)
-        return int(np.frombuffer(self._logits_type.from_address(ctypes.addressof(logits.contents)), dtype=np.float32).argmax())
+        return np.frombuffer(self._logits_type.from_address(ctypes.addressof(logits.contents)), dtype=np.float32)
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Drop the KV cache after the longest prefix shared with the last call; return its length."""
@@ -394,11 +400,15 @@ class LlamaCppModel:
         )
         ignore_eos = sampling.ignore_eos
         cached = self._cached
+        stops = StopText(sampling.stop)
+        constraint = Constraint(self.grammar_vocabulary(), sampling.grammar) if sampling.grammar else None
 
         reason = "length"
         generated = 0
         t_first = t_prompt_done = None
         while generated < limit:
+            if constraint is not None:
+                constraint.mask(self._logits_row())  # the pick, greedy or the C chain, reads this row
             token = pick()
             if t_prompt_done is None:
                 t_prompt_done = time.perf_counter()
@@ -406,22 +416,40 @@ class LlamaCppModel:
                 reason = "stop"
                 break
             generated += 1
+            step = [token]
+            if constraint is not None:
+                constraint.accept(token)
+                step += constraint.forced()[: limit - generated]
+                generated += len(step) - 1
             n = to_piece(vocab, token, piece, 256, 0, False)
             text = decoder.decode(piece.raw[:n]) if n > 0 else ""
+            for forced in step[1:]:
+                n = to_piece(vocab, forced, piece, 256, 0, False)
+                text += decoder.decode(piece.raw[:n]) if n > 0 else ""
             if t_first is None:
                 t_first = time.perf_counter()
+            text, stopped = stops.feed(text)
             if text:
                 yield Token(text)
-            if generated == limit:
+            if stopped or (constraint is not None and constraint.complete):
+                reason = "stop"
                 break
-            one[0] = token
-            if len(cached) >= self._allocated:
-                self._make_room(len(cached) + 1)
+            if generated >= limit:
+                break
+            if len(cached) + len(step) > self._allocated:
+                self._make_room(len(cached) + len(step))
                 ctx = self._ctx
-            status = decode(ctx, batch)
+            if len(step) == 1:
+                one[0] = token
+                status = decode(ctx, batch)
+            else:  # the grammar's forced tokens go in with the sampled one: one decode, not one each
+                array = (llama_cpp.llama_token * len(step))(*step)
+                status = decode(ctx, llama_cpp.llama_batch_get_one(array, len(step)))
             if status != 0:
                 raise GenerationError(f"llama.cpp failed to evaluate a generated token (llama_decode returned {status})")
-            cached.append(token)
+            cached.extend(step)
+        if held := stops.flush():  # text kept back for a stop string that never came
+            yield Token(held)
         # Bytes still buffered are a character cut off by the token limit: dropped, not shown as U+FFFD.
 
         yield Finished.measured(reason, Usage(len(tokens), generated, reused), seed, t_start, t_prompt_done, t_first,

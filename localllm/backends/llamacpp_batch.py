@@ -106,7 +106,8 @@ class LlamaCppBatcher:
         """Start a request in a free slot (the caller checked free_slots), reusing what it can of
         a prefix already in the KV cache."""
         tokens = request.tokens
-        constraint = Constraint(self._model.grammar_vocabulary(), request.grammar) if request.grammar else None
+        grammar = request.grammar or request.sampling.grammar
+        constraint = Constraint(self._model.grammar_vocabulary(), grammar) if grammar else None
         free = [slot for slot in self._slots if slot.request is None]
         # The longest own prefix wins; among equals the least recently used, so that other
         # conversations' caches survive longest.
