@@ -76,6 +76,8 @@ def cli() -> None:
 @click.option("--grammar", "grammar_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="Constrain the answer to this grammar: llama.cpp's GBNF, or Lark.")
 @click.option("--stop", multiple=True, metavar="TEXT", help="End the answer before this text, which is not printed (repeatable).")
+@click.option("--think/--no-think", default=None, help="Let a thinking model (Qwen3) reason first, or not, where its template can switch.  [default: the model's]")
+@click.option("--show-thinking", is_flag=True, help="Print a thinking model's reasoning on stderr as it comes (else a one-line count on a terminal).")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
 @click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template (base models, text completion).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, model, finish reason, token counts, timings, settings.")
@@ -83,7 +85,7 @@ def cli() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
         seed, ctx, threads, gpu_layers, kv_type, flash_attn, margin, load_anyway, engine, dtype, rpc, schema, grammar_file,
-        stop, ignore_eos, raw, as_json,
+        stop, think, show_thinking, ignore_eos, raw, as_json,
         no_stream, verbose):
     """Answer one prompt and exit. Tokens stream to stdout; everything else goes to stderr.
 
@@ -97,6 +99,8 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     from .options import LoadOptions, SamplingOptions
 
     crash.install()
+    if raw and think is not None:
+        raise UsageError("--think and --no-think work through the chat template, which --raw leaves out")
     if raw and system is not None:
         raise UsageError("--system needs the chat template, which --raw leaves out: put the system text in the prompt")
     prompt = _read_prompt(prompt_arg, prompt_opt)
@@ -116,9 +120,9 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     finally:
         status.clear()
     with loaded:
-        events = loaded.generate(prompt, sampling) if raw else loaded.prompt(prompt, system, sampling)
-        _answer(loaded, events, {"system": system, "raw": raw}, sampling, as_json=as_json, stream=not (no_stream or as_json),
-                status=status)
+        events = loaded.generate(prompt, sampling) if raw else loaded.prompt(prompt, system, sampling, think)
+        _answer(loaded, events, {"system": system, "raw": raw, "think": think}, sampling, as_json=as_json,
+                stream=not (no_stream or as_json), status=status, show_thinking=show_thinking)
 
 
 @cli.command()
@@ -348,15 +352,26 @@ def _read_small(path: Path, option: str) -> str:
         raise UsageError(f"{option} {path}: cannot be read as UTF-8 text ({type(exc).__name__})") from None
 
 
-def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool, status: Status) -> None:
-    from .events import Finished, PromptProgress, Token
+def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool, status: Status,
+            show_thinking: bool = False) -> None:
+    from .events import Finished, PromptProgress, Reasoning, Token
 
     out = sys.stdout
     parts: list[str] = []
+    thought: list[str] = []
     finished = None
     try:
         for event in events:
-            if isinstance(event, Token):
+            if isinstance(event, Reasoning):
+                thought.append(event.text)
+                if show_thinking:
+                    sys.stderr.write(event.text)  # as the answer goes to stdout: the model's own text
+                    sys.stderr.flush()
+                else:
+                    status.show(f"thinking… {len(thought)} tokens")
+            elif isinstance(event, Token):
+                if thought and not parts and show_thinking:
+                    sys.stderr.write("\n")
                 if not parts:
                     status.clear()
                 parts.append(event.text)
@@ -374,7 +389,9 @@ def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, strea
         raise
     text = "".join(parts)
     if as_json:
-        out.write(json.dumps(_json_result(model, text, finished, prompt_settings, sampling), indent=2) + "\n")
+        result = _json_result(model, text, finished, prompt_settings, sampling)
+        result["reasoning"] = "".join(thought) if thought else None
+        out.write(json.dumps(result, indent=2) + "\n")
     elif stream:
         if text and not text.endswith("\n"):
             out.write("\n")

@@ -14,6 +14,13 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Reasoning:
+    """Text of a thinking model's reasoning (its ``<think>`` block), kept apart from the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
@@ -78,4 +85,4 @@ class PromptProgress:
     total: int
 
 
-Event = Union[Token, PromptProgress, Finished]
+Event = Union[Token, Reasoning, PromptProgress, Finished]

@@ -12,7 +12,7 @@ from .backends.base import Batcher, Capabilities
 from .backends.llamacpp_load import check_gguf  # noqa: F401 (public here too)
 from .config import cache_dir
 from .errors import ModelLoadError, UsageError
-from .events import Event, Finished, Token
+from .events import Event, Finished, Reasoning, Token
 from .gguf_info import ModelSpec, inspect_file
 from .options import LoadOptions, SamplingOptions
 from .registry import resolve
@@ -22,6 +22,7 @@ from .registry import resolve
 class Completion:
     text: str
     finished: Finished
+    reasoning: str = ""  # a thinking model's reasoning, apart from the answer
 
 
 class Model:
@@ -63,18 +64,36 @@ class Model:
         """The prompt text the model's chat template makes of these messages."""
         return self._loaded.format_chat(messages)
 
-    def chat(self, messages: Sequence[Message], sampling: SamplingOptions | None = None) -> Iterator[Event]:
-        """Stream the assistant's reply to a conversation: Token events, then one Finished."""
+    def chat(self, messages: Sequence[Message], sampling: SamplingOptions | None = None,
+             think: bool | None = None) -> Iterator[Event]:
+        """Stream the assistant's reply to a conversation: Token events, then one Finished. A
+        thinking model's reasoning comes as Reasoning events (localllm.reasoning); think switches
+        it on or off where the template can (None: the model's default)."""
+        from . import reasoning
+
         if not messages or not any(m.get("content", "").strip() for m in messages if m.get("role") == "user"):
             raise UsageError("the prompt is empty")
-        prompt = self._loaded.format_chat(messages)
-        return self._loaded.generate(prompt, self._checked(sampling))
+        sampling = self._checked(sampling)
+        template = self._loaded.chat_template
+        thinks = reasoning.thinks(template)
+        if think is not None and thinks and not reasoning.can_switch(template):
+            raise UsageError("this model's chat template cannot switch its thinking on or off")
+        if thinks and sampling.grammar is not None:
+            # A grammar binds every token from the first; the thinking must not be bound by it.
+            if not reasoning.can_switch(template):
+                raise UsageError("a schema or grammar on a model that always thinks first is not supported yet")
+            think = False
+        variables = {reasoning.SWITCH: think} if think is not None and thinks else {}
+        prompt = self._loaded.format_chat(messages, **variables)
+        events = self._loaded.generate(prompt, sampling)
+        return reasoning.split_events(events, reasoning.opened_by_prompt(prompt)) if thinks else events
 
-    def prompt(self, text: str, system: str | None = None, sampling: SamplingOptions | None = None) -> Iterator[Event]:
+    def prompt(self, text: str, system: str | None = None, sampling: SamplingOptions | None = None,
+               think: bool | None = None) -> Iterator[Event]:
         """Stream the reply to one user message, with an optional system prompt."""
         messages: list[Message] = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": text})
-        return self.chat(messages, sampling)
+        return self.chat(messages, sampling, think)
 
     def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions | None = None) -> Iterator[Event]:
         """Stream a raw continuation of text or token ids, with no chat template."""
@@ -133,12 +152,14 @@ class Model:
 
 
 def collect(events: Iterator[Event]) -> Completion:
-    parts = []
+    parts, thought = [], []
     for event in events:
         if isinstance(event, Token):
             parts.append(event.text)
+        elif isinstance(event, Reasoning):
+            thought.append(event.text)
         elif isinstance(event, Finished):
-            return Completion("".join(parts), event)
+            return Completion("".join(parts), event, "".join(thought))
     raise RuntimeError("the backend stopped without a Finished event")
 
 

@@ -28,8 +28,11 @@ class LoadedModel(Protocol):
 
     def tokenize(self, text: str) -> list[int]: ...
 
-    def format_chat(self, messages: Sequence[Message]) -> str:
-        """Render messages with the model's own chat template, ready for the assistant's turn."""
+    chat_template: str | None  # the model's own Jinja template, None when it has none
+
+    def format_chat(self, messages: Sequence[Message], **variables) -> str:
+        """Render messages with the model's own chat template, ready for the assistant's turn;
+        variables go to the template (e.g. enable_thinking)."""
         ...
 
     def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions) -> Iterator[Event]:

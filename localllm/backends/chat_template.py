@@ -22,7 +22,8 @@ class _OverBudget(Exception):
     pass
 
 
-def render_chat(formatter: Jinja2ChatFormatter, messages: Sequence[Message], budget_s: float = TEMPLATE_BUDGET_S) -> str:
+def render_chat(formatter: Jinja2ChatFormatter, messages: Sequence[Message], variables: dict | None = None,
+                budget_s: float = TEMPLATE_BUDGET_S) -> str:
     """The prompt a chat template makes of these messages, within a time budget.
 
     The template is model data, run in Jinja's sandbox, which still lets nested loops run for
@@ -41,7 +42,7 @@ def render_chat(formatter: Jinja2ChatFormatter, messages: Sequence[Message], bud
     previous = sys.gettrace()
     sys.settrace(trace)
     try:
-        return formatter(messages=list(messages)).prompt
+        return formatter(messages=list(messages), **(variables or {})).prompt
     except _OverBudget:
         raise UsageError(f"the model's chat template did not finish within {budget_s:.0f} s (a template that never ends?); "
                          "--raw runs the model without it") from None

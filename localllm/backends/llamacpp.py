@@ -293,8 +293,9 @@ class LlamaCppModel:
     def _chat_formatter(self) -> Jinja2ChatFormatter:
         template = llama_cpp.llama_model_chat_template(self._model, None)
         self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
+        self.chat_template = template.decode("utf-8", errors="replace") if template else None
         return Jinja2ChatFormatter(
-            template=template.decode("utf-8") if template else CHATML_CHAT_TEMPLATE,
+            template=self.chat_template or CHATML_CHAT_TEMPLATE,
             eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
             bos_token=self._bos_text,
         )
@@ -304,8 +305,8 @@ class LlamaCppModel:
             return ""
         return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
 
-    def format_chat(self, messages: Sequence[Message]) -> str:
-        prompt = render_chat(self._formatter, messages)
+    def format_chat(self, messages: Sequence[Message], **variables) -> str:
+        prompt = render_chat(self._formatter, messages, variables)
         # llama.cpp adds BOS itself when the vocabulary asks for it; a template that also
         # writes it would give the model two.
         if self._bos_text and prompt.startswith(self._bos_text) and llama_cpp.llama_vocab_get_add_bos(self._vocab):

@@ -52,10 +52,16 @@ class RemoteModel:
         special = not (bos and text.startswith(bos))
         return list(self._tokenizer(text, add_special_tokens=special)["input_ids"])
 
-    def format_chat(self, messages: Sequence[Message]) -> str:
+    @property
+    def chat_template(self) -> str | None:
+        template = self._tokenizer.chat_template
+        return template if isinstance(template, str) else None
+
+    def format_chat(self, messages: Sequence[Message], **variables) -> str:
         if not self._tokenizer.chat_template:
             raise UsageError(f"{self.path.name} has no chat template")
-        return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
+                                                   **variables)
 
     def generate(self, prompt: str | Sequence[int], sampling) -> Iterator[Event]:
         raise UsageError("a remote engine serves through `localllm serve`, not one prompt at a time")

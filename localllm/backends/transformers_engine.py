@@ -182,11 +182,17 @@ class TransformersModel:
     def tokenize(self, text: str) -> list[int]:
         return list(self._tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    def format_chat(self, messages: Sequence[Message]) -> str:
+    @property
+    def chat_template(self) -> str | None:
+        template = self._tokenizer.chat_template
+        return template if isinstance(template, str) else None
+
+    def format_chat(self, messages: Sequence[Message], **variables) -> str:
         if not self._tokenizer.chat_template:
             raise UsageError(f"{self.path.name} has no chat template: use --raw for text completion")
         try:
-            return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
+                                                       **variables)
         except Exception as exc:  # a template is code from the checkpoint; its errors are its own
             raise UsageError(f"the model's chat template failed: {str(exc)[:200]}") from None
 

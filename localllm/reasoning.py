@@ -1,0 +1,103 @@
+"""Models that think aloud before answering: Qwen3 and the DeepSeek-R1 distills write
+``<think>...</think>`` first. Their part is kept apart from the answer.
+
+Whether a model does is read from its chat template (it mentions ``<think>``). Where the
+template itself opens the block at the end of the prompt (DeepSeek-R1's ``<｜Assistant｜><think>\\n``)
+the output starts inside it, with no opening tag to see; where it supports switching
+(Qwen3's ``enable_thinking``), ``think=False`` renders the prompt with an empty block. The tags
+may arrive split across tokens: text that could be the start of one is held back until the next
+token settles it, so no part of a tag is ever shown as answer or reasoning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .events import Event, Reasoning, Token
+
+OPEN, CLOSE = "<think>", "</think>"
+SWITCH = "enable_thinking"
+
+
+def thinks(template: str | None) -> bool:
+    return bool(template) and OPEN in template
+
+
+def can_switch(template: str | None) -> bool:
+    return bool(template) and SWITCH in template
+
+
+def opened_by_prompt(prompt: str) -> bool:
+    """The rendered prompt ends inside an open think block (the answer starts by thinking)."""
+    last_open, last_close = prompt.rfind(OPEN), prompt.rfind(CLOSE)
+    return last_open > last_close and not prompt[last_open + len(OPEN):].strip()
+
+
+class ThinkSplitter:
+    def __init__(self, inside: bool = False):
+        self.inside = inside
+        self._held = ""
+        self._started = False  # anything but whitespace seen yet, outside the block
+        self._after_close = False  # the answer's leading blank lines after </think> are dropped
+
+    def feed(self, text: str) -> list[tuple[bool, str]]:
+        """(is_reasoning, text) pieces now safe to show."""
+        out: list[tuple[bool, str]] = []
+        buffer = self._held + text
+        self._held = ""
+        while buffer:
+            tag = CLOSE if self.inside else OPEN
+            at = buffer.find(tag)
+            if self.inside:
+                if at >= 0:
+                    self._emit(out, True, buffer[:at])
+                    buffer, self.inside, self._after_close = buffer[at + len(tag):], False, True
+                    continue
+            elif at >= 0 and not self._started and not buffer[:at].strip():
+                buffer, self.inside = buffer[at + len(tag):], True  # a block only counts at the start
+                continue
+            keep = _partial(buffer, tag) if (self.inside or not self._started) else 0
+            self._emit(out, self.inside, buffer[: len(buffer) - keep])
+            self._held = buffer[len(buffer) - keep:]
+            break
+        return out
+
+    def flush(self) -> list[tuple[bool, str]]:
+        out: list[tuple[bool, str]] = []
+        held, self._held = self._held, ""
+        self._emit(out, self.inside, held)
+        return out
+
+    def _emit(self, out: list, reasoning: bool, text: str) -> None:
+        if not reasoning:
+            if self._after_close:
+                text = text.lstrip("\n")
+                if text:
+                    self._after_close = False
+            if text.strip():
+                self._started = True
+        if text:
+            out.append((reasoning, text))
+
+
+def _partial(buffer: str, tag: str) -> int:
+    for length in range(min(len(tag) - 1, len(buffer)), 0, -1):
+        if buffer.endswith(tag[:length]):
+            return length
+    return 0
+
+
+def split_events(events: Iterator[Event], inside: bool) -> Iterator[Event]:
+    """The same stream with the thinking part as Reasoning events instead of Tokens."""
+    from .events import Finished
+
+    splitter = ThinkSplitter(inside)
+    for event in events:
+        if isinstance(event, Token):
+            for is_reasoning, text in splitter.feed(event.text):
+                yield Reasoning(text) if is_reasoning else Token(text)
+        else:
+            if isinstance(event, Finished):
+                for is_reasoning, text in splitter.flush():
+                    yield Reasoning(text) if is_reasoning else Token(text)
+            yield event

@@ -1,0 +1,104 @@
+"""Thinking models: the reasoning kept apart from the answer, from scripted token streams and on
+the starter carrying real chat templates of thinking families (tests/data/chat_templates)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from embedding_gguf import write_with_template
+from localllm.events import Finished, Reasoning, Timings, Token, Usage
+from localllm.reasoning import ThinkSplitter, can_switch, opened_by_prompt, split_events, thinks
+
+TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
+QWEN3 = (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text()
+R1 = (TEMPLATES / "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja").read_text()
+LLAMA = (TEMPLATES / "meta-llama-Llama-3.2-3B-Instruct.jinja").read_text()
+
+
+def split(pieces, inside=False):
+    events = [Token(p) for p in pieces] + [Finished("stop", Usage(1, len(pieces)), Timings(0, 0, 0, None, None), 0)]
+    out = list(split_events(iter(events), inside))
+    reasoning = "".join(e.text for e in out if isinstance(e, Reasoning))
+    answer = "".join(e.text for e in out if isinstance(e, Token))
+    assert isinstance(out[-1], Finished)
+    return reasoning, answer
+
+
+def test_the_templates_say_which_models_think_and_which_can_switch():
+    assert thinks(QWEN3) and can_switch(QWEN3)
+    assert thinks(R1) and not can_switch(R1)
+    assert not thinks(LLAMA) and not thinks(None)
+    assert opened_by_prompt("<｜User｜>hi<｜Assistant｜><think>\n")
+    assert not opened_by_prompt("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert not opened_by_prompt("<|im_start|>assistant\n")
+
+
+TEXT = "<think>\nThe user greets me.\n</think>\n\nHello! How can I help?"
+
+
+@pytest.mark.parametrize("cut", range(1, len(TEXT)))
+def test_tags_split_anywhere_across_tokens(cut):
+    reasoning, answer = split([TEXT[:cut], TEXT[cut:]])
+    assert reasoning == "\nThe user greets me.\n" and answer == "Hello! How can I help?"
+
+
+def test_one_character_per_token_and_a_stream_that_starts_inside():
+    assert split(list(TEXT)) == ("\nThe user greets me.\n", "Hello! How can I help?")
+    # DeepSeek-R1: the template opened the block; the output only closes it.
+    assert split(["Let me", " think.</th", "ink>\n\nThe answer is 4."], inside=True) == ("Let me think.", "The answer is 4.")
+
+
+def test_a_think_tag_inside_the_answer_is_text_and_an_unclosed_block_stays_reasoning():
+    assert split(["Use the ", "<think>", " tag."]) == ("", "Use the <think> tag.")
+    assert split(["<think>", "still going"]) == ("still going", "")
+    assert split(["No thinking here."]) == ("", "No thinking here.")
+
+
+def test_the_splitter_holds_back_only_what_may_be_a_tag():
+    splitter = ThinkSplitter()
+    assert splitter.feed("<thi") == []
+    assert splitter.feed("nk>abc</") == [(True, "abc")]
+    assert splitter.feed("think>") == []
+    assert splitter.feed("\n\nDone") == [(False, "Done")]
+
+
+@pytest.fixture(scope="module")
+def qwen3_starter(starter_gguf, tmp_path_factory):
+    return str(write_with_template(starter_gguf, tmp_path_factory.mktemp("qwen3") / "starter-qwen3.gguf", QWEN3))
+
+
+@pytest.fixture(scope="module")
+def r1_starter(starter_gguf, tmp_path_factory):
+    return str(write_with_template(starter_gguf, tmp_path_factory.mktemp("r1") / "starter-r1.gguf", R1))
+
+
+@pytest.mark.slow
+def test_no_think_renders_qwen3s_empty_block_and_think_does_not(qwen3_starter):
+    def run(*flags):
+        result = run_cli("run", "-m", qwen3_starter, "-t", "0", "--max-tokens", "8", "--json", *flags, "Hi")
+        assert result.returncode == 0, result
+        return json.loads(result.stdout)
+
+    off, on = run("--no-think"), run("--think")
+    # Qwen3's template writes "<think>\n\n</think>\n\n" into the prompt to switch thinking off.
+    assert off["usage"]["prompt_tokens"] > on["usage"]["prompt_tokens"]
+    assert off["settings"]["think"] is False and off["reasoning"] is None
+
+
+@pytest.mark.slow
+def test_a_model_whose_prompt_opens_the_block_reasons_on_stderr_not_stdout(r1_starter):
+    result = run_cli("run", "-m", r1_starter, "-t", "0", "--max-tokens", "12", "--json", "Hi")
+    assert result.returncode == 0, result
+    answer = json.loads(result.stdout)
+    # The starter never closes the block R1's template opened: all of it is reasoning.
+    assert answer["reasoning"] and answer["text"] == ""
+    shown = run_cli("run", "-m", r1_starter, "-t", "0", "--max-tokens", "12", "--show-thinking", "Hi")
+    assert shown.stdout.strip() == "" and answer["reasoning"].strip()[:20] in shown.stderr
+    assert_one_line_error(run_cli("run", "-m", r1_starter, "--no-think", "Hi"), 2, "cannot switch its thinking")
+    assert_one_line_error(run_cli("run", "-m", r1_starter, "--schema", '{"type": "object"}', "Hi"), 2,
+                          "always thinks first")
+    assert_one_line_error(run_cli("run", "-m", "starter", "--raw", "--think", "Hi"), 2, "--raw")
