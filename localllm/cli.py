@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -319,6 +320,16 @@ def _plan_checkpoint(ref, profile, ctx, margin, full: bool, as_json: bool) -> No
 
 
 MAX_SCHEMA_FILE = 256 * 1024
+PROGRESS_AFTER_S = 2.0  # a prompt read faster than this needs no progress line
+
+
+def prompt_progress_line(event, elapsed: float) -> str | None:
+    """"reading the prompt: 3072/8192 tokens (37%), about 9 s left", once reading takes a while."""
+    if elapsed < PROGRESS_AFTER_S or not event.done:
+        return None
+    left = elapsed / event.done * (event.total - event.done)
+    return (f"reading the prompt: {event.done}/{event.total} tokens ({event.done * 100 // event.total}%), "
+            f"about {left:.0f} s left")
 
 
 def _grammar(schema: str | None, grammar_file: Path | None) -> str | None:
@@ -357,6 +368,7 @@ def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, strea
     from .events import Finished, PromptProgress, Reasoning, Token
 
     out = sys.stdout
+    started = time.monotonic()
     parts: list[str] = []
     thought: list[str] = []
     finished = None
@@ -379,7 +391,8 @@ def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, strea
                     out.write(event.text)
                     out.flush()
             elif isinstance(event, PromptProgress):
-                status.show(f"reading the prompt: {event.done}/{event.total} tokens ({event.done * 100 // event.total}%)")
+                if (line := prompt_progress_line(event, time.monotonic() - started)) is not None:
+                    status.show(line)
             elif isinstance(event, Finished):
                 finished = event
     except KeyboardInterrupt:

@@ -186,3 +186,12 @@ def test_a_repeat_penalty_changes_a_greedy_answer():
         assert result.returncode == 0, result
         return result.stdout
     assert answer("1.0") != answer("1.8"), "a strong penalty must steer greedy decoding away from the repeats"
+
+
+def test_prompt_progress_shows_after_two_seconds_with_an_eta():
+    from localllm.cli import prompt_progress_line
+    from localllm.events import PromptProgress
+
+    assert prompt_progress_line(PromptProgress(1024, 8192), 1.5) is None  # quick prompts stay quiet
+    line = prompt_progress_line(PromptProgress(2048, 8192), 4.0)
+    assert line == "reading the prompt: 2048/8192 tokens (25%), about 12 s left"

@@ -37,7 +37,6 @@ def ours(model, grammar):
 
 def llama_cpp_grammar(llm, grammar):
     messages = [{"role": "user", "content": PROMPT}]
-    started = time.perf_counter()
     first, tokens, text = None, 0, ""
     for chunk in llm.create_chat_completion(messages, temperature=0, max_tokens=MAX_TOKENS, grammar=grammar, stream=True):
         piece = chunk["choices"][0]["delta"].get("content")
