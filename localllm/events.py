@@ -21,6 +21,14 @@ class Reasoning:
 
 
 @dataclass(frozen=True)
+class ToolCalls:
+    """The tool calls parsed from a finished reply (localllm.tools.ToolCall), and its text without them."""
+
+    calls: tuple
+    text: str
+
+
+@dataclass(frozen=True)
 class Usage:
     prompt_tokens: int
     completion_tokens: int
@@ -85,4 +93,4 @@ class PromptProgress:
     total: int
 
 
-Event = Union[Token, Reasoning, PromptProgress, Finished]
+Event = Union[Token, Reasoning, ToolCalls, PromptProgress, Finished]

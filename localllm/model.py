@@ -12,7 +12,7 @@ from .backends.base import Batcher, Capabilities
 from .backends.llamacpp_load import check_gguf  # noqa: F401 (public here too)
 from .config import cache_dir
 from .errors import ModelLoadError, UsageError
-from .events import Event, Finished, Reasoning, Token
+from .events import Event, Finished, Reasoning, Token, ToolCalls
 from .gguf_info import ModelSpec, inspect_file
 from .options import LoadOptions, SamplingOptions
 from .registry import resolve
@@ -23,6 +23,7 @@ class Completion:
     text: str
     finished: Finished
     reasoning: str = ""  # a thinking model's reasoning, apart from the answer
+    tool_calls: tuple = ()  # localllm.tools.ToolCall, when the reply called tools
 
 
 class Model:
@@ -65,16 +66,23 @@ class Model:
         return self._loaded.format_chat(messages)
 
     def chat(self, messages: Sequence[Message], sampling: SamplingOptions | None = None,
-             think: bool | None = None) -> Iterator[Event]:
+             think: bool | None = None, tools: list | None = None, tool_choice="auto") -> Iterator[Event]:
         """Stream the assistant's reply to a conversation: Token events, then one Finished. A
         thinking model's reasoning comes as Reasoning events (localllm.reasoning); think switches
-        it on or off where the template can (None: the model's default)."""
+        it on or off where the template can (None: the model's default).
+
+        tools (OpenAI's function format) are rendered by the model's template; calls in the reply
+        come as one ToolCalls event before Finished (reason "tool_calls"). tool_choice: "auto",
+        "none", "required", or {"type": "function", "function": {"name": ...}}: the last two
+        constrain the reply to a call whose arguments follow the tool's parameter schema."""
         from . import reasoning
 
-        if not messages or not any(m.get("content", "").strip() for m in messages if m.get("role") == "user"):
+        if not messages or not any(m.get("content", "").strip() for m in messages if m.get("role") == "user"
+                                   or m.get("role") == "tool"):
             raise UsageError("the prompt is empty")
-        sampling = self._checked(sampling)
         template = self._loaded.chat_template
+        sampling, tool_kind, tool_params = self._with_tools(sampling or SamplingOptions(), template, tools, tool_choice)
+        sampling = self._checked(sampling)
         thinks = reasoning.thinks(template)
         if think is not None and thinks and not reasoning.can_switch(template):
             raise UsageError("this model's chat template cannot switch its thinking on or off")
@@ -84,9 +92,36 @@ class Model:
                 raise UsageError("a schema or grammar on a model that always thinks first is not supported yet")
             think = False
         variables = {reasoning.SWITCH: think} if think is not None and thinks else {}
+        if tool_kind is not None:
+            variables["tools"] = tools
         prompt = self._loaded.format_chat(messages, **variables)
         events = self._loaded.generate(prompt, sampling)
-        return reasoning.split_events(events, reasoning.opened_by_prompt(prompt)) if thinks else events
+        if thinks:
+            events = reasoning.split_events(events, reasoning.opened_by_prompt(prompt))
+        return _with_tool_calls(events, tool_kind, tool_params) if tool_kind is not None else events
+
+    @staticmethod
+    def _with_tools(sampling: SamplingOptions, template, tools, tool_choice):
+        from dataclasses import replace
+
+        from .tools import check_tools, family, required_grammar
+
+        if tools is None or tool_choice == "none":
+            return sampling, None, {}
+        params = check_tools(tools)
+        kind = family(template)
+        if kind not in ("hermes", "llama3", "mistral"):
+            raise UsageError("tool calls are not supported for this model's chat template"
+                             + (" (gpt-oss writes calls in special tokens; not parsed yet)" if kind == "gpt-oss" else
+                                " (it renders no tools)"))
+        if tool_choice == "required" or isinstance(tool_choice, dict):
+            only = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
+            if sampling.grammar is not None:
+                raise UsageError("a required tool call is already constrained: give no schema or grammar with it")
+            sampling = replace(sampling, grammar=required_grammar(kind, params, only))
+        elif tool_choice != "auto":
+            raise UsageError(f"tool_choice must be auto, none, required or a function, not {str(tool_choice)[:60]}")
+        return sampling, kind, params
 
     def prompt(self, text: str, system: str | None = None, sampling: SamplingOptions | None = None,
                think: bool | None = None) -> Iterator[Event]:
@@ -151,15 +186,35 @@ class Model:
         self.close()
 
 
+def _with_tool_calls(events: Iterator[Event], kind: str, tools: dict) -> Iterator[Event]:
+    from dataclasses import replace
+
+    from .tools import parse
+
+    parts = []
+    for event in events:
+        if isinstance(event, Token):
+            parts.append(event.text)
+        elif isinstance(event, Finished):
+            text, calls = parse(kind, "".join(parts), tools)
+            if calls:
+                yield ToolCalls(tuple(calls), text)
+                event = replace(event, reason="tool_calls")
+        yield event
+
+
 def collect(events: Iterator[Event]) -> Completion:
-    parts, thought = [], []
+    parts, thought, calls = [], [], None
     for event in events:
         if isinstance(event, Token):
             parts.append(event.text)
         elif isinstance(event, Reasoning):
             thought.append(event.text)
+        elif isinstance(event, ToolCalls):
+            calls = event
         elif isinstance(event, Finished):
-            return Completion("".join(parts), event, "".join(thought))
+            text = calls.text if calls is not None else "".join(parts)
+            return Completion(text, event, "".join(thought), calls.calls if calls is not None else ())
     raise RuntimeError("the backend stopped without a Finished event")
 
 

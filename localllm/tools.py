@@ -1,0 +1,131 @@
+"""Tool calls: tools rendered by the model's own chat template, and its reply parsed back into
+structured calls, for the template families the catalog ships.
+
+- ``hermes`` (Qwen3, Qwen2.5, Hermes): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+- ``llama3`` (Llama 3.1-3.3): the reply is one JSON object ``{"name": ..., "parameters": {...}}``
+- ``mistral``: ``[TOOL_CALLS]`` (a special token, so not in the detokenized text) then a JSON list
+  of ``{"name": ..., "arguments": {...}}``
+
+gpt-oss writes its calls between special tokens, which detokenized text does not show: tools are
+refused there for now rather than parsed wrongly. With ``tool_choice`` requiring a call, the reply
+is constrained by a grammar built from the tools' parameter schemas, so it always parses and its
+arguments validate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+
+MAX_TOOLS = 128
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict
+    id: str = field(default_factory=lambda: f"call_{secrets.token_hex(8)}")
+
+
+def family(template: str | None) -> str | None:
+    if not template:
+        return None
+    if "<tool_call>" in template:
+        return "hermes"
+    if "[TOOL_CALLS]" in template:
+        return "mistral"
+    if "<|channel|>" in template:
+        return "gpt-oss"
+    if "<|start_header_id|>" in template and "tools" in template:
+        return "llama3"
+    return None
+
+
+def check_tools(tools: list) -> dict[str, dict]:
+    """OpenAI-style tools ({"type": "function", "function": {name, description, parameters}}) -> name: parameters."""
+    if not isinstance(tools, list) or not 0 < len(tools) <= MAX_TOOLS:
+        raise UsageError(f"tools must be a list of 1 to {MAX_TOOLS} functions")
+    found = {}
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise UsageError("each tool needs {\"type\": \"function\", \"function\": {\"name\": ...}} with a name of "
+                             "letters, digits and _.- (at most 64)")
+        parameters = function.get("parameters", {"type": "object"})
+        if not isinstance(parameters, dict):
+            raise UsageError(f"tool {name}: parameters must be a JSON Schema object")
+        if name in found:
+            raise UsageError(f"tool {name} is given twice")
+        found[name] = parameters
+    return found
+
+
+def _call_schema(name: str, parameters: dict, arguments_key: str) -> dict:
+    return {"type": "object", "properties": {"name": {"const": name}, arguments_key: parameters},
+            "required": ["name", arguments_key], "additionalProperties": False}
+
+
+def required_grammar(kind: str, tools: dict[str, dict], only: str | None = None) -> str:
+    """An llguidance grammar for a reply that is a call of one of the tools (or of `only`)."""
+    import llguidance
+
+    if only is not None and only not in tools:
+        raise UsageError(f"tool_choice names {only}, which is not among the tools")
+    names = [only] if only else list(tools)
+    key = "parameters" if kind == "llama3" else "arguments"
+    one = {"anyOf": [_call_schema(n, tools[n], key) for n in names]}
+    if kind == "hermes":
+        lark = 'start: "<tool_call>\\n" call "\\n</tool_call>"\ncall: %json ' + json.dumps(one)
+    elif kind == "llama3":
+        lark = "start: call\ncall: %json " + json.dumps(one)
+    elif kind == "mistral":
+        lark = "start: calls\ncalls: %json " + json.dumps({"type": "array", "items": one, "minItems": 1})
+    else:
+        raise UsageError(f"tool calls are not supported for this model's chat template ({kind or 'no tools in it'})")
+    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise UsageError(f"a tool's parameters cannot be enforced: {messages[0][:300]}")
+    return grammar
+
+
+def parse(kind: str, text: str, tools: dict[str, dict]) -> tuple[str, list[ToolCall]]:
+    """(the reply's text without its calls, the calls to known tools)."""
+    if kind == "hermes":
+        calls = [c for blob in _HERMES.findall(text) if (c := _call(blob, tools, "arguments"))]
+        return (_HERMES.sub("", text).strip() if calls else text), calls
+    stripped = text.strip().removeprefix("<|python_tag|>").removeprefix("[TOOL_CALLS]").strip()
+    if kind == "llama3":
+        call = _call(stripped, tools, "parameters") or _call(stripped, tools, "arguments")
+        return ("", [call]) if call else (text, [])
+    if kind == "mistral":
+        try:
+            items = json.loads(stripped)
+        except ValueError:
+            return text, []
+        calls = [c for item in (items if isinstance(items, list) else []) if (c := _call(json.dumps(item), tools, "arguments"))]
+        return ("", calls) if calls else (text, [])
+    return text, []
+
+
+def _call(blob: str, tools: dict[str, dict], key: str) -> ToolCall | None:
+    try:
+        data = json.loads(blob)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("name") not in tools:
+        return None
+    arguments = data.get(key, {})
+    if isinstance(arguments, str):  # some models write the arguments as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return None
+    return ToolCall(data["name"], arguments) if isinstance(arguments, dict) else None

@@ -1,0 +1,99 @@
+"""Tool calls: real chat templates of the catalog's families (tests/data/chat_templates) render the
+tools; scripted replies parse into calls; a required call on the starter is constrained so it
+always parses and validates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from embedding_gguf import write_with_template
+from localllm import SamplingOptions, load_model
+from localllm.errors import UsageError
+from localllm.model import collect
+from localllm.tools import check_tools, family, parse
+
+TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city now.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "string", "maxLength": 32}}, "required": ["zone"],
+    "additionalProperties": False}}}
+TOOLS = check_tools([WEATHER, TIME])
+FAMILIES = {"Qwen-Qwen3-0.6B.jinja": "hermes", "meta-llama-Llama-3.2-3B-Instruct.jinja": "llama3",
+            "mistralai-Mistral-Nemo-Instruct-2407.jinja": "mistral", "openai-gpt-oss-120b.jinja": "gpt-oss",
+            "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja": None}
+
+
+@pytest.mark.parametrize("name, kind", sorted(FAMILIES.items()))
+def test_each_template_is_recognised_and_renders_the_tools(name, kind):
+    template = (TEMPLATES / name).read_text()
+    assert family(template) == kind
+    if kind in ("hermes", "llama3", "mistral"):
+        formatter = Jinja2ChatFormatter(template=template, eos_token="</s>", bos_token="<s>")
+        prompt = formatter(messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=[WEATHER, TIME]).prompt
+        assert "get_weather" in prompt and "get_time" in prompt and "Weather in Oslo?" in prompt
+
+
+def test_replies_of_each_family_parse_into_calls():
+    text, calls = parse("hermes", 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": '
+                                  '{"city": "Oslo", "unit": "celsius"}}\n</tool_call>', TOOLS)
+    assert text == "Let me check." and [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Oslo", "unit": "celsius"})]
+    _, calls = parse("llama3", '<|python_tag|>{"name": "get_time", "parameters": {"zone": "UTC"}}', TOOLS)
+    assert [(c.name, c.arguments) for c in calls] == [("get_time", {"zone": "UTC"})]
+    _, calls = parse("mistral", '[{"name": "get_time", "arguments": {"zone": "CET"}}, '
+                                '{"name": "get_weather", "arguments": "{\\"city\\": \\"Rome\\", \\"unit\\": \\"celsius\\"}"}]', TOOLS)
+    assert [c.name for c in calls] == ["get_time", "get_weather"] and calls[1].arguments["city"] == "Rome"
+    assert calls[0].id != calls[1].id and calls[0].id.startswith("call_")
+    # Not a call: plain answers, unknown tools, broken JSON stay text.
+    for kind, reply in (("hermes", "It is sunny."), ("hermes", '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'),
+                        ("llama3", '{"name": "get_time", "parameters": '), ("mistral", "[not json")):
+        assert parse(kind, reply, TOOLS) == (reply, [])
+
+
+def test_bad_tools_are_usage_errors():
+    for bad in ([], [{"type": "function", "function": {"name": "has space"}}], [WEATHER, WEATHER],
+                [{"type": "function", "function": {"name": "x", "parameters": "nope"}}]):
+        with pytest.raises(UsageError):
+            check_tools(bad)
+
+
+@pytest.fixture(scope="module")
+def qwen3_model(starter_gguf, tmp_path_factory):
+    path = write_with_template(starter_gguf, tmp_path_factory.mktemp("tools") / "starter-qwen3.gguf",
+                               (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text())
+    with load_model(path, n_ctx=2048, n_threads=2) as model:
+        yield model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_required_call_on_the_starter_always_parses_and_validates(qwen3_model, temperature):
+    messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    sampling = SamplingOptions(temperature=temperature, seed=5, max_tokens=120)
+    done = collect(qwen3_model.chat(messages, sampling, tools=[WEATHER, TIME], tool_choice="required"))
+    assert done.finished.reason == "tool_calls" and len(done.tool_calls) == 1, done
+    call = done.tool_calls[0]
+    parameters = (WEATHER if call.name == "get_weather" else TIME)["function"]["parameters"]
+    jsonschema.validate(call.arguments, parameters)
+    named = collect(qwen3_model.chat(messages, sampling, tools=[WEATHER, TIME],
+                                     tool_choice={"type": "function", "function": {"name": "get_time"}}))
+    assert [c.name for c in named.tool_calls] == ["get_time"]
+    jsonschema.validate(named.tool_calls[0].arguments, TIME["function"]["parameters"])
+
+
+def test_tools_on_a_template_without_them_are_refused(starter_model):
+    with pytest.raises(UsageError, match="renders no tools"):
+        starter_model.chat([{"role": "user", "content": "hi"}], tools=[WEATHER])
+    with pytest.raises(UsageError, match="tool_choice names"):
+        from localllm.tools import required_grammar
+
+        required_grammar("hermes", TOOLS, only="nothing")
+    assert json.dumps(TOOLS)  # the checked tools stay plain JSON
