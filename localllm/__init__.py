@@ -25,7 +25,7 @@ from .errors import (
     ModelNotFoundError,
     UsageError,
 )
-from .events import Event, Finished, PromptProgress, Timings, Token, Usage
+from .events import Event, Finished, PromptProgress, Reasoning, Timings, Token, ToolCalls, Usage
 from .model import Completion, Model, collect, load_model
 from .options import LoadOptions, SamplingOptions
 from .registry import InstalledModel, installed_models
@@ -43,9 +43,11 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "PromptProgress",
+    "Reasoning",
     "SamplingOptions",
     "Timings",
     "Token",
+    "ToolCalls",
     "Usage",
     "UsageError",
     "collect",
