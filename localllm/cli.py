@@ -97,6 +97,7 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     """
     from . import crash
     from .model import load_model
+    from .constraints import from_options
     from .options import LoadOptions, SamplingOptions
 
     crash.install()
@@ -112,7 +113,7 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     sampling = SamplingOptions(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         repeat_penalty=repeat_penalty, seed=seed, ignore_eos=ignore_eos, stop=stop,
-        grammar=_grammar(schema, grammar_file),
+        grammar=from_options(schema, grammar_file),
     )
     status = Status(enabled=not as_json)
     status.show(f"loading {model or 'the default model'}…")
@@ -319,7 +320,6 @@ def _plan_checkpoint(ref, profile, ctx, margin, full: bool, as_json: bool) -> No
         click.echo(f"localllm: warning: {warning}", err=True)
 
 
-MAX_SCHEMA_FILE = 256 * 1024
 PROGRESS_AFTER_S = 2.0  # a prompt read faster than this needs no progress line
 
 
@@ -330,37 +330,6 @@ def prompt_progress_line(event, elapsed: float) -> str | None:
     left = elapsed / event.done * (event.total - event.done)
     return (f"reading the prompt: {event.done}/{event.total} tokens ({event.done * 100 // event.total}%), "
             f"about {left:.0f} s left")
-
-
-def _grammar(schema: str | None, grammar_file: Path | None) -> str | None:
-    """The llguidance grammar --schema or --grammar asks for; a bad one is a usage error naming why."""
-    from .constraints import json_grammar, text_grammar
-
-    if schema is not None and grammar_file is not None:
-        raise UsageError("give --schema or --grammar, not both")
-    if grammar_file is not None:
-        return text_grammar(_read_small(grammar_file, "--grammar"))
-    if schema is None:
-        return None
-    text = schema if schema.lstrip().startswith("{") else _read_small(Path(schema), "--schema")
-    try:
-        parsed = json.loads(text)
-    except ValueError as exc:
-        raise UsageError(f"--schema is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise UsageError("--schema must be a JSON object (a JSON Schema)")
-    return json_grammar(parsed)
-
-
-def _read_small(path: Path, option: str) -> str:
-    try:
-        if path.stat().st_size > MAX_SCHEMA_FILE:
-            raise UsageError(f"{option} {path}: larger than {MAX_SCHEMA_FILE // 1024} KiB")
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{option} {path}: no such file (a schema given inline starts with {{)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{option} {path}: cannot be read as UTF-8 text ({type(exc).__name__})") from None
 
 
 def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool, status: Status,

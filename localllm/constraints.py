@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,10 +34,46 @@ def json_grammar(schema: dict[str, Any] | None) -> str:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(text, defaults={"whitespace_flexible": False})
     except ValueError as exc:
         raise UsageError(f"invalid JSON schema: {exc}") from None
+    return enforceable(grammar, "the JSON schema")
+
+
+def enforceable(grammar: str, what: str) -> str:
+    """The grammar, once llguidance says it can enforce all of it; else a UsageError naming why."""
+    import llguidance
+
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
-        raise UsageError(f"the JSON schema cannot be enforced: {messages[0][:300]}")
+        raise UsageError(f"{what} cannot be enforced: {messages[0][:300]}")
     return grammar
+
+
+def from_options(schema: str | None, grammar_file: Path | None) -> str | None:
+    """The grammar `run --schema FILE|JSON` or `--grammar FILE` asks for."""
+    if schema is not None and grammar_file is not None:
+        raise UsageError("give --schema or --grammar, not both")
+    if grammar_file is not None:
+        return text_grammar(_read_small(grammar_file, "--grammar"))
+    if schema is None:
+        return None
+    text = schema if schema.lstrip().startswith("{") else _read_small(Path(schema), "--schema")
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--schema is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise UsageError("--schema must be a JSON object (a JSON Schema)")
+    return json_grammar(parsed)
+
+
+def _read_small(path: Path, option: str) -> str:
+    try:
+        if path.stat().st_size > MAX_GRAMMAR_BYTES:
+            raise UsageError(f"{option} {path}: larger than {MAX_GRAMMAR_BYTES // 1024} KiB")
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such file (a schema given inline starts with {{)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{option} {path}: cannot be read as UTF-8 text ({type(exc).__name__})") from None
 
 
 MAX_GRAMMAR_BYTES = 256 * 1024
@@ -52,10 +89,7 @@ def text_grammar(text: str) -> str:
         grammar = llguidance.grammar_from("gbnf", text)
     except ValueError as exc:
         raise UsageError(f"invalid grammar: {str(exc).splitlines()[0][:300]}") from None
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
-    if is_error:
-        raise UsageError(f"the grammar cannot be enforced: {messages[0][:300]}")
-    return grammar
+    return enforceable(grammar, "the grammar")
 
 
 class Constraint:

@@ -76,6 +76,8 @@ def required_grammar(kind: str, tools: dict[str, dict], only: str | None = None)
     """An llguidance grammar for a reply that is a call of one of the tools (or of `only`)."""
     import llguidance
 
+    from .constraints import enforceable
+
     if only is not None and only not in tools:
         raise UsageError(f"tool_choice names {only}, which is not among the tools")
     names = [only] if only else list(tools)
@@ -89,11 +91,7 @@ def required_grammar(kind: str, tools: dict[str, dict], only: str | None = None)
         lark = "start: calls\ncalls: %json " + json.dumps({"type": "array", "items": one, "minItems": 1})
     else:
         raise UsageError(f"tool calls are not supported for this model's chat template ({kind or 'no tools in it'})")
-    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
-    if is_error:
-        raise UsageError(f"a tool's parameters cannot be enforced: {messages[0][:300]}")
-    return grammar
+    return enforceable(llguidance.LLMatcher.grammar_from_lark(lark), "a tool's parameters")
 
 
 def parse(kind: str, text: str, tools: dict[str, dict]) -> tuple[str, list[ToolCall]]:

@@ -130,3 +130,24 @@ class Batcher(Protocol):
     def fail_all(self, message: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+class TokenizerChat:
+    """The chat template of a Hugging Face tokenizer (``self._tokenizer``, ``self.path``), for the
+    backends that have one: transformers, and remote engines tokenizing here."""
+
+    @property
+    def chat_template(self) -> str | None:
+        template = self._tokenizer.chat_template
+        return template if isinstance(template, str) else None
+
+    def format_chat(self, messages: Sequence[Message], **variables) -> str:
+        from ..errors import UsageError
+
+        if not self._tokenizer.chat_template:
+            raise UsageError(f"{self.path.name} has no chat template: use --raw for text completion")
+        try:
+            return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
+                                                       **variables)
+        except Exception as exc:  # a template is code from the checkpoint; its errors are its own
+            raise UsageError(f"the model's chat template failed: {str(exc)[:200]}") from None

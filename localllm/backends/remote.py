@@ -16,13 +16,13 @@ from pathlib import Path
 
 from ..errors import GenerationError, ModelLoadError, UsageError
 from ..events import Event, Finished, Token, Usage
-from .base import Capabilities, Message, SequenceRequest
+from .base import Capabilities, SequenceRequest, TokenizerChat
 
 MAX_REMOTE_SLOTS = 256
 STEP_WAIT_S = 0.02
 
 
-class RemoteModel:
+class RemoteModel(TokenizerChat):
     """A checkpoint folder (for its tokenizer and chat template) served at `url`."""
 
     can_embed = False
@@ -51,17 +51,6 @@ class RemoteModel:
         bos = self._tokenizer.bos_token
         special = not (bos and text.startswith(bos))
         return list(self._tokenizer(text, add_special_tokens=special)["input_ids"])
-
-    @property
-    def chat_template(self) -> str | None:
-        template = self._tokenizer.chat_template
-        return template if isinstance(template, str) else None
-
-    def format_chat(self, messages: Sequence[Message], **variables) -> str:
-        if not self._tokenizer.chat_template:
-            raise UsageError(f"{self.path.name} has no chat template")
-        return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
-                                                   **variables)
 
     def generate(self, prompt: str | Sequence[int], sampling) -> Iterator[Event]:
         raise UsageError("a remote engine serves through `localllm serve`, not one prompt at a time")

@@ -21,7 +21,7 @@ from ..events import Event, Finished, Token, Usage
 from ..hardware import default_threads, detect
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from ..stops import StopText
-from .base import Capabilities, Message, reusable_prefix
+from .base import Capabilities, TokenizerChat, reusable_prefix
 
 INSTALL_HINT = "the full-precision engine is not installed: pipx install 'localllm[full]' (or pip install 'localllm[full]')"
 
@@ -131,7 +131,7 @@ def read_config(path: Path) -> dict:
     return config
 
 
-class TransformersModel:
+class TransformersModel(TokenizerChat):
     """A safetensors checkpoint in memory, on the CPU or the GPUs accelerate's device map names."""
 
     capabilities = TransformersBackend.capabilities
@@ -181,20 +181,6 @@ class TransformersModel:
 
     def tokenize(self, text: str) -> list[int]:
         return list(self._tokenizer(text, add_special_tokens=True)["input_ids"])
-
-    @property
-    def chat_template(self) -> str | None:
-        template = self._tokenizer.chat_template
-        return template if isinstance(template, str) else None
-
-    def format_chat(self, messages: Sequence[Message], **variables) -> str:
-        if not self._tokenizer.chat_template:
-            raise UsageError(f"{self.path.name} has no chat template: use --raw for text completion")
-        try:
-            return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
-                                                       **variables)
-        except Exception as exc:  # a template is code from the checkpoint; its errors are its own
-            raise UsageError(f"the model's chat template failed: {str(exc)[:200]}") from None
 
     def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
         if not isinstance(prompt, str):
