@@ -103,10 +103,10 @@ def test_answers_on_the_starter_validate(starter_model, name, temperature):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_answers_for_one_schema_of_each_category_validate(starter_model, temperature):
+def test_answers_for_one_schema_of_each_category_validate(starter_model):
     validated, per_category = 0, {}
-    for entry in BENCH["schemas"]:
+    # Each category's smallest schema that compiles: small documents end within the token budget.
+    for entry in sorted(BENCH["schemas"], key=lambda e: len(json.dumps(e["schema"]))):
         if entry["category"] in per_category:
             continue
         try:
@@ -114,13 +114,15 @@ def test_answers_for_one_schema_of_each_category_validate(starter_model, tempera
         except UsageError:
             continue
         per_category[entry["category"]] = entry["file"]
-        sampling = SamplingOptions(temperature=temperature, seed=11, max_tokens=100, grammar=grammar)
-        done = starter_model.complete("Answer with a JSON document.", sampling=sampling)
-        if done.finished.reason == "stop":  # a document cut by the token limit cannot validate, and says so
-            jsonschema.validate(json.loads(done.text), entry["schema"])
-            validated += 1
+        for temperature in (0.0, 1.0):
+            sampling = SamplingOptions(temperature=temperature, seed=11, max_tokens=128, grammar=grammar)
+            done = starter_model.complete("Answer with a JSON document.", sampling=sampling)
+            if done.finished.reason == "stop":  # a document cut by the token limit cannot validate, and says so
+                jsonschema.validate(json.loads(done.text), entry["schema"])
+                validated += 1
     # Handwritten and Synthesized have no schema llguidance compiles (they test `not`, `dependencies`...).
-    assert len(per_category) == 19 and validated >= 5, (validated, per_category)
+    # Measured here: 16 of the 38 answers ended within 128 tokens (greedy ones loop more often).
+    assert len(per_category) == 19 and validated >= 8, (validated, per_category)
 
 
 def test_a_grammar_constrains_the_answer_and_a_keyword_it_cannot_honour_is_named(tmp_path, starter_model):
