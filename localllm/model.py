@@ -61,9 +61,15 @@ class Model:
     def tokenize(self, text: str) -> list[int]:
         return self._loaded.tokenize(text)
 
-    def format_chat(self, messages: Sequence[Message]) -> str:
-        """The prompt text the model's chat template makes of these messages."""
-        return self._loaded.format_chat(messages)
+    @property
+    def chat_template(self) -> str | None:
+        """The model's own chat template (Jinja), None when it has none."""
+        return self._loaded.chat_template
+
+    def format_chat(self, messages: Sequence[Message], **variables) -> str:
+        """The prompt text the model's chat template makes of these messages (variables such as
+        tools or enable_thinking go to the template)."""
+        return self._loaded.format_chat(messages, **variables)
 
     def chat(self, messages: Sequence[Message], sampling: SamplingOptions | None = None,
              think: bool | None = None, tools: list | None = None, tool_choice="auto") -> Iterator[Event]:
@@ -84,14 +90,7 @@ class Model:
         sampling, tool_kind, tool_params = self._with_tools(sampling or SamplingOptions(), template, tools, tool_choice)
         sampling = self._checked(sampling)
         thinks = reasoning.thinks(template)
-        if think is not None and thinks and not reasoning.can_switch(template):
-            raise UsageError("this model's chat template cannot switch its thinking on or off")
-        if thinks and sampling.grammar is not None:
-            # A grammar binds every token from the first; the thinking must not be bound by it.
-            if not reasoning.can_switch(template):
-                raise UsageError("a schema or grammar on a model that always thinks first is not supported yet")
-            think = False
-        variables = {reasoning.SWITCH: think} if think is not None and thinks else {}
+        variables = reasoning.template_variables(template, think, sampling.grammar is not None)
         if tool_kind is not None:
             variables["tools"] = tools
         prompt = self._loaded.format_chat(messages, **variables)

@@ -27,6 +27,22 @@ def can_switch(template: str | None) -> bool:
     return bool(template) and SWITCH in template
 
 
+def template_variables(template: str | None, think: bool | None, constrained: bool) -> dict:
+    """What to tell the template about thinking: think=False where asked, and under a grammar,
+    which binds every token from the first and so must not bind the thinking."""
+    from .errors import UsageError
+
+    if not thinks(template):
+        return {}
+    if think is not None and not can_switch(template):
+        raise UsageError("this model's chat template cannot switch its thinking on or off")
+    if constrained:
+        if not can_switch(template):
+            raise UsageError("a schema or grammar on a model that always thinks first is not supported yet")
+        think = False
+    return {SWITCH: think} if think is not None else {}
+
+
 def opened_by_prompt(prompt: str) -> bool:
     """The rendered prompt ends inside an open think block (the answer starts by thinking)."""
     last_open, last_close = prompt.rfind(OPEN), prompt.rfind(CLOSE)

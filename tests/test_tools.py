@@ -97,3 +97,41 @@ def test_tools_on_a_template_without_them_are_refused(starter_model):
 
         required_grammar("hermes", TOOLS, only="nothing")
     assert json.dumps(TOOLS)  # the checked tools stay plain JSON
+
+
+@pytest.mark.slow
+def test_the_openai_api_returns_tool_calls(starter_gguf, tmp_path):
+    import openai
+
+    from server_process import ServerProcess, isolated_env
+
+    model = write_with_template(starter_gguf, tmp_path / "starter-qwen3.gguf", (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text())
+    server = ServerProcess("-m", str(model), "--ctx", "2048", "--threads", "2", "--parallel", "2",
+                           env=isolated_env(tmp_path))
+    try:
+        api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        ask = [{"role": "user", "content": "What is the weather in Oslo?"}]
+        reply = api.chat.completions.create(model=str(model), messages=ask, tools=[WEATHER, TIME], tool_choice="required",
+                                            temperature=0, max_tokens=120)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.tool_calls, choice
+        call = choice.message.tool_calls[0]
+        parameters = (WEATHER if call.function.name == "get_weather" else TIME)["function"]["parameters"]
+        jsonschema.validate(json.loads(call.function.arguments), parameters)
+
+        chunks = list(api.chat.completions.create(model=str(model), messages=ask, tools=[WEATHER], stream=True,
+                                                  tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                                  temperature=1.0, seed=3, max_tokens=120))
+        streamed = [c for chunk in chunks for c in (chunk.choices[0].delta.tool_calls or [])]
+        assert [c.function.name for c in streamed] == ["get_weather"] and chunks[-1].choices[0].finish_reason == "tool_calls"
+        jsonschema.validate(json.loads(streamed[0].function.arguments), WEATHER["function"]["parameters"])
+
+        # The conversation goes on with the tool's result, rendered by the template.
+        history = ask + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                         {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 3}'}]
+        follow = api.chat.completions.create(model=str(model), messages=history, tools=[WEATHER, TIME], max_tokens=16)
+        assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        with pytest.raises(openai.BadRequestError, match="not supported for this model's chat template"):
+            api.chat.completions.create(model="starter", messages=ask, tools=[WEATHER], max_tokens=4)
+    finally:
+        server.stop()

@@ -34,6 +34,7 @@ from ..events import Finished, Token
 from ..options import LoadOptions
 from ..printable import printable
 from ..registry import installed_models
+from ..tools import check_tools
 from . import models, schemas
 from .schemas import ApiError, GenerationJob
 
@@ -220,6 +221,7 @@ class _Api:
     async def _start(self, request: Request, job: GenerationJob) -> _Run:
         served = await self._acquire(job.model)
         try:
+            _tool_grammar(served.model, job)
             if job.grammar is not None and not served.model.capabilities.grammars:
                 raise ApiError(400, f"structured output is not available on the {served.model.engine} engine yet",
                                "response_format")
@@ -278,6 +280,29 @@ class _Api:
             yield schemas.sse("[DONE]")
         return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    async def _openai_tools(self, request: Request, run: _Run, job: GenerationJob) -> Response:
+        """A reply that may call tools: parsed once it is whole, so a call's markup is never
+        streamed as text; a stream then carries the text and the calls as single chunks."""
+        from dataclasses import replace
+
+        from ..tools import family, parse
+
+        text, finished = await self._collect(request, run)
+        text, calls = parse(family(run.served.model.chat_template), text, check_tools(job.tools))
+        if calls:
+            finished = replace(finished, reason="tool_calls")
+        if not job.stream:
+            return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished, calls))
+        chunks = [schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": text or None})]
+        if calls:
+            chunks.append(schemas.openai_chat_chunk(job, run.model, {"tool_calls": [
+                {"index": i, **call} for i, call in enumerate(schemas.openai_tool_calls(calls))]}))
+        chunks.append(schemas.openai_chat_chunk(job, run.model, {}, finished))
+        if job.include_usage:
+            chunks.append(schemas.openai_usage_chunk(job, run.model, finished, "chat"))
+        body = b"".join(schemas.sse(c) for c in chunks) + schemas.sse("[DONE]")
+        return Response(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
     # ---- routes ---------------------------------------------------------------------------
     async def root(self, request: Request) -> Response:
         return PlainTextResponse("localllm is running\n")
@@ -286,6 +311,8 @@ class _Api:
     async def openai_chat(self, request: Request) -> Response:
         job = schemas.openai_chat(await self._body(request))
         run = await self._start(request, job)
+        if job.tools:
+            return await self._openai_tools(request, run, job)
         if not job.stream:
             text, finished = await self._collect(request, run)
             return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished))
@@ -390,14 +417,47 @@ class _Api:
         return JSONResponse({"version": __version__})
 
 
+def _tool_grammar(model, job: GenerationJob) -> None:
+    """Tools need a template family whose calls can be parsed; a required call becomes a grammar."""
+    from ..tools import family, required_grammar
+
+    if not job.tools:
+        return
+    if job.tool_choice == "none":
+        job.tools = None
+        return
+    kind = family(model.chat_template)
+    if kind not in ("hermes", "llama3", "mistral"):
+        raise ApiError(400, "tools are not supported for this model's chat template", "tools")
+    if job.tool_choice == "auto":
+        return
+    if job.grammar is not None:
+        raise ApiError(400, "a required tool call cannot be combined with response_format", "tool_choice")
+    only = job.tool_choice["function"]["name"] if isinstance(job.tool_choice, dict) else None
+    try:
+        job.grammar = required_grammar(kind, check_tools(job.tools), only)
+    except UsageError as exc:
+        raise ApiError(400, str(exc), "tool_choice") from None
+
+
 def _prompt_tokens(model, job: GenerationJob) -> list[int]:
     """The prompt as tokens, refused (never cut) when it does not fit the window."""
     if job.prompt_tokens is not None:
         tokens = job.prompt_tokens
         if max(tokens) >= model.n_vocab:  # an id past the vocabulary would crash llama.cpp
             raise ApiError(400, f"'prompt' holds token ids past the vocabulary ({model.n_vocab} tokens)", "prompt")
+    elif job.messages is not None:
+        from ..reasoning import template_variables
+
+        try:
+            variables = template_variables(model.chat_template, None, job.grammar is not None)
+        except UsageError as exc:
+            raise ApiError(400, str(exc)) from None
+        if job.tools:
+            variables["tools"] = job.tools
+        tokens = model.tokenize(model.format_chat(job.messages, **variables))
     else:
-        tokens = model.tokenize(model.format_chat(job.messages) if job.messages is not None else job.prompt)
+        tokens = model.tokenize(job.prompt)
     if not tokens:
         raise ApiError(400, "the prompt is empty", "prompt")
     if len(tokens) >= model.n_ctx:

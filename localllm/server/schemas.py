@@ -52,6 +52,8 @@ class GenerationJob:
     stream: bool = False
     include_usage: bool = False
     grammar: str | None = None  # the answer must follow it (response_format, Ollama's format)
+    tools: list | None = None  # OpenAI function tools, rendered by the model's template (localllm.tools)
+    tool_choice: Any = "auto"
     keep_alive: float | None | str = "unchanged"  # Ollama's: seconds the model stays loaded after
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
@@ -117,10 +119,36 @@ def _messages(value: Any) -> list[dict[str, str]]:
         role = message.get("role")
         if role not in ROLES:
             raise ApiError(400, f"'{where}.role' must be one of {', '.join(ROLES)}", f"{where}.role")
-        messages.append({"role": "system" if role == "developer" else role, "content": _content(message.get("content"), where)})
+        entry = {"role": "system" if role == "developer" else role, "content": _content(message.get("content"), where)}
+        if role == "assistant" and message.get("tool_calls"):
+            entry["tool_calls"] = _tool_calls(message["tool_calls"], where)
+        if role == "tool" and isinstance(message.get("tool_call_id"), str):
+            entry["tool_call_id"] = message["tool_call_id"][:128]
+        messages.append(entry)
     if not any(m["role"] == "user" and m["content"].strip() for m in messages):
         raise ApiError(400, "the messages have no user message with text", "messages")
     return messages
+
+
+def _tool_calls(value: Any, where: str) -> list[dict]:
+    """An assistant turn's earlier calls, for the template to render: arguments as objects, as the
+    Hugging Face templates expect (OpenAI sends them as JSON text)."""
+    if not isinstance(value, list) or len(value) > 128:
+        raise ApiError(400, f"'{where}.tool_calls' must be an array", f"{where}.tool_calls")
+    calls = []
+    for call in value:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ApiError(400, f"'{where}.tool_calls' entries need function.name", f"{where}.tool_calls")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                raise ApiError(400, f"'{where}.tool_calls': arguments must be JSON", f"{where}.tool_calls") from None
+        calls.append({"id": str(call.get("id", ""))[:128], "type": "function",
+                      "function": {"name": function["name"][:64], "arguments": arguments}})
+    return calls
 
 
 def _content(value: Any, where: str) -> str:
@@ -179,7 +207,26 @@ def openai_chat(body: Any) -> GenerationJob:
         stream=_get(body, "stream", bool, False),
         include_usage=_include_usage(body),
         grammar=_response_format(body),
+        **_tools(body),
     )
+
+
+def _tools(body: dict) -> dict:
+    from ..tools import check_tools
+
+    tools, choice = body.get("tools"), body.get("tool_choice", "auto")
+    if tools in (None, []):
+        return {}
+    try:
+        check_tools(tools)
+    except UsageError as exc:
+        raise ApiError(400, str(exc), "tools") from None
+    named = isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict) \
+        and isinstance(choice["function"].get("name"), str)
+    if choice not in ("auto", "none", "required") and not named:
+        raise ApiError(400, "'tool_choice' must be auto, none, required or {\"type\": \"function\", \"function\": "
+                            "{\"name\": ...}}", "tool_choice")
+    return {"tools": tools, "tool_choice": choice}
 
 
 def openai_completion(body: Any) -> GenerationJob:
@@ -255,7 +302,7 @@ def _grammar(schema: dict | None, name: str) -> str:
 def _refuse_unsupported(body: dict) -> None:
     """Fields that would change the answer and that this server cannot honour are refused by
     name, never ignored."""
-    for name in ("tools", "functions", "logit_bias", "logprobs", "top_logprobs", "echo", "best_of", "suffix"):
+    for name in ("functions", "logit_bias", "logprobs", "top_logprobs", "echo", "best_of", "suffix"):
         value = body.get(name)
         if value not in (None, False, [], {}):
             raise ApiError(400, f"'{name}' is not supported by this server", name)
@@ -338,13 +385,20 @@ def usage(finished: Finished) -> dict:
 
 
 def finish_reason(finished: Finished) -> str:
-    return "length" if finished.reason == "length" else "stop"
+    return finished.reason if finished.reason in ("length", "tool_calls") else "stop"
 
 
-def openai_chat_response(job: GenerationJob, model: str, text: str, finished: Finished) -> dict:
+def openai_tool_calls(calls) -> list[dict]:
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+            for c in calls]
+
+
+def openai_chat_response(job: GenerationJob, model: str, text: str, finished: Finished, calls=()) -> dict:
+    message = {"role": "assistant", "content": text or (None if calls else "")}
+    if calls:
+        message["tool_calls"] = openai_tool_calls(calls)
     return {"id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": job.created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                         "finish_reason": finish_reason(finished)}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(finished)}],
             "usage": usage(finished)}
 
 
