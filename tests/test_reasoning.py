@@ -102,3 +102,27 @@ def test_a_model_whose_prompt_opens_the_block_reasons_on_stderr_not_stdout(r1_st
     assert_one_line_error(run_cli("run", "-m", r1_starter, "--schema", '{"type": "object"}', "Hi"), 2,
                           "always thinks first")
     assert_one_line_error(run_cli("run", "-m", "starter", "--raw", "--think", "Hi"), 2, "--raw")
+
+
+@pytest.mark.slow
+def test_the_server_keeps_reasoning_apart_in_both_apis(r1_starter, tmp_path):
+    import httpx
+
+    from server_process import ServerProcess, isolated_env
+
+    server = ServerProcess("-m", r1_starter, "--ctx", "1024", "--threads", "2", "--parallel", "1", env=isolated_env(tmp_path))
+    try:
+        body = {"model": r1_starter, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12, "temperature": 0}
+        whole = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60).json()["choices"][0]["message"]
+        # R1's template opens <think>; the starter never closes it: all of it is reasoning, none content.
+        assert whole["reasoning_content"].strip() and whole["content"] == ""
+        lines = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "stream": True}, timeout=60).text.splitlines()
+        deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in lines if line.startswith("data: {")]
+        assert "".join(d.get("reasoning_content", "") for d in deltas) == whole["reasoning_content"]
+        assert not "".join(d.get("content") or "" for d in deltas)
+        ollama = httpx.post(f"{server.url}/api/chat", json={"model": r1_starter, "messages": body["messages"], "stream": False,
+                                                             "options": {"temperature": 0, "num_predict": 12}},
+                            timeout=60).json()["message"]
+        assert ollama["thinking"] == whole["reasoning_content"] and ollama["content"] == ""
+    finally:
+        server.stop()

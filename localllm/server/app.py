@@ -30,9 +30,10 @@ from .. import __version__
 from ..backends.base import SequenceRequest
 from ..engine import BusyError, Engine, QueueFullError, Served
 from ..errors import ContextOverflowError, GenerationError, LocalLLMError, ModelLoadError, ModelNotFoundError, UsageError
-from ..events import Finished, Token
+from ..events import Finished, Reasoning, Token
 from ..options import LoadOptions
 from ..printable import printable
+from ..reasoning import ThinkSplitter, opened_by_prompt, thinks
 from ..registry import installed_models
 from ..tools import check_tools
 from . import models, schemas
@@ -185,6 +186,7 @@ class _Run:
     events: _Events
     model: str  # the name the client used
     keep_alive: float | None | str = "unchanged"
+    splitter: ThinkSplitter | None = None
 
 
 class _Api:
@@ -225,14 +227,16 @@ class _Api:
             if job.grammar is not None and not served.model.capabilities.grammars:
                 raise ApiError(400, f"structured output is not available on the {served.model.engine} engine yet",
                                "response_format")
-            tokens = await run_in_threadpool(_prompt_tokens, served.model, job)
+            tokens, prompt = await run_in_threadpool(_prompt_tokens, served.model, job)
             events = _Events(self.mailbox)
             sequence = SequenceRequest(tokens, job.sampling, events.put, job.grammar)
             self.engine.generate(served, sequence)
         except BaseException:
             self.engine.release(served)
             raise
-        return _Run(served, sequence, events, job.model or served.path.name, job.keep_alive)
+        # A thinking model's reasoning is kept apart from the answer, as Model.chat does.
+        splitter = ThinkSplitter(opened_by_prompt(prompt)) if prompt is not None and thinks(served.model.chat_template) else None
+        return _Run(served, sequence, events, job.model or served.path.name, job.keep_alive, splitter)
 
     async def _stream(self, request: Request, run: _Run, poll: bool = False) -> AsyncIterator[Token | Finished]:
         """The run's events until Finished; the sequence ends when this does, however it ends.
@@ -244,6 +248,12 @@ class _Api:
                     request.state.tokens = f"{event.usage.prompt_tokens}+{event.usage.completion_tokens}"
                     if event.reason == "cancelled":
                         raise GenerationError("the answer was stopped: the server is shutting down")
+                if run.splitter is not None and isinstance(event, (Token, Finished)):
+                    pieces = run.splitter.feed(event.text) if isinstance(event, Token) else run.splitter.flush()
+                    for is_reasoning, text in pieces:
+                        yield Reasoning(text) if is_reasoning else Token(text)
+                    if isinstance(event, Token):
+                        continue
                 if isinstance(event, (Token, Finished)):
                     yield event
                 if isinstance(event, Finished):
@@ -252,14 +262,17 @@ class _Api:
             run.sequence.cancel()
             self.engine.release(run.served, run.keep_alive)
 
-    async def _collect(self, request: Request, run: _Run) -> tuple[str, Finished]:
-        parts, finished = [], None
+    async def _collect(self, request: Request, run: _Run) -> tuple[str, Finished, str]:
+        """(answer, Finished, reasoning)."""
+        parts, thought, finished = [], [], None
         async for event in self._stream(request, run, poll=True):  # to its end, so it closes at once
             if isinstance(event, Token):
                 parts.append(event.text)
+            elif isinstance(event, Reasoning):
+                thought.append(event.text)
             else:
                 finished = event
-        return "".join(parts), finished
+        return "".join(parts), finished, "".join(thought)
 
     def _openai_stream(self, request: Request, run: _Run, job: GenerationJob, kind: str, opening: bytes | None,
                        token_chunk: Callable[[str], bytes], last_chunk: Callable[[Finished], bytes]) -> Response:
@@ -271,6 +284,8 @@ class _Api:
                 async for event in self._stream(request, run):
                     if isinstance(event, Token):
                         yield token_chunk(event.text)
+                    elif isinstance(event, Reasoning):
+                        yield schemas.sse(schemas.openai_chat_chunk(job, run.model, {"reasoning_content": event.text}))
                     else:
                         yield last_chunk(event)
                         if job.include_usage:
@@ -287,13 +302,14 @@ class _Api:
 
         from ..tools import family, parse
 
-        text, finished = await self._collect(request, run)
+        text, finished, reasoning = await self._collect(request, run)
         text, calls = parse(family(run.served.model.chat_template), text, check_tools(job.tools))
         if calls:
             finished = replace(finished, reason="tool_calls")
         if not job.stream:
-            return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished, calls))
-        chunks = [schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": text or None})]
+            return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished, calls, reasoning))
+        chunks = [schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": text or None,
+                                                             **({"reasoning_content": reasoning} if reasoning else {})})]
         if calls:
             chunks.append(schemas.openai_chat_chunk(job, run.model, {"tool_calls": [
                 {"index": i, **call} for i, call in enumerate(schemas.openai_tool_calls(calls))]}))
@@ -314,8 +330,8 @@ class _Api:
         if job.tools:
             return await self._openai_tools(request, run, job)
         if not job.stream:
-            text, finished = await self._collect(request, run)
-            return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished))
+            text, finished, reasoning = await self._collect(request, run)
+            return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished, reasoning=reasoning))
 
         return self._openai_stream(
             request, run, job, "chat", schemas.sse(schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": ""})),
@@ -327,7 +343,7 @@ class _Api:
         job = schemas.openai_completion(await self._body(request))
         run = await self._start(request, job)
         if not job.stream:
-            text, finished = await self._collect(request, run)
+            text, finished, reasoning = await self._collect(request, run)
             return JSONResponse(schemas.openai_completion_response(job, run.model, text, finished))
 
         return self._openai_stream(
@@ -382,14 +398,16 @@ class _Api:
     async def _ollama(self, request: Request, job: GenerationJob, kind: str) -> Response:
         run = await self._start(request, job)
         if not job.stream:
-            text, finished = await self._collect(request, run)
-            return JSONResponse(schemas.ollama_line(run.model, kind, text, finished))
+            text, finished, reasoning = await self._collect(request, run)
+            return JSONResponse(schemas.ollama_line(run.model, kind, text, finished, reasoning=reasoning))
 
         async def lines() -> AsyncIterator[bytes]:
             try:
                 async for event in self._stream(request, run):
                     if isinstance(event, Token):
                         line = schemas.ollama_line(run.model, kind, event.text)
+                    elif isinstance(event, Reasoning):
+                        line = schemas.ollama_line(run.model, kind, "", reasoning=event.text)
                     else:
                         line = schemas.ollama_line(run.model, kind, "", event)
                     yield json.dumps(line).encode() + b"\n"
@@ -440,8 +458,10 @@ def _tool_grammar(model, job: GenerationJob) -> None:
         raise ApiError(400, str(exc), "tool_choice") from None
 
 
-def _prompt_tokens(model, job: GenerationJob) -> list[int]:
-    """The prompt as tokens, refused (never cut) when it does not fit the window."""
+def _prompt_tokens(model, job: GenerationJob) -> tuple[list[int], str | None]:
+    """The prompt as tokens, refused (never cut) when it does not fit the window, and the chat
+    template's rendering (None for a raw prompt)."""
+    prompt = None
     if job.prompt_tokens is not None:
         tokens = job.prompt_tokens
         if max(tokens) >= model.n_vocab:  # an id past the vocabulary would crash llama.cpp
@@ -455,14 +475,15 @@ def _prompt_tokens(model, job: GenerationJob) -> list[int]:
             raise ApiError(400, str(exc)) from None
         if job.tools:
             variables["tools"] = job.tools
-        tokens = model.tokenize(model.format_chat(job.messages, **variables))
+        prompt = model.format_chat(job.messages, **variables)
+        tokens = model.tokenize(prompt)
     else:
         tokens = model.tokenize(job.prompt)
     if not tokens:
         raise ApiError(400, "the prompt is empty", "prompt")
     if len(tokens) >= model.n_ctx:
         raise ContextOverflowError(len(tokens), model.n_ctx, model.n_ctx_train)
-    return tokens
+    return tokens, prompt
 
 
 # ---- middleware -----------------------------------------------------------------------------

@@ -393,8 +393,10 @@ def openai_tool_calls(calls) -> list[dict]:
             for c in calls]
 
 
-def openai_chat_response(job: GenerationJob, model: str, text: str, finished: Finished, calls=()) -> dict:
+def openai_chat_response(job: GenerationJob, model: str, text: str, finished: Finished, calls=(), reasoning: str = "") -> dict:
     message = {"role": "assistant", "content": text or (None if calls else "")}
+    if reasoning:
+        message["reasoning_content"] = reasoning  # as DeepSeek's API and vLLM name it
     if calls:
         message["tool_calls"] = openai_tool_calls(calls)
     return {"id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": job.created, "model": model,
@@ -433,12 +435,15 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def ollama_line(model: str, kind: str, text: str, finished: Finished | None = None, load_s: float = 0.0) -> dict:
+def ollama_line(model: str, kind: str, text: str, finished: Finished | None = None, load_s: float = 0.0,
+                reasoning: str = "") -> dict:
     line: dict[str, Any] = {"model": model, "created_at": now_iso()}
     if kind == "chat":
-        line["message"] = {"role": "assistant", "content": text}
+        line["message"] = {"role": "assistant", "content": text, **({"thinking": reasoning} if reasoning else {})}
     else:
         line["response"] = text
+        if reasoning:
+            line["thinking"] = reasoning
     line["done"] = finished is not None
     if finished is not None:
         t = finished.timings
