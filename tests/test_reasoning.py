@@ -126,3 +126,32 @@ def test_the_server_keeps_reasoning_apart_in_both_apis(r1_starter, tmp_path):
         assert ollama["thinking"] == whole["reasoning_content"] and ollama["content"] == ""
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+async def test_the_chat_folds_the_reasoning_and_saves_the_answer_alone(r1_starter, isolated_home):
+    from textual.widgets import Collapsible
+
+    from localllm import SamplingOptions, load_model
+    from localllm.session import ChatStore
+    from localllm.tui import ChatApp
+    from test_tui import send, wait_for
+
+    with load_model(r1_starter, n_ctx=1024, n_threads=2) as model:
+        class Borrowed:
+            def __getattr__(self, name):
+                return getattr(model, name)
+
+            def close(self):
+                pass
+
+        app = ChatApp(model_ref="r1", store=ChatStore(), loader=lambda ref, options: Borrowed())
+        app.sampling = SamplingOptions(temperature=0, max_tokens=12)  # the session starts with these
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: app.session is not None)
+            await send(pilot, app, "Hi")
+            [fold] = app.query(Collapsible)
+            assert fold.collapsed and fold.title.startswith("thinking (")
+            # What is saved (and so sent back next turn) is the answer alone: here nothing, since
+            # the starter never closes the block R1's template opened.
+            assert [(m.role, m.content) for m in app.session.messages] == [("user", "Hi"), ("assistant", "")]

@@ -22,12 +22,12 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Footer, ListView, Markdown, Static
+from textual.widgets import Collapsible, Footer, ListView, Markdown, Static
 
 from localllm.config import load_config, save_config
 from localllm.engine import Engine
 from localllm.errors import LocalLLMError
-from localllm.events import Finished, PromptProgress, Token
+from localllm.events import Finished, PromptProgress, Reasoning, Token
 from localllm.hardware import usable_cpus
 from localllm.options import LoadOptions, SamplingOptions
 from localllm.session import ChatSession, ChatStore, ContextNotice, to_markdown
@@ -377,6 +377,7 @@ class ChatApp(ErrorReporting, App):
         messages.mount(self._answer)
         messages.anchor()
         self._streamed, self._first_token_at = 0, None
+        self._reasoning: list[str] = []  # a thinking model's reasoning, folded under the answer at the end
         self._shares_cpus = usable_cpus() <= self.model.n_threads
         self._tick = (time.perf_counter(), time.thread_time())
         self._generation += 1
@@ -401,6 +402,10 @@ class ChatApp(ErrorReporting, App):
                         self._pending.append(event.text)
                         self._streamed += 1
                         self._first_token_at = self._first_token_at or time.perf_counter()
+                elif isinstance(event, Reasoning):
+                    self._reasoning.append(event.text)
+                    if len(self._reasoning) % 16 == 1:  # a status line per token would cost the UI thread
+                        self._ui(self._set_status, f"thinking… {len(self._reasoning)} tokens")
                 elif isinstance(event, PromptProgress):
                     self._ui(self._set_status, f"reading the prompt: {event.done * 100 // event.total}% "
                                                f"of {event.total} tokens")
@@ -449,6 +454,12 @@ class ChatApp(ErrorReporting, App):
     async def _finish(self) -> None:
         self._flusher.stop()
         await self._flush_tokens()
+        if self._reasoning:
+            # Kept for this session's screen only: the saved chat, and so what goes back to the
+            # model, holds the answer alone.
+            fold = Collapsible(Static("".join(self._reasoning).strip(), markup=False), collapsed=True,
+                               title=f"thinking ({len(self._reasoning)} tokens)", classes="reasoning")
+            self.query_one("#messages").mount(fold)
         if self.stop_requested.is_set():
             self.query_one("#messages").mount(Static("stopped (Esc): the answer so far is kept", classes="notice"))
         self.query_one("#prompt", PromptArea).cursor_blink = True
