@@ -37,6 +37,7 @@ from ..reasoning import ThinkSplitter, opened_by_prompt, thinks
 from ..registry import installed_models
 from ..tools import check_tools
 from . import models, schemas
+from .prompts import prompt_tokens, tool_grammar
 from .schemas import ApiError, GenerationJob
 
 RETRY_AFTER_S = 2
@@ -223,11 +224,11 @@ class _Api:
     async def _start(self, request: Request, job: GenerationJob) -> _Run:
         served = await self._acquire(job.model)
         try:
-            _tool_grammar(served.model, job)
+            tool_grammar(served.model, job)
             if job.grammar is not None and not served.model.capabilities.grammars:
                 raise ApiError(400, f"structured output is not available on the {served.model.engine} engine yet",
                                "response_format")
-            tokens, prompt = await run_in_threadpool(_prompt_tokens, served.model, job)
+            tokens, prompt = await run_in_threadpool(prompt_tokens, served.model, job)
             events = _Events(self.mailbox)
             sequence = SequenceRequest(tokens, job.sampling, events.put, job.grammar)
             self.engine.generate(served, sequence)
@@ -433,57 +434,6 @@ class _Api:
 
     async def ollama_version(self, request: Request) -> Response:
         return JSONResponse({"version": __version__})
-
-
-def _tool_grammar(model, job: GenerationJob) -> None:
-    """Tools need a template family whose calls can be parsed; a required call becomes a grammar."""
-    from ..tools import family, required_grammar
-
-    if not job.tools:
-        return
-    if job.tool_choice == "none":
-        job.tools = None
-        return
-    kind = family(model.chat_template)
-    if kind not in ("hermes", "llama3", "mistral"):
-        raise ApiError(400, "tools are not supported for this model's chat template", "tools")
-    if job.tool_choice == "auto":
-        return
-    if job.grammar is not None:
-        raise ApiError(400, "a required tool call cannot be combined with response_format", "tool_choice")
-    only = job.tool_choice["function"]["name"] if isinstance(job.tool_choice, dict) else None
-    try:
-        job.grammar = required_grammar(kind, check_tools(job.tools), only)
-    except UsageError as exc:
-        raise ApiError(400, str(exc), "tool_choice") from None
-
-
-def _prompt_tokens(model, job: GenerationJob) -> tuple[list[int], str | None]:
-    """The prompt as tokens, refused (never cut) when it does not fit the window, and the chat
-    template's rendering (None for a raw prompt)."""
-    prompt = None
-    if job.prompt_tokens is not None:
-        tokens = job.prompt_tokens
-        if max(tokens) >= model.n_vocab:  # an id past the vocabulary would crash llama.cpp
-            raise ApiError(400, f"'prompt' holds token ids past the vocabulary ({model.n_vocab} tokens)", "prompt")
-    elif job.messages is not None:
-        from ..reasoning import template_variables
-
-        try:
-            variables = template_variables(model.chat_template, None, job.grammar is not None)
-        except UsageError as exc:
-            raise ApiError(400, str(exc)) from None
-        if job.tools:
-            variables["tools"] = job.tools
-        prompt = model.format_chat(job.messages, **variables)
-        tokens = model.tokenize(prompt)
-    else:
-        tokens = model.tokenize(job.prompt)
-    if not tokens:
-        raise ApiError(400, "the prompt is empty", "prompt")
-    if len(tokens) >= model.n_ctx:
-        raise ContextOverflowError(len(tokens), model.n_ctx, model.n_ctx_train)
-    return tokens, prompt
 
 
 # ---- middleware -----------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""A request's prompt, as the model's chat template renders it (with tools, and thinking switched
+off under a grammar), checked against the window; and the grammar a required tool call needs."""
+
+from __future__ import annotations
+
+from ..errors import ContextOverflowError, UsageError
+from ..tools import check_tools
+from .schemas import ApiError, GenerationJob
+
+
+def tool_grammar(model, job: GenerationJob) -> None:
+    """Tools need a template family whose calls can be parsed; a required call becomes a grammar."""
+    from ..tools import family, required_grammar
+
+    if not job.tools:
+        return
+    if job.tool_choice == "none":
+        job.tools = None
+        return
+    kind = family(model.chat_template)
+    if kind not in ("hermes", "llama3", "mistral"):
+        raise ApiError(400, "tools are not supported for this model's chat template", "tools")
+    if job.tool_choice == "auto":
+        return
+    if job.grammar is not None:
+        raise ApiError(400, "a required tool call cannot be combined with response_format", "tool_choice")
+    only = job.tool_choice["function"]["name"] if isinstance(job.tool_choice, dict) else None
+    try:
+        job.grammar = required_grammar(kind, check_tools(job.tools), only)
+    except UsageError as exc:
+        raise ApiError(400, str(exc), "tool_choice") from None
+
+
+def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], str | None]:
+    """The prompt as tokens, refused (never cut) when it does not fit the window, and the chat
+    template's rendering (None for a raw prompt)."""
+    prompt = None
+    if job.prompt_tokens is not None:
+        tokens = job.prompt_tokens
+        if max(tokens) >= model.n_vocab:  # an id past the vocabulary would crash llama.cpp
+            raise ApiError(400, f"'prompt' holds token ids past the vocabulary ({model.n_vocab} tokens)", "prompt")
+    elif job.messages is not None:
+        from ..reasoning import template_variables
+
+        try:
+            variables = template_variables(model.chat_template, None, job.grammar is not None)
+        except UsageError as exc:
+            raise ApiError(400, str(exc)) from None
+        if job.tools:
+            variables["tools"] = job.tools
+        prompt = model.format_chat(job.messages, **variables)
+        tokens = model.tokenize(prompt)
+    else:
+        tokens = model.tokenize(job.prompt)
+    if not tokens:
+        raise ApiError(400, "the prompt is empty", "prompt")
+    if len(tokens) >= model.n_ctx:
+        raise ContextOverflowError(len(tokens), model.n_ctx, model.n_ctx_train)
+    return tokens, prompt
