@@ -73,9 +73,8 @@ def doctor(as_json, no_load, offline):
 
     Each problem comes with the command that fixes it. Exit 11 when something is broken.
     """
+    from .doctor import ProblemsFound, gather, judge, report
     from .doctor import as_json as to_json
-    from .doctor import gather, judge, report
-    from .errors import LocalLLMError
 
     with slow_work("checking"):
         situation = gather(load=not no_load, hub=not offline)
@@ -87,7 +86,5 @@ def doctor(as_json, no_load, offline):
             click.echo(printable(line))
     broken = [f for f in findings if f.status == "error"]
     if broken:
-        error = LocalLLMError(f"{len(broken)} problem{'s' if len(broken) > 1 else ''} found: {broken[0].check}"
-                              + (" and more" if len(broken) > 1 else "") + " (the fix is above)")
-        error.exit_code = 11
-        raise error
+        raise ProblemsFound(f"{len(broken)} problem{'s' if len(broken) > 1 else ''} found: {broken[0].check}"
+                            + (" and more" if len(broken) > 1 else "") + " (the fix is above)")

@@ -18,9 +18,10 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import LocalLLMError
+from .estimate import MIB
 from .hardware import GpuInfo
 
-MIB = 2**20
 LOW_DISK = 10 * 2**30  # below this, most models no longer fit in the store
 NO_DISK = 2**30
 HUB_TIMEOUT = 3.0
@@ -30,6 +31,12 @@ GPU_BUILDS = {"nvidia": ("CUDA", "-DGGML_CUDA=on"), "amd": ("ROCm", "-DGGML_HIP=
 GPU_BACKENDS = ("CUDA", "ROCm", "HIP", "Metal", "MTL", "Vulkan", "SYCL", "OpenCL")
 REINSTALL = ('CMAKE_ARGS="{flag}" pip install --no-cache-dir --force-reinstall llama-cpp-python=={version} '
              "(with pipx: pipx runpip localllm install ...); see packaging/README.md")
+
+
+class ProblemsFound(LocalLLMError):
+    """doctor found something broken; each finding above names its fix."""
+
+    exit_code = 11
 
 
 @dataclass(frozen=True)
@@ -171,16 +178,13 @@ def gather(load: bool, hub: bool) -> Situation:
 
 
 def _store_disk() -> tuple[Path, int | None]:
-    import shutil
-
     from huggingface_hub import constants
 
+    from .hub import free_disk
+
     store = Path(constants.HF_HUB_CACHE)
-    probe = store
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     try:
-        return store, shutil.disk_usage(probe).free
+        return store, free_disk(store)
     except OSError:
         return store, None
 

@@ -202,15 +202,20 @@ def partial_bytes(remote: RemoteFile) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def check_disk(needed: int) -> None:
-    """Refuse, before any byte is written, a download the cache's disk cannot hold."""
-    from huggingface_hub import constants
-
-    where = Path(constants.HF_HUB_CACHE)
+def free_disk(where: Path) -> int:
+    """Free bytes on the disk that holds `where`, or will once it is created."""
     probe = where
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    return shutil.disk_usage(probe).free
+
+
+def check_disk(needed: int, where: Path | None = None) -> None:
+    """Refuse, before any byte is written, what the disk (the cache's, by default) cannot hold."""
+    from huggingface_hub import constants
+
+    where = where or Path(constants.HF_HUB_CACHE)
+    free = free_disk(where)
     if needed + DISK_HEADROOM > free:
         raise DiskSpaceError(needed, free, where)
 

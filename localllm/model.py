@@ -82,13 +82,15 @@ class Model:
         "none", "required", or {"type": "function", "function": {"name": ...}}: the last two
         constrain the reply to a call whose arguments follow the tool's parameter schema."""
         from . import reasoning
+        from .tools import plan_calls
 
         if not messages or not any(m.get("content", "").strip() for m in messages if m.get("role") == "user"
                                    or m.get("role") == "tool"):
             raise UsageError("the prompt is empty")
         template = self._loaded.chat_template
-        sampling, tool_kind, tool_params = self._with_tools(sampling or SamplingOptions(), template, tools, tool_choice)
-        sampling = self._checked(sampling)
+        sampling = sampling or SamplingOptions()
+        tool_kind, tool_params, call_grammar = plan_calls(template, tools, tool_choice, sampling.grammar is not None)
+        sampling = self._checked(replace(sampling, grammar=call_grammar) if call_grammar else sampling)
         thinks = reasoning.thinks(template)
         variables = reasoning.template_variables(template, think, sampling.grammar is not None)
         if tool_kind is not None:
@@ -98,29 +100,6 @@ class Model:
         if thinks:
             events = reasoning.split_events(events, reasoning.opened_by_prompt(prompt))
         return _with_tool_calls(events, tool_kind, tool_params) if tool_kind is not None else events
-
-    @staticmethod
-    def _with_tools(sampling: SamplingOptions, template, tools, tool_choice):
-        from dataclasses import replace
-
-        from .tools import check_tools, family, required_grammar
-
-        if tools is None or tool_choice == "none":
-            return sampling, None, {}
-        params = check_tools(tools)
-        kind = family(template)
-        if kind not in ("hermes", "llama3", "mistral"):
-            raise UsageError("tool calls are not supported for this model's chat template"
-                             + (" (gpt-oss writes calls in special tokens; not parsed yet)" if kind == "gpt-oss" else
-                                " (it renders no tools)"))
-        if tool_choice == "required" or isinstance(tool_choice, dict):
-            only = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
-            if sampling.grammar is not None:
-                raise UsageError("a required tool call is already constrained: give no schema or grammar with it")
-            sampling = replace(sampling, grammar=required_grammar(kind, params, only))
-        elif tool_choice != "auto":
-            raise UsageError(f"tool_choice must be auto, none, required or a function, not {str(tool_choice)[:60]}")
-        return sampling, kind, params
 
     def prompt(self, text: str, system: str | None = None, sampling: SamplingOptions | None = None,
                think: bool | None = None) -> Iterator[Event]:
@@ -186,8 +165,6 @@ class Model:
 
 
 def _with_tool_calls(events: Iterator[Event], kind: str, tools: dict) -> Iterator[Event]:
-    from dataclasses import replace
-
     from .tools import parse
 
     parts = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .events import Event, Reasoning, Token
+from .events import Event, Finished, Reasoning, Token
 
 OPEN, CLOSE = "<think>", "</think>"
 SWITCH = "enable_thinking"
@@ -105,8 +105,6 @@ def _partial(buffer: str, tag: str) -> int:
 
 def split_events(events: Iterator[Event], inside: bool) -> Iterator[Event]:
     """The same stream with the thinking part as Reasoning events instead of Tokens."""
-    from .events import Finished
-
     splitter = ThinkSplitter(inside)
     for event in events:
         if isinstance(event, Token):

@@ -111,27 +111,23 @@ class _Rpc:
     """ggml's RPC entry points, from the registry or from a separately built library."""
 
     def __init__(self) -> None:
-        from .backends.cpu_buffers import library
+        from .backends.cpu_buffers import library, registry_function
 
         self.ggml, self.base = library("ggml"), library("ggml-base")
         vp = ctypes.c_void_p
         for lib, name, args, result in (
-            (self.ggml, "ggml_backend_reg_by_name", [ctypes.c_char_p], vp),
             (self.ggml, "ggml_backend_register", [vp], None),
             (self.ggml, "ggml_backend_dev_count", [], ctypes.c_size_t),
             (self.ggml, "ggml_backend_dev_get", [ctypes.c_size_t], vp),
             (self.base, "ggml_backend_dev_type", [vp], ctypes.c_int),
             (self.base, "ggml_backend_dev_backend_reg", [vp], vp),
             (self.base, "ggml_backend_reg_name", [vp], ctypes.c_char_p),
-            (self.base, "ggml_backend_reg_get_proc_address", [vp, ctypes.c_char_p], vp),
         ):
             function = getattr(lib, name)
             function.argtypes, function.restype = args, result
-        registered = self.ggml.ggml_backend_reg_by_name(b"RPC")
-        if registered:
-            proc = self.base.ggml_backend_reg_get_proc_address
-            add, start = proc(registered, b"ggml_backend_rpc_add_server"), proc(registered, b"ggml_backend_rpc_start_server")
-        else:
+        add = registry_function("RPC", "ggml_backend_rpc_add_server")  # a build with RPC compiled in
+        start = registry_function("RPC", "ggml_backend_rpc_start_server")
+        if not (add and start):
             rpc = ctypes.CDLL(str(_library_file()))
             add, start = ctypes.cast(rpc.ggml_backend_rpc_add_server, vp).value, ctypes.cast(rpc.ggml_backend_rpc_start_server, vp).value
         self.add_server = ctypes.CFUNCTYPE(vp, ctypes.c_char_p)(add)

@@ -94,6 +94,28 @@ def required_grammar(kind: str, tools: dict[str, dict], only: str | None = None)
     return enforceable(llguidance.LLMatcher.grammar_from_lark(lark), "a tool's parameters")
 
 
+def plan_calls(template: str | None, tools: list | None, tool_choice, constrained: bool) -> tuple[str | None, dict, str | None]:
+    """For a request with tools: (the template's family, the checked tools, the grammar a required
+    call needs or None); (None, {}, None) when no tools are to be offered. `constrained`: the request
+    already has a schema or grammar."""
+    if not tools or tool_choice == "none":
+        return None, {}, None
+    params = check_tools(tools)
+    kind = family(template)
+    if kind not in ("hermes", "llama3", "mistral"):
+        raise UsageError("tool calls are not supported for this model's chat template"
+                         + (" (gpt-oss writes calls in special tokens; not parsed yet)" if kind == "gpt-oss" else
+                            " (it renders no tools)"))
+    if tool_choice == "auto":
+        return kind, params, None
+    if tool_choice != "required" and not isinstance(tool_choice, dict):
+        raise UsageError(f"tool_choice must be auto, none, required or a function, not {str(tool_choice)[:60]}")
+    if constrained:
+        raise UsageError("a required tool call is already constrained: give no schema or grammar with it")
+    only = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
+    return kind, params, required_grammar(kind, params, only)
+
+
 def parse(kind: str, text: str, tools: dict[str, dict]) -> tuple[str, list[ToolCall]]:
     """(the reply's text without its calls, the calls to known tools)."""
     if kind == "hermes":

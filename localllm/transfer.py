@@ -20,14 +20,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LocalLLMError, UsageError
-from .hub import GIT_SHA1, SHA256, check_repo_path, inside, link_snapshot, storage_folder
+from .hub import GIT_SHA1, SHA256, check_disk, check_repo_path, inside, link_snapshot, storage_folder
 from .printable import printable
 
 MANIFEST = "localllm-manifest.json"
@@ -116,7 +115,7 @@ def export(model, folder: Path, progress: Progress | None = None) -> Path:
     snapshot, names = _snapshot_files(model)
     files, total = [], sum((snapshot / n).stat().st_size for n in names)
     folder = folder.expanduser().absolute()
-    _check_free(folder, total)
+    check_disk(total, folder)
     done = 0
     for rel in names:
         source = snapshot / rel
@@ -215,8 +214,6 @@ def import_folder(folder: Path, progress: Progress | None = None) -> Path:
     """Check every file of an exported folder, then place them in the Hugging Face cache."""
     from huggingface_hub import constants
 
-    from .hub import check_disk
-
     folder = folder.expanduser().absolute()
     manifest = read_manifest(folder)
     total, done = sum(f["size"] for f in manifest["files"]), 0
@@ -305,17 +302,6 @@ def verify(models) -> list[Check]:
             checks.append(Check(model.name, path, "ok" if actual == digest else "changed",
                                 "" if actual == digest else f"expected {digest[:16]}..., found {actual[:16]}..."))
     return checks
-
-
-def _check_free(folder: Path, needed: int) -> None:
-    from .errors import DiskSpaceError
-
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed > free:
-        raise DiskSpaceError(needed, free, folder)
 
 
 def _write_atomically(path: Path, text: str) -> None:

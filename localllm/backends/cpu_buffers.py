@@ -46,6 +46,18 @@ def library(stem: str) -> ctypes.CDLL:
     raise OSError(f"{stem} not found in {lib_dir}")
 
 
+def registry_function(backend: str, name: str) -> int | None:
+    """A function a ggml backend offers through its registry entry (`backend` as registered, e.g.
+    "CPU", "RPC"), or None: what a portable build, which has no single library per backend to look
+    symbols up in, and a build with RPC compiled in both answer."""
+    ggml, base = library("ggml"), library("ggml-base")
+    ggml.ggml_backend_reg_by_name.argtypes, ggml.ggml_backend_reg_by_name.restype = [ctypes.c_char_p], ctypes.c_void_p
+    proc = base.ggml_backend_reg_get_proc_address
+    proc.argtypes, proc.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_void_p
+    reg = ggml.ggml_backend_reg_by_name(backend.encode())
+    return (proc(reg, name.encode()) or None) if reg else None
+
+
 class _TensorHead(ctypes.Structure):
     """The first fields of ggml's ``struct ggml_tensor`` (ggml.h), all this module reads or sets."""
 

@@ -35,7 +35,8 @@ from ..hardware import CpuLoadSampler, default_threads
 from . import amx
 from .ggml_build import load_dynamic_backends
 from .chat_template import render_chat
-from .cpu_buffers import REPACK, Overrides, cpu_layers, extra_buffer_types, library, override_patterns, repack_weights
+from .cpu_buffers import (REPACK, Overrides, cpu_layers, extra_buffer_types, library, override_patterns,
+                          registry_function, repack_weights)
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
 from . import llamacpp_load
 from .base import Capabilities, Message, reusable_prefix
@@ -75,9 +76,12 @@ class _Threadpool:
         self._pool = None
         try:
             params_default = library("ggml-base").ggml_threadpool_params_default
-            new, free = _cpu_function("ggml_threadpool_new"), _cpu_function("ggml_threadpool_free")
+            # Asked of the CPU backend's registry: a portable build has no one libggml-cpu to look in.
+            new, free = registry_function("CPU", "ggml_threadpool_new"), registry_function("CPU", "ggml_threadpool_free")
             attach = llama_cpp.llama_cpp._lib.llama_attach_threadpool
         except (OSError, AttributeError):
+            return
+        if not (new and free):
             return
         params_default.argtypes, params_default.restype = [ctypes.c_int], _ThreadpoolParams
         self._new = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_ThreadpoolParams))(new)
@@ -93,20 +97,6 @@ class _Threadpool:
         if self._pool:
             self._free(self._pool)
             self._pool = None
-
-
-def _cpu_function(name: str) -> int:
-    """A function of ggml's CPU backend, asked of its registry: a portable build has no single
-    libggml-cpu to look it up in (backends/ggml_build.py)."""
-    ggml, base = library("ggml"), library("ggml-base")
-    ggml.ggml_backend_reg_by_name.argtypes, ggml.ggml_backend_reg_by_name.restype = [ctypes.c_char_p], ctypes.c_void_p
-    proc = base.ggml_backend_reg_get_proc_address
-    proc.argtypes, proc.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_void_p
-    reg = ggml.ggml_backend_reg_by_name(b"CPU")
-    address = proc(reg, name.encode()) if reg else None
-    if not address:
-        raise AttributeError(name)
-    return address
 
 
 class _LlamaLog:
@@ -417,15 +407,15 @@ class LlamaCppModel:
                 reason = "stop"
                 break
             generated += 1
-            step = [token]
+            forced: Sequence[int] = ()
             if constraint is not None:
                 constraint.accept(token)
-                step += constraint.forced()[: limit - generated]
-                generated += len(step) - 1
+                forced = constraint.forced()[: limit - generated]
+                generated += len(forced)
             n = to_piece(vocab, token, piece, 256, 0, False)
             text = decoder.decode(piece.raw[:n]) if n > 0 else ""
-            for forced in step[1:]:
-                n = to_piece(vocab, forced, piece, 256, 0, False)
+            for extra in forced:
+                n = to_piece(vocab, extra, piece, 256, 0, False)
                 text += decoder.decode(piece.raw[:n]) if n > 0 else ""
             if t_first is None:
                 t_first = time.perf_counter()
@@ -437,18 +427,20 @@ class LlamaCppModel:
                 break
             if generated >= limit:
                 break
-            if len(cached) + len(step) > self._allocated:
-                self._make_room(len(cached) + len(step))
+            if len(cached) + 1 + len(forced) > self._allocated:
+                self._make_room(len(cached) + 1 + len(forced))
                 ctx = self._ctx
-            if len(step) == 1:
+            if not forced:
                 one[0] = token
                 status = decode(ctx, batch)
             else:  # the grammar's forced tokens go in with the sampled one: one decode, not one each
+                step = [token, *forced]
                 array = (llama_cpp.llama_token * len(step))(*step)
                 status = decode(ctx, llama_cpp.llama_batch_get_one(array, len(step)))
             if status != 0:
                 raise GenerationError(f"llama.cpp failed to evaluate a generated token (llama_decode returned {status})")
-            cached.extend(step)
+            cached.append(token)
+            cached.extend(forced)
         if held := stops.flush():  # text kept back for a stop string that never came
             yield Token(held)
         # Bytes still buffered are a character cut off by the token limit: dropped, not shown as U+FFFD.

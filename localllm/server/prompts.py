@@ -4,31 +4,20 @@ off under a grammar), checked against the window; and the grammar a required too
 from __future__ import annotations
 
 from ..errors import ContextOverflowError, UsageError
-from ..tools import check_tools
 from .schemas import ApiError, GenerationJob
 
 
 def tool_grammar(model, job: GenerationJob) -> None:
     """Tools need a template family whose calls can be parsed; a required call becomes a grammar."""
-    from ..tools import family, required_grammar
+    from ..tools import plan_calls
 
-    if not job.tools:
-        return
-    if job.tool_choice == "none":
-        job.tools = None
-        return
-    kind = family(model.chat_template)
-    if kind not in ("hermes", "llama3", "mistral"):
-        raise ApiError(400, "tools are not supported for this model's chat template", "tools")
-    if job.tool_choice == "auto":
-        return
-    if job.grammar is not None:
-        raise ApiError(400, "a required tool call cannot be combined with response_format", "tool_choice")
-    only = job.tool_choice["function"]["name"] if isinstance(job.tool_choice, dict) else None
     try:
-        job.grammar = required_grammar(kind, check_tools(job.tools), only)
+        kind, _, grammar = plan_calls(model.chat_template, job.tools, job.tool_choice, job.grammar is not None)
     except UsageError as exc:
-        raise ApiError(400, str(exc), "tool_choice") from None
+        raise ApiError(400, str(exc), "tools") from None
+    if kind is None:
+        job.tools = None  # tool_choice "none": the template renders no tools either
+    job.grammar = grammar or job.grammar
 
 
 def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], str | None]:
