@@ -92,6 +92,29 @@ def text_grammar(text: str) -> str:
     return enforceable(grammar, "the grammar")
 
 
+# The thinking is free text up to the first </think> (a lazy lexeme ends at its first match), then
+# the answer's own grammar; whitespace between them as the models write it.
+_THINKING = """%llguidance {}
+start: HEAD @answer
+think[lazy]: TEXT "</think>"
+TEXT: /(.|\\n)*/
+WS: /[ \\t\\r\\n]+/
+"""
+
+
+def after_thinking(grammar: str, opened: bool) -> str:
+    """`grammar` for the answer of a thinking model, its reasoning left free: `opened`, the prompt
+    opened the think block (DeepSeek-R1); else the model may open one itself first (Qwen3)."""
+    head = "think WS?" if opened else '(WS? "<think>" think WS?)?'
+    if grammar.lstrip().startswith("{"):
+        answer = json.loads(grammar)["grammars"]
+    else:
+        answer = [{"lark_grammar": grammar}]
+    answer = [dict(answer[0], name="answer"), *answer[1:]]
+    wrapped = {"grammars": [{"name": "thinking", "lark_grammar": _THINKING.replace("HEAD", head)}, *answer]}
+    return enforceable(json.dumps(wrapped), "the grammar")
+
+
 class Constraint:
     """One sequence's progress through a grammar."""
 

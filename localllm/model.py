@@ -92,10 +92,12 @@ class Model:
         tool_kind, tool_params, call_grammar = plan_calls(template, tools, tool_choice, sampling.grammar is not None)
         sampling = self._checked(replace(sampling, grammar=call_grammar) if call_grammar else sampling)
         thinks = reasoning.thinks(template)
-        variables = reasoning.template_variables(template, think, sampling.grammar is not None)
+        variables = reasoning.template_variables(template, think)
         if tool_kind is not None:
             variables["tools"] = tools
         prompt = self._loaded.format_chat(messages, **variables)
+        if thinks and sampling.grammar is not None:
+            sampling = replace(sampling, grammar=reasoning.answer_grammar(template, variables, prompt, sampling.grammar))
         events = self._loaded.generate(prompt, sampling)
         if thinks:
             events = reasoning.split_events(events, reasoning.opened_by_prompt(prompt))

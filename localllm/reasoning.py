@@ -27,20 +27,25 @@ def can_switch(template: str | None) -> bool:
     return bool(template) and SWITCH in template
 
 
-def template_variables(template: str | None, think: bool | None, constrained: bool) -> dict:
-    """What to tell the template about thinking: think=False where asked, and under a grammar,
-    which binds every token from the first and so must not bind the thinking."""
+def template_variables(template: str | None, think: bool | None) -> dict:
+    """What to tell the template about thinking: think=False where asked."""
     from .errors import UsageError
 
     if not thinks(template):
         return {}
     if think is not None and not can_switch(template):
         raise UsageError("this model's chat template cannot switch its thinking on or off")
-    if constrained:
-        if not can_switch(template):
-            raise UsageError("a schema or grammar on a model that always thinks first is not supported yet")
-        think = False
     return {SWITCH: think} if think is not None else {}
+
+
+def answer_grammar(template: str | None, variables: dict, prompt: str, grammar: str | None) -> str | None:
+    """A schema or grammar binds the answer, not the thinking: for a thinking model (not switched
+    off) the grammar lets the reasoning run free up to </think>, then binds what follows."""
+    from .constraints import after_thinking
+
+    if grammar is None or not thinks(template) or variables.get(SWITCH) is False:
+        return grammar
+    return after_thinking(grammar, opened_by_prompt(prompt))
 
 
 def opened_by_prompt(prompt: str) -> bool:

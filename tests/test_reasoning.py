@@ -99,9 +99,56 @@ def test_a_model_whose_prompt_opens_the_block_reasons_on_stderr_not_stdout(r1_st
     shown = run_cli("run", "-m", r1_starter, "-t", "0", "--max-tokens", "12", "--show-thinking", "Hi")
     assert shown.stdout.strip() == "" and answer["reasoning"].strip()[:20] in shown.stderr
     assert_one_line_error(run_cli("run", "-m", r1_starter, "--no-think", "Hi"), 2, "cannot switch its thinking")
-    assert_one_line_error(run_cli("run", "-m", r1_starter, "--schema", '{"type": "object"}', "Hi"), 2,
-                          "always thinks first")
     assert_one_line_error(run_cli("run", "-m", "starter", "--raw", "--think", "Hi"), 2, "--raw")
+
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+          "required": ["name", "age"]}
+
+
+@pytest.fixture(scope="module")
+def vocabulary(starter_model):
+    return starter_model._loaded.grammar_vocabulary()
+
+
+def test_a_grammar_binds_the_answer_after_the_thinking_not_the_thinking(vocabulary):
+    from localllm.constraints import after_thinking, json_grammar, text_grammar
+    from test_structured import accepts
+
+    opened = after_thinking(json_grammar(SCHEMA), opened=True)  # DeepSeek-R1: the prompt opened the block
+    assert accepts(vocabulary, opened, 'Maybe {"name": 3} or <b>?</think>\n\n{"name":"Ann","age":3}')
+    assert accepts(vocabulary, opened, 'ok</think>{"name":"Ann","age":3}')
+    assert not accepts(vocabulary, opened, 'ok</think>\n\nAnn is 3.')
+    assert not accepts(vocabulary, opened, 'ok</think>\n\n{"name":"Ann"}')  # the answer still follows the schema
+    assert not accepts(vocabulary, opened, '{"name":"Ann","age":3}')  # the block was never closed
+    assert not accepts(vocabulary, opened, 'a</think>b</think>{"name":"Ann","age":3}')  # the first close ends it
+    may_open = after_thinking(json_grammar(SCHEMA), opened=False)  # Qwen3: the model may think first
+    assert accepts(vocabulary, may_open, '{"name":"Ann","age":3}')
+    assert accepts(vocabulary, may_open, '<think>\nShe is three.\n</think>\n\n{"name":"Ann","age":3}')
+    assert not accepts(vocabulary, may_open, 'She is three. {"name":"Ann","age":3}')
+    gbnf = after_thinking(text_grammar('root ::= "yes" | "no"'), opened=True)
+    assert accepts(vocabulary, gbnf, "hmm</think>\nyes") and not accepts(vocabulary, gbnf, "hmm</think>\nmaybe")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature", [0, 1])
+def test_a_schema_on_a_thinking_model_leaves_the_reasoning_free_and_the_answer_valid(qwen3_starter, r1_starter, temperature):
+    import jsonschema
+
+    def run(model):
+        result = run_cli("run", "-m", model, "-t", str(temperature), "--seed", "5", "--max-tokens", "60", "--json",
+                         "--schema", json.dumps(SCHEMA), "Describe a person.")
+        assert result.returncode == 0, result
+        return json.loads(result.stdout), result.stderr
+
+    qwen3, _ = run(qwen3_starter)  # thinking on (the template's default): the grammar lets the model open a block
+    if qwen3["finish_reason"] == "stop":
+        jsonschema.validate(json.loads(qwen3["text"]), SCHEMA)
+    r1, stderr = run(r1_starter)
+    # The starter never closes the block R1's template opens: the grammar leaves all of that free
+    # text (no JSON in it), and the cut is reported, since no answer followed.
+    assert r1["reasoning"].strip() and not r1["reasoning"].lstrip().startswith("{") and r1["text"] == ""
+    assert r1["finish_reason"] == "length" and "cut off by the token limit" in stderr
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""A request's prompt, as the model's chat template renders it (with tools, and thinking switched
-off under a grammar), checked against the window; and the grammar a required tool call needs."""
+"""A request's prompt, as the model's chat template renders it (with tools; a grammar binding
+the answer, not the thinking), checked against the window; and the grammar a required tool call needs."""
 
 from __future__ import annotations
 
@@ -29,15 +29,16 @@ def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], str | None]:
         if max(tokens) >= model.n_vocab:  # an id past the vocabulary would crash llama.cpp
             raise ApiError(400, f"'prompt' holds token ids past the vocabulary ({model.n_vocab} tokens)", "prompt")
     elif job.messages is not None:
-        from ..reasoning import template_variables
+        from ..reasoning import answer_grammar, template_variables
 
-        try:
-            variables = template_variables(model.chat_template, None, job.grammar is not None)
-        except UsageError as exc:
-            raise ApiError(400, str(exc)) from None
+        variables = template_variables(model.chat_template, None)
         if job.tools:
             variables["tools"] = job.tools
         prompt = model.format_chat(job.messages, **variables)
+        try:
+            job.grammar = answer_grammar(model.chat_template, variables, prompt, job.grammar)
+        except UsageError as exc:
+            raise ApiError(400, str(exc)) from None
         tokens = model.tokenize(prompt)
     else:
         tokens = model.tokenize(job.prompt)
