@@ -100,19 +100,41 @@ think[lazy]: TEXT "</think>"
 TEXT: /(.|\\n)*/
 WS: /[ \\t\\r\\n]+/
 """
+# Where </think> is one special token, no text can contain it: the thinking is any text before it.
+_THINKING_TOKEN = """%llguidance {}
+start: HEAD @answer
+think: TEXT? CLOSE
+TEXT: /(.|\\n)+/
+WS: /[ \\t\\r\\n]+/
+"""
 
 
-def after_thinking(grammar: str, opened: bool) -> str:
+def after_thinking(grammar: str, opened: bool, open_id: int | None = None, close_id: int | None = None) -> str:
     """`grammar` for the answer of a thinking model, its reasoning left free: `opened`, the prompt
-    opened the think block (DeepSeek-R1); else the model may open one itself first (Qwen3)."""
-    head = "think WS?" if opened else '(WS? "<think>" think WS?)?'
-    if grammar.lstrip().startswith("{"):
-        answer = json.loads(grammar)["grammars"]
+    opened the think block (DeepSeek-R1); else the model may open one itself first (Qwen3).
+    open_id/close_id: the tags' token ids where the vocabulary has them as special tokens."""
+    start = f"<[{open_id}]>" if open_id is not None else '"<think>"'
+    head = "think WS?" if opened else f"(WS? {start} think WS?)?"
+    outer = _THINKING if close_id is None else _THINKING_TOKEN.replace("CLOSE", f"<[{close_id}]>")
+    return enforceable(named(outer.replace("HEAD", head), grammar), "the grammar")
+
+
+def is_special(attr: int, text: str) -> bool:
+    """How llguidance's reading of a llama.cpp vocabulary (vocabulary() below) tells a special
+    token: a control token, or a user-defined one written like <this>."""
+    import llama_cpp
+
+    return bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+                or attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and text.startswith("<") and text.endswith(">"))
+
+
+def named(lark: str, answer: str) -> str:
+    """A grammar of `lark` in which ``@answer`` stands for the grammar `answer`."""
+    if answer.lstrip().startswith("{"):
+        parts = json.loads(answer)["grammars"]
     else:
-        answer = [{"lark_grammar": grammar}]
-    answer = [dict(answer[0], name="answer"), *answer[1:]]
-    wrapped = {"grammars": [{"name": "thinking", "lark_grammar": _THINKING.replace("HEAD", head)}, *answer]}
-    return enforceable(json.dumps(wrapped), "the grammar")
+        parts = [{"lark_grammar": answer}]
+    return json.dumps({"grammars": [{"name": "outer", "lark_grammar": lark}, dict(parts[0], name="answer"), *parts[1:]]})
 
 
 class Constraint:

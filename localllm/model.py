@@ -61,6 +61,12 @@ class Model:
     def tokenize(self, text: str) -> list[int]:
         return self._loaded.tokenize(text)
 
+    def special_token(self, text: str) -> int | None:
+        """The id of `text` where it is one special token to the grammar engine (Qwen3's
+        ``</think>``); None otherwise, or on an engine that constrains no output."""
+        find = getattr(self._loaded, "special_token", None)
+        return find(text) if find is not None and self.capabilities.grammars else None
+
     @property
     def chat_template(self) -> str | None:
         """The model's own chat template (Jinja), None when it has none."""
@@ -82,7 +88,7 @@ class Model:
         "none", "required", or {"type": "function", "function": {"name": ...}}: the last two
         constrain the reply to a call whose arguments follow the tool's parameter schema."""
         from . import reasoning
-        from .tools import plan_calls
+        from .tools import for_template, plan_calls
 
         if not messages or not any(m.get("content", "").strip() for m in messages if m.get("role") == "user"
                                    or m.get("role") == "tool"):
@@ -91,17 +97,18 @@ class Model:
         sampling = sampling or SamplingOptions()
         tool_kind, tool_params, call_grammar = plan_calls(template, tools, tool_choice, sampling.grammar is not None)
         sampling = self._checked(replace(sampling, grammar=call_grammar) if call_grammar else sampling)
-        thinks = reasoning.thinks(template)
         variables = reasoning.template_variables(template, think)
         if tool_kind is not None:
-            variables["tools"] = tools
+            variables["tools"] = for_template(tools)
         prompt = self._loaded.format_chat(messages, **variables)
-        if thinks and sampling.grammar is not None:
-            sampling = replace(sampling, grammar=reasoning.answer_grammar(template, variables, prompt, sampling.grammar))
+        if sampling.grammar is not None:
+            sampling = replace(sampling, grammar=reasoning.answer_grammar(
+                template, variables, prompt, sampling.grammar, call_grammar is not None, self.special_token))
         events = self._loaded.generate(prompt, sampling)
-        if thinks:
-            events = reasoning.split_events(events, reasoning.opened_by_prompt(prompt))
-        return _with_tool_calls(events, tool_kind, tool_params) if tool_kind is not None else events
+        splitter = reasoning.splitter_for(template, prompt)
+        if splitter is not None:
+            events = reasoning.split_events(events, splitter)
+        return _with_tool_calls(events, tool_kind, tool_params, splitter) if tool_kind is not None else events
 
     def prompt(self, text: str, system: str | None = None, sampling: SamplingOptions | None = None,
                think: bool | None = None) -> Iterator[Event]:
@@ -166,7 +173,7 @@ class Model:
         self.close()
 
 
-def _with_tool_calls(events: Iterator[Event], kind: str, tools: dict) -> Iterator[Event]:
+def _with_tool_calls(events: Iterator[Event], kind: str, tools: dict, splitter) -> Iterator[Event]:
     from .tools import parse
 
     parts = []
@@ -174,7 +181,7 @@ def _with_tool_calls(events: Iterator[Event], kind: str, tools: dict) -> Iterato
         if isinstance(event, Token):
             parts.append(event.text)
         elif isinstance(event, Finished):
-            text, calls = parse(kind, "".join(parts), tools)
+            text, calls = parse(kind, "".join(parts), tools, getattr(splitter, "calls", ()))
             if calls:
                 yield ToolCalls(tuple(calls), text)
                 event = replace(event, reason="tool_calls")

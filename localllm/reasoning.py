@@ -1,5 +1,6 @@
 """Models that think aloud before answering: Qwen3 and the DeepSeek-R1 distills write
-``<think>...</think>`` first. Their part is kept apart from the answer.
+``<think>...</think>`` first, gpt-oss an analysis message (localllm.harmony). Their part is kept
+apart from the answer.
 
 Whether a model does is read from its chat template (it mentions ``<think>``). Where the
 template itself opens the block at the end of the prompt (DeepSeek-R1's ``<｜Assistant｜><think>\\n``)
@@ -11,8 +12,9 @@ token settles it, so no part of a tag is ever shown as answer or reasoning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from . import harmony
 from .events import Event, Finished, Reasoning, Token
 
 OPEN, CLOSE = "<think>", "</think>"
@@ -20,7 +22,7 @@ SWITCH = "enable_thinking"
 
 
 def thinks(template: str | None) -> bool:
-    return bool(template) and OPEN in template
+    return bool(template) and OPEN in template or harmony.speaks(template)
 
 
 def can_switch(template: str | None) -> bool:
@@ -38,14 +40,26 @@ def template_variables(template: str | None, think: bool | None) -> dict:
     return {SWITCH: think} if think is not None else {}
 
 
-def answer_grammar(template: str | None, variables: dict, prompt: str, grammar: str | None) -> str | None:
+def answer_grammar(template: str | None, variables: dict, prompt: str, grammar: str | None,
+                   whole_reply: bool = False, special: Callable[[str], int | None] = lambda text: None) -> str | None:
     """A schema or grammar binds the answer, not the thinking: for a thinking model (not switched
-    off) the grammar lets the reasoning run free up to </think>, then binds what follows."""
+    off) the grammar lets the reasoning run free up to </think>, then binds what follows; on
+    gpt-oss it binds the final channel. `whole_reply`: a gpt-oss tool call's grammar, which
+    already spans the reply. `special`: the model's id for a tag that is one special token."""
     from .constraints import after_thinking
 
     if grammar is None or not thinks(template) or variables.get(SWITCH) is False:
         return grammar
-    return after_thinking(grammar, opened_by_prompt(prompt))
+    if harmony.speaks(template):
+        return grammar if whole_reply else harmony.answer_grammar(grammar)
+    return after_thinking(grammar, opened_by_prompt(prompt), special(OPEN), special(CLOSE))
+
+
+def splitter_for(template: str | None, prompt: str) -> ThinkSplitter | harmony.HarmonySplitter | None:
+    """What keeps this model's reasoning apart from its answer (None: it does not think)."""
+    if harmony.speaks(template):
+        return harmony.HarmonySplitter()
+    return ThinkSplitter(opened_by_prompt(prompt)) if thinks(template) else None
 
 
 def opened_by_prompt(prompt: str) -> bool:
@@ -108,9 +122,8 @@ def _partial(buffer: str, tag: str) -> int:
     return 0
 
 
-def split_events(events: Iterator[Event], inside: bool) -> Iterator[Event]:
+def split_events(events: Iterator[Event], splitter: ThinkSplitter | harmony.HarmonySplitter) -> Iterator[Event]:
     """The same stream with the thinking part as Reasoning events instead of Tokens."""
-    splitter = ThinkSplitter(inside)
     for event in events:
         if isinstance(event, Token):
             for is_reasoning, text in splitter.feed(event.text):

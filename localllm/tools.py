@@ -5,11 +5,11 @@ structured calls, for the template families the catalog ships.
 - ``llama3`` (Llama 3.1-3.3): the reply is one JSON object ``{"name": ..., "parameters": {...}}``
 - ``mistral``: ``[TOOL_CALLS]`` (a special token, so not in the detokenized text) then a JSON list
   of ``{"name": ..., "arguments": {...}}``
+- ``gpt-oss``: a message to ``functions.NAME`` with the JSON arguments (localllm.harmony), taken
+  apart from the text as it streams
 
-gpt-oss writes its calls between special tokens, which detokenized text does not show: tools are
-refused there for now rather than parsed wrongly. With ``tool_choice`` requiring a call, the reply
-is constrained by a grammar built from the tools' parameter schemas, so it always parses and its
-arguments validate.
+With ``tool_choice`` requiring a call, the reply is constrained by a grammar built from the tools'
+parameter schemas, so it always parses and its arguments validate.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import UsageError
@@ -67,6 +68,17 @@ def check_tools(tools: list) -> dict[str, dict]:
     return found
 
 
+def for_template(tools: list) -> list:
+    """Checked tools as templates expect them: some (gpt-oss's) read every function's description
+    and parameters' properties, which OpenAI's format lets a caller leave out."""
+    out = []
+    for tool in tools:
+        function = {"description": "", **tool["function"]}
+        function["parameters"] = {"type": "object", "properties": {}, **function.get("parameters", {})}
+        out.append({**tool, "type": "function", "function": function})
+    return out
+
+
 def _call_schema(name: str, parameters: dict, arguments_key: str) -> dict:
     return {"type": "object", "properties": {"name": {"const": name}, arguments_key: parameters},
             "required": ["name", arguments_key], "additionalProperties": False}
@@ -81,6 +93,10 @@ def required_grammar(kind: str, tools: dict[str, dict], only: str | None = None)
     if only is not None and only not in tools:
         raise UsageError(f"tool_choice names {only}, which is not among the tools")
     names = [only] if only else list(tools)
+    if kind == "gpt-oss":
+        from .harmony import call_grammar
+
+        return call_grammar({n: tools[n] for n in names})
     key = "parameters" if kind == "llama3" else "arguments"
     one = {"anyOf": [_call_schema(n, tools[n], key) for n in names]}
     if kind == "hermes":
@@ -102,10 +118,8 @@ def plan_calls(template: str | None, tools: list | None, tool_choice, constraine
         return None, {}, None
     params = check_tools(tools)
     kind = family(template)
-    if kind not in ("hermes", "llama3", "mistral"):
-        raise UsageError("tool calls are not supported for this model's chat template"
-                         + (" (gpt-oss writes calls in special tokens; not parsed yet)" if kind == "gpt-oss" else
-                            " (it renders no tools)"))
+    if kind is None:
+        raise UsageError("tool calls are not supported for this model's chat template (it renders no tools)")
     if tool_choice == "auto":
         return kind, params, None
     if tool_choice != "required" and not isinstance(tool_choice, dict):
@@ -116,8 +130,13 @@ def plan_calls(template: str | None, tools: list | None, tool_choice, constraine
     return kind, params, required_grammar(kind, params, only)
 
 
-def parse(kind: str, text: str, tools: dict[str, dict]) -> tuple[str, list[ToolCall]]:
-    """(the reply's text without its calls, the calls to known tools)."""
+def parse(kind: str, text: str, tools: dict[str, dict], messages: Sequence[tuple[str, str]] = ()) -> tuple[str, list[ToolCall]]:
+    """(the reply's text without its calls, the calls to known tools). `messages`: gpt-oss's calls
+    as (function name, argument text), which its splitter took out of the text."""
+    if kind == "gpt-oss":
+        calls = [c for name, arguments in messages
+                 if (c := _call(json.dumps({"name": name, "arguments": arguments.strip()}), tools, "arguments"))]
+        return text, calls
     if kind == "hermes":
         calls = [c for blob in _HERMES.findall(text) if (c := _call(blob, tools, "arguments"))]
         return (_HERMES.sub("", text).strip() if calls else text), calls

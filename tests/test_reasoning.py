@@ -21,7 +21,7 @@ LLAMA = (TEMPLATES / "meta-llama-Llama-3.2-3B-Instruct.jinja").read_text()
 
 def split(pieces, inside=False):
     events = [Token(p) for p in pieces] + [Finished("stop", Usage(1, len(pieces)), Timings(0, 0, 0, None, None), 0)]
-    out = list(split_events(iter(events), inside))
+    out = list(split_events(iter(events), ThinkSplitter(inside)))
     reasoning = "".join(e.text for e in out if isinstance(e, Reasoning))
     answer = "".join(e.text for e in out if isinstance(e, Token))
     assert isinstance(out[-1], Finished)
@@ -128,6 +128,32 @@ def test_a_grammar_binds_the_answer_after_the_thinking_not_the_thinking(vocabula
     assert not accepts(vocabulary, may_open, 'She is three. {"name":"Ann","age":3}')
     gbnf = after_thinking(text_grammar('root ::= "yes" | "no"'), opened=True)
     assert accepts(vocabulary, gbnf, "hmm</think>\nyes") and not accepts(vocabulary, gbnf, "hmm</think>\nmaybe")
+
+
+def test_where_the_tags_are_special_tokens_the_grammar_names_them(starter_gguf, tmp_path):
+    """Qwen3's GGUFs have <think> and </think> as single user-defined tokens, which llguidance treats
+    as special: a grammar spelling "</think>" would forbid the very token the model writes."""
+    import llguidance
+
+    from embedding_gguf import THINK_TOKENS
+    from localllm import load_model
+    from localllm.constraints import json_grammar
+    from localllm.reasoning import answer_grammar
+
+    path = write_with_template(starter_gguf, tmp_path / "starter-qwen3-tokens.gguf", QWEN3, THINK_TOKENS)
+    with load_model(path, n_ctx=512, n_threads=2) as model:
+        close = model.special_token("</think>")
+        assert close is not None and model.tokenize("x</think>")[-1] == close and model.special_token("hello") is None
+        grammar = answer_grammar(model.chat_template, {}, "<|im_start|>assistant\n", json_grammar(SCHEMA),
+                                 special=model.special_token)
+        vocabulary = model._loaded.grammar_vocabulary()
+
+        def accepts(text):
+            matcher = llguidance.LLMatcher(vocabulary, grammar, log_level=0)
+            return matcher.consume_tokens(model.tokenize(text)) and matcher.is_accepting()
+
+        assert accepts('<think>\nHm, {a} and </ or <b>.\n</think>\n\n{"name":"Ann","age":3}')
+        assert accepts('{"name":"Ann","age":3}') and not accepts("<think>x</think>Ann is 3.")
 
 
 @pytest.mark.slow

@@ -314,6 +314,16 @@ class LlamaCppModel:
             n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, True)
         return list(buf[:n])
 
+    def special_token(self, text: str) -> int | None:
+        """The id of `text` when it is one token the grammar engine sees as special (Qwen3's
+        ``</think>``), which a grammar must then name by id, not spell."""
+        from ..constraints import is_special
+
+        tokens = self.tokenize(text)
+        if len(tokens) == 1 and is_special(llama_cpp.llama_vocab_get_attr(self._vocab, tokens[0]), text):
+            return tokens[0]
+        return None
+
     def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions) -> Iterator[Event]:
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not tokens:

@@ -33,7 +33,7 @@ from ..errors import ContextOverflowError, GenerationError, LocalLLMError, Model
 from ..events import Finished, Reasoning, Token
 from ..options import LoadOptions
 from ..printable import printable
-from ..reasoning import ThinkSplitter, opened_by_prompt, thinks
+from ..reasoning import splitter_for
 from ..registry import installed_models
 from ..tools import check_tools
 from . import models, schemas
@@ -187,7 +187,7 @@ class _Run:
     events: _Events
     model: str  # the name the client used
     keep_alive: float | None | str = "unchanged"
-    splitter: ThinkSplitter | None = None
+    splitter: object = None  # localllm.reasoning.splitter_for
 
 
 class _Api:
@@ -236,7 +236,7 @@ class _Api:
             self.engine.release(served)
             raise
         # A thinking model's reasoning is kept apart from the answer, as Model.chat does.
-        splitter = ThinkSplitter(opened_by_prompt(prompt)) if prompt is not None and thinks(served.model.chat_template) else None
+        splitter = splitter_for(served.model.chat_template, prompt) if prompt is not None else None
         return _Run(served, sequence, events, job.model or served.path.name, job.keep_alive, splitter)
 
     async def _stream(self, request: Request, run: _Run, poll: bool = False) -> AsyncIterator[Token | Finished]:
@@ -304,7 +304,7 @@ class _Api:
         from ..tools import family, parse
 
         text, finished, reasoning = await self._collect(request, run)
-        text, calls = parse(family(run.served.model.chat_template), text, check_tools(job.tools))
+        text, calls = parse(family(run.served.model.chat_template), text, check_tools(job.tools), getattr(run.splitter, "calls", ()))
         if calls:
             finished = replace(finished, reason="tool_calls")
         if not job.stream:

@@ -17,6 +17,7 @@ def tool_grammar(model, job: GenerationJob) -> None:
         raise ApiError(400, str(exc), "tools") from None
     if kind is None:
         job.tools = None  # tool_choice "none": the template renders no tools either
+    job.call_required = grammar is not None
     job.grammar = grammar or job.grammar
 
 
@@ -30,13 +31,15 @@ def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], str | None]:
             raise ApiError(400, f"'prompt' holds token ids past the vocabulary ({model.n_vocab} tokens)", "prompt")
     elif job.messages is not None:
         from ..reasoning import answer_grammar, template_variables
+        from ..tools import for_template
 
         variables = template_variables(model.chat_template, None)
         if job.tools:
-            variables["tools"] = job.tools
+            variables["tools"] = for_template(job.tools)
         prompt = model.format_chat(job.messages, **variables)
         try:
-            job.grammar = answer_grammar(model.chat_template, variables, prompt, job.grammar)
+            job.grammar = answer_grammar(model.chat_template, variables, prompt, job.grammar, job.call_required,
+                                         model.special_token)
         except UsageError as exc:
             raise ApiError(400, str(exc)) from None
         tokens = model.tokenize(prompt)

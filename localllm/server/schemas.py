@@ -54,6 +54,7 @@ class GenerationJob:
     grammar: str | None = None  # the answer must follow it (response_format, Ollama's format)
     tools: list | None = None  # OpenAI function tools, rendered by the model's template (localllm.tools)
     tool_choice: Any = "auto"
+    call_required: bool = False  # the grammar is a required tool call's (set once the model is known)
     keep_alive: float | None | str = "unchanged"  # Ollama's: seconds the model stays loaded after
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
