@@ -135,3 +135,41 @@ def test_the_openai_api_returns_tool_calls(starter_gguf, tmp_path):
             api.chat.completions.create(model="starter", messages=ask, tools=[WEATHER], max_tokens=4)
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_ollamas_chat_api_returns_tool_calls(starter_gguf, tmp_path):
+    import httpx
+
+    from server_process import ServerProcess, isolated_env
+
+    model = write_with_template(starter_gguf, tmp_path / "starter-qwen3.gguf", (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text())
+    server = ServerProcess("-m", str(model), "--ctx", "2048", "--threads", "2", "--parallel", "1", env=isolated_env(tmp_path))
+    try:
+        # Ollama has no tool_choice: the model decides. Two earlier calls in the history (Ollama's
+        # form: arguments as objects, no ids) are enough for the starter to call the tool itself.
+        def shot(city):
+            return [{"role": "user", "content": f"Weather in {city}?"},
+                    {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather",
+                                                                                      "arguments": {"city": city, "unit": "celsius"}}}]}]
+        body = {"model": str(model), "messages": shot("Rome") + shot("Lima") + [{"role": "user", "content": "Weather in Oslo?"}],
+                "tools": [WEATHER, TIME], "stream": False, "options": {"temperature": 0, "num_predict": 80}}
+        reply = httpx.post(f"{server.url}/api/chat", json=body, timeout=120).json()
+        [call] = reply["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather" and reply["done_reason"] == "stop" and reply["done"]
+        jsonschema.validate(call["function"]["arguments"], WEATHER["function"]["parameters"])  # an object, not text
+        assert "<tool_call>" not in reply["message"]["content"]
+
+        lines = [json.loads(line) for line in httpx.post(f"{server.url}/api/chat", json={**body, "stream": True},
+                                                         timeout=120).text.splitlines()]
+        assert [c for line in lines for c in line.get("message", {}).get("tool_calls", [])] == [call]
+        assert lines[-1]["done"] and not any(line["done"] for line in lines[:-1])
+
+        # A tool's result goes back with Ollama's tool_name and renders; /api/generate takes no tools.
+        answered = body["messages"] + [reply["message"], {"role": "tool", "content": '{"celsius": 3}', "tool_name": "get_weather"}]
+        follow = httpx.post(f"{server.url}/api/chat", json={**body, "messages": answered}, timeout=120)
+        assert follow.status_code == 200 and follow.json()["done"]
+        refused = httpx.post(f"{server.url}/api/generate", json={"model": str(model), "prompt": "hi", "tools": [WEATHER]}, timeout=60)
+        assert refused.status_code == 400 and "/api/chat" in refused.json()["error"]
+    finally:
+        server.stop()

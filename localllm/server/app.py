@@ -275,6 +275,16 @@ class _Api:
                 finished = event
         return "".join(parts), finished, "".join(thought)
 
+    async def _collect_calls(self, request: Request, run: _Run, job: GenerationJob) -> tuple[str, Finished, str, list]:
+        """(answer without its calls, Finished, reasoning, the tool calls) of a reply that may call tools."""
+        from dataclasses import replace
+
+        from ..tools import family, parse
+
+        text, finished, reasoning = await self._collect(request, run)
+        text, calls = parse(family(run.served.model.chat_template), text, check_tools(job.tools), getattr(run.splitter, "calls", ()))
+        return text, replace(finished, reason="tool_calls") if calls else finished, reasoning, calls
+
     def _openai_stream(self, request: Request, run: _Run, job: GenerationJob, kind: str, opening: bytes | None,
                        token_chunk: Callable[[str], bytes], last_chunk: Callable[[Finished], bytes]) -> Response:
         """OpenAI's SSE stream: chunks, the usage chunk if asked for, errors as an event, then [DONE]."""
@@ -299,14 +309,7 @@ class _Api:
     async def _openai_tools(self, request: Request, run: _Run, job: GenerationJob) -> Response:
         """A reply that may call tools: parsed once it is whole, so a call's markup is never
         streamed as text; a stream then carries the text and the calls as single chunks."""
-        from dataclasses import replace
-
-        from ..tools import family, parse
-
-        text, finished, reasoning = await self._collect(request, run)
-        text, calls = parse(family(run.served.model.chat_template), text, check_tools(job.tools), getattr(run.splitter, "calls", ()))
-        if calls:
-            finished = replace(finished, reason="tool_calls")
+        text, finished, reasoning, calls = await self._collect_calls(request, run, job)
         if not job.stream:
             return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished, calls, reasoning))
         chunks = [schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": text or None,
@@ -398,6 +401,14 @@ class _Api:
 
     async def _ollama(self, request: Request, job: GenerationJob, kind: str) -> Response:
         run = await self._start(request, job)
+        if job.tools:  # parsed once whole, as for OpenAI's API; a stream gets the text, the calls, then done
+            text, finished, reasoning, calls = await self._collect_calls(request, run, job)
+            last = schemas.ollama_line(run.model, kind, text, finished, reasoning=reasoning, calls=calls)
+            if not job.stream:
+                return JSONResponse(last)
+            lines = [schemas.ollama_line(run.model, kind, text, reasoning=reasoning, calls=calls),
+                     schemas.ollama_line(run.model, kind, "", finished)]
+            return Response(b"".join(json.dumps(line).encode() + b"\n" for line in lines), media_type="application/x-ndjson")
         if not job.stream:
             text, finished, reasoning = await self._collect(request, run)
             return JSONResponse(schemas.ollama_line(run.model, kind, text, finished, reasoning=reasoning))

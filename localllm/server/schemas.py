@@ -125,6 +125,8 @@ def _messages(value: Any) -> list[dict[str, str]]:
             entry["tool_calls"] = _tool_calls(message["tool_calls"], where)
         if role == "tool" and isinstance(message.get("tool_call_id"), str):
             entry["tool_call_id"] = message["tool_call_id"][:128]
+        if role == "tool" and isinstance(name := message.get("name") or message.get("tool_name"), str):
+            entry["name"] = name[:64]  # Ollama names the tool (tool_name); some templates show it
         messages.append(entry)
     if not any(m["role"] == "user" and m["content"].strip() for m in messages):
         raise ApiError(400, "the messages have no user message with text", "messages")
@@ -312,10 +314,12 @@ def _refuse_unsupported(body: dict) -> None:
 # ---- Ollama requests -----------------------------------------------------------------------
 def ollama_chat(body: Any) -> GenerationJob:
     body = _object(body)
-    _ollama_refuse(body)
+    _ollama_refuse({"images": body.get("images")})
+    tools = body.get("tools")  # Ollama has no tool_choice: the model decides
     return GenerationJob(model=_model(body, required=True), messages=_messages(body.get("messages")),
                          sampling=_ollama_sampling(body), stream=_get(body, "stream", bool, True),
-                         grammar=_ollama_format(body), keep_alive=ollama_keep_alive(body))
+                         grammar=_ollama_format(body), keep_alive=ollama_keep_alive(body),
+                         **_tools({"tools": tools} if tools else {}))
 
 
 def ollama_generate(body: Any) -> tuple[GenerationJob, bool]:
@@ -373,8 +377,10 @@ def _ollama_format(body: dict) -> str | None:
 
 
 def _ollama_refuse(body: dict) -> None:
-    if body.get("tools") or body.get("images"):
-        raise ApiError(400, f"'{'tools' if body.get('tools') else 'images'}' is not supported by this server")
+    if body.get("images"):
+        raise ApiError(400, "'images' is not supported by this server")
+    if body.get("tools"):
+        raise ApiError(400, "'tools' is not supported by /api/generate (use /api/chat)", "tools")
 
 
 # ---- responses -----------------------------------------------------------------------------
@@ -437,10 +443,12 @@ def now_iso() -> str:
 
 
 def ollama_line(model: str, kind: str, text: str, finished: Finished | None = None, load_s: float = 0.0,
-                reasoning: str = "") -> dict:
+                reasoning: str = "", calls=()) -> dict:
     line: dict[str, Any] = {"model": model, "created_at": now_iso()}
     if kind == "chat":
         line["message"] = {"role": "assistant", "content": text, **({"thinking": reasoning} if reasoning else {})}
+        if calls:  # Ollama's form: arguments as an object, no ids
+            line["message"]["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]
     else:
         line["response"] = text
         if reasoning:
@@ -449,7 +457,7 @@ def ollama_line(model: str, kind: str, text: str, finished: Finished | None = No
     if finished is not None:
         t = finished.timings
         ns = 1_000_000_000
-        line.update(done_reason=finish_reason(finished),
+        line.update(done_reason="stop" if finished.reason == "tool_calls" else finish_reason(finished),  # as Ollama says
                     total_duration=int((t.prompt_s + t.generation_s + load_s) * ns), load_duration=int(load_s * ns),
                     prompt_eval_count=finished.usage.prompt_tokens - finished.usage.cached_tokens,
                     prompt_eval_duration=int(t.prompt_s * ns), eval_count=finished.usage.completion_tokens,
