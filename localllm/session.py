@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import home, private_dir
 from .errors import ContextOverflowError, StoreError, UsageError
-from .events import Event, Finished, Token
+from .events import Event, Finished, Reasoning, Token
 from .options import SamplingOptions
 
 STORE_FILE = "chats.sqlite3"
@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     created REAL NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY, conversation INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    role TEXT NOT NULL, content TEXT NOT NULL, complete INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL);
+    role TEXT NOT NULL, content TEXT NOT NULL, complete INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL,
+    reasoning TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, id);
 """
 
@@ -43,6 +44,7 @@ class ChatMessage:
     content: str
     id: int | None = None
     complete: bool = True  # False while streaming, or if the process died mid-reply
+    reasoning: str = ""  # a thinking model's reasoning: shown folded, never sent back to the model
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,9 @@ class ChatStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+            if "reasoning" not in columns:  # a store made before reasoning was kept
+                self._db.execute("ALTER TABLE messages ADD COLUMN reasoning TEXT NOT NULL DEFAULT ''")
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"the chat store {self.path} cannot be opened ({exc}); move it aside to start afresh") from exc
 
@@ -137,9 +142,10 @@ class ChatStore:
         return Conversation(*row) if row else None
 
     def messages(self, conversation_id: int) -> list[ChatMessage]:
-        rows = self._run("SELECT role, content, id, complete FROM messages WHERE conversation = ? ORDER BY id", (conversation_id,))
-        return [ChatMessage(role, content if complete else self._written_so_far(id_, content), id_, bool(complete))
-                for role, content, id_, complete in rows.fetchall()]
+        rows = self._run("SELECT role, content, id, complete, reasoning FROM messages WHERE conversation = ? ORDER BY id",
+                         (conversation_id,))
+        return [ChatMessage(role, content if complete else self._written_so_far(id_, content), id_, bool(complete), reasoning)
+                for role, content, id_, complete, reasoning in rows.fetchall()]
 
     def _written_so_far(self, message_id: int, saved: str) -> str:
         """An unfinished answer as far as it is written, here or by another process."""
@@ -160,7 +166,8 @@ class ChatStore:
         return message
 
     def save(self, message: ChatMessage) -> None:
-        self._run("UPDATE messages SET content = ?, complete = ? WHERE id = ?", (message.content, int(message.complete), message.id))
+        self._run("UPDATE messages SET content = ?, complete = ?, reasoning = ? WHERE id = ?",
+                  (message.content, int(message.complete), message.reasoning, message.id))
 
     def stream(self, message: ChatMessage) -> AnswerLog:
         """Start saving a message token by token; end with finish()."""
@@ -199,7 +206,10 @@ def to_markdown(conversation: Conversation, messages: list[ChatMessage]) -> str:
     if conversation.system:
         lines += ["**System:**", "", conversation.system, ""]
     for m in messages:
-        lines += [f"**{'You' if m.role == 'user' else 'Assistant'}:**", "", m.content + ("" if m.complete else " *(interrupted)*"), ""]
+        lines += [f"**{'You' if m.role == 'user' else 'Assistant'}:**", ""]
+        if m.reasoning:  # folded, as the chat shows it
+            lines += ["<details><summary>thinking</summary>", "", m.reasoning.strip(), "", "</details>", ""]
+        lines += [m.content + ("" if m.complete else " *(interrupted)*"), ""]
     return "\n".join(lines)
 
 
@@ -365,6 +375,8 @@ class ChatSession:
             for event in events:
                 if isinstance(event, Token):
                     log.append(event.text)
+                elif isinstance(event, Reasoning):
+                    answer.reasoning += event.text  # saved with the finished answer
                 elif isinstance(event, Finished):
                     finished = event
                 yield event

@@ -203,10 +203,10 @@ def test_the_server_keeps_reasoning_apart_in_both_apis(r1_starter, tmp_path):
 
 @pytest.mark.slow
 async def test_the_chat_folds_the_reasoning_and_saves_the_answer_alone(r1_starter, isolated_home):
-    from textual.widgets import Collapsible
+    from textual.widgets import Collapsible, Static
 
     from localllm import SamplingOptions, load_model
-    from localllm.session import ChatStore
+    from localllm.session import ChatStore, to_markdown
     from localllm.tui import ChatApp
     from test_tui import send, wait_for
 
@@ -225,6 +225,20 @@ async def test_the_chat_folds_the_reasoning_and_saves_the_answer_alone(r1_starte
             await send(pilot, app, "Hi")
             [fold] = app.query(Collapsible)
             assert fold.collapsed and fold.title.startswith("thinking (")
-            # What is saved (and so sent back next turn) is the answer alone: here nothing, since
-            # the starter never closes the block R1's template opened.
+            # What is sent back next turn is the answer alone: here nothing, since the starter never
+            # closes the block R1's template opened. The reasoning is saved beside it.
             assert [(m.role, m.content) for m in app.session.messages] == [("user", "Hi"), ("assistant", "")]
+            thought = fold.query_one(".thought", Static).render()
+            assert app.session._chat_messages(0) == [{"role": "user", "content": "Hi"}]
+            conversation = app.session.conversation_id
+            saved = ChatStore().messages(conversation)
+            assert saved[1].reasoning.strip() and saved[1].reasoning.strip() == str(thought)
+            # Reopened, the chat shows the fold again under its answer.
+            app.action_new_chat()
+            await pilot.pause()
+            assert not app.query(Collapsible)
+            app.open_conversation(conversation)
+            await pilot.pause()
+            [again] = app.query(Collapsible)
+            assert again.collapsed and str(again.query_one(".thought", Static).render()) == str(thought)
+            assert "<details><summary>thinking</summary>" in to_markdown(ChatStore().conversation(conversation), saved)

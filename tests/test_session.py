@@ -165,3 +165,27 @@ def test_resuming_a_long_chat_counts_a_suffix_not_the_whole_history(tmp_path):
     session = ChatSession.resume(model, store, "m", conversation)
     assert session.used_tokens <= model.n_ctx and session.first_in_context > 9_000
     assert Counting.formatted < 20 * 600, "the search formats a few suffixes, never the 10,000 messages again and again"
+
+
+def test_a_store_from_before_reasoning_was_kept_opens_and_keeps_its_chats(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "chats.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, model TEXT NOT NULL,
+            system TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL);
+        CREATE TABLE messages (id INTEGER PRIMARY KEY, conversation INTEGER NOT NULL REFERENCES conversations(id)
+            ON DELETE CASCADE, role TEXT NOT NULL, content TEXT NOT NULL, complete INTEGER NOT NULL DEFAULT 1,
+            created REAL NOT NULL);
+        INSERT INTO conversations VALUES (1, 'old', 'm', '', 0, 0);
+        INSERT INTO messages VALUES (1, 1, 'user', 'Hi', 1, 0), (2, 1, 'assistant', 'Hello', 1, 0);""")
+    old.commit()
+    old.close()
+    store = ChatStore(path)
+    assert [(m.role, m.content, m.reasoning) for m in store.messages(1)] == [("user", "Hi", ""), ("assistant", "Hello", "")]
+    answer = store.messages(1)[1]
+    answer.reasoning = "They greeted me."
+    store.save(answer)
+    store.close()
+    assert ChatStore(path).messages(1)[1].reasoning == "They greeted me."

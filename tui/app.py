@@ -267,6 +267,8 @@ class ChatApp(ErrorReporting, App):
             widget = _user(m.content) if m.role == "user" else Markdown(m.content, classes="assistant")
             widget.set_class(i < self.session.first_in_context, "out-of-context")
             widgets.append(widget)
+            if m.reasoning:
+                widgets.append(_fold(m.reasoning, len(self.model.tokenize(m.reasoning))))
         messages.mount_all(widgets)
         messages.anchor()
         self._highlight_open_chat()
@@ -455,11 +457,8 @@ class ChatApp(ErrorReporting, App):
         self._flusher.stop()
         await self._flush_tokens()
         if self._reasoning:
-            # Kept for this session's screen only: the saved chat, and so what goes back to the
-            # model, holds the answer alone.
-            fold = Collapsible(Static("".join(self._reasoning).strip(), markup=False), collapsed=True,
-                               title=f"thinking ({len(self._reasoning)} tokens)", classes="reasoning")
-            self.query_one("#messages").mount(fold)
+            # Saved with the answer, shown again when the chat is reopened; never sent back to the model.
+            self.query_one("#messages").mount(_fold("".join(self._reasoning), len(self._reasoning)))
         if self.stop_requested.is_set():
             self.query_one("#messages").mount(Static("stopped (Esc): the answer so far is kept", classes="notice"))
         self.query_one("#prompt", PromptArea).cursor_blink = True
@@ -617,6 +616,12 @@ class _Edit:
     conversation_id: int | None
     original: str
     draft: str
+
+
+def _fold(reasoning: str, tokens: int) -> Collapsible:
+    """A thinking model's reasoning, collapsed under its answer."""
+    return Collapsible(Static(reasoning.strip(), markup=False, classes="thought"), collapsed=True, title=f"thinking ({tokens} tokens)",
+                       classes="reasoning")
 
 
 def _user(text: str) -> Static:
