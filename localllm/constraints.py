@@ -119,15 +119,6 @@ def after_thinking(grammar: str, opened: bool, open_id: int | None = None, close
     return enforceable(named(outer.replace("HEAD", head), grammar), "the grammar")
 
 
-def is_special(attr: int, text: str) -> bool:
-    """How llguidance's reading of a llama.cpp vocabulary (vocabulary() below) tells a special
-    token: a control token, or a user-defined one written like <this>."""
-    import llama_cpp
-
-    return bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
-                or attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and text.startswith("<") and text.endswith(">"))
-
-
 def named(lark: str, answer: str) -> str:
     """A grammar of `lark` in which ``@answer`` stands for the grammar `answer`."""
     if answer.lstrip().startswith("{"):
@@ -135,6 +126,12 @@ def named(lark: str, answer: str) -> str:
     else:
         parts = [{"lark_grammar": answer}]
     return json.dumps({"grammars": [{"name": "outer", "lark_grammar": lark}, dict(parts[0], name="answer"), *parts[1:]]})
+
+
+def special_token(vocabulary: Any, tokens: list[int]) -> int | None:
+    """The token `tokens` is, where it is one token the grammar engine treats as special (a
+    grammar must then name it by id: no text spells it)."""
+    return tokens[0] if len(tokens) == 1 and vocabulary.is_special_token(tokens[0]) else None
 
 
 class Constraint:
@@ -158,6 +155,14 @@ class Constraint:
 
         fill_next_token_bitmask(self._matcher, self._bitmask)
         apply_token_bitmask_inplace(logits, self._bitmask)
+
+    def allowed(self, n: int) -> np.ndarray:
+        """Which of the first n tokens the grammar allows next, as booleans (for logits that are
+        not a NumPy row, e.g. a torch tensor on a GPU)."""
+        from llguidance.numpy import fill_next_token_bitmask
+
+        fill_next_token_bitmask(self._matcher, self._bitmask)
+        return np.unpackbits(self._bitmask[0].view(np.uint8), bitorder="little")[:n].astype(bool)
 
     def accept(self, token: int) -> None:
         self._matcher.consume_token(token)

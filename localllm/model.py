@@ -63,9 +63,8 @@ class Model:
 
     def special_token(self, text: str) -> int | None:
         """The id of `text` where it is one special token to the grammar engine (Qwen3's
-        ``</think>``); None otherwise, or on an engine that constrains no output."""
-        find = getattr(self._loaded, "special_token", None)
-        return find(text) if find is not None and self.capabilities.grammars else None
+        ``</think>``), which a grammar names by id; None otherwise."""
+        return self._loaded.special_token(text)
 
     @property
     def chat_template(self) -> str | None:
@@ -96,7 +95,7 @@ class Model:
         template = self._loaded.chat_template
         sampling = sampling or SamplingOptions()
         tool_kind, tool_params, call_grammar = plan_calls(template, tools, tool_choice, sampling.grammar is not None)
-        sampling = self._checked(replace(sampling, grammar=call_grammar) if call_grammar else sampling)
+        sampling = replace(sampling, grammar=call_grammar) if call_grammar else sampling
         variables = reasoning.template_variables(template, think)
         if tool_kind is not None:
             variables["tools"] = for_template(tools)
@@ -119,14 +118,7 @@ class Model:
 
     def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions | None = None) -> Iterator[Event]:
         """Stream a raw continuation of text or token ids, with no chat template."""
-        return self._loaded.generate(prompt, self._checked(sampling))
-
-    def _checked(self, sampling: SamplingOptions | None) -> SamplingOptions:
-        sampling = sampling or SamplingOptions()
-        if sampling.grammar is not None and not self.capabilities.grammars:
-            raise UsageError(f"the {self.engine} engine cannot constrain output to a schema or grammar yet; "
-                             "use a GGUF model (the llama.cpp engine)")
-        return sampling
+        return self._loaded.generate(prompt, sampling or SamplingOptions())
 
     def complete(self, text: str, system: str | None = None, sampling: SamplingOptions | None = None) -> Completion:
         """The whole reply to one user message, once it is finished."""
@@ -139,7 +131,7 @@ class Model:
 
     @property
     def capabilities(self) -> Capabilities:
-        """What its backend can do (batching, grammars, ...)."""
+        """What its backend can do (batching, token input, ...)."""
         return self._loaded.capabilities
 
     @property

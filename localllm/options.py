@@ -120,7 +120,7 @@ class SamplingOptions:
     # Generation ends before the first of these texts, which is never part of the answer.
     stop: tuple[str, ...] = ()
     # The answer must follow this llguidance grammar (localllm.constraints: json_grammar for a
-    # JSON Schema, text_grammar for GBNF or Lark). Backends without grammars refuse it.
+    # JSON Schema, text_grammar for GBNF or Lark), on every backend.
     grammar: str | None = None
 
     def __post_init__(self) -> None:

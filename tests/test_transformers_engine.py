@@ -47,6 +47,23 @@ def test_the_library_matches_plain_generate_and_reuses_its_cache(starter_checkpo
         assert sampled[0] == sampled[1], "a seed repeats a sampled answer"
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_schema_binds_the_answer_as_on_llama_cpp(starter_checkpoint, temperature):
+    import jsonschema
+
+    from localllm.constraints import json_grammar
+
+    schema = {"type": "object", "properties": {"colours": {"type": "array", "items": {"enum": ["red", "green", "blue"]},
+                                                           "minItems": 3, "maxItems": 3}}, "required": ["colours"]}
+    with load_model(starter_checkpoint, n_threads=2) as model:
+        done = collect(model.chat(QUESTION, SamplingOptions(temperature=temperature, seed=3, max_tokens=60,
+                                                            grammar=json_grammar(schema))))
+    assert done.finished.reason == "stop", done
+    jsonschema.validate(json.loads(done.text), schema)
+    # Forced tokens ("colours", the brackets) are evaluated with the sampled ones and counted as output.
+    assert done.finished.usage.completion_tokens >= len(json.loads(done.text)["colours"]) + 3
+
+
 def test_run_picks_the_engine_from_the_format_and_reports_it(starter_checkpoint):
     result = run_cli("run", "-m", str(starter_checkpoint), "--json", "-t", "0", "--max-tokens", "24", "--threads", "2",
                      "Name three colours.")

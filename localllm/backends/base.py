@@ -28,6 +28,10 @@ class LoadedModel(Protocol):
 
     def tokenize(self, text: str) -> list[int]: ...
 
+    def special_token(self, text: str) -> int | None:
+        """The id of `text` where it is one token the grammar engine treats as special."""
+        ...
+
     chat_template: str | None  # the model's own Jinja template, None when it has none
 
     def format_chat(self, messages: Sequence[Message], **variables) -> str:
@@ -55,7 +59,6 @@ class Capabilities:
     """What a backend can do, for the callers that must choose or refuse."""
 
     batching: bool = False  # several sequences per step (serve --parallel); else one at a time
-    grammars: bool = False  # output constrained by localllm.constraints
     token_input: bool = False  # prompts given as token ids
     multi_gpu: bool = False
     one_thread: bool = False  # every call on the thread that loaded it (see localllm.engine)

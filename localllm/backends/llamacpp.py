@@ -160,7 +160,7 @@ def _init_backend(verbose: bool) -> None:
 
 class LlamaCppBackend:
     name = "llamacpp"
-    capabilities = Capabilities(batching=True, grammars=True, token_input=True, multi_gpu=True, one_thread=True,
+    capabilities = Capabilities(batching=True, token_input=True, multi_gpu=True, one_thread=True,
                                 embeddings=True)
 
     @staticmethod
@@ -304,25 +304,27 @@ class LlamaCppModel:
         return prompt
 
     def tokenize(self, text: str) -> list[int]:
+        return self._tokenize(text, add_special=True)
+
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        """add_special: BOS where the vocabulary asks for it. Special tokens written in the text
+        are always read as such."""
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, True)
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
         if n < 0:
             capacity = -n
             buf = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, True)
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
         return list(buf[:n])
 
     def special_token(self, text: str) -> int | None:
         """The id of `text` when it is one token the grammar engine sees as special (Qwen3's
         ``</think>``), which a grammar must then name by id, not spell."""
-        from ..constraints import is_special
+        from ..constraints import special_token
 
-        tokens = self.tokenize(text)
-        if len(tokens) == 1 and is_special(llama_cpp.llama_vocab_get_attr(self._vocab, tokens[0]), text):
-            return tokens[0]
-        return None
+        return special_token(self.grammar_vocabulary(), self._tokenize(text, add_special=False))
 
     def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions) -> Iterator[Event]:
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)

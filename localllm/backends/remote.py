@@ -20,6 +20,7 @@ from .base import Capabilities, SequenceRequest, TokenizerChat
 
 MAX_REMOTE_SLOTS = 256
 STEP_WAIT_S = 0.02
+NO_GRAMMAR = "structured output is not passed to a remote engine yet"
 
 
 class RemoteModel(TokenizerChat):
@@ -52,6 +53,9 @@ class RemoteModel(TokenizerChat):
         special = not (bos and text.startswith(bos))
         return list(self._tokenizer(text, add_special_tokens=special)["input_ids"])
 
+    def special_token(self, text: str) -> int | None:
+        raise UsageError(NO_GRAMMAR)  # asked only for a grammar, which is refused here
+
     def generate(self, prompt: str | Sequence[int], sampling) -> Iterator[Event]:
         raise UsageError("a remote engine serves through `localllm serve`, not one prompt at a time")
 
@@ -81,7 +85,7 @@ class RemoteBatcher:
 
     def add(self, request: SequenceRequest) -> None:
         if request.grammar is not None:
-            raise UsageError("structured output is not passed to a remote engine yet")
+            raise UsageError(NO_GRAMMAR)
         self._running.add(request)
         threading.Thread(target=self._stream, args=(request,), daemon=True, name="localllm-remote").start()
 

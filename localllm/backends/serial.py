@@ -3,7 +3,9 @@ turn, each step taking one event from the running generation."""
 
 from __future__ import annotations
 
-from ..errors import LocalLLMError, UsageError
+from dataclasses import replace
+
+from ..errors import LocalLLMError
 from ..events import Finished
 from .base import SequenceRequest
 
@@ -23,9 +25,8 @@ class SerialBatcher:
         return self._request is not None
 
     def add(self, request: SequenceRequest) -> None:
-        if request.grammar is not None:
-            raise UsageError(f"structured output is not available on the {type(self._model).__name__} engine yet")
-        self._request, self._events = request, self._model.generate(request.tokens, request.sampling)
+        sampling = replace(request.sampling, grammar=request.grammar) if request.grammar is not None else request.sampling
+        self._request, self._events = request, self._model.generate(request.tokens, sampling)
 
     def step(self) -> None:
         request = self._request

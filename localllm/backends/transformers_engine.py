@@ -20,6 +20,7 @@ from ..errors import ContextOverflowError, GenerationError, ModelLoadError, Usag
 from ..events import Event, Finished, Token, Usage
 from ..hardware import default_threads, detect
 from ..options import DEFAULT_CTX, LoadOptions, SamplingOptions
+from ..constraints import Constraint
 from ..stops import StopText
 from .base import Capabilities, TokenizerChat, reusable_prefix
 
@@ -177,10 +178,28 @@ class TransformersModel(TokenizerChat):
             self._ends.add(self._tokenizer.eos_token_id)
         self._cache = None
         self._cached: list[int] = []
+        self._grammar_vocabulary = None
         self.can_embed = False
 
     def tokenize(self, text: str) -> list[int]:
         return list(self._tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def grammar_vocabulary(self):
+        """llguidance's view of the tokenizer, built on first use (about a second)."""
+        if self._grammar_vocabulary is None:
+            import llguidance.hf
+
+            try:
+                self._grammar_vocabulary = llguidance.hf.from_tokenizer(self._tokenizer, n_vocab=self.n_vocab,
+                                                                       eos_token=sorted(self._ends))
+            except ValueError as exc:  # a slow (Python) tokenizer: llguidance reads fast ones only
+                raise UsageError(f"{self.path.name}: its tokenizer cannot drive a grammar ({exc})") from None
+        return self._grammar_vocabulary
+
+    def special_token(self, text: str) -> int | None:
+        from ..constraints import special_token
+
+        return special_token(self.grammar_vocabulary(), list(self._tokenizer(text, add_special_tokens=False)["input_ids"]))
 
     def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
         if not isinstance(prompt, str):
@@ -222,6 +241,7 @@ class TransformersModel(TokenizerChat):
         limit = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
         detokenizer = _Detokenizer(self._tokenizer)
         stops = StopText(sampling.stop)
+        constraint = Constraint(self.grammar_vocabulary(), sampling.grammar) if sampling.grammar else None
         generated: list[int] = []
         reason, t_first, t_prompt_done = "length", None, None
         feed = tokens[reused:]
@@ -236,20 +256,28 @@ class TransformersModel(TokenizerChat):
                     raise GenerationError(f"the model failed to evaluate: {str(exc).splitlines()[0][:200]}") from None
                 self._cache = getattr(out, "cache", None) or out.past_key_values
                 self._cached.extend(feed)
-                token = _sample(torch, out.logits[0, -1].float(), sampling, tokens + generated, generator)
+                logits = out.logits[0, -1].float()
+                if constraint is not None:  # the same mask as on llama.cpp, moved to the logits' device
+                    allowed = torch.from_numpy(constraint.allowed(logits.numel())).to(logits.device)
+                    logits.masked_fill_(~allowed, float("-inf"))
+                token = _sample(torch, logits, sampling, tokens + generated, generator)
                 t_prompt_done = t_prompt_done or time.perf_counter()
                 if not sampling.ignore_eos and token in self._ends:
                     reason = "stop"
                     break
-                generated.append(token)
-                text, stopped = stops.feed(detokenizer.add(token))
+                step = [token]
+                if constraint is not None:  # the tokens the grammar forces go in with the sampled one
+                    constraint.accept(token)
+                    step += constraint.forced()[: limit - len(generated) - 1]
+                generated.extend(step)
+                text, stopped = stops.feed("".join(detokenizer.add(t) for t in step))
                 t_first = t_first or time.perf_counter()
                 if text:
                     yield Token(text)
-                if stopped:
+                if stopped or (constraint is not None and constraint.complete):
                     reason = "stop"
                     break
-                feed = [token]
+                feed = step
         held = stops.flush()  # empty after a stop string matched; text that only began one, after the end of turn
         if held:
             yield Token(held)

@@ -225,9 +225,6 @@ class _Api:
         served = await self._acquire(job.model)
         try:
             tool_grammar(served.model, job)
-            if job.grammar is not None and not served.model.capabilities.grammars:
-                raise ApiError(400, f"structured output is not available on the {served.model.engine} engine yet",
-                               "response_format")
             tokens, prompt = await run_in_threadpool(prompt_tokens, served.model, job)
             events = _Events(self.mailbox)
             sequence = SequenceRequest(tokens, job.sampling, events.put, job.grammar)
