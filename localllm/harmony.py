@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import re
 
+from .stops import partial_end
+
 MESSAGE, START, END, CHANNEL = "<|message|>", "<|start|>", "<|end|>", "<|channel|>"
 MAX_HEADER = 512  # a header is a few words; past this it is not one
 _OPENINGS = (CHANNEL, " to=", "to=", "assistant")
@@ -62,7 +64,7 @@ class HarmonySplitter:
                 buffer = buffer[min(cut) + len(marker):]
                 self._close()
                 continue
-            keep = max(_partial(buffer, START), _partial(buffer, END))
+            keep = max(partial_end(buffer, START), partial_end(buffer, END))
             self._emit(out, buffer[: len(buffer) - keep])
             self._held = buffer[len(buffer) - keep:]
             break
@@ -108,13 +110,6 @@ class HarmonySplitter:
             self._call[1] += text
         else:
             out.append((route == "reasoning", text))
-
-
-def _partial(buffer: str, tag: str) -> int:
-    for length in range(min(len(tag) - 1, len(buffer)), 0, -1):
-        if buffer.endswith(tag[:length]):
-            return length
-    return 0
 
 
 _ANALYSIS = '(<|channel|> "analysis" <|message|> TEXT? <|end|>? <|start|> "assistant")*'

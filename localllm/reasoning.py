@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 from . import harmony
 from .events import Event, Finished, Reasoning, Token
+from .stops import partial_end
 
 OPEN, CLOSE = "<think>", "</think>"
 SWITCH = "enable_thinking"
@@ -91,7 +92,7 @@ class ThinkSplitter:
             elif at >= 0 and not self._started and not buffer[:at].strip():
                 buffer, self.inside = buffer[at + len(tag):], True  # a block only counts at the start
                 continue
-            keep = _partial(buffer, tag) if (self.inside or not self._started) else 0
+            keep = partial_end(buffer, tag) if (self.inside or not self._started) else 0
             self._emit(out, self.inside, buffer[: len(buffer) - keep])
             self._held = buffer[len(buffer) - keep:]
             break
@@ -113,13 +114,6 @@ class ThinkSplitter:
                 self._started = True
         if text:
             out.append((reasoning, text))
-
-
-def _partial(buffer: str, tag: str) -> int:
-    for length in range(min(len(tag) - 1, len(buffer)), 0, -1):
-        if buffer.endswith(tag[:length]):
-            return length
-    return 0
 
 
 def split_events(events: Iterator[Event], splitter: ThinkSplitter | harmony.HarmonySplitter) -> Iterator[Event]:

@@ -22,7 +22,7 @@ class StopText:
         if hits:
             self._held = ""
             return buffer[: min(hits)], True
-        keep = max((self._partial(buffer, stop) for stop in self.stops), default=0)
+        keep = max((partial_end(buffer, stop) for stop in self.stops), default=0)
         self._held = buffer[len(buffer) - keep:] if keep else ""
         return buffer[: len(buffer) - keep], False
 
@@ -31,10 +31,11 @@ class StopText:
         held, self._held = self._held, ""
         return held
 
-    @staticmethod
-    def _partial(buffer: str, stop: str) -> int:
-        """The length of the longest end of `buffer` that begins `stop`."""
-        for length in range(min(len(stop) - 1, len(buffer)), 0, -1):
-            if buffer.endswith(stop[:length]):
-                return length
-        return 0
+
+def partial_end(buffer: str, tag: str) -> int:
+    """The length of the longest end of `buffer` that begins `tag` (text to hold back until the
+    next token shows whether it completes the tag)."""
+    for length in range(min(len(tag) - 1, len(buffer)), 0, -1):
+        if buffer.endswith(tag[:length]):
+            return length
+    return 0

@@ -3,9 +3,11 @@ free text, for the same prompt under a JSON Schema on localllm (llguidance, forc
 batch), and under the same schema through llama.cpp's own grammar sampler as llama-cpp-python
 uses it (`Llama(...)(grammar=LlamaGrammar.from_json_schema(...))`).
 
-    python tests/benchmarks/bench_structured.py [--rounds 6] [--threads 2]
+    python tests/benchmarks/bench_structured.py [--rounds 6] [--threads 2] [--full]
 
 Greedy decoding, 2 threads; rounds alternate the order; ratios are medians of per-round ratios.
+--full also measures the transformers engine (the starter exported to a safetensors checkpoint,
+as the tests make it): the same schema against free text there.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--full", action="store_true", help="also the transformers engine (needs the full extra)")
     args = parser.parse_args()
 
     from llama_cpp import Llama, LlamaGrammar
@@ -77,6 +80,34 @@ def main() -> None:
               f"schema (llama.cpp grammar) {speed['llama.cpp']:.0f} tok/s", flush=True)
     print(f"\nconstrained / free text:              {statistics.median(free_ratio):.3f}  (target >= 1.0)")
     print(f"localllm / llama.cpp grammar sampler: {statistics.median(grammar_ratio):.3f}  (target >= 1.5)")
+    model.close()
+    if args.full:
+        full(args, grammar)
+
+
+def full(args, grammar) -> None:
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from safetensors_model import export_starter
+
+    from localllm import load_model
+    from localllm.registry import starter_path
+
+    with tempfile.TemporaryDirectory() as folder:
+        model = load_model(export_starter(starter_path(), Path(folder) / "starter"), n_threads=args.threads, n_ctx=1024)
+        ours(model, grammar), ours(model, None)
+        ratios = []
+        for r in range(args.rounds):
+            sides = [("free", lambda: ours(model, None)), ("ours", lambda: ours(model, grammar))]
+            got = {name: run() for name, run in (sides if r % 2 == 0 else sides[::-1])}
+            json.loads(got["ours"][1])
+            ratios.append(got["ours"][0] / got["free"][0])
+            print(f"transformers round {r + 1}: free {got['free'][0]:.0f}, schema {got['ours'][0]:.0f} tok/s", flush=True)
+        print(f"\ntransformers engine, constrained / free text: {statistics.median(ratios):.3f}")
+        model.close()
 
 
 if __name__ == "__main__":
