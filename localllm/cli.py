@@ -135,8 +135,9 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none.  [default: as many as fit]")
 @click.option("--engine", type=click.Choice(ENGINES), help="Backend to run the model on.  [default: from its format]")
 @click.option("--dtype", type=click.Choice(DTYPES), help="Precision on the transformers engine.  [default: the checkpoint's where native, else float32]")
+@click.option("--think/--no-think", default=None, help="Let a thinking model (Qwen3) reason first, or not, where its template can switch.  [default: the model's]")
 @rpc_option
-def chat(model, resume, ctx, threads, gpu_layers, engine, dtype, rpc):
+def chat(model, resume, ctx, threads, gpu_layers, engine, dtype, think, rpc):
     """Chat in the terminal: streaming answers, saved conversations, model downloads. F1 lists the keys.
 
     Conversations are saved as they are written (in $LOCALLLM_HOME/chats.sqlite3).
@@ -154,7 +155,7 @@ def chat(model, resume, ctx, threads, gpu_layers, engine, dtype, rpc):
     saved_ctx = load_config().get("chat", {}).get("n_ctx")
     options = chat_load_options(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers, engine=engine, dtype=dtype,
                                 rpc=rpc)
-    app = ChatApp(model_ref=model, resume=resume, load_options=options)
+    app = ChatApp(model_ref=model, resume=resume, load_options=options, think=think)
     app.run()
     if app.fatal_error:
         click.echo(f"localllm: error: {app.fatal_error}", err=True)

@@ -241,7 +241,7 @@ class AnswerLog:
 class ChatSession:
     """One conversation with a loaded model. Not thread-safe: one reply at a time."""
 
-    model: object  # localllm.Model, or anything with n_ctx, tokenize, format_chat, chat
+    model: object  # localllm.Model, or anything with n_ctx, chat_template, tokenize, format_chat, chat
     store: ChatStore
     model_name: str
     system: str = ""
@@ -250,14 +250,16 @@ class ChatSession:
     messages: list[ChatMessage] = field(default_factory=list)
     first_in_context: int = 0  # index of the oldest message the model still sees
     used_tokens: int = 0
+    think: bool | None = None  # a thinking model's switch, where its template has one (None: its default)
 
     @classmethod
-    def resume(cls, model, store: ChatStore, model_name: str, conversation_id: int, sampling: SamplingOptions | None = None) -> ChatSession:
+    def resume(cls, model, store: ChatStore, model_name: str, conversation_id: int, sampling: SamplingOptions | None = None,
+               think: bool | None = None) -> ChatSession:
         conversation = store.conversation(conversation_id)
         if conversation is None:
             raise UsageError(f"there is no conversation {conversation_id}")
         session = cls(model, store, model_name, conversation.system, sampling or SamplingOptions(), conversation_id,
-                      store.messages(conversation_id))
+                      store.messages(conversation_id), think=think)
         session._fit_context(reserve=0)
         return session
 
@@ -316,7 +318,10 @@ class ChatSession:
         return head + [{"role": m.role, "content": m.content} for m in self.messages[start:] if m.content or m.role == "user"]
 
     def _count(self, start: int) -> int:
-        return len(self.model.tokenize(self.model.format_chat(self._chat_messages(start))))
+        from .reasoning import template_variables
+
+        variables = template_variables(self.model.chat_template, self.think)
+        return len(self.model.tokenize(self.model.format_chat(self._chat_messages(start), **variables)))
 
     def _fit_context(self, reserve: int) -> int:
         """Move first_in_context past whole turns until the history fits; return messages dropped.
@@ -366,7 +371,7 @@ class ChatSession:
         dropped = self._fit_context(self.reserve)
         if dropped:
             yield ContextNotice("trimmed", self.used_tokens, self.n_ctx, dropped)
-        events = self.model.chat(self._chat_messages(self.first_in_context), self.sampling)
+        events = self.model.chat(self._chat_messages(self.first_in_context), self.sampling, think=self.think)
         answer = self.store.add(self.conversation_id, ChatMessage("assistant", "", complete=False))
         self.messages.append(answer)
         log = self.store.stream(answer)

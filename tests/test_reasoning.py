@@ -242,3 +242,32 @@ async def test_the_chat_folds_the_reasoning_and_saves_the_answer_alone(r1_starte
             [again] = app.query(Collapsible)
             assert again.collapsed and str(again.query_one(".thought", Static).render()) == str(thought)
             assert "<details><summary>thinking</summary>" in to_markdown(ChatStore().conversation(conversation), saved)
+
+
+@pytest.mark.slow
+async def test_the_chat_takes_think_and_no_think_where_the_template_can_switch(qwen3_starter, r1_starter, isolated_home):
+    from textual.widgets import Static
+
+    from localllm import SamplingOptions, load_model
+    from localllm.events import Finished
+    from localllm.session import ChatSession, ChatStore
+    from localllm.tui import ChatApp
+    from test_tui import wait_for
+
+    with load_model(qwen3_starter, n_ctx=1024, n_threads=2) as model:
+        def prompt_tokens(think):
+            session = ChatSession(model, ChatStore(), "qwen3", sampling=SamplingOptions(temperature=0, max_tokens=4), think=think)
+            [finished] = [e for e in session.send("Hi") if isinstance(e, Finished)]
+            return finished.usage.prompt_tokens
+
+        # --no-think: Qwen3's template writes its empty think block into the prompt.
+        assert prompt_tokens(False) > prompt_tokens(True)
+
+    for path, switches in ((qwen3_starter, True), (r1_starter, False)):
+        app = ChatApp(model_ref="m", store=ChatStore(), loader=lambda ref, options: load_model(path, n_ctx=1024, n_threads=2),
+                      think=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: app.session is not None)
+            notices = [str(w.render()) for w in app.query(".notice").results(Static)]
+            assert app.session.think is (False if switches else None)
+            assert any("--no-think does not apply" in n for n in notices) is not switches

@@ -17,6 +17,7 @@ class Words:
     """A model stand-in that answers word0 word1 ...; only the store is under test here."""
 
     n_ctx = n_ctx_train = 4096
+    chat_template = None
 
     def __init__(self, words: int):
         self.words = words
@@ -27,7 +28,7 @@ class Words:
     def format_chat(self, messages):
         return " ".join(m["content"] for m in messages)
 
-    def chat(self, messages, sampling):
+    def chat(self, messages, sampling, think=None):
         for i in range(self.words):
             yield Token(f"word{i} ")
         yield Finished("stop", Usage(1, self.words), Timings(0.1, 0.1, 1.0, 100.0, 100.0), 1)

@@ -41,6 +41,7 @@ class ScriptedModel:
     def __init__(self, words: int = 400, delay: float = 0.01, n_ctx: int = 4096):
         self.words, self.delay, self.n_ctx = words, delay, n_ctx
         self.path, self.n_ctx_train, self.n_threads, self.n_gpu_layers = Path("scripted-Q4_K_M.gguf"), n_ctx, 2, 0
+        self.chat_template = None
         self.prompts: list[list[dict]] = []
         self.closed = False
         self.threads = {threading.get_ident()}  # every thread that ran this model's work
@@ -51,7 +52,7 @@ class ScriptedModel:
     def format_chat(self, messages):
         return " ".join(f"<{m['role']}> {m['content']}" for m in messages)
 
-    def chat(self, messages, sampling):
+    def chat(self, messages, sampling, think=None):
         self.prompts.append(list(messages))
         return self._stream()
 
@@ -522,7 +523,7 @@ async def test_an_unexpected_error_is_one_line_logged_privately_and_the_app_goes
         shown = str(app.query(".error").last().render())
         assert "unexpected error: RuntimeError" in shown and "secret" not in shown
         del app._generate  # the class's own again
-        monkeypatch.setattr(model, "chat", lambda messages, sampling: (_ for _ in ()).throw(ValueError("engine side")))
+        monkeypatch.setattr(model, "chat", lambda messages, sampling, think: (_ for _ in ()).throw(ValueError("engine side")))
         await pilot.press("enter")
         await wait_for(pilot, lambda: "ValueError: engine side" in str(app.query(".error").last().render()))
         assert app.is_running

@@ -28,6 +28,7 @@ from localllm.config import load_config, save_config
 from localllm.engine import Engine
 from localllm.errors import LocalLLMError
 from localllm.events import Finished, PromptProgress, Reasoning, Token
+from localllm.reasoning import can_switch
 from localllm.hardware import usable_cpus
 from localllm.options import LoadOptions, SamplingOptions
 from localllm.session import ChatSession, ChatStore, ContextNotice, to_markdown
@@ -94,8 +95,9 @@ class ChatApp(ErrorReporting, App):
     ]
 
     def __init__(self, model_ref: str | None = None, resume: bool = False, load_options: LoadOptions | None = None,
-                 store: ChatStore | None = None, hardware=None, loader: Callable | None = None):
+                 store: ChatStore | None = None, hardware=None, loader: Callable | None = None, think: bool | None = None):
         super().__init__()
+        self.think = think  # --think/--no-think, for the models whose template can switch
         config = load_config()
         saved = config.get("chat", {})
         self.model_ref, self.resume = model_ref, resume
@@ -242,18 +244,27 @@ class ChatApp(ErrorReporting, App):
             self.open_conversation(conversation_id)
         else:
             self.new_session()
+        if self.think is not None and self._think() is None:
+            self.query_one("#messages").mount(Static(f"{'--think' if self.think else '--no-think'} does not apply: this "
+                                                     "model's chat template cannot switch its thinking", classes="notice"))
         self._update_status()
+
+    def _think(self) -> bool | None:
+        """--think/--no-think where this model's template can switch; elsewhere the model's default."""
+        return self.think if can_switch(self.model.chat_template) else None
 
     # ---- conversations ------------------------------------------------------------------
     def new_session(self) -> None:
         self._end_edit()
-        self.session = ChatSession(self.model, self.store, str(self.model.path), self.system, self.sampling)
+        self.session = ChatSession(self.model, self.store, str(self.model.path), self.system, self.sampling,
+                                   think=self._think())
         self._first_shown = 0  # the message the first widget of the transcript shows
         self.query_one("#messages").remove_children()
 
     def open_conversation(self, conversation_id: int) -> None:
         self._end_edit()
-        self.session = ChatSession.resume(self.model, self.store, str(self.model.path), conversation_id, self.sampling)
+        self.session = ChatSession.resume(self.model, self.store, str(self.model.path), conversation_id, self.sampling,
+                                          self._think())
         messages = self.query_one("#messages", VerticalScroll)
         messages.remove_children()
         # A long chat shows its last messages only: drawing thousands of Markdown widgets would
