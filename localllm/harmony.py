@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 
-from .stops import partial_end
+from .stops import hold_back
 
 MESSAGE, START, END, CHANNEL = "<|message|>", "<|start|>", "<|end|>", "<|channel|>"
 MAX_HEADER = 512  # a header is a few words; past this it is not one
@@ -64,9 +64,8 @@ class HarmonySplitter:
                 buffer = buffer[min(cut) + len(marker):]
                 self._close()
                 continue
-            keep = max(partial_end(buffer, START), partial_end(buffer, END))
-            self._emit(out, buffer[: len(buffer) - keep])
-            self._held = buffer[len(buffer) - keep:]
+            ready, self._held = hold_back(buffer, (START, END))
+            self._emit(out, ready)
             break
         return out
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 from . import harmony
 from .events import Event, Finished, Reasoning, Token
-from .stops import partial_end
+from .stops import hold_back
 
 OPEN, CLOSE = "<think>", "</think>"
 SWITCH = "enable_thinking"
@@ -92,9 +92,8 @@ class ThinkSplitter:
             elif at >= 0 and not self._started and not buffer[:at].strip():
                 buffer, self.inside = buffer[at + len(tag):], True  # a block only counts at the start
                 continue
-            keep = partial_end(buffer, tag) if (self.inside or not self._started) else 0
-            self._emit(out, self.inside, buffer[: len(buffer) - keep])
-            self._held = buffer[len(buffer) - keep:]
+            ready, self._held = hold_back(buffer, (tag,)) if (self.inside or not self._started) else (buffer, "")
+            self._emit(out, self.inside, ready)
             break
         return out
 

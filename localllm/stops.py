@@ -22,9 +22,8 @@ class StopText:
         if hits:
             self._held = ""
             return buffer[: min(hits)], True
-        keep = max((partial_end(buffer, stop) for stop in self.stops), default=0)
-        self._held = buffer[len(buffer) - keep:] if keep else ""
-        return buffer[: len(buffer) - keep], False
+        ready, self._held = hold_back(buffer, self.stops)
+        return ready, False
 
     def flush(self) -> str:
         """What was held back when the answer ends without completing a stop string."""
@@ -32,9 +31,15 @@ class StopText:
         return held
 
 
-def partial_end(buffer: str, tag: str) -> int:
-    """The length of the longest end of `buffer` that begins `tag` (text to hold back until the
-    next token shows whether it completes the tag)."""
+def hold_back(buffer: str, tags) -> tuple[str, str]:
+    """(the text safe to show, the end held back because it begins one of `tags`): the next
+    token shows whether that end completes the tag."""
+    keep = max((_partial_end(buffer, tag) for tag in tags), default=0)
+    return buffer[: len(buffer) - keep], buffer[len(buffer) - keep:]
+
+
+def _partial_end(buffer: str, tag: str) -> int:
+    """The length of the longest end of `buffer` that begins `tag`."""
     for length in range(min(len(tag) - 1, len(buffer)), 0, -1):
         if buffer.endswith(tag[:length]):
             return length

@@ -122,15 +122,10 @@ def test_grammars_name_harmonys_special_tokens(oss):
 @pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_required_call_and_a_schema_on_gpt_oss_parse_and_validate(oss, temperature):
+    from test_tools import assert_required_calls_validate
+
+    assert_required_calls_validate(oss, temperature)
     messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
-    sampling = SamplingOptions(temperature=temperature, seed=5, max_tokens=120)
-    done = collect(oss.chat(messages, sampling, tools=[WEATHER, TIME], tool_choice="required"))
-    assert done.finished.reason == "tool_calls" and len(done.tool_calls) == 1, done
-    call = done.tool_calls[0]
-    jsonschema.validate(call.arguments, TOOLS[call.name])
-    named = collect(oss.chat(messages, sampling, tools=[WEATHER, TIME],
-                             tool_choice={"type": "function", "function": {"name": "get_time"}}))
-    assert [c.name for c in named.tool_calls] == ["get_time"]
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "celsius": {"type": "integer"}},
               "required": ["city", "celsius"]}
     answer = collect(oss.chat(messages, SamplingOptions(temperature=temperature, seed=5, max_tokens=120,

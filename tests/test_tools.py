@@ -76,17 +76,21 @@ def qwen3_model(starter_gguf, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_required_call_on_the_starter_always_parses_and_validates(qwen3_model, temperature):
+    assert_required_calls_validate(qwen3_model, temperature)
+
+
+def assert_required_calls_validate(model, temperature: float) -> None:
+    """A required call and a named one: each parses into one call whose arguments validate."""
     messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
     sampling = SamplingOptions(temperature=temperature, seed=5, max_tokens=120)
-    done = collect(qwen3_model.chat(messages, sampling, tools=[WEATHER, TIME], tool_choice="required"))
+    done = collect(model.chat(messages, sampling, tools=[WEATHER, TIME], tool_choice="required"))
     assert done.finished.reason == "tool_calls" and len(done.tool_calls) == 1, done
     call = done.tool_calls[0]
-    parameters = (WEATHER if call.name == "get_weather" else TIME)["function"]["parameters"]
-    jsonschema.validate(call.arguments, parameters)
-    named = collect(qwen3_model.chat(messages, sampling, tools=[WEATHER, TIME],
-                                     tool_choice={"type": "function", "function": {"name": "get_time"}}))
+    jsonschema.validate(call.arguments, TOOLS[call.name])
+    named = collect(model.chat(messages, sampling, tools=[WEATHER, TIME],
+                               tool_choice={"type": "function", "function": {"name": "get_time"}}))
     assert [c.name for c in named.tool_calls] == ["get_time"]
-    jsonschema.validate(named.tool_calls[0].arguments, TIME["function"]["parameters"])
+    jsonschema.validate(named.tool_calls[0].arguments, TOOLS["get_time"])
 
 
 def test_tools_on_a_template_without_them_are_refused(starter_model):
