@@ -168,7 +168,7 @@ def bindings() -> _Rpc:
     """ggml's RPC functions (loading libggml-rpc first if need be); RpcError when there are none."""
     global _rpc
     if _rpc is None:
-        from .backends.llamacpp import devices
+        from .backends.llamacpp_runtime import devices
 
         devices()  # initializes llama.cpp's backends (and its log routing) first
         _rpc = _Rpc()

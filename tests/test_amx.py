@@ -172,7 +172,7 @@ def test_override_patterns_name_only_the_cpu_resident_weights():
 
 @pytest.fixture(scope="module")
 def starter_q4_0(starter_gguf, tmp_path_factory) -> Path:
-    from localllm.backends.llamacpp import quantize
+    from localllm.backends.llamacpp_params import quantize
 
     path = tmp_path_factory.mktemp("q4_0") / "starter-q4_0.gguf"
     quantize(starter_gguf, path, "q4_0")
@@ -254,10 +254,10 @@ def test_an_abort_inside_llama_cpp_is_one_line_with_its_reason_and_no_backtrace(
     # A real GGML_ABORT: a tensor larger than its ggml context's memory pool.
     script = textwrap.dedent("""
         from localllm import crash
-        from localllm.backends import llamacpp
+        from localllm.backends import llamacpp_runtime
         from localllm.backends.cpu_buffers import _api, _InitParams
         crash.install()
-        llamacpp._init_backend(False)
+        llamacpp_runtime.init_backend(False)
         g = _api()
         ctx = g.init(_InitParams(1024, None, False))
         g.new_tensor_2d(ctx, 0, 4096, 4096)

@@ -144,13 +144,13 @@ def test_an_answer_cut_inside_a_character_drops_its_first_bytes(starter_model):
 
 
 def test_greedy_fast_path_picks_what_llama_cpps_greedy_sampler_picks(starter_model):
-    from localllm.backends.llamacpp import _sampler_chain, llama_cpp
+    from localllm.backends.llamacpp_params import llama_cpp, sampler_chain
 
     loaded = starter_model._loaded
     sampling = SamplingOptions(temperature=0, max_tokens=64, ignore_eos=True)
     for text in ("Why is the sky blue?", "List three prime numbers.", "Écris une phrase en français."):
         tokens = loaded.tokenize(starter_model.format_chat([{"role": "user", "content": text}]))
-        chain = _sampler_chain(sampling, 0, llama_cpp.llama_vocab_n_tokens(loaded._vocab))
+        chain = sampler_chain(sampling, 0, llama_cpp.llama_vocab_n_tokens(loaded._vocab))
         try:
             reference = collect(loaded._run(tokens, sampling, lambda: llama_cpp.llama_sampler_sample(chain, loaded._ctx, -1), 0)).text
         finally:

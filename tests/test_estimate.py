@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from localllm.backends.llamacpp import dry_run
+from localllm.backends.llamacpp_params import dry_run
 from localllm.estimate import MIB, LoadShape, estimate, kv_layer_bytes
 from localllm.gguf_info import inspect_file
 from localllm.options import LoadOptions
@@ -61,7 +61,7 @@ def test_amx_packing_bytes_follow_llama_cpps_amx_buffer():
 
 
 def test_amx_weights_are_counted_where_they_stay_on_the_cpu(starter_gguf, tmp_path, spec_cache):
-    from localllm.backends.llamacpp import quantize
+    from localllm.backends.llamacpp_params import quantize
 
     q8 = tmp_path / "starter-q8_0.gguf"
     quantize(starter_gguf, q8, "q8_0")

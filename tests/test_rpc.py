@@ -193,7 +193,7 @@ def _cli(env, *args: str) -> str:
 
 
 def test_planner_puts_workers_first_and_splits_by_their_free_memory(tmp_path):
-    """A reading of this machine's devices with two workers registered (llamacpp.devices())."""
+    """A reading of this machine's devices with two workers registered (llamacpp_runtime.devices())."""
     gib = 2**30
     build = BuildInfo(False, (DeviceInfo("CPU", "cpu", 24 * gib, 24 * gib),
                               DeviceInfo("RPC0", "gpu", 2 * gib, 24 * gib, "10.0.0.2:50052"),

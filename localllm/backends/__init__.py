@@ -42,7 +42,7 @@ def backend_for(path: Path, engine: str | None = None) -> Backend:
 def build_info() -> BuildInfo:
     """What the installed llama.cpp build can run on (imports llama_cpp)."""
     from . import amx
-    from .llamacpp import devices, supports_gpu_offload
+    from .llamacpp_runtime import devices, supports_gpu_offload
 
     found = tuple(DeviceInfo(*d) for d in devices())
     # llama.cpp counts RPC workers as GPUs; gpu_offload means this machine's own.

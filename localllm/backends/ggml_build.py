@@ -42,7 +42,7 @@ def load_dynamic_backends() -> None:
 
 def backend_names() -> list[str]:
     """ggml's registered backends, e.g. ["CPU"], ["CUDA", "CPU"], ["Metal", "BLAS", "CPU"]."""
-    from .llamacpp import devices
+    from .llamacpp_runtime import devices
 
     devices()  # initializes llama.cpp (and a portable build's backends) first
     ggml, base = library("ggml"), library("ggml-base")

@@ -25,7 +25,8 @@ from ..events import Finished, PromptProgress, Token, Usage
 from ..constraints import Constraint
 from ..stops import StopText
 from .base import SequenceRequest, reusable_prefix
-from .llamacpp import PROGRESS_AFTER, LlamaCppModel, _sampler_chain
+from .llamacpp import PROGRESS_AFTER, LlamaCppModel
+from .llamacpp_params import sampler_chain
 
 
 class _Slot:
@@ -179,7 +180,7 @@ class LlamaCppBatcher:
             if slot.greedy:
                 return int(row.argmax())
         if slot.sampler is None:
-            slot.sampler = _sampler_chain(slot.request.sampling, slot.seed, llama_cpp.llama_vocab_n_tokens(self._vocab))
+            slot.sampler = sampler_chain(slot.request.sampling, slot.seed, llama_cpp.llama_vocab_n_tokens(self._vocab))
         return llama_cpp.llama_sampler_sample(slot.sampler, ctx, index)
 
     def _sampled(self, slot: _Slot, token: int) -> None:

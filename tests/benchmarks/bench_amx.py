@@ -21,7 +21,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from localllm.backends import amx, llamacpp
+from localllm.backends import amx, llamacpp, llamacpp_params
 from localllm.events import Finished
 from localllm.hardware import cpu_flags, read_cpuinfo
 from localllm.options import LoadOptions, SamplingOptions
@@ -37,13 +37,13 @@ def _no_extra(mparams, path, n_gpu_layers):
 def load(path: Path, placement: str, threads: int) -> llamacpp.LlamaCppModel:
     os.environ[amx.ENV] = "off" if placement == "fallback" else "auto"
     amx._status = None
-    place = llamacpp._place_cpu_weights
+    place = llamacpp.place_cpu_weights
     if placement == "no-extra":
-        llamacpp._place_cpu_weights = _no_extra
+        llamacpp.place_cpu_weights = _no_extra
     try:
         return llamacpp.LlamaCppModel(path, LoadOptions(n_ctx=1024, n_threads=threads, n_gpu_layers=0))
     finally:
-        llamacpp._place_cpu_weights = place
+        llamacpp.place_cpu_weights = place
 
 
 def speeds(model: llamacpp.LlamaCppModel) -> tuple[float, float]:
@@ -68,7 +68,7 @@ def main() -> None:
     starter = starter_path()
     with tempfile.TemporaryDirectory() as tmp:
         q4_0 = Path(tmp) / "starter-q4_0.gguf"
-        llamacpp.quantize(starter, q4_0, "q4_0")
+        llamacpp_params.quantize(starter, q4_0, "q4_0")
         for name, path in (("starter Q4_1", starter), ("starter Q4_0", q4_0)):
             placements = ("default", "fallback", "no-extra")
             rounds: list[dict[str, tuple[float, float]]] = []

@@ -30,9 +30,10 @@ from localllm.registry import starter_path
 MEASURE = r"""
 import ctypes, json, re, sys, psutil, llama_cpp
 from pathlib import Path
-from localllm.backends.llamacpp import LlamaCppModel, _init_backend
+from localllm.backends.llamacpp import LlamaCppModel
+from localllm.backends.llamacpp_runtime import init_backend
 from localllm.options import LoadOptions, SamplingOptions
-_init_backend(False)
+init_backend(False)
 reserved = []
 @llama_cpp.llama_log_callback
 def capture(level, text, user_data):
