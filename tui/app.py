@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from textual import on, work
+from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Collapsible, Footer, ListView, Markdown, Static
+from textual.widgets import Footer, ListView, Markdown, Static
 
 from localllm.config import load_config, save_config
 from localllm.engine import Engine
@@ -31,11 +30,11 @@ from localllm.events import Finished, PromptProgress, Reasoning, Token
 from localllm.reasoning import can_switch
 from localllm.hardware import usable_cpus
 from localllm.options import LoadOptions, SamplingOptions
-from localllm.session import ChatSession, ChatStore, ContextNotice, to_markdown
+from localllm.session import ChatSession, ChatStore, ContextNotice
 
-from .dialogs import AskScreen, HelpScreen, Settings, SettingsScreen
+from .actions import ChatActions
 from .errors import ErrorReporting, guarded
-from .widgets import ConversationItem, PromptArea, StatusBar
+from .widgets import ConversationItem, PromptArea, StatusBar, reasoning_fold, user_message
 
 # A streaming answer is drawn in batches, every FLUSH_MIN seconds. When llama.cpp has a thread on
 # every CPU, each slice the UI takes from one stalls all its threads at the next barrier, so
@@ -47,34 +46,11 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 MAX_SHOWN = 200  # messages drawn when a chat is opened
 FLUSH_MIN, FLUSH_MAX, UI_SHARE = 0.25, 2.0, 0.0125
 
-CSS = """
-#sidebar { width: 24; border-right: solid $primary-background; }
-#sidebar.hidden { display: none; }
-#messages { height: 1fr; padding: 0 1; }
-.user { margin: 1 0 0 0; padding: 0 1; background: $boost; color: $text; }
-.assistant { margin: 0; }
-.notice { color: $warning; margin: 1 0 0 0; }
-.error { color: $error; margin: 1 0 0 0; }
-.out-of-context { opacity: 60%; }
-#prompt { height: auto; max-height: 8; min-height: 2; border-top: solid $primary; }
-#prompt.editing { border-top: solid $warning; }
-#status { height: 1; background: $primary-background; color: $text; padding: 0 1; }
-.dialog { width: 72; height: auto; max-height: 90%; padding: 1 2; border: thick $primary; background: $surface; }
-ModalScreen { align: center middle; }
-#help { height: auto; max-height: 60vh; }
-.buttons { height: auto; }
-.buttons Button { margin: 0 1 0 0; }
-#numbers { grid-size: 2; grid-columns: 18 1fr; height: auto; }
-#models { padding: 0 1; }
-#title { text-style: bold; }
-#catalog { height: 1fr; }
-#offline { color: $warning; }
-"""
 
 
-class ChatApp(ErrorReporting, App):
+class ChatApp(ErrorReporting, ChatActions, App):
     TITLE = "localllm"
-    CSS = CSS
+    CSS_PATH = "app.tcss"
     # No binding takes a key the prompt's TextArea uses for editing (Ctrl+E end of line, Ctrl+D
     # delete, Ctrl+X cut, Ctrl+Y redo...): chat commands are on Ctrl+N/R/S/O/B/Q and function
     # keys. The footer lists what fits 80 columns; F1 lists all.
@@ -170,34 +146,6 @@ class ChatApp(ErrorReporting, App):
             return
         self.load(ref, conversation.id if conversation else None)
 
-    @guarded
-    def action_models(self, first_launch: bool = False) -> None:
-        if self.generating:
-            return
-        self._set_status("looking at this machine and the catalog...")
-        self._open_models(first_launch)
-
-    @work(thread=True, exclusive=True, group="models")
-    def _open_models(self, first_launch: bool) -> None:
-        from huggingface_hub import constants
-
-        from localllm.registry import installed_models
-        from localllm.store import catalog_choices, recommend
-
-        from .models import ModelScreen
-
-        hw = self.hardware
-        choices = catalog_choices(hw)
-        screen = ModelScreen(hw, installed_models(), choices, recommend(choices), constants.HF_HUB_OFFLINE, first_launch)
-        self.call_from_thread(self.push_screen, screen, self._model_chosen)
-
-    @guarded
-    def _model_chosen(self, ref: str | None) -> None:
-        if ref is not None:
-            self.load(ref)
-        else:
-            self._update_status()
-
     def load(self, ref: str | None, conversation_id: int | None = None) -> None:
         self._set_status(f"loading {ref or 'the best installed model'}...")
         self._load(ref, conversation_id)
@@ -275,11 +223,11 @@ class ChatApp(ErrorReporting, App):
             widgets.append(Static(f"{first_shown} earlier messages are saved but not shown here; F5 exports the "
                                   "whole chat", classes="notice"))
         for i, m in enumerate(self.session.messages[first_shown:], start=first_shown):
-            widget = _user(m.content) if m.role == "user" else Markdown(m.content, classes="assistant")
+            widget = user_message(m.content) if m.role == "user" else Markdown(m.content, classes="assistant")
             widget.set_class(i < self.session.first_in_context, "out-of-context")
             widgets.append(widget)
             if m.reasoning:
-                widgets.append(_fold(m.reasoning, len(self.model.tokenize(m.reasoning))))
+                widgets.append(reasoning_fold(m.reasoning, len(self.model.tokenize(m.reasoning))))
         messages.mount_all(widgets)
         messages.anchor()
         self._highlight_open_chat()
@@ -337,10 +285,10 @@ class ChatApp(ErrorReporting, App):
                 and self.session.last_user_text() == edit.original:
             for widget in messages.children[messages.children.index(turns[-1]):]:
                 widget.remove()
-            messages.mount(_user(text))
+            messages.mount(user_message(text))
             self._generate(lambda: self.session.edit_last(text), draft=text)
             return
-        messages.mount(_user(text))
+        messages.mount(user_message(text))
         self._generate(lambda: self.session.send(text), draft=text)
 
     @guarded
@@ -469,7 +417,7 @@ class ChatApp(ErrorReporting, App):
         await self._flush_tokens()
         if self._reasoning:
             # Saved with the answer, shown again when the chat is reopened; never sent back to the model.
-            self.query_one("#messages").mount(_fold("".join(self._reasoning), len(self._reasoning)))
+            self.query_one("#messages").mount(reasoning_fold("".join(self._reasoning), len(self._reasoning)))
         if self.stop_requested.is_set():
             self.query_one("#messages").mount(Static("stopped (Esc): the answer so far is kept", classes="notice"))
         self.query_one("#prompt", PromptArea).cursor_blink = True
@@ -517,93 +465,6 @@ class ChatApp(ErrorReporting, App):
         editing = "editing the last prompt: Enter resends it, Esc cancels · " if self._edit else ""
         self._set_status(f"{editing}ctx {used}/{self.model.n_ctx} · {rate} · {where} · {name}")
 
-    # ---- other actions -----------------------------------------------------------------------
-    @guarded
-    def action_new_chat(self) -> None:
-        if not self.generating and self.model is not None:
-            self.new_session()
-            self._update_status()
-
-    @guarded
-    def action_copy_last(self) -> None:
-        answer = next((m.content for m in reversed(self.session.messages) if m.role == "assistant"), None) if self.session else None
-        if answer:
-            self.copy_to_clipboard(answer)
-            self.notify("copied the last answer")
-
-    @guarded
-    def action_toggle_sidebar(self) -> None:
-        self.query_one("#sidebar").toggle_class("hidden")
-
-    @guarded
-    def action_help(self) -> None:
-        self.push_screen(HelpScreen())
-
-    @guarded
-    def action_settings(self) -> None:
-        n_ctx = self.model.n_ctx if self.model else (self.load_options.n_ctx or 4096)
-        current = Settings(self.system, self.sampling.temperature, self.sampling.top_p, n_ctx)
-        self.push_screen(SettingsScreen(current), self._apply_settings)
-
-    @guarded
-    def _apply_settings(self, settings: Settings | None) -> None:
-        if settings is None:
-            return
-        self.system = settings.system
-        self.sampling = replace(self.sampling, temperature=settings.temperature, top_p=settings.top_p)
-        config = load_config()
-        config["chat"] = {"system": settings.system, "temperature": settings.temperature, "top_p": settings.top_p,
-                          "n_ctx": settings.n_ctx}
-        save_config(config)
-        if self.session is not None:
-            self.session.sampling = self.sampling
-            self.session.set_system(settings.system)
-        if self.model is not None and settings.n_ctx != self.model.n_ctx:
-            self.load_options = replace(self.load_options, n_ctx=settings.n_ctx)
-            self.load(str(self.model.path), self.session.conversation_id if self.session else None)
-        self._update_status()
-
-    def _current(self):
-        return self.store.conversation(self.session.conversation_id) if self.session and self.session.conversation_id else None
-
-    @guarded
-    def action_rename(self) -> None:
-        if (conversation := self._current()) is not None:
-            self.push_screen(AskScreen("Rename this chat", conversation.title),
-                             lambda title: title and (self.store.update(conversation.id, title=title), self._refresh_sidebar()))
-
-    @guarded
-    def action_delete_chat(self) -> None:
-        if (conversation := self._current()) is None or self.generating:
-            return
-
-        def confirmed(answer: str | None) -> None:
-            if answer:
-                self.store.delete(conversation.id)
-                self.new_session()
-                self._refresh_sidebar()
-
-        self.push_screen(AskScreen(f"Delete “{conversation.title}”?"), confirmed)
-
-    @guarded
-    def action_export(self) -> None:
-        if (conversation := self._current()) is None:
-            return
-        stem = "".join(ch if ch.isalnum() else "-" for ch in conversation.title.lower()).strip("-")[:40] or "chat"
-        text = to_markdown(conversation, self.store.messages(conversation.id)).encode("utf-8")
-        for n in range(1, 1000):
-            path = Path.cwd() / (f"{stem}.md" if n == 1 else f"{stem}-{n}.md")
-            try:
-                # A new file only: never overwrite, never follow a link (a dangling one included).
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            except FileExistsError:
-                continue
-            with os.fdopen(fd, "wb") as f:
-                f.write(text)
-            self.notify(f"exported to {path}")
-            return
-        self._error(f"not exported: {stem}.md to {stem}-999.md all exist here")
-
     def on_unmount(self) -> None:
         try:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
@@ -627,16 +488,6 @@ class _Edit:
     conversation_id: int | None
     original: str
     draft: str
-
-
-def _fold(reasoning: str, tokens: int) -> Collapsible:
-    """A thinking model's reasoning, collapsed under its answer."""
-    return Collapsible(Static(reasoning.strip(), markup=False, classes="thought"), collapsed=True, title=f"thinking ({tokens} tokens)",
-                       classes="reasoning")
-
-
-def _user(text: str) -> Static:
-    return Static(text, classes="user", markup=False)
 
 
 def _load(ref: str | None, options: LoadOptions):

@@ -1,11 +1,12 @@
-"""The chat screen's own widgets: the prompt box, the status line and a conversation list entry."""
+"""The chat screen's own widgets: the prompt box, the status line, a conversation list entry, and
+the transcript's user message and folded reasoning."""
 
 from __future__ import annotations
 
 from textual.content import Content
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import ListItem, Static, TextArea
+from textual.widgets import Collapsible, ListItem, Static, TextArea
 
 
 class PromptArea(TextArea):
@@ -47,3 +48,13 @@ class ConversationItem(ListItem):
     def __init__(self, conversation_id: int, title: str):
         super().__init__(Static(title, markup=False))
         self.conversation_id = conversation_id
+
+
+def reasoning_fold(reasoning: str, tokens: int) -> Collapsible:
+    """A thinking model's reasoning, collapsed under its answer."""
+    return Collapsible(Static(reasoning.strip(), markup=False, classes="thought"), collapsed=True, title=f"thinking ({tokens} tokens)",
+                       classes="reasoning")
+
+
+def user_message(text: str) -> Static:
+    return Static(text, classes="user", markup=False)
