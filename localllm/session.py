@@ -25,6 +25,7 @@ from .events import Event, Finished, Reasoning, Token
 from .options import SamplingOptions
 
 STORE_FILE = "chats.sqlite3"
+THOUGHT_SUFFIX = ".think"  # beside an answer's log: the reasoning written so far
 WARN_AT = 0.75  # share of the window in use that triggers a warning
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -119,6 +120,11 @@ class ChatStore:
                 continue  # another process is still writing it
             text = log.read_bytes().decode("utf-8", "ignore")  # a kill can cut the last character short
             self._run("UPDATE messages SET content = ? WHERE id = ? AND complete = 0", (text, int(message_id)))
+            thought = log.with_suffix(THOUGHT_SUFFIX)
+            if thought.exists():  # removed before the log, so a second recovery keeps what the first saved
+                self._run("UPDATE messages SET reasoning = ? WHERE id = ? AND complete = 0",
+                          (thought.read_bytes().decode("utf-8", "ignore"), int(message_id)))
+                thought.unlink()
             log.unlink()
 
     def _run(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
@@ -223,18 +229,36 @@ class AnswerLog:
 
     def __init__(self, path: Path, message: ChatMessage):
         self.path, self.message = path, message
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        self._fd = _append_only(path)
+        self._thought_fd: int | None = None  # opened at the first reasoning, for thinking models only
 
     def append(self, text: str) -> None:
         self.message.content += text
+        self._write(self._fd, text)
+
+    def think(self, text: str) -> None:
+        """Reasoning, kept as the answer is: recovered with it if the process dies."""
+        self.message.reasoning += text
+        if self._thought_fd is None:
+            self._thought_fd = _append_only(self.path.with_suffix(THOUGHT_SUFFIX))
+        self._write(self._thought_fd, text)
+
+    def _write(self, fd: int, text: str) -> None:
         try:
-            os.write(self._fd, text.encode("utf-8"))
+            os.write(fd, text.encode("utf-8"))
         except OSError as exc:
             raise _store_error(self.path, exc) from exc
 
     def discard(self) -> None:
+        if self._thought_fd is not None:
+            os.close(self._thought_fd)
+            self.path.with_suffix(THOUGHT_SUFFIX).unlink(missing_ok=True)
         os.close(self._fd)
         self.path.unlink(missing_ok=True)
+
+
+def _append_only(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
 
 
 @dataclass
@@ -381,7 +405,7 @@ class ChatSession:
                 if isinstance(event, Token):
                     log.append(event.text)
                 elif isinstance(event, Reasoning):
-                    answer.reasoning += event.text  # saved with the finished answer
+                    log.think(event.text)
                 elif isinstance(event, Finished):
                     finished = event
                 yield event

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-from localllm.events import Finished, Timings, Token, Usage
+from localllm.events import Finished, Reasoning, Timings, Token, Usage
 from localllm.session import ChatSession, ChatStore
 
 
@@ -32,6 +32,19 @@ class Words:
         for i in range(self.words):
             yield Token(f"word{i} ")
         yield Finished("stop", Usage(1, self.words), Timings(0.1, 0.1, 1.0, 100.0, 100.0), 1)
+
+
+class Thinker(Words):
+    """Reasons in `thoughts` Reasoning events, then answers as Words does."""
+
+    def __init__(self, thoughts: int, words: int):
+        super().__init__(words)
+        self.thoughts = thoughts
+
+    def chat(self, messages, sampling, think=None):
+        for i in range(self.thoughts):
+            yield Reasoning(f"thought{i} ")
+        yield from super().chat(messages, sampling)
 
 
 def test_an_answer_being_written_is_readable_elsewhere_and_saved_whole(tmp_path):
@@ -73,6 +86,36 @@ def test_a_killed_writers_answer_is_recovered_marked_unfinished(tmp_path):
     assert answer.content == "".join(f"word{i} " for i in range(301)) and not answer.complete
     assert not list((tmp_path / "chats.sqlite3.partial").glob("*.log")), "recovered into SQLite"
     assert ChatStore(path).messages(conversation)[-1].content == answer.content
+
+
+def test_a_killed_thinking_models_reasoning_is_recovered_with_its_answer(tmp_path):
+    path = tmp_path / "chats.sqlite3"
+    child = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_session import Thinker
+        from localllm.session import ChatSession, ChatStore
+        session = ChatSession(Thinker(100, 10**6), ChatStore(Path({str(path)!r})), "m")
+        for i, event in enumerate(session.send("go")):
+            if i == 150:
+                print(session.conversation_id, flush=True)
+                time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    conversation = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    answer = ChatStore(path).messages(conversation)[-1]
+    assert answer.reasoning == "".join(f"thought{i} " for i in range(100)) and not answer.complete
+    assert answer.content == "".join(f"word{i} " for i in range(51))
+    assert not list((tmp_path / "chats.sqlite3.partial").iterdir()), "both logs recovered into SQLite"
+    # A finished one keeps its reasoning and leaves no file behind.
+    session = ChatSession(Thinker(3, 2), ChatStore(path), "m")
+    for _ in session.send("again"):
+        pass
+    assert ChatStore(path).messages(session.conversation_id)[-1].reasoning == "thought0 thought1 thought2 "
+    assert not list((tmp_path / "chats.sqlite3.partial").iterdir())
 
 
 def test_a_finished_answer_ignores_a_log_left_behind(tmp_path):
