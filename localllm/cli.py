@@ -20,7 +20,7 @@ from .cli_embed import embed
 from .cli_transfer import add, doctor, verify
 from .cli_serve import serve
 from .errors import LocalLLMError, UsageError
-from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, flash_attn_name
+from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, REASONING_EFFORTS, flash_attn_name
 from .status import Status
 
 # `run` opens the KV cache for this many tokens and grows it to the window only for a longer
@@ -78,6 +78,7 @@ def cli() -> None:
               help="Constrain the answer to this grammar: llama.cpp's GBNF, or Lark.")
 @click.option("--stop", multiple=True, metavar="TEXT", help="End the answer before this text, which is not printed (repeatable).")
 @click.option("--think/--no-think", default=None, help="Let a thinking model (Qwen3) reason first, or not, where its template can switch.  [default: the model's]")
+@click.option("--reasoning-effort", type=click.Choice(REASONING_EFFORTS), help="How long gpt-oss reasons (its template's reasoning_effort).  [default: the model's, medium]")
 @click.option("--show-thinking", is_flag=True, help="Print a thinking model's reasoning on stderr as it comes (else a one-line count on a terminal).")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
 @click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template (base models, text completion).")
@@ -86,7 +87,7 @@ def cli() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, top_k, min_p, repeat_penalty,
         seed, ctx, threads, gpu_layers, kv_type, flash_attn, margin, load_anyway, engine, dtype, rpc, schema, grammar_file,
-        stop, think, show_thinking, ignore_eos, raw, as_json,
+        stop, think, reasoning_effort, show_thinking, ignore_eos, raw, as_json,
         no_stream, verbose):
     """Answer one prompt and exit. Tokens stream to stdout; everything else goes to stderr.
 
@@ -101,8 +102,8 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     from .options import LoadOptions, SamplingOptions
 
     crash.install()
-    if raw and think is not None:
-        raise UsageError("--think and --no-think work through the chat template, which --raw leaves out")
+    if raw and (think is not None or reasoning_effort is not None):
+        raise UsageError("--think, --no-think and --reasoning-effort work through the chat template, which --raw leaves out")
     if raw and system is not None:
         raise UsageError("--system needs the chat template, which --raw leaves out: put the system text in the prompt")
     prompt = _read_prompt(prompt_arg, prompt_opt)
@@ -122,8 +123,9 @@ def run(prompt_arg, prompt_opt, model, system, max_tokens, temperature, top_p, t
     finally:
         status.clear()
     with loaded:
-        events = loaded.generate(prompt, sampling) if raw else loaded.prompt(prompt, system, sampling, think)
-        _answer(loaded, events, {"system": system, "raw": raw, "think": think}, sampling, as_json=as_json,
+        events = loaded.generate(prompt, sampling) if raw else loaded.prompt(prompt, system, sampling, think, reasoning_effort)
+        _answer(loaded, events, {"system": system, "raw": raw, "think": think, "reasoning_effort": reasoning_effort}, sampling,
+                as_json=as_json,
                 stream=not (no_stream or as_json), status=status, show_thinking=show_thinking)
 
 

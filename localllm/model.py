@@ -77,10 +77,12 @@ class Model:
         return self._loaded.format_chat(messages, **variables)
 
     def chat(self, messages: Sequence[Message], sampling: SamplingOptions | None = None,
-             think: bool | None = None, tools: list | None = None, tool_choice="auto") -> Iterator[Event]:
+             think: bool | None = None, tools: list | None = None, tool_choice="auto",
+             reasoning_effort: str | None = None) -> Iterator[Event]:
         """Stream the assistant's reply to a conversation: Token events, then one Finished. A
         thinking model's reasoning comes as Reasoning events (localllm.reasoning); think switches
-        it on or off where the template can (None: the model's default).
+        it on or off where the template can (None: the model's default); reasoning_effort ("low",
+        "medium", "high") goes to a template that takes one (gpt-oss's).
 
         tools (OpenAI's function format) are rendered by the model's template; calls in the reply
         come as one ToolCalls event before Finished (reason "tool_calls"). tool_choice: "auto",
@@ -96,7 +98,7 @@ class Model:
         sampling = sampling or SamplingOptions()
         tool_kind, tool_params, call_grammar = plan_calls(template, tools, tool_choice, sampling.grammar is not None)
         sampling = replace(sampling, grammar=call_grammar) if call_grammar else sampling
-        variables = reasoning.template_variables(template, think)
+        variables = reasoning.template_variables(template, think, reasoning_effort)
         if tool_kind is not None:
             variables["tools"] = for_template(tools)
         prompt = self._loaded.format_chat(messages, **variables)
@@ -110,11 +112,11 @@ class Model:
         return _with_tool_calls(events, tool_kind, tool_params, splitter) if tool_kind is not None else events
 
     def prompt(self, text: str, system: str | None = None, sampling: SamplingOptions | None = None,
-               think: bool | None = None) -> Iterator[Event]:
+               think: bool | None = None, reasoning_effort: str | None = None) -> Iterator[Event]:
         """Stream the reply to one user message, with an optional system prompt."""
         messages: list[Message] = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": text})
-        return self.chat(messages, sampling, think)
+        return self.chat(messages, sampling, think, reasoning_effort=reasoning_effort)
 
     def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions | None = None) -> Iterator[Event]:
         """Stream a raw continuation of text or token ids, with no chat template."""

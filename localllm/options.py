@@ -19,6 +19,7 @@ MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS; more aborts inside llama.cpp
 MAX_STOPS, MAX_STOP_CHARS = 16, 256
 ENGINES = ("llamacpp", "transformers")
+REASONING_EFFORTS = ("low", "medium", "high")  # gpt-oss's template variable reasoning_effort
 REMOTE_ENGINES = ("vllm",)  # served through another process: `serve --engine vllm`
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 # How flash attention is named on the command line and in --json, against LoadOptions.flash_attn.

@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterator
 
 from . import harmony
 from .events import Event, Finished, Reasoning, Token
+from .options import REASONING_EFFORTS
 from .stops import hold_back
 
 OPEN, CLOSE = "<think>", "</think>"
 SWITCH = "enable_thinking"
+EFFORT = "reasoning_effort"  # gpt-oss's: how long it reasons
 
 
 def thinks(template: str | None) -> bool:
@@ -30,15 +32,30 @@ def can_switch(template: str | None) -> bool:
     return bool(template) and SWITCH in template
 
 
-def template_variables(template: str | None, think: bool | None) -> dict:
-    """What to tell the template about thinking: think=False where asked."""
+def template_variables(template: str | None, think: bool | None, effort: str | None = None) -> dict:
+    """What to tell the template about thinking: think switches it where the template can (True
+    on a model that always thinks asks for nothing new); effort is gpt-oss's reasoning effort."""
     from .errors import UsageError
 
+    variables: dict = {}
+    if effort is not None:
+        if effort not in REASONING_EFFORTS:
+            raise UsageError(f"the reasoning effort must be {', '.join(REASONING_EFFORTS)}, not {str(effort)[:20]}")
+        if not template or EFFORT not in template:
+            raise UsageError("this model's chat template takes no reasoning effort (gpt-oss's does)")
+        variables[EFFORT] = effort
+    if think is None:
+        return variables
     if not thinks(template):
-        return {}
-    if think is not None and not can_switch(template):
-        raise UsageError("this model's chat template cannot switch its thinking on or off")
-    return {SWITCH: think} if think is not None else {}
+        if think:
+            raise UsageError("this model does not think: its chat template has no reasoning part")
+        return variables
+    if not can_switch(template):
+        if not think:
+            raise UsageError("this model's chat template cannot switch its thinking off"
+                             + (" (a low reasoning effort shortens it)" if template and EFFORT in template else ""))
+        return variables
+    return {**variables, SWITCH: think}
 
 
 def answer_grammar(template: str | None, variables: dict, prompt: str, grammar: str | None,

@@ -271,3 +271,75 @@ async def test_the_chat_takes_think_and_no_think_where_the_template_can_switch(q
             notices = [str(w.render()) for w in app.query(".notice").results(Static)]
             assert app.session.think is (False if switches else None)
             assert any("--no-think does not apply" in n for n in notices) is not switches
+
+
+def test_the_switches_each_template_takes():
+    from localllm.errors import UsageError
+    from localllm.reasoning import template_variables
+
+    oss = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text()
+    assert template_variables(QWEN3, False) == {"enable_thinking": False}
+    assert template_variables(R1, True) == {}  # it always thinks: nothing to ask
+    assert template_variables(LLAMA, False) == {} and template_variables(oss, None, "low") == {"reasoning_effort": "low"}
+    for template, think, effort, message in ((R1, False, None, "cannot switch its thinking off"),
+                                             (oss, False, None, "a low reasoning effort shortens it"),
+                                             (LLAMA, True, None, "does not think"),
+                                             (QWEN3, None, "low", "takes no reasoning effort"),
+                                             (oss, None, "max", "must be low, medium, high")):
+        with pytest.raises(UsageError, match=message):
+            template_variables(template, think, effort)
+
+
+@pytest.mark.slow
+def test_the_reasoning_effort_reaches_gpt_oss_template(starter_gguf, tmp_path):
+    from embedding_gguf import HARMONY
+
+    oss = write_with_template(starter_gguf, tmp_path / "starter-gpt-oss.gguf", (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(),
+                              HARMONY)
+    from localllm import load_model
+    from localllm.reasoning import template_variables
+
+    with load_model(oss, n_ctx=1024, n_threads=2) as model:
+        ask = [{"role": "user", "content": "Hi"}]
+        assert "Reasoning: low" in model.format_chat(ask, **template_variables(model.chat_template, None, "low"))
+        assert "Reasoning: medium" in model.format_chat(ask)
+    result = run_cli("run", "-m", str(oss), "-t", "0", "--max-tokens", "4", "--json", "--reasoning-effort", "high", "Hi")
+    assert result.returncode == 0, result
+    assert json.loads(result.stdout)["settings"]["reasoning_effort"] == "high"
+    assert_one_line_error(run_cli("run", "-m", "starter", "--reasoning-effort", "low", "Hi"), 2, "takes no reasoning effort")
+    assert_one_line_error(run_cli("run", "-m", str(oss), "--no-think", "Hi"), 2, "cannot switch its thinking off")
+
+
+@pytest.mark.slow
+def test_both_apis_switch_thinking_where_the_template_can(qwen3_starter, tmp_path):
+    import httpx
+
+    from server_process import ServerProcess, isolated_env
+
+    server = ServerProcess("-m", qwen3_starter, "--ctx", "1024", "--threads", "2", "--parallel", "1", env=isolated_env(tmp_path))
+    try:
+        ask = [{"role": "user", "content": "Hi"}]
+
+        def openai(**fields):
+            return httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+                "model": qwen3_starter, "messages": ask, "max_tokens": 2, "temperature": 0, **fields})
+
+        def ollama(**fields):
+            return httpx.post(f"{server.url}/api/chat", timeout=60, json={
+                "model": qwen3_starter, "messages": ask, "stream": False, "options": {"num_predict": 2}, **fields})
+
+        # Thinking off: Qwen3's template writes its empty think block into the prompt.
+        off = openai(chat_template_kwargs={"enable_thinking": False}).json()["usage"]["prompt_tokens"]
+        on = openai(chat_template_kwargs={"enable_thinking": True}).json()["usage"]["prompt_tokens"]
+        assert off > on
+        # Ollama's count leaves out the cached prefix: after the same thinking-on prompt each time,
+        # thinking off has the empty block's tokens to read, thinking on almost nothing.
+        on_again = ollama(think=True).json()["prompt_eval_count"]
+        openai(chat_template_kwargs={"enable_thinking": True})
+        assert ollama(think=False).json()["prompt_eval_count"] >= off - on > on_again
+        for refused, where in ((openai(reasoning_effort="low"), "reasoning effort"), (ollama(think="high"), "reasoning effort"),
+                               (openai(chat_template_kwargs={"tools_in_user_message": True}), "tools_in_user_message"),
+                               (ollama(think=3), "'think' must be")):
+            assert refused.status_code == 400 and where in refused.text, refused.text
+    finally:
+        server.stop()

@@ -33,7 +33,10 @@ def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], str | None]:
         from ..reasoning import answer_grammar, template_variables
         from ..tools import for_template
 
-        variables = template_variables(model.chat_template, None)
+        try:
+            variables = template_variables(model.chat_template, job.think, job.reasoning_effort)
+        except UsageError as exc:
+            raise ApiError(400, str(exc), "think") from None
         if job.tools:
             variables["tools"] = for_template(job.tools)
         prompt = model.format_chat(job.messages, **variables)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..events import Finished
-from ..options import MAX_STOP_CHARS, MAX_STOPS, SamplingOptions
+from ..options import MAX_STOP_CHARS, MAX_STOPS, REASONING_EFFORTS, SamplingOptions
 
 MAX_MESSAGES = 4096
 MAX_PROMPT_IDS = 1 << 20
@@ -55,6 +55,8 @@ class GenerationJob:
     tools: list | None = None  # OpenAI function tools, rendered by the model's template (localllm.tools)
     tool_choice: Any = "auto"
     call_required: bool = False  # the grammar is a required tool call's (set once the model is known)
+    think: bool | None = None  # a thinking model's switch (localllm.reasoning.template_variables)
+    reasoning_effort: str | None = None  # gpt-oss's
     keep_alive: float | None | str = "unchanged"  # Ollama's: seconds the model stays loaded after
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
@@ -211,7 +213,37 @@ def openai_chat(body: Any) -> GenerationJob:
         include_usage=_include_usage(body),
         grammar=_response_format(body),
         **_tools(body),
+        **_openai_thinking(body),
     )
+
+
+def _openai_thinking(body: dict) -> dict:
+    """OpenAI's reasoning_effort, and the template switches other servers take in
+    chat_template_kwargs (vLLM, llama-server): enable_thinking and reasoning_effort, no others."""
+    kwargs = _get(body, "chat_template_kwargs", dict, {})
+    unknown = sorted(set(kwargs) - {"enable_thinking", "reasoning_effort"})
+    if unknown:
+        raise ApiError(400, f"'chat_template_kwargs.{str(unknown[0])[:40]}' is not supported: only enable_thinking "
+                            "and reasoning_effort are", "chat_template_kwargs")
+    think = _get(kwargs, "enable_thinking", bool)
+    effort = _get(body, "reasoning_effort", str) or _get(kwargs, "reasoning_effort", str)
+    return {"think": think, "reasoning_effort": _effort(effort, "reasoning_effort")}
+
+
+def _effort(value: str | None, where: str) -> str | None:
+    if value is not None and value not in REASONING_EFFORTS:
+        raise ApiError(400, f"'{where}' must be one of {', '.join(REASONING_EFFORTS)}", where)
+    return value
+
+
+def _ollama_think(body: dict) -> dict:
+    """Ollama's think: true or false, or for gpt-oss "low", "medium" or "high"."""
+    value = body.get("think")
+    if value is None or isinstance(value, bool):
+        return {"think": value}
+    if isinstance(value, str):
+        return {"reasoning_effort": _effort(value, "think")}
+    raise ApiError(400, f"'think' must be true, false or one of {', '.join(REASONING_EFFORTS)}", "think")
 
 
 def _tools(body: dict) -> dict:
@@ -319,7 +351,7 @@ def ollama_chat(body: Any) -> GenerationJob:
     return GenerationJob(model=_model(body, required=True), messages=_messages(body.get("messages")),
                          sampling=_ollama_sampling(body), stream=_get(body, "stream", bool, True),
                          grammar=_ollama_format(body), keep_alive=ollama_keep_alive(body),
-                         **_tools({"tools": tools} if tools else {}))
+                         **_tools({"tools": tools} if tools else {}), **_ollama_think(body))
 
 
 def ollama_generate(body: Any) -> tuple[GenerationJob, bool]:
@@ -331,8 +363,10 @@ def ollama_generate(body: Any) -> tuple[GenerationJob, bool]:
     raw = _get(body, "raw", bool, False)
     job = GenerationJob(model=_model(body, required=True), sampling=_ollama_sampling(body),
                         stream=_get(body, "stream", bool, True), grammar=_ollama_format(body),
-                        keep_alive=ollama_keep_alive(body))
+                        keep_alive=ollama_keep_alive(body), **_ollama_think(body))
     if raw:
+        if job.think is not None or job.reasoning_effort is not None:
+            raise ApiError(400, "'think' works through the chat template, which 'raw' leaves out", "think")
         job.prompt = prompt
     elif prompt:
         job.messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
