@@ -7,7 +7,7 @@ import json
 import pytest
 
 from localllm.events import Finished, Timings, Usage
-from localllm.server import is_loopback, schemas
+from localllm.server import is_loopback, replies, schemas
 from localllm.server.schemas import ApiError
 
 
@@ -65,16 +65,16 @@ def test_ollama_options_and_formats():
 
 def test_prerendered_token_chunks_are_the_same_bytes():
     job = schemas.openai_chat(chat())
-    render = schemas.openai_chat_token_chunks(job, "starter")
+    render = replies.openai_chat_token_chunks(job, "starter")
     for text in ("hi", 'a "quoted" \\ line\n', "ünïcödé", "</script>"):
-        assert render(text) == schemas.sse(schemas.openai_chat_chunk(job, "starter", {"content": text}))
+        assert render(text) == replies.sse(replies.openai_chat_chunk(job, "starter", {"content": text}))
 
 
 def test_usage_and_ollama_timings():
     finished = Finished("length", Usage(30, 5, 20), Timings(0.5, 0.6, 1.0, 20.0, 4.0), 1)
-    assert schemas.usage(finished) == {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35,
+    assert replies.usage(finished) == {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35,
                                        "prompt_tokens_details": {"cached_tokens": 20}}
-    line = schemas.ollama_line("m", "chat", "", finished)
+    line = replies.ollama_line("m", "chat", "", finished)
     assert line["done"] and line["done_reason"] == "length" and line["prompt_eval_count"] == 10
     assert line["eval_duration"] == 1_000_000_000 and json.dumps(line)
 

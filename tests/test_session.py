@@ -64,24 +64,31 @@ def test_an_answer_being_written_is_readable_elsewhere_and_saved_whole(tmp_path)
     assert not list((tmp_path / "chats.sqlite3.partial").glob("*.log"))
 
 
-def test_a_killed_writers_answer_is_recovered_marked_unfinished(tmp_path):
-    path = tmp_path / "chats.sqlite3"
+def killed_mid_answer(path, model: str, after: int) -> int:
+    """A chat writing into the store at `path` with `model` (an expression over this module),
+    killed (SIGKILL) after `after` events; its conversation's id."""
     child = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from test_session import Words
+        import test_session
         from localllm.session import ChatSession, ChatStore
-        session = ChatSession(Words(10**6), ChatStore(Path({str(path)!r})), "m")
+        session = ChatSession(test_session.{model}, ChatStore(Path({str(path)!r})), "m")
         for i, event in enumerate(session.send("go")):
-            if i == 300:
+            if i == {after}:
                 print(session.conversation_id, flush=True)
                 time.sleep(60)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=path.parent)
     conversation = int(proc.stdout.readline())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    return conversation
+
+
+def test_a_killed_writers_answer_is_recovered_marked_unfinished(tmp_path):
+    path = tmp_path / "chats.sqlite3"
+    conversation = killed_mid_answer(path, "Words(10**6)", after=300)
     answer = ChatStore(path).messages(conversation)[-1]
     assert answer.content == "".join(f"word{i} " for i in range(301)) and not answer.complete
     assert not list((tmp_path / "chats.sqlite3.partial").glob("*.log")), "recovered into SQLite"
@@ -90,22 +97,7 @@ def test_a_killed_writers_answer_is_recovered_marked_unfinished(tmp_path):
 
 def test_a_killed_thinking_models_reasoning_is_recovered_with_its_answer(tmp_path):
     path = tmp_path / "chats.sqlite3"
-    child = textwrap.dedent(f"""
-        import sys, time
-        from pathlib import Path
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from test_session import Thinker
-        from localllm.session import ChatSession, ChatStore
-        session = ChatSession(Thinker(100, 10**6), ChatStore(Path({str(path)!r})), "m")
-        for i, event in enumerate(session.send("go")):
-            if i == 150:
-                print(session.conversation_id, flush=True)
-                time.sleep(60)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
-    conversation = int(proc.stdout.readline())
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    conversation = killed_mid_answer(path, "Thinker(100, 10**6)", after=150)
     answer = ChatStore(path).messages(conversation)[-1]
     assert answer.reasoning == "".join(f"thought{i} " for i in range(100)) and not answer.complete
     assert answer.content == "".join(f"word{i} " for i in range(51))

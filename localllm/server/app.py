@@ -36,7 +36,7 @@ from ..printable import printable
 from ..reasoning import splitter_for
 from ..registry import installed_models
 from ..tools import check_tools
-from . import models, schemas
+from . import models, replies, schemas
 from .prompts import prompt_tokens, tool_grammar
 from .schemas import ApiError, GenerationJob
 
@@ -293,14 +293,14 @@ class _Api:
                     if isinstance(event, Token):
                         yield token_chunk(event.text)
                     elif isinstance(event, Reasoning):
-                        yield schemas.sse(schemas.openai_chat_chunk(job, run.model, {"reasoning_content": event.text}))
+                        yield replies.sse(replies.openai_chat_chunk(job, run.model, {"reasoning_content": event.text}))
                     else:
                         yield last_chunk(event)
                         if job.include_usage:
-                            yield schemas.sse(schemas.openai_usage_chunk(job, run.model, event, kind))
+                            yield replies.sse(replies.openai_usage_chunk(job, run.model, event, kind))
             except LocalLLMError as exc:
-                yield schemas.sse(_api_error(exc).openai())
-            yield schemas.sse("[DONE]")
+                yield replies.sse(_api_error(exc).openai())
+            yield replies.sse("[DONE]")
         return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def _openai_tools(self, request: Request, run: _Run, job: GenerationJob) -> Response:
@@ -308,16 +308,16 @@ class _Api:
         streamed as text; a stream then carries the text and the calls as single chunks."""
         text, finished, reasoning, calls = await self._collect_calls(request, run, job)
         if not job.stream:
-            return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished, calls, reasoning))
-        chunks = [schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": text or None,
+            return JSONResponse(replies.openai_chat_response(job, run.model, text, finished, calls, reasoning))
+        chunks = [replies.openai_chat_chunk(job, run.model, {"role": "assistant", "content": text or None,
                                                              **({"reasoning_content": reasoning} if reasoning else {})})]
         if calls:
-            chunks.append(schemas.openai_chat_chunk(job, run.model, {"tool_calls": [
-                {"index": i, **call} for i, call in enumerate(schemas.openai_tool_calls(calls))]}))
-        chunks.append(schemas.openai_chat_chunk(job, run.model, {}, finished))
+            chunks.append(replies.openai_chat_chunk(job, run.model, {"tool_calls": [
+                {"index": i, **call} for i, call in enumerate(replies.openai_tool_calls(calls))]}))
+        chunks.append(replies.openai_chat_chunk(job, run.model, {}, finished))
         if job.include_usage:
-            chunks.append(schemas.openai_usage_chunk(job, run.model, finished, "chat"))
-        body = b"".join(schemas.sse(c) for c in chunks) + schemas.sse("[DONE]")
+            chunks.append(replies.openai_usage_chunk(job, run.model, finished, "chat"))
+        body = b"".join(replies.sse(c) for c in chunks) + replies.sse("[DONE]")
         return Response(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     # ---- routes ---------------------------------------------------------------------------
@@ -332,12 +332,12 @@ class _Api:
             return await self._openai_tools(request, run, job)
         if not job.stream:
             text, finished, reasoning = await self._collect(request, run)
-            return JSONResponse(schemas.openai_chat_response(job, run.model, text, finished, reasoning=reasoning))
+            return JSONResponse(replies.openai_chat_response(job, run.model, text, finished, reasoning=reasoning))
 
         return self._openai_stream(
-            request, run, job, "chat", schemas.sse(schemas.openai_chat_chunk(job, run.model, {"role": "assistant", "content": ""})),
-            schemas.openai_chat_token_chunks(job, run.model),
-            lambda finished: schemas.sse(schemas.openai_chat_chunk(job, run.model, {}, finished)))
+            request, run, job, "chat", replies.sse(replies.openai_chat_chunk(job, run.model, {"role": "assistant", "content": ""})),
+            replies.openai_chat_token_chunks(job, run.model),
+            lambda finished: replies.sse(replies.openai_chat_chunk(job, run.model, {}, finished)))
 
     @_handled
     async def openai_completions(self, request: Request) -> Response:
@@ -345,12 +345,12 @@ class _Api:
         run = await self._start(request, job)
         if not job.stream:
             text, finished, reasoning = await self._collect(request, run)
-            return JSONResponse(schemas.openai_completion_response(job, run.model, text, finished))
+            return JSONResponse(replies.openai_completion_response(job, run.model, text, finished))
 
         return self._openai_stream(
             request, run, job, "completion", None,
-            lambda text: schemas.sse(schemas.openai_completion_response(job, run.model, text, None)),
-            lambda finished: schemas.sse(schemas.openai_completion_response(job, run.model, "", finished)))
+            lambda text: replies.sse(replies.openai_completion_response(job, run.model, text, None)),
+            lambda finished: replies.sse(replies.openai_completion_response(job, run.model, "", finished)))
 
     @_handled
     async def openai_models(self, request: Request) -> Response:
@@ -392,7 +392,7 @@ class _Api:
         job, _raw = schemas.ollama_generate(await self._body(request))
         if job.prompt is None and job.messages is None:  # Ollama's way to load (or, keep_alive 0, unload) a model
             self.engine.release(await self._acquire(job.model), job.keep_alive)
-            return JSONResponse({"model": job.model, "created_at": schemas.now_iso(), "response": "", "done": True,
+            return JSONResponse({"model": job.model, "created_at": replies.now_iso(), "response": "", "done": True,
                                  "done_reason": "load"})
         return await self._ollama(request, job, "generate")
 
@@ -400,25 +400,25 @@ class _Api:
         run = await self._start(request, job)
         if job.tools:  # parsed once whole, as for OpenAI's API; a stream gets the text, the calls, then done
             text, finished, reasoning, calls = await self._collect_calls(request, run, job)
-            last = schemas.ollama_line(run.model, kind, text, finished, reasoning=reasoning, calls=calls)
+            last = replies.ollama_line(run.model, kind, text, finished, reasoning=reasoning, calls=calls)
             if not job.stream:
                 return JSONResponse(last)
-            lines = [schemas.ollama_line(run.model, kind, text, reasoning=reasoning, calls=calls),
-                     schemas.ollama_line(run.model, kind, "", finished)]
+            lines = [replies.ollama_line(run.model, kind, text, reasoning=reasoning, calls=calls),
+                     replies.ollama_line(run.model, kind, "", finished)]
             return Response(b"".join(json.dumps(line).encode() + b"\n" for line in lines), media_type="application/x-ndjson")
         if not job.stream:
             text, finished, reasoning = await self._collect(request, run)
-            return JSONResponse(schemas.ollama_line(run.model, kind, text, finished, reasoning=reasoning))
+            return JSONResponse(replies.ollama_line(run.model, kind, text, finished, reasoning=reasoning))
 
         async def lines() -> AsyncIterator[bytes]:
             try:
                 async for event in self._stream(request, run):
                     if isinstance(event, Token):
-                        line = schemas.ollama_line(run.model, kind, event.text)
+                        line = replies.ollama_line(run.model, kind, event.text)
                     elif isinstance(event, Reasoning):
-                        line = schemas.ollama_line(run.model, kind, "", reasoning=event.text)
+                        line = replies.ollama_line(run.model, kind, "", reasoning=event.text)
                     else:
-                        line = schemas.ollama_line(run.model, kind, "", event)
+                        line = replies.ollama_line(run.model, kind, "", event)
                     yield json.dumps(line).encode() + b"\n"
             except LocalLLMError as exc:
                 yield json.dumps(_api_error(exc).ollama()).encode() + b"\n"

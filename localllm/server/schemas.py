@@ -1,5 +1,5 @@
-"""The HTTP API's shapes: one internal request, read from OpenAI's or Ollama's request bodies,
-and the responses each API expects, written from the same events.
+"""The HTTP API's requests: one internal request, read from OpenAI's or Ollama's request bodies
+(the answers' shapes are in replies.py).
 
 Everything in a body is checked here (types, ranges, counts, sizes) and a bad field is an
 ApiError naming it, which the app turns into the API's own error object with status 400.
@@ -12,11 +12,9 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import UsageError
-from ..events import Finished
 from ..options import MAX_STOP_CHARS, MAX_STOPS, REASONING_EFFORTS, SamplingOptions
 
 MAX_MESSAGES = 4096
@@ -415,92 +413,6 @@ def _ollama_refuse(body: dict) -> None:
         raise ApiError(400, "'images' is not supported by this server")
     if body.get("tools"):
         raise ApiError(400, "'tools' is not supported by /api/generate (use /api/chat)", "tools")
-
-
-# ---- responses -----------------------------------------------------------------------------
-def usage(finished: Finished) -> dict:
-    u = finished.usage
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
-
-
-def finish_reason(finished: Finished) -> str:
-    return finished.reason if finished.reason in ("length", "tool_calls") else "stop"
-
-
-def openai_tool_calls(calls) -> list[dict]:
-    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
-            for c in calls]
-
-
-def openai_chat_response(job: GenerationJob, model: str, text: str, finished: Finished, calls=(), reasoning: str = "") -> dict:
-    message = {"role": "assistant", "content": text or (None if calls else "")}
-    if reasoning:
-        message["reasoning_content"] = reasoning  # as DeepSeek's API and vLLM name it
-    if calls:
-        message["tool_calls"] = openai_tool_calls(calls)
-    return {"id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": job.created, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(finished)}],
-            "usage": usage(finished)}
-
-
-def openai_chat_chunk(job: GenerationJob, model: str, delta: dict, finished: Finished | None = None) -> dict:
-    return {"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk", "created": job.created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                         "finish_reason": finish_reason(finished) if finished else None}]}
-
-
-def openai_chat_token_chunks(job: GenerationJob, model: str):
-    """A function from a token's text to its whole SSE chunk: the same bytes as
-    sse(openai_chat_chunk(job, model, {"content": text})), with one small json.dumps per token."""
-    head, tail = json.dumps(openai_chat_chunk(job, model, {"content": ""})).split('"content": ""', 1)
-    head, tail = f"data: {head}\"content\": ".encode(), f"{tail}\n\n".encode()
-    return lambda text: head + json.dumps(text).encode() + tail
-
-
-def openai_completion_response(job: GenerationJob, model: str, text: str, finished: Finished | None) -> dict:
-    return {"id": f"cmpl-{job.id}", "object": "text_completion", "created": job.created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None,
-                         "finish_reason": finish_reason(finished) if finished else None}],
-            **({"usage": usage(finished)} if finished and not job.stream else {})}
-
-
-def openai_usage_chunk(job: GenerationJob, model: str, finished: Finished, kind: str) -> dict:
-    return {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{job.id}",
-            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-            "created": job.created, "model": model, "choices": [], "usage": usage(finished)}
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def ollama_line(model: str, kind: str, text: str, finished: Finished | None = None, load_s: float = 0.0,
-                reasoning: str = "", calls=()) -> dict:
-    line: dict[str, Any] = {"model": model, "created_at": now_iso()}
-    if kind == "chat":
-        line["message"] = {"role": "assistant", "content": text, **({"thinking": reasoning} if reasoning else {})}
-        if calls:  # Ollama's form: arguments as an object, no ids
-            line["message"]["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]
-    else:
-        line["response"] = text
-        if reasoning:
-            line["thinking"] = reasoning
-    line["done"] = finished is not None
-    if finished is not None:
-        t = finished.timings
-        ns = 1_000_000_000
-        line.update(done_reason="stop" if finished.reason == "tool_calls" else finish_reason(finished),  # as Ollama says
-                    total_duration=int((t.prompt_s + t.generation_s + load_s) * ns), load_duration=int(load_s * ns),
-                    prompt_eval_count=finished.usage.prompt_tokens - finished.usage.cached_tokens,
-                    prompt_eval_duration=int(t.prompt_s * ns), eval_count=finished.usage.completion_tokens,
-                    eval_duration=int(t.generation_s * ns))
-    return line
-
-
-def sse(data: dict | str) -> bytes:
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
 
 MAX_EMBED_INPUTS = 256
