@@ -17,6 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from . import safejson
 from .config import home
 from .errors import CatalogError
 from .gguf_info import SWA_PATTERN_BY_ARCH, ModelSpec
@@ -118,7 +119,7 @@ def load_catalog() -> Catalog:
     user = user_catalog_path()
     if user.is_file():
         try:
-            data = json.loads(user.read_text(encoding="utf-8"))
+            data = safejson.loads(user.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise CatalogError(str(user), f"not valid JSON ({exc})") from exc
         replaced = parse_catalog(data, str(user))

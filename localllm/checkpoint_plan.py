@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import safejson
 from .errors import ModelLoadError
 from .estimate import GPU_RUNTIME_OVERHEAD, MIB
 from .planner import human_bytes, safety_margin
@@ -101,7 +102,7 @@ def read_header(path: Path) -> dict[str, tuple[str, list[int]]]:
             (length,) = struct.unpack("<Q", f.read(8))
             if length > MAX_HEADER_BYTES:
                 raise ModelLoadError(path, f"its safetensors header claims {length} bytes")
-            header = json.loads(f.read(length))
+            header = safejson.loads(f.read(length))
     except (OSError, struct.error, ValueError) as exc:
         raise ModelLoadError(path, f"unreadable safetensors header ({exc})") from None
     return _tensors(header, path)

@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from . import safejson
 from .errors import LocalLLMError
 
 CONFIG_FILE = "config.json"
@@ -54,7 +55,7 @@ def load_config() -> dict:
     except OSError as exc:
         raise LocalLLMError(f"cannot read settings {path}: {exc.strerror}") from exc
     try:
-        data = json.loads(text)
+        data = safejson.loads(text)
     except ValueError as exc:
         raise LocalLLMError(f"settings file {path} is not valid JSON ({exc}); fix or delete it") from exc
     if not isinstance(data, dict):

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+from . import safejson
+from .errors import GenerationError, UsageError
+from .printable import printable
 
 MAX_SCHEMA_BYTES = 256 * 1024
 
@@ -57,7 +59,7 @@ def from_options(schema: str | None, grammar_file: Path | None) -> str | None:
         return None
     text = schema if schema.lstrip().startswith("{") else _read_small(Path(schema), "--schema")
     try:
-        parsed = json.loads(text)
+        parsed = safejson.loads(text)
     except ValueError as exc:
         raise UsageError(f"--schema is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
@@ -165,15 +167,23 @@ class Constraint:
         return np.unpackbits(self._bitmask[0].view(np.uint8), bitorder="little")[:n].astype(bool)
 
     def accept(self, token: int) -> None:
-        self._matcher.consume_token(token)
+        if not self._matcher.consume_token(token):
+            self._rejected([token])
 
     def forced(self) -> list[int]:
         """Tokens the grammar allows no alternative to from here (fast-forward): accepted already,
         to be evaluated in one batch rather than sampled one by one."""
         tokens = self._matcher.compute_ff_tokens()
-        if tokens:
-            self._matcher.consume_tokens(tokens)
+        if tokens and not self._matcher.consume_tokens(tokens):
+            self._rejected(tokens)
         return tokens
+
+    def _rejected(self, tokens: list[int]) -> None:
+        """A token the grammar engine refused is a bug (ours or its own), never an ordinary end
+        of the answer: the sequence stops with the engine's own message."""
+        why = self._matcher.get_error() if self._matcher.is_error() else "no reason given"
+        raise GenerationError(f"internal error: the grammar engine rejected token(s) {tokens[:8]}: "
+                              f"{printable(why.splitlines()[0] if why else why)[:300]}")
 
     @property
     def complete(self) -> bool:

@@ -17,6 +17,7 @@ and unloaded early when another model would not fit beside them.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -28,8 +29,10 @@ from pathlib import Path
 from .backends.base import Batcher, SequenceRequest
 from .errors import GenerationError, LocalLLMError, ModelLoadError
 from .options import LoadOptions
+from .printable import printable
 
 _STOP = object()
+IDLE_WAKE_S = 3600.0  # the longest the idle thread sleeps before looking at keep-alives again
 
 
 class QueueFullError(LocalLLMError):
@@ -51,6 +54,20 @@ class BusyError(LocalLLMError):
     def __init__(self, wanted: str, busy: list[str]):
         self.wanted, self.busy = wanted, busy
         super().__init__(f"{wanted} does not fit in memory while {', '.join(busy)} is answering requests")
+
+
+class EngineStoppedError(LocalLLMError):
+    """The engine thread ended unexpectedly: nothing more can be generated in this process."""
+
+    exit_code = 1
+
+    def __init__(self, why: str):
+        self.why = why
+        super().__init__(f"the engine has stopped ({why}); restart the server")
+
+
+def _report(exc: Exception) -> None:
+    sys.stderr.write(f"localllm: engine: {type(exc).__name__}: {printable(str(exc))[:300]}\n")
 
 
 @dataclass(eq=False)
@@ -81,12 +98,15 @@ class Engine:
         self._served: dict[Path, Served] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._died: str | None = None
 
     # ---- any thread -----------------------------------------------------------------------
     def submit(self, fn: Callable, *args) -> Future:
         """Run fn(*args) on the engine thread, after the jobs before it."""
         future: Future = Future()
         with self._lock:
+            if self._died is not None:
+                raise EngineStoppedError(self._died)
             if self._closed:
                 raise RuntimeError("the engine has shut down")
             if self._thread is None:
@@ -147,27 +167,67 @@ class Engine:
 
     # ---- the engine thread ----------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            busy = [s for s in self._served.values() if s.batcher.busy() or s.waiting]
-            try:
-                item = self._jobs.get_nowait() if busy else self._jobs.get(timeout=self._idle_wait())
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                break
-            if item is not None:
-                self._run(*item)
-                continue  # take every waiting job before the next step: new requests join sooner
-            for served in busy:
-                self._admit(served)
+        try:
+            while True:
                 try:
-                    served.batcher.step()
-                except Exception as exc:  # a bug must fail these requests, not stop the engine
-                    served.batcher.fail_all(f"internal error while generating: {type(exc).__name__}: {exc}")
+                    if not self._step():
+                        break
+                except Exception as exc:  # reported; the loop goes on (after a breath, should it recur)
+                    _report(exc)
+                    time.sleep(0.05)
+            for served in list(self._served.values()):
+                self._unload(served)
+        except BaseException as exc:  # recorded for every caller (see _die) and said once
+            self._die(exc)
+            sys.stderr.write(f"localllm: the engine thread stopped: {printable(self._died)}\n")
+
+    def _step(self) -> bool:
+        """One turn of the loop: a job, or one decode step of every busy model. False: stop.
+        An error here fails what it was working on and the loop goes on; nothing a request
+        carries may end the thread that every request needs."""
+        busy = [s for s in self._served.values() if s.batcher.busy() or s.waiting]
+        try:
+            item = self._jobs.get_nowait() if busy else self._jobs.get(timeout=self._idle_wait())
+        except queue.Empty:
+            item = None
+        if item is _STOP:
+            return False
+        if item is not None:
+            self._run(*item)
+            return True  # take every waiting job before the next step: new requests join sooner
+        for served in busy:
+            try:
                 self._admit(served)
-            self._expire()
-        for served in list(self._served.values()):
-            self._unload(served)
+                served.batcher.step()
+                self._admit(served)
+            except Exception as exc:  # a bug must fail these requests, not stop the engine
+                _report(exc)
+                served.batcher.fail_all(f"internal error while generating: {type(exc).__name__}: {exc}")
+        self._expire()
+        return True
+
+    def _die(self, exc: BaseException) -> None:
+        """The thread is ending without being asked to: every job waiting, and every one
+        submitted from now on, fails with EngineStoppedError instead of waiting for ever."""
+        with self._lock:
+            self._died = f"{type(exc).__name__}: {exc}"[:300]
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP and item[0].set_running_or_notify_cancel():
+                item[0].set_exception(EngineStoppedError(self._died))
+        for served in self._served.values():
+            try:
+                served.batcher.fail_all(f"the engine stopped: {self._died}")
+            except Exception:  # best effort: the engine is gone either way
+                pass
+
+    def health(self) -> str | None:
+        """None while the engine thread can take work, else why it cannot."""
+        with self._lock:
+            return self._died
 
     @staticmethod
     def _run(future: Future, fn: Callable, args: tuple) -> None:
@@ -184,7 +244,8 @@ class Engine:
     def _idle_wait(self) -> float | None:
         waits = [s.last_used + self.keep_alive_of(s) - time.monotonic() for s in self._served.values()
                  if self.keep_alive_of(s) is not None]
-        return max(0.05, min(waits)) if waits else None
+        # Capped, so a wait can never be one that the queue's timeout cannot represent.
+        return min(max(0.05, min(waits)), IDLE_WAKE_S) if waits else IDLE_WAKE_S
 
     def _enqueue(self, served: Served, request: SequenceRequest) -> None:
         served.waiting.append(request)

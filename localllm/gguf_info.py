@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import safejson
 from .errors import ModelLoadError
 from .gguf_header import HeaderError, Truncated, check_layers, scan, scan_file
 from .gguf_names import split_files
@@ -81,7 +82,7 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
-        data = json.loads(text)
+        data = safejson.loads(text)
         for key in ("n_head_kv", "swa_layers", "layer_bytes", "files", "amx_layer_extra"):
             data[key] = tuple(data[key])
         return cls(**data)
@@ -196,7 +197,7 @@ def header_facts(path: Path, cache_dir: Path | None = None) -> dict[str, object]
     cached = cache_dir / f"{key}.json" if cache_dir else None
     if cached is not None:
         try:
-            return json.loads(cached.read_text())
+            return safejson.loads(cached.read_text())
         except (OSError, ValueError):
             pass
     try:

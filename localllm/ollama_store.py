@@ -14,11 +14,13 @@ size disagrees with the manifest is reported, not loaded.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import safejson
+from .hub import inside  # a link in the store may point anywhere
 
 PREFIX = "ollama:"
 MODEL_LAYER = "application/vnd.ollama.image.model"
@@ -67,7 +69,7 @@ def scan() -> list[OllamaModel]:
             if count >= MAX_MANIFESTS:
                 break
             parts = path.relative_to(manifests).parts
-            if not all(_PART.match(p) for p in parts) or not path.is_file():
+            if not all(_PART.match(p) for p in parts) or not path.is_file() or not inside(path, manifests):
                 continue
             name = display_name(parts)
             found.setdefault(name, read_manifest(name, path, root / "blobs"))
@@ -81,7 +83,7 @@ def read_manifest(name: str, path: Path, blobs: Path) -> OllamaModel:
     try:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             return broken(f"is over {MAX_MANIFEST_BYTES} bytes, not a manifest")
-        data = json.loads(path.read_bytes())
+        data = safejson.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
         return broken(f"cannot be read as JSON ({type(exc).__name__})")
     layers = data.get("layers") if isinstance(data, dict) else None
@@ -95,6 +97,8 @@ def read_manifest(name: str, path: Path, blobs: Path) -> OllamaModel:
     if found is None or not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         return broken("has a model layer without a sha256 digest and a size")
     blob = blobs / f"sha256-{found.group(1)}"
+    if not inside(blob, blobs):
+        return broken(f"names blob sha256-{found.group(1)[:12]}..., a link that leaves {blobs}")
     try:
         actual = blob.stat().st_size
     except OSError:

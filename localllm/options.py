@@ -146,6 +146,10 @@ class SamplingOptions:
             raise UsageError(f"seed must be in [0, 2^32 - 2], not {self.seed}")
 
 
+# What `serve` answers besides loopback (localllm.server.guard), comma-separated, as its options.
+ALLOWED_HOSTS_ENV = "LOCALLLM_ALLOWED_HOSTS"
+ORIGINS_ENV = "LOCALLLM_ORIGINS"
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
@@ -156,8 +160,17 @@ def parse_duration(text: str, what: str = "--keep-alive") -> float | None:
     if re.fullmatch(r"-\d+(\.\d+)?[smh]?", text):
         return None
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    if not text or not re.fullmatch(rf"(?:{_DURATION.pattern})+", text):
+        return _finite_duration(float(text))
+    if not text or len(text) > 100 or not re.fullmatch(rf"(?:{_DURATION.pattern})+", text):
         raise UsageError(f"{what} takes a duration such as 5m, 30s or 1h (or -1: for ever), not {text[:40]!r}")
     scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    return sum(float(number) * scale[unit] for number, unit in _DURATION.findall(text))
+    return _finite_duration(sum(float(number) * scale[unit] for number, unit in _DURATION.findall(text)))
+
+
+# Longer than this is "for ever": waits past about 9.2e9 s overflow (queue.get, threading), and a
+# keep-alive of decades means the same thing as one of centuries.
+MAX_DURATION_S = 10 * 365 * 86400
+
+
+def _finite_duration(seconds: float) -> float | None:
+    return seconds if seconds <= MAX_DURATION_S else None

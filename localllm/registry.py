@@ -191,13 +191,14 @@ def resolve(ref: str | None) -> Path:
     return find_installed(ref).path
 
 
-def find_installed(ref: str) -> InstalledModel:
-    """The installed model a reference names: a path, the starter, a name, a catalog or Hub reference."""
+def find_installed(ref: str, allow_paths: bool = True) -> InstalledModel:
+    """The installed model a reference names: a path, the starter, a name, a catalog or Hub reference.
+    `allow_paths=False` (a server's clients): installed models only, never a file named by its path."""
     from .catalog import load_catalog
     from .references import parse_reference, path_exists
 
     path = Path(ref).expanduser()
-    if path_exists(path):
+    if allow_paths and path_exists(path):
         return _from_path(path)
     if ref.lower().startswith("ollama:"):
         return _ollama_model(ref)

@@ -122,6 +122,7 @@ class _Rpc:
             (self.base, "ggml_backend_dev_type", [vp], ctypes.c_int),
             (self.base, "ggml_backend_dev_backend_reg", [vp], vp),
             (self.base, "ggml_backend_reg_name", [vp], ctypes.c_char_p),
+            (self.base, "ggml_backend_dev_memory", [vp, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)], None),
         ):
             function = getattr(lib, name)
             function.argtypes, function.restype = args, result
@@ -146,6 +147,16 @@ class _Rpc:
                 continue
             (cpus if kind == _DEVICE_TYPE_CPU else gpus if kind == _DEVICE_TYPE_GPU else []).append(dev)
         return gpus or cpus[:1]
+
+
+    def memory(self, dev: int) -> tuple[int, int]:
+        """(free, total) bytes of a device."""
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        self.base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        return free.value, total.value
+
+    def kind(self, dev: int) -> str:
+        return "cpu" if self.base.ggml_backend_dev_type(dev) == _DEVICE_TYPE_CPU else "gpu"
 
 
 def _library_file() -> Path:

@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from . import safejson
 from .errors import UsageError
 
 MAX_TOOLS = 128
@@ -146,7 +147,7 @@ def parse(kind: str, text: str, tools: dict[str, dict], messages: Sequence[tuple
         return ("", [call]) if call else (text, [])
     if kind == "mistral":
         try:
-            items = json.loads(stripped)
+            items = safejson.loads(stripped)
         except ValueError:
             return text, []
         calls = [c for item in (items if isinstance(items, list) else []) if (c := _call(json.dumps(item), tools, "arguments"))]
@@ -156,7 +157,7 @@ def parse(kind: str, text: str, tools: dict[str, dict], messages: Sequence[tuple
 
 def _call(blob: str, tools: dict[str, dict], key: str) -> ToolCall | None:
     try:
-        data = json.loads(blob)
+        data = safejson.loads(blob)
     except ValueError:
         return None
     if not isinstance(data, dict) or data.get("name") not in tools:
@@ -164,7 +165,7 @@ def _call(blob: str, tools: dict[str, dict], key: str) -> ToolCall | None:
     arguments = data.get(key, {})
     if isinstance(arguments, str):  # some models write the arguments as a JSON string
         try:
-            arguments = json.loads(arguments)
+            arguments = safejson.loads(arguments)
         except ValueError:
             return None
     return ToolCall(data["name"], arguments) if isinstance(arguments, dict) else None

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import safejson
 from .errors import LocalLLMError, UsageError
 from .hub import GIT_SHA1, SHA256, check_disk, check_repo_path, inside, link_snapshot, storage_folder
 from .printable import printable
@@ -173,7 +174,7 @@ def read_manifest(folder: Path) -> dict:
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise UsageError(f"{path} is over {MAX_MANIFEST_BYTES} bytes: not a localllm manifest")
     try:
-        data = json.loads(path.read_bytes())
+        data = safejson.loads(path.read_bytes())
     except ValueError:
         raise UsageError(f"{path} is not valid JSON") from None
     bad = _manifest_problem(data)
@@ -207,6 +208,11 @@ def _manifest_problem(data) -> str:
             return "each file needs path, size, sha256 and etag"
     if len({f["path"] for f in files}) != len(files):
         return "a file is listed twice"
+    if data.get("format", "gguf") not in ("gguf", "safetensors"):
+        return "format must be gguf or safetensors"
+    entry = data.get("entry")
+    if entry is not None and (not isinstance(entry, str) or entry not in {f["path"] for f in files}):
+        return "entry must be one of the files it lists"
     return ""
 
 

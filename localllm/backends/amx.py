@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import crash
+from .. import crash, safejson
 from ..config import cache_dir, config_path, load_config
 from ..errors import UsageError
 from ..hardware import AmxStatus, cpu_flags, cpu_model_name, read_cpuinfo
@@ -107,7 +107,7 @@ def _signal_name(number: int) -> str:
 def _read_verdicts(cache_file: Path) -> dict[str, ProbeResult]:
     """Cached verdicts; a missing, unreadable or malformed cache is empty (it is only an optimisation)."""
     try:
-        data = json.loads(cache_file.read_text(encoding="utf-8"))
+        data = safejson.loads(cache_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):

@@ -157,7 +157,10 @@ class LlamaCppBatcher:
         for slot, taken, index in entries:
             self._advance(slot, taken)
             if index is not None:
-                self._sampled(slot, self._pick(slot, index))
+                try:
+                    self._sampled(slot, self._pick(slot, index))
+                except GenerationError as exc:  # this sequence's grammar failed; the others go on
+                    self._fail_with([slot], str(exc))
 
     def _advance(self, slot: _Slot, taken: int) -> None:
         """Record tokens that are now in the KV cache."""

@@ -9,13 +9,13 @@ sample exactly as SamplingOptions says.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from .. import safejson
 from ..errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
 from ..events import Event, Finished, Token, Usage
 from ..hardware import default_threads, detect
@@ -124,7 +124,7 @@ def read_config(path: Path) -> dict:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ModelLoadError(path, "config.json is larger than 1 MiB")
     try:
-        config = json.loads(raw)
+        config = safejson.loads(raw)
     except ValueError:
         raise ModelLoadError(path, "config.json is not valid JSON") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):

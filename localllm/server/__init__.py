@@ -7,7 +7,6 @@ all (aiohttp would add seven), and Starlette's streaming responses notice a clie
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import sys
 import threading
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from ..engine import Engine
 from ..errors import UsageError
 from .app import ServerConfig, create_app
+from .guard import is_loopback
 
 # On Ctrl-C or SIGTERM running answers may finish for this long; then they are stopped (each
 # stream ends with an error event), and uvicorn closes what is left a little later.
@@ -27,15 +27,6 @@ GRACEFUL_SHUTDOWN_S = FINISH_S + 2
 class Listen:
     host: str
     port: int
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(host: str, api_key: str | None) -> None:

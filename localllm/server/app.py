@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hmac
 import json
+import re
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..backends.base import SequenceRequest
-from ..engine import BusyError, Engine, QueueFullError, Served
+from ..engine import BusyError, Engine, EngineStoppedError, QueueFullError, Served
 from ..errors import ContextOverflowError, GenerationError, LocalLLMError, ModelLoadError, ModelNotFoundError, UsageError
 from ..events import Finished, Reasoning, Token
 from ..options import LoadOptions
@@ -37,7 +38,8 @@ from ..reasoning import splitter_for
 from ..registry import installed_models
 from ..tools import check_tools
 from . import models, replies, schemas
-from .prompts import prompt_tokens, tool_grammar
+from .guard import LOOPBACK_ORIGIN_REGEX, Guard, Policy, is_loopback
+from .prompts import check_grammar, prompt_tokens, tool_grammar
 from .schemas import ApiError, GenerationJob
 
 RETRY_AFTER_S = 2
@@ -48,15 +50,23 @@ class ServerConfig:
     load_options: LoadOptions
     default_model: str | None = None
     api_key: str | None = None
-    cors: tuple[str, ...] = ()
+    cors: tuple[str, ...] = ()  # browser origins allowed besides loopback pages ("*": any)
     max_body: int = 8 * 2**20
     quiet: bool = False
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered to besides loopback ones ("*": any)
+    bind_host: str = "127.0.0.1"
+    allow_paths: bool = False  # clients may name model files by path, not only installed models
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.bind_host, is_loopback(self.bind_host), self.allowed_hosts, self.cors)
 
 
 def create_app(config: ServerConfig, engine: Engine) -> Callable:
     api = _Api(config, engine)
     routes = [
         Route("/", api.root, methods=["GET", "HEAD"]),
+        Route("/health", api.health, methods=["GET", "HEAD"]),
         Route("/v1/chat/completions", api.openai_chat, methods=["POST"]),
         Route("/v1/completions", api.openai_completions, methods=["POST"]),
         Route("/v1/models", api.openai_models, methods=["GET"]),
@@ -71,9 +81,9 @@ def create_app(config: ServerConfig, engine: Engine) -> Callable:
     ]
     app: Callable = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
     app = _Auth(app, config.api_key)
-    if config.cors:
-        app = CORSMiddleware(app, allow_origins=list(config.cors), allow_methods=["GET", "POST", "OPTIONS"],
-                             allow_headers=["authorization", "content-type"])
+    app = CORSMiddleware(app, allow_origins=list(config.cors), allow_origin_regex=LOOPBACK_ORIGIN_REGEX,
+                         allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["authorization", "content-type"])
+    app = Guard(app, config.policy, lambda scope, status, message: _error_response(scope["path"], ApiError(status, message)))
     return _AccessLog(app, config.quiet)
 
 
@@ -86,6 +96,8 @@ def _api_error(exc: Exception) -> ApiError:
     if isinstance(exc, ContextOverflowError):
         return ApiError(400, f"the prompt is {exc.prompt_tokens} tokens and the context window is {exc.n_ctx} "
                              f"tokens: it does not fit (nothing was cut)", "messages", code="context_length_exceeded")
+    if isinstance(exc, EngineStoppedError):
+        return ApiError(503, str(exc), None, "server_error")
     if isinstance(exc, (QueueFullError, BusyError)):
         return ApiError(503, str(exc), None, "server_busy", {"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(exc, UsageError):
@@ -119,6 +131,25 @@ def _handled(handler):
                 sys.stderr.write(f"localllm: {request.url.path}: {type(exc).__name__}: {printable(exc)[:300]}\n")
             return _error_response(request.url.path, error)
     return wrapper
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    """JSON's \\ud800 escapes decode to strings that no encoder will take further on."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # ---- the engine's events on the event loop --------------------------------------------------
@@ -214,18 +245,24 @@ class _Api:
                 raise ApiError(413, f"the request body is larger than {limit // 2**20} MiB")
             chunks.append(chunk)
         try:
-            return json.loads(b"".join(chunks))
+            body = json.loads(b"".join(chunks))
         except (ValueError, RecursionError):
             raise ApiError(400, "the request body is not valid JSON") from None
+        if _has_lone_surrogate(body):
+            raise ApiError(400, "the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
+        return body
 
     async def _acquire(self, name: str | None) -> Served:
-        return await asyncio.wrap_future(self.engine.acquire(name or self.config.default_model, self.config.load_options))
+        ref = self.config.default_model if name in (None, self.config.default_model) else await run_in_threadpool(
+            models.served_ref, name, self.config.allow_paths)
+        return await asyncio.wrap_future(self.engine.acquire(ref, self.config.load_options))
 
     async def _start(self, request: Request, job: GenerationJob) -> _Run:
         served = await self._acquire(job.model)
         try:
             tool_grammar(served.model, job)
             tokens, prompt = await run_in_threadpool(prompt_tokens, served.model, job)
+            await run_in_threadpool(check_grammar, served.model, job)
             events = _Events(self.mailbox)
             sequence = SequenceRequest(tokens, job.sampling, events.put, job.grammar)
             self.engine.generate(served, sequence)
@@ -322,7 +359,16 @@ class _Api:
 
     # ---- routes ---------------------------------------------------------------------------
     async def root(self, request: Request) -> Response:
+        stopped = self.engine.health()
+        if stopped is not None:
+            return PlainTextResponse(f"localllm: the engine has stopped ({stopped}); restart the server\n", 503)
         return PlainTextResponse("localllm is running\n")
+
+    async def health(self, request: Request) -> Response:
+        stopped = self.engine.health()
+        if stopped is not None:
+            return JSONResponse({"status": "error", "error": f"the engine has stopped: {stopped}"}, 503)
+        return JSONResponse({"status": "ok"})
 
     @_handled
     async def openai_chat(self, request: Request) -> Response:
@@ -434,7 +480,8 @@ class _Api:
         body = await self._body(request)
         if not isinstance(body, dict) or not isinstance(body.get("model") or body.get("name"), str):
             raise ApiError(400, "'model' is required", "model")
-        return JSONResponse(await run_in_threadpool(models.ollama_show, body.get("model") or body.get("name")))
+        return JSONResponse(await run_in_threadpool(models.ollama_show, body.get("model") or body.get("name"),
+                                                    self.config.allow_paths))
 
     @_handled
     async def ollama_ps(self, request: Request) -> Response:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..config import cache_dir
 from ..engine import Served
-from ..errors import ModelNotFoundError
+from ..errors import ModelNotFoundError, UsageError
+from ..printable import printable
 from ..registry import InstalledModel, display_name, find_installed
 from .schemas import ApiError
 
@@ -46,13 +47,30 @@ def ollama_entry(model: InstalledModel) -> dict:
             "size": model.size, "digest": _digest(model.path), "details": _details(model)}
 
 
-def ollama_show(name: str) -> dict:
+def not_found(name: str) -> ApiError:
+    """The same answer for every model a client may not use, whatever is on the server's disk."""
+    return ApiError(404, f"no model named {printable(name)[:200]!r} is served here (GET /v1/models lists them)",
+                    "model", "not_found_error")
+
+
+def find(name: str, allow_paths: bool) -> InstalledModel:
+    """The installed model a client names (by path too, if the server allows paths), or a 404."""
+    try:
+        return find_installed(name, allow_paths)
+    except (ModelNotFoundError, UsageError):
+        raise not_found(name) from None
+
+
+def served_ref(name: str, allow_paths: bool) -> str:
+    """What the engine should load for a model a client names: the file's path, once it is known
+    to be one the client may use."""
+    return str(find(name, allow_paths).path)
+
+
+def ollama_show(name: str, allow_paths: bool) -> dict:
     from ..model import inspect
 
-    try:
-        model = find_installed(name)
-    except ModelNotFoundError as exc:
-        raise ApiError(404, str(exc), "model", "not_found_error") from None
+    model = find(name, allow_paths)
     spec = inspect(model.path)
     details = _details(model)
     info = {"general.architecture": spec.architecture, f"{spec.architecture}.context_length": spec.n_ctx_train,

@@ -53,3 +53,17 @@ def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], str | None]:
     if len(tokens) >= model.n_ctx:
         raise ContextOverflowError(len(tokens), model.n_ctx, model.n_ctx_train)
     return tokens, prompt
+
+
+def check_grammar(model, job: GenerationJob) -> None:
+    """A grammar the engine cannot follow (a schema no document satisfies, `{"$ref": "#"}`) is
+    the client's 400 now, not an error after a stream has begun."""
+    vocabulary = getattr(model, "grammar_vocabulary", None)
+    if job.grammar is None or vocabulary is None:
+        return
+    from ..constraints import Constraint
+
+    try:
+        Constraint(vocabulary(), job.grammar)
+    except UsageError as exc:
+        raise ApiError(400, str(exc)) from None

@@ -7,13 +7,13 @@ ApiError naming it, which the app turns into the API's own error object with sta
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import safejson
 from ..errors import UsageError
 from ..options import MAX_STOP_CHARS, MAX_STOPS, REASONING_EFFORTS, SamplingOptions
 
@@ -146,7 +146,7 @@ def _tool_calls(value: Any, where: str) -> list[dict]:
         arguments = function.get("arguments", {})
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments)
+                arguments = safejson.loads(arguments)
             except ValueError:
                 raise ApiError(400, f"'{where}.tool_calls': arguments must be JSON", f"{where}.tool_calls") from None
         calls.append({"id": str(call.get("id", ""))[:128], "type": "function",
