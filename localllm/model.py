@@ -96,7 +96,8 @@ class Model:
             raise UsageError("the prompt is empty")
         template = self._loaded.chat_template
         sampling = sampling or SamplingOptions()
-        tool_kind, tool_params, call_grammar = plan_calls(template, tools, tool_choice, sampling.grammar is not None)
+        tool_kind, tool_params, call_grammar = plan_calls(template, tools, tool_choice, sampling.grammar is not None,
+                                                          self.special_token)
         sampling = replace(sampling, grammar=call_grammar) if call_grammar else sampling
         variables = reasoning.template_variables(template, think, reasoning_effort)
         if tool_kind is not None:

@@ -161,19 +161,11 @@ def _copy_replies(child: socket.socket, client: socket.socket) -> None:
                 pass
 
 
-def serve_session(client: socket.socket, peer: str, child_port: int, limits: Limits, waiting: queue.Queue,
+def serve_session(client: socket.socket, peer: str, child: socket.socket, limits: Limits, waiting: queue.Queue,
                   log=print) -> None:
     """One client, from its HELLO to its last message, relayed to the child's ggml server."""
     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client.settimeout(DATA_TIMEOUT_S)  # within a message, and for replies the client does not read
-    try:
-        child = socket.create_connection(("127.0.0.1", child_port), timeout=HELLO_TIMEOUT_S)
-    except OSError as exc:
-        log(f"cannot reach the worker process for {peer}: {exc}")
-        client.close()
-        return
-    child.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    child.settimeout(None)
     replies = threading.Thread(target=_copy_replies, args=(child, client), daemon=True)
     replies.start()
     try:
@@ -262,6 +254,23 @@ class Worker:
         self.proc.kill()
         raise LocalLLMError(f"the RPC worker process did not listen on 127.0.0.1:{self.port}")
 
+    def connect(self) -> socket.socket:
+        """A connection to ggml's server, starting the child again first if it has died."""
+        self.ensure()
+        try:
+            conn = socket.create_connection(("127.0.0.1", self.port), timeout=HELLO_TIMEOUT_S)
+        except OSError:  # died a moment ago, before poll() could tell
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.ensure()
+            conn = socket.create_connection(("127.0.0.1", self.port), timeout=HELLO_TIMEOUT_S)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(None)
+        return conn
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -294,6 +303,10 @@ def serve(listener: socket.socket, worker: Worker, idle_timeout: float, log=prin
     threading.Thread(target=accept, name="rpc-accept", daemon=True).start()
     while True:
         conn, peer = waiting.get()
-        worker.ensure()
-        limits = Limits(worker.limits.device_free, idle_timeout)
-        serve_session(conn, peer, worker.port, limits, waiting, log)
+        try:
+            child = worker.connect()
+        except (OSError, LocalLLMError) as exc:
+            log(f"cannot reach the worker process for {peer}: {exc}")
+            conn.close()
+            continue
+        serve_session(conn, peer, child, Limits(worker.limits.device_free, idle_timeout), waiting, log)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import safejson
@@ -85,8 +85,18 @@ def _call_schema(name: str, parameters: dict, arguments_key: str) -> dict:
             "required": ["name", arguments_key], "additionalProperties": False}
 
 
-def required_grammar(kind: str, tools: dict[str, dict], only: str | None = None) -> str:
-    """An llguidance grammar for a reply that is a call of one of the tools (or of `only`)."""
+def _lark_literal(text: str, special: Callable[[str], int | None] | None) -> str:
+    """`text` in a Lark grammar: by id where it is one special token (Qwen's `<tool_call>` is
+    151657), which no spelling matches: the grammar would forbid the very token the model writes,
+    and its fast-forward would hand that token over only to have the matcher reject it."""
+    token = special(text) if special is not None else None
+    return f"<[{token}]>" if token is not None else json.dumps(text)
+
+
+def required_grammar(kind: str, tools: dict[str, dict], only: str | None = None,
+                     special: Callable[[str], int | None] | None = None) -> str:
+    """An llguidance grammar for a reply that is a call of one of the tools (or of `only`).
+    `special`: the model's lookup of text that is one special token (Model.special_token)."""
     import llguidance
 
     from .constraints import enforceable
@@ -101,7 +111,8 @@ def required_grammar(kind: str, tools: dict[str, dict], only: str | None = None)
     key = "parameters" if kind == "llama3" else "arguments"
     one = {"anyOf": [_call_schema(n, tools[n], key) for n in names]}
     if kind == "hermes":
-        lark = 'start: "<tool_call>\\n" call "\\n</tool_call>"\ncall: %json ' + json.dumps(one)
+        opening, closing = _lark_literal("<tool_call>", special), _lark_literal("</tool_call>", special)
+        lark = f'start: {opening} "\\n" call "\\n" {closing}\ncall: %json ' + json.dumps(one)
     elif kind == "llama3":
         lark = "start: call\ncall: %json " + json.dumps(one)
     elif kind == "mistral":
@@ -111,10 +122,11 @@ def required_grammar(kind: str, tools: dict[str, dict], only: str | None = None)
     return enforceable(llguidance.LLMatcher.grammar_from_lark(lark), "a tool's parameters")
 
 
-def plan_calls(template: str | None, tools: list | None, tool_choice, constrained: bool) -> tuple[str | None, dict, str | None]:
+def plan_calls(template: str | None, tools: list | None, tool_choice, constrained: bool,
+               special: Callable[[str], int | None] | None = None) -> tuple[str | None, dict, str | None]:
     """For a request with tools: (the template's family, the checked tools, the grammar a required
     call needs or None); (None, {}, None) when no tools are to be offered. `constrained`: the request
-    already has a schema or grammar."""
+    already has a schema or grammar. `special`: as for required_grammar."""
     if not tools or tool_choice == "none":
         return None, {}, None
     params = check_tools(tools)
@@ -128,7 +140,7 @@ def plan_calls(template: str | None, tools: list | None, tool_choice, constraine
     if constrained:
         raise UsageError("a required tool call is already constrained: give no schema or grammar with it")
     only = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
-    return kind, params, required_grammar(kind, params, only)
+    return kind, params, required_grammar(kind, params, only, special)
 
 
 def parse(kind: str, text: str, tools: dict[str, dict], messages: Sequence[tuple[str, str]] = ()) -> tuple[str, list[ToolCall]]:
@@ -140,7 +152,9 @@ def parse(kind: str, text: str, tools: dict[str, dict], messages: Sequence[tuple
         return text, calls
     if kind == "hermes":
         calls = [c for blob in _HERMES.findall(text) if (c := _call(blob, tools, "arguments"))]
-        return (_HERMES.sub("", text).strip() if calls else text), calls
+        if calls:
+            return _HERMES.sub("", text).strip(), calls
+        return _loose_calls(text, tools)
     stripped = text.strip().removeprefix("<|python_tag|>").removeprefix("[TOOL_CALLS]").strip()
     if kind == "llama3":
         call = _call(stripped, tools, "parameters") or _call(stripped, tools, "arguments")
@@ -153,6 +167,38 @@ def parse(kind: str, text: str, tools: dict[str, dict], messages: Sequence[tuple
         calls = [c for item in (items if isinstance(items, list) else []) if (c := _call(json.dumps(item), tools, "arguments"))]
         return ("", calls) if calls else (text, [])
     return text, []
+
+
+def _loose_calls(text: str, tools: dict[str, dict]) -> tuple[str, list[ToolCall]]:
+    """Calls a Hermes-family model wrote without its tags, as Qwen2.5-Coder does: the whole reply
+    one JSON call (or a list of them), or fenced ```json blocks that each hold one. Only objects
+    naming an offered tool, with object arguments, count; anything else stays text."""
+    whole = _calls_in(text.strip(), tools)
+    if whole:
+        return "", whole
+    calls, kept = [], []
+    for i, piece in enumerate(_FENCE.split(text)):  # odd pieces are the fenced blocks
+        found = _calls_in(piece, tools) if i % 2 else []
+        calls.extend(found)
+        if not found:
+            kept.append(piece)
+    return ("".join(kept).strip(), calls) if calls else (text, [])
+
+
+def _calls_in(blob: str, tools: dict[str, dict]) -> list[ToolCall]:
+    body = _FENCED.fullmatch(blob.strip())
+    blob = body.group(1) if body else blob
+    try:
+        data = safejson.loads(blob)
+    except ValueError:
+        return []
+    items = data if isinstance(data, list) else [data]
+    calls = [c for item in items if (c := _call(json.dumps(item), tools, "arguments") or _call(json.dumps(item), tools, "parameters"))]
+    return calls if len(calls) == len(items) else []
+
+
+_FENCED = re.compile(r"```(?:json)?\s*\n(.*?)\n?\s*```", re.DOTALL)
+_FENCE = re.compile(r"(```(?:json)?\s*\n.*?\n?\s*```)", re.DOTALL)
 
 
 def _call(blob: str, tools: dict[str, dict], key: str) -> ToolCall | None:

@@ -147,8 +147,10 @@ def test_worker_listens_on_loopback_unless_told_and_warns_when_told(rpc_library,
     _, (worker, _) = workers
     assert_one_line_error(run_cli("rpc-worker", "--port", str(worker.port)), 2, "port is in use")
     assert_one_line_error(run_cli("rpc-worker", "--host", "localhost"), 2, "IPv4 address")
+    assert_one_line_error(run_cli("rpc-worker", "--host", "0.0.0.0", "--port", str(_free_port())), 2,
+                          "--expose-unauthenticated")
     # 192.0.2.1 (TEST-NET-1) is no address of this machine: the warning, then no bind, and nothing exposed.
-    result = run_cli("rpc-worker", "--host", "192.0.2.1", "--port", str(_free_port()))
+    result = run_cli("rpc-worker", "--host", "192.0.2.1", "--port", str(_free_port()), "--expose-unauthenticated")
     assert result.returncode == 2
     assert "no authentication" in result.stderr and "cannot listen on 192.0.2.1" in result.stderr
     assert "Traceback" not in result.stderr
@@ -206,3 +208,80 @@ def test_planner_puts_workers_first_and_splits_by_their_free_memory(tmp_path):
     by_device = {d.device: d for d in chosen.estimate.devices}
     assert by_device["rpc1"].weights > 2 * by_device["rpc0"].weights
     assert "RPC0 at 10.0.0.2:50052" in chosen.explanation
+
+
+def _hello(conn: socket.socket) -> None:
+    conn.sendall(struct.pack("<BQ", rpc._CMD_HELLO, rpc._CAPS_SIZE) + bytes(rpc._CAPS_SIZE))
+    assert len(_recv(conn, 8 + 4 + rpc._CAPS_SIZE)) == 36
+
+
+def _recv(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size and (chunk := conn.recv(size - len(data))):
+        data += chunk
+    return data
+
+
+def _closed_by_worker(conn: socket.socket, within: float = 5) -> bool:
+    conn.settimeout(within)
+    try:
+        return conn.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+CMD_ALLOC_BUFFER, CMD_SET_TENSOR = 0, 6
+
+
+def test_hostile_messages_are_refused_and_the_worker_serves_a_real_client_after(workers, starter_gguf):
+    env, (worker, _) = workers
+    host, port = "127.0.0.1", worker.port
+    baseline = worker.rss()
+    # 17 bytes that aborted ggml's server: a tensor of 2^63 bytes declared.
+    with socket.create_connection((host, port), timeout=10) as conn:
+        _hello(conn)
+        conn.sendall(struct.pack("<BQ", CMD_SET_TENSOR, 2**63))
+        assert _closed_by_worker(conn)
+    # A buffer far beyond this machine's memory, and an unknown command.
+    with socket.create_connection((host, port), timeout=10) as conn:
+        _hello(conn)
+        conn.sendall(struct.pack("<BQ", CMD_ALLOC_BUFFER, 12) + struct.pack("<IQ", 0, 2**40))
+        assert _closed_by_worker(conn)
+    with socket.create_connection((host, port), timeout=10) as conn:
+        _hello(conn)
+        conn.sendall(struct.pack("<BQ", 200, 0))
+        assert _closed_by_worker(conn)
+    # 1 GiB declared and nothing sent: nothing is allocated for it.
+    with socket.create_connection((host, port), timeout=10) as conn:
+        _hello(conn)
+        conn.sendall(struct.pack("<BQ", CMD_SET_TENSOR, 2**30) + bytes(1000))
+        time.sleep(1.5)
+        assert worker.rss() - baseline < 64 * 2**20
+    # A connection that goes silent after its HELLO gives way to a client that waits.
+    with socket.create_connection((host, port), timeout=10) as idle:
+        _hello(idle)
+        started = time.monotonic()
+        rpc.hello(worker.endpoint, timeout=15)
+        assert time.monotonic() - started < 12
+        assert _closed_by_worker(idle, 1)
+    assert "closed the connection" in _drain(worker)
+    # A crash of ggml's server (here: killed) costs the client it served, not the worker.
+    children = psutil.Process(worker.proc.pid).children()
+    for child in children:
+        child.kill()
+    psutil.wait_procs(children, timeout=10)
+    rpc.hello(worker.endpoint, timeout=30)
+    answer = json.loads(_cli(env, "run", "-m", "starter", "--rpc", worker.endpoint, "-t", "0", "--max-tokens", "8",
+                             "--json", PROMPT))
+    assert answer["settings"]["rpc"] == [worker.endpoint] and answer["usage"]["completion_tokens"] > 0
+    assert "starting it again" in _drain(worker)
+
+
+def _drain(worker) -> str:
+    """What the worker has logged so far (its stdout and stderr are one pipe)."""
+    os.set_blocking(worker.proc.stdout.fileno(), False)
+    text = worker.proc.stdout.read() or ""
+    worker.log = getattr(worker, "log", "") + text
+    return worker.log

@@ -30,7 +30,7 @@ GREEDY = {"temperature": 0, "max_tokens": 24}
 def server(tmp_path_factory):
     env = isolated_env(tmp_path_factory.mktemp("serve"))
     proc = ServerProcess("-m", "starter", "--parallel", "4", "--queue", "16", "--ctx", "1024", "--threads", "2",
-                         "--max-body", "1", env=env)
+                         "--max-body", "1", "--allow-model-paths", env=env)
     yield proc
     proc.stop()
 
@@ -194,7 +194,7 @@ def test_cors_only_for_the_origin_given(tight, server):
     other = httpx.options(f"{tight.url}/v1/chat/completions", headers={**preflight, "Origin": "http://evil.example"})
     assert other.headers.get("access-control-allow-origin") is None
     default = httpx.get(f"{server.url}/v1/models", headers={"Origin": "http://app.example"})
-    assert default.status_code == 200 and "access-control-allow-origin" not in default.headers
+    assert default.status_code == 403 and "access-control-allow-origin" not in default.headers
 
 
 @pytest.mark.parametrize("body, status, param", [
@@ -216,7 +216,7 @@ def test_bad_requests_get_the_openai_error_object(server, body, status, param):
 
 
 def test_huge_bodies_long_prompts_and_then_normal_service(server):
-    huge = httpx.post(f"{server.url}/v1/chat/completions", content=b"x" * (2 * 2**20))
+    huge = httpx.post(f"{server.url}/v1/chat/completions", content=b"x" * (2 * 2**20), headers={"Content-Type": "application/json"})
     assert huge.status_code == 413 and "MiB" in huge.json()["error"]["message"]
     long = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "starter", "messages": ask("word " * 1500)})
     assert long.status_code == 400

@@ -58,6 +58,21 @@ def test_replies_of_each_family_parse_into_calls():
         assert parse(kind, reply, TOOLS) == (reply, [])
 
 
+def test_calls_a_hermes_model_writes_without_its_tags_parse():
+    """Qwen2.5-Coder answers tool_choice "auto" with bare JSON or a fenced block, as llama-server
+    and Ollama accept for this family."""
+    bare = '{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}'
+    assert [(c.name, c.arguments) for c in parse("hermes", bare, TOOLS)[1]] == [("get_weather", {"city": "Oslo", "unit": "celsius"})]
+    text, calls = parse("hermes", f"I will look it up.\n```json\n{bare}\n```\n", TOOLS)
+    assert text == "I will look it up." and [c.name for c in calls] == ["get_weather"]
+    listed = '```\n[{"name": "get_time", "arguments": {"zone": "UTC"}}, ' + bare + ']\n```'
+    assert [c.name for c in parse("hermes", listed, TOOLS)[1]] == ["get_time", "get_weather"]
+    # JSON that is not a call of an offered tool stays text.
+    for reply in ('{"city": "Oslo"}', '```json\n{"name": "rm_rf", "arguments": {}}\n```', '```json\n{"a": [1, 2]}\n```',
+                  '[' + bare + ', {"name": "rm_rf", "arguments": {}}]'):
+        assert parse("hermes", reply, TOOLS) == (reply, [])
+
+
 def test_bad_tools_are_usage_errors():
     for bad in ([], [{"type": "function", "function": {"name": "has space"}}], [WEATHER, WEATHER],
                 [{"type": "function", "function": {"name": "x", "parameters": "nope"}}]):
@@ -175,5 +190,83 @@ def test_ollamas_chat_api_returns_tool_calls(starter_gguf, tmp_path):
         assert follow.status_code == 200 and follow.json()["done"]
         refused = httpx.post(f"{server.url}/api/generate", json={"model": str(model), "prompt": "hi", "tools": [WEATHER]}, timeout=60)
         assert refused.status_code == 400 and "/api/chat" in refused.json()["error"]
+    finally:
+        server.stop()
+
+
+# Qwen2.5's and Qwen3's GGUFs have <tool_call> and </tool_call> as single user-defined tokens
+# (151657, 151658), which llguidance treats as special: no spelling of them matches.
+TOOL_TOKENS = {"<tool_call>": 4, "</tool_call>": 4}  # gguf.TokenType.USER_DEFINED
+
+
+@pytest.fixture(scope="module")
+def qwen_tokens_gguf(starter_gguf, tmp_path_factory):
+    return write_with_template(starter_gguf, tmp_path_factory.mktemp("tools") / "starter-qwen-tool-tokens.gguf",
+                               (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text(), TOOL_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def qwen_tokens_model(qwen_tokens_gguf):
+    with load_model(qwen_tokens_gguf, n_ctx=2048, n_threads=2) as model:
+        yield model
+
+
+def test_tool_tags_that_are_special_tokens_are_named_by_id(qwen_tokens_model):
+    import llguidance
+
+    from localllm.constraints import Constraint
+    from localllm.errors import GenerationError
+    from localllm.tools import required_grammar
+
+    model = qwen_tokens_model
+    opening = model.special_token("<tool_call>")
+    assert opening is not None and model.tokenize("<tool_call>") == [opening]
+    grammar = required_grammar("hermes", TOOLS, special=model.special_token)
+    assert f"<[{opening}]>" in grammar
+    vocabulary = model._loaded.grammar_vocabulary()
+    matcher = llguidance.LLMatcher(vocabulary, grammar, log_level=0)
+    call = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>'
+    assert matcher.consume_tokens(model.tokenize(call)) and matcher.is_accepting()
+    # The grammar as it was spelled: its fast-forward hands over the special token, and the
+    # matcher rejects it. That must be an error, never an ordinary end of the answer.
+    spelled = required_grammar("hermes", TOOLS)
+    with pytest.raises(GenerationError, match="rejected"):
+        Constraint(vocabulary, spelled).forced()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_required_call_with_special_tool_tokens_parses_and_validates(qwen_tokens_model, temperature):
+    """As Qwen2.5 (no thinking): the call starts at once, with the special token the grammar forces."""
+    messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    sampling = SamplingOptions(temperature=temperature, seed=5, max_tokens=120)
+    for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
+        done = collect(qwen_tokens_model.chat(messages, sampling, tools=[WEATHER, TIME], tool_choice=choice, think=False))
+        assert done.finished.reason == "tool_calls" and len(done.tool_calls) == 1, done
+        call = done.tool_calls[0]
+        assert choice == "required" or call.name == "get_time"
+        jsonschema.validate(call.arguments, TOOLS[call.name])
+
+
+@pytest.mark.slow
+def test_the_server_returns_required_calls_with_special_tool_tokens(qwen_tokens_gguf):
+    """The batched path that serve uses, through real HTTP."""
+    import httpx
+
+    from localllm.options import LoadOptions
+    from localllm.server import ServerConfig
+    from test_server_trust import AppServer
+
+    server = AppServer(ServerConfig(LoadOptions(n_ctx=2048, n_threads=2, n_seq=2), default_model=str(qwen_tokens_gguf),
+                                    quiet=True))
+    try:
+        body = {"model": str(qwen_tokens_gguf), "messages": [{"role": "user", "content": "What is the weather in Oslo?"}],
+                "tools": [WEATHER, TIME], "tool_choice": "required", "temperature": 0, "max_tokens": 120,
+                "chat_template_kwargs": {"enable_thinking": False}}
+        reply = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120).json()
+        choice = reply["choices"][0]
+        assert choice["finish_reason"] == "tool_calls" and len(choice["message"]["tool_calls"]) == 1, reply
+        call = choice["message"]["tool_calls"][0]["function"]
+        jsonschema.validate(json.loads(call["arguments"]), TOOLS[call["name"]])
     finally:
         server.stop()

@@ -77,6 +77,9 @@ def test_pull_to_a_folder_then_add_it_on_a_machine_without_network(hub, tmp_path
     (lambda m: m.update(revision="main"), "revision is not a commit"),
     (lambda m: m.update(repo_id="../../etc"), "repo_id"),
     (lambda m: m["files"].append(dict(m["files"][0])), "listed twice"),
+    (lambda m: m.update(entry="/etc/passwd"), "entry must be one of the files"),
+    (lambda m: m.update(entry="../../outside.gguf"), "entry must be one of the files"),
+    (lambda m: m.update(format="exe"), "format must be"),
 ])
 def test_a_hostile_manifest_is_refused_before_anything_is_read(hub, tmp_path, change, says):  # noqa: F811
     carried = tmp_path / "usb"
@@ -86,6 +89,13 @@ def test_a_hostile_manifest_is_refused_before_anything_is_read(hub, tmp_path, ch
     change(manifest)
     path.write_text(json.dumps(manifest))
     assert_one_line_error(run_cli("add", str(carried), env=other_machine(tmp_path)), 2, says)
+
+
+def test_a_manifest_nested_too_deep_is_bad_json_not_a_crash(tmp_path):
+    (tmp_path / "localllm-manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = run_cli("add", str(tmp_path))
+    assert_one_line_error(result, 2, "is not valid JSON")
+    assert "RecursionError" not in result.stderr
 
 
 def test_add_of_a_folder_without_a_manifest_says_what_to_use(tmp_path):
@@ -135,12 +145,23 @@ def _edit_layer(path, **fields):
     path.write_text(json.dumps(manifest))
 
 
+def _blob_becomes_a_link_out(store):
+    """The model's blob replaced by a link to a file outside the store (same bytes, same name)."""
+    blob = max((store / "blobs").glob("sha256-*"), key=lambda b: b.stat().st_size)
+    outside = store.parent / "elsewhere" / blob.name
+    outside.parent.mkdir()
+    blob.rename(outside)
+    blob.symlink_to(outside)
+
+
 @pytest.mark.parametrize("damage, says", [
     (lambda p: p.write_text("{not json"), "cannot be read as JSON"),
     (lambda p: p.write_text(json.dumps({"layers": []})), "0 model layers"),
     (lambda p: _edit_layer(p, digest="md5:0123"), "without a sha256"),
     (lambda p: _edit_layer(p, size=12), "says the model is 12 bytes"),
     (lambda p: [b.unlink() for b in (p.parents[4] / "blobs").glob("sha256-*") if b.stat().st_size > 1000], "not in"),
+    (lambda p: p.write_text("[" * 100_000 + "]" * 100_000), "cannot be read as JSON"),
+    (lambda p: _blob_becomes_a_link_out(p.parents[4]), "a link that leaves"),
 ])
 def test_a_broken_ollama_manifest_is_a_clear_error(starter_gguf, isolated_home, damage, says):
     store = isolated_home / "user" / ".ollama" / "models"

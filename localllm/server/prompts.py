@@ -12,7 +12,8 @@ def tool_grammar(model, job: GenerationJob) -> None:
     from ..tools import plan_calls
 
     try:
-        kind, _, grammar = plan_calls(model.chat_template, job.tools, job.tool_choice, job.grammar is not None)
+        kind, _, grammar = plan_calls(model.chat_template, job.tools, job.tool_choice, job.grammar is not None,
+                                      model.special_token)
     except UsageError as exc:
         raise ApiError(400, str(exc), "tools") from None
     if kind is None:
