@@ -414,6 +414,7 @@ def _json_result(model, text, finished, prompt_settings, sampling) -> dict:
             "flash_attn": flash_attn_name(model.options.flash_attn),
             "n_threads": model.n_threads,
             "n_gpu_layers": model.n_gpu_layers,
+            "mmap": model.weights_mapped,
             "engine": model.engine,
             "dtype": model.dtype,
             "rpc": list(model.options.rpc),

@@ -14,11 +14,12 @@ from .gguf_info import ModelSpec
 MIB = 2**20
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 KV_CELL_PAD = 256  # llama.cpp rounds the KV cache and the context up to this many cells
-FLASH_ATTN_WORKSPACE = 8 * MIB  # measured: the CPU flash-attention graph keeps ~8 MiB more
-# Allocations that are not buffers: vocabulary tables, graph metadata, the sampler. Measured
-# on SmolLM2 (49k tokens) and Gemma 3 (262k tokens); they grow with the vocabulary.
+# Allocations that are not buffers: vocabulary tables, graph metadata, the sampler. They grow
+# with the vocabulary, and a BPE vocabulary's merges cost as much again: measured 22 MiB for
+# SmolLM2 (49k tokens), 55 and 60 MiB for Qwen2.5-Coder 0.5B and 1.5B (152k tokens, 151k merges),
+# about 60 MiB for Gemma 3 (262k tokens, no merges). Fitted to stay above every one.
 RUNTIME_BASE = 24 * MIB
-RUNTIME_PER_VOCAB_TOKEN = 160
+RUNTIME_PER_VOCAB_TOKEN = 280
 # An RPC worker's own runtime is already spent when it reports its free memory.
 GPU_RUNTIME_OVERHEAD = {"nvidia": 450 * MIB, "apple": 512 * MIB, "amd": 450 * MIB, "rpc": 0}
 
@@ -90,14 +91,16 @@ def kv_layer_bytes(spec: ModelSpec, layer: int, shape: LoadShape) -> int:
 
 
 def compute_bytes(spec: ModelSpec, shape: LoadShape) -> int:
-    """The largest graph llama.cpp reserves: one ubatch of activations plus the attention scores.
+    """The largest graph llama.cpp reserves for one ubatch: the feed-forward block (gate, up and
+    their product side by side, f32, besides a few embedding-wide tensors), or, without flash
+    attention, the attention scores (f32, heads x ubatch x cells) if they are larger.
 
-    Without flash attention the scores tensor (f32, heads x ubatch x cells) dominates and grows
-    with the context; with it only the f16 masks (ubatch x cells, one per attention kind) do.
+    Fitted to llama.cpp's dry runs of SmolLM2-135M and Qwen2.5-Coder 0.5B and 1.5B (n_ff 1536 to
+    8960): within 2.5 MiB, never below. With flash attention only the f16 masks (ubatch x cells,
+    one per attention kind) grow with the context.
     """
     n_ctx = shape.cells
-    q_dim = spec.n_head * spec.head_dim_k
-    activations = shape.n_ubatch * 4 * (2 * spec.n_ff + spec.n_embd + q_dim)
+    feed_forward = shape.n_ubatch * 4 * (3 * spec.n_ff + 4 * spec.n_embd)
     has_swa = any(spec.swa_layers)
     swa_cells = min(n_ctx, pad((spec.sliding_window or 0) * shape.n_seq + shape.n_ubatch)) if has_swa else 0
     if shape.flash_attn:
@@ -105,10 +108,11 @@ def compute_bytes(spec: ModelSpec, shape: LoadShape) -> int:
             masks = shape.n_ubatch * 2 * (n_ctx + swa_cells)
         else:
             masks = shape.n_ubatch * 2 * n_ctx * (2 if has_swa else 1)
-        return activations + masks + FLASH_ATTN_WORKSPACE
+        return feed_forward + masks
     scores_cells = n_ctx if not has_swa or shape.swa_full else max(n_ctx, swa_cells)
     n_masks = 2 if has_swa and shape.swa_full else 1
-    return activations + shape.n_ubatch * 4 * scores_cells * (spec.n_head + n_masks)
+    attention = shape.n_ubatch * 4 * (scores_cells * (spec.n_head + n_masks) + 6 * spec.n_embd)
+    return max(feed_forward, attention)
 
 
 def cpu_scratch_bytes(spec: ModelSpec, shape: LoadShape) -> int:

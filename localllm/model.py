@@ -58,6 +58,12 @@ class Model:
     def n_gpu_layers(self) -> int:
         return self._loaded.n_gpu_layers
 
+    @property
+    def weights_mapped(self) -> bool | None:
+        """Whether the GGUF file is memory-mapped (llama.cpp); False when its weights were read
+        into memory so that none is held twice; None on engines that do not map GGUFs."""
+        return getattr(self._loaded, "weights_mapped", None)
+
     def tokenize(self, text: str) -> list[int]:
         return self._loaded.tokenize(text)
 

@@ -83,3 +83,25 @@ def test_several_sequences_share_one_cache_as_llama_cpp_sizes_it(starter_gguf, s
     assert abs(ram.kv_cache - truth["kv_cache"]) <= 0.01 * MIB, (ram.kv_cache / MIB, truth["kv_cache"] / MIB)
     assert abs(ram.output - truth["output"]) <= 0.01 * MIB, (ram.output / MIB, truth["output"] / MIB)
     assert -1 * MIB <= ram.compute - truth["compute"] <= 4 * MIB, (ram.compute / MIB, truth["compute"] / MIB)
+
+
+@pytest.mark.parametrize("kind", ["q4_0", "q4_k_m", "q8_0", "iq4_xs"])
+def test_the_plan_holds_what_a_load_really_takes_and_weights_are_held_once(starter_gguf, spec_cache, tmp_path, kind):
+    """In a fresh process: the planner against the resident growth of a real load (never under,
+    within 3% or 64 MiB), and the weights llama.cpp repacks held once, not mapped and copied."""
+    from localllm.backends.cpu_buffers import REPACK
+    from memory_probe import measure
+
+    from localllm.backends.llamacpp_params import quantize
+
+    path = tmp_path / f"starter-{kind}.gguf"
+    quantize(starter_gguf, path, kind)
+    plan = estimate(inspect_file(path, spec_cache), LoadShape(n_ctx=4096)).ram.total
+    ours = measure(path, 4096)
+    assert plan >= ours["growth"] and plan - ours["growth"] <= max(0.03 * ours["growth"], 64 * MIB), \
+        (kind, plan / MIB, ours["growth"] / MIB)
+    repacked = ours["buffers"].get(REPACK, 0)
+    assert ours["mapped"] == (repacked == 0), ours  # read into memory exactly when something is repacked
+    if repacked:
+        mapped = measure(path, 4096, mapped=True)
+        assert mapped["growth"] - ours["growth"] >= 0.7 * repacked, (mapped["growth"] / MIB, ours["growth"] / MIB)

@@ -102,6 +102,7 @@ class _Ggml:
             (base, "gguf_free"): ([vp], None),
             (base, "gguf_get_n_tensors"): ([vp], ctypes.c_int64),
             (base, "gguf_get_tensor_name"): ([vp, ctypes.c_int64], ctypes.c_char_p),
+            (base, "gguf_get_tensor_size"): ([vp, ctypes.c_int64], sz),
         }
         for (lib, name), (argtypes, restype) in signatures.items():
             function = getattr(lib, name)
@@ -145,10 +146,10 @@ def extra_buffer_types() -> dict[str, int]:
     return found
 
 
-def repack_weights(path: Path) -> tuple[dict[str, int | None], int]:
+def repack_weights(path: Path, sizes: dict[str, int] | None = None) -> tuple[dict[str, int | None], int]:
     """The matmul weights of a GGUF model that CPU_REPACK takes on this CPU, each with its block
     number (None for the output head), and the model's block count. No weights when the build
-    has no CPU_REPACK."""
+    has no CPU_REPACK. `sizes`, if given, gets each taken weight's bytes."""
     g = _api()
     buft = extra_buffer_types().get(REPACK)
     device = _cpu_device()
@@ -167,6 +168,8 @@ def repack_weights(path: Path) -> tuple[dict[str, int | None], int]:
                 match = MATMUL_WEIGHT.match(name)
                 if buft and device and match and _repack_takes(g, buft, device, g.get_tensor(meta, name.encode())):
                     taken[name] = int(match.group(1)) if match.group(1) is not None else None
+                    if sizes is not None:
+                        sizes[name] = g.gguf_get_tensor_size(gguf, index)
         finally:
             g.gguf_free(gguf)
             g.free(meta)
@@ -188,6 +191,16 @@ def _repack_takes(g: _Ggml, buft: int, device: int, weight: int) -> bool:
         head.buffer = None
         g.backend_buffer_free(dummy)
         g.free(ctx)
+
+
+def repacked_bytes(path: Path, n_gpu_layers: int, gpu_offload: bool) -> int:
+    """Bytes of this model's CPU-resident weights that llama.cpp copies into CPU_REPACK's
+    interleaved layout when it loads it here."""
+    sizes: dict[str, int] = {}
+    weights, n_layer = repack_weights(path, sizes)
+    first_gpu_block, output_on_cpu = cpu_layers(n_layer, n_gpu_layers, gpu_offload)
+    return sum(sizes[name] for name, block in weights.items()
+               if (output_on_cpu if block is None else block < first_gpu_block))
 
 
 def cpu_layers(n_layer: int, n_gpu_layers: int, gpu_offload: bool) -> tuple[int, bool]:

@@ -15,6 +15,7 @@ import codecs
 import ctypes
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..stops import StopText
 from . import llamacpp_load
 from .base import Capabilities, Message, reusable_prefix
 from .chat_template import render_chat
-from .llamacpp_params import context_params, place_cpu_weights, sampler_chain, window
+from .llamacpp_params import choose_load_mode, context_params, place_cpu_weights, sampler_chain, window
 from .llamacpp_runtime import Threadpool, init_backend, load_failure_reason, model_buffers
 from .llamacpp_runtime import log as llama_log
 
@@ -87,6 +88,10 @@ class LlamaCppModel:
             self._tensor_split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*options.tensor_split)
             mparams.tensor_split = self._tensor_split
         place_cpu_weights(mparams, path, layers)
+        read_note = choose_load_mode(mparams, path, layers)
+        self.weights_mapped = read_note is None
+        if read_note and options.verbose:
+            sys.stderr.write(f"localllm: {read_note}\n")
         llama_log.errors.clear()
         load_sampler = CpuLoadSampler() if options.n_threads is None else None
         llama_log.capture = captured = []

@@ -1,0 +1,56 @@
+"""Weights held once: resident memory of a load as localllm chooses it (read into memory where
+llama.cpp repacks weights, mapped elsewhere) against the file always mapped (what llama.cpp's own
+tools and localllm before did), and the planner's prediction, for each quantization the catalog
+offers, made from the starter with llama_model_quantize, and for any GGUF named with --model.
+
+    python tests/benchmarks/bench_weights.py [--model PATH ...] [--ctx 4096]
+
+Each row is a fresh process: load, one prompt of 512 tokens, then RSS growth. Targets: the plan
+never under the measured growth and within 3% or 64 MiB of it; ours / mapped <= 0.75 where
+repack takes most weights (Q4_0, Q4_K_M, IQ4_XS on x86 with AVX2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from localllm.backends.llamacpp_params import QUANT_FTYPES, quantize
+from localllm.estimate import MIB, LoadShape, estimate
+from localllm.gguf_info import inspect_file
+from localllm.registry import starter_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from memory_probe import measure  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", default=[], help="another GGUF to measure (repeatable)")
+    parser.add_argument("--ctx", type=int, default=4096)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-weights-"))
+    starter = starter_path()
+    models = [starter]
+    for kind in QUANT_FTYPES:
+        target = work / f"starter-{kind}.gguf"
+        quantize(starter, target, kind)
+        models.append(target)
+    models += [Path(m) for m in args.model]
+    cache = work / "specs"
+    print(f"{'model':40}{'plan':>8}{'ours':>8}{'mapped':>8}{'ours/mapped':>12}{'plan-ours':>10}  read?  buffers (MiB)")
+    for path in models:
+        spec = inspect_file(path, cache)
+        plan = estimate(spec, LoadShape(n_ctx=args.ctx)).ram.total
+        ours, mapped = measure(path, args.ctx), measure(path, args.ctx, mapped=True)
+        buffers = ", ".join(f"{k} {v / MIB:.0f}" for k, v in sorted(ours["buffers"].items()))
+        ok = plan >= ours["growth"] and abs(plan - ours["growth"]) <= max(0.03 * ours["growth"], 64 * MIB)
+        print(f"{path.name[:39]:40}{plan / MIB:7.0f}M{ours['growth'] / MIB:7.0f}M{mapped['growth'] / MIB:7.0f}M"
+              f"{ours['growth'] / mapped['growth']:11.2f}x{(plan - ours['growth']) / MIB:+9.0f}M  "
+              f"{'no' if ours['mapped'] else 'yes':5}  {buffers}  {'ok' if ok else 'PLAN OFF TARGET'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Resident memory a llama.cpp load really takes, measured in a fresh process: load, one prompt of
+512 tokens (so the compute buffer is touched), then RSS growth. `mapped=True` forces the file to
+be mapped, as llama.cpp's own tools do and localllm did before it chose per load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+_CHILD = r"""
+import json, sys, psutil
+from pathlib import Path
+from localllm.backends import llamacpp
+from localllm.backends.llamacpp_runtime import init_backend
+from localllm.options import LoadOptions, SamplingOptions
+init_backend(False)
+if sys.argv[3] == "mapped":
+    llamacpp.choose_load_mode = lambda mparams, path, layers: None
+proc = psutil.Process()
+before = proc.memory_info().rss
+model = llamacpp.LlamaCppModel(Path(sys.argv[1]), LoadOptions(n_ctx=int(sys.argv[2]), n_threads=2))
+for _ in model.generate([100] * 512, SamplingOptions(temperature=0, max_tokens=2, ignore_eos=True)):
+    pass
+print(json.dumps({"growth": proc.memory_info().rss - before, "mapped": model.weights_mapped,
+                  "buffers": model.weight_buffers}))
+"""
+
+
+def measure(path: Path, n_ctx: int, mapped: bool = False) -> dict:
+    """{"growth": bytes, "mapped": whether the file was mapped, "buffers": llama.cpp's weight buffers}."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(n_ctx), "mapped" if mapped else "chosen"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.splitlines()[-1])
