@@ -63,7 +63,7 @@ def cli() -> None:
 @click.option("--min-p", type=click.FloatRange(0, 1, max_open=True), default=0.05, help="Drop tokens less likely than this fraction of the top one.")
 @click.option("--repeat-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0, help="Penalize tokens seen in the last 64 (1: off).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 2), help="Random seed, for answers that repeat.  [default: random, shown by --json]")
-@click.option("--ctx", type=click.IntRange(min=0), help="Context window in tokens; 0 for the model's trained length.  [default: the trained length, at most 4096]")
+@click.option("--ctx", type=click.IntRange(min=0), help="Context window in tokens; 0 for the model's trained length.  [default: the trained length, halved until it fits in free memory; the KV cache grows as it fills]")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none. Ignored by CPU-only builds.  [default: as many as fit]")
 @click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="KV cache type.  [default: f16, q8_0 when memory is tight]")
@@ -323,24 +323,13 @@ def _plan_checkpoint(ref, profile, ctx, margin, full: bool, as_json: bool) -> No
         click.echo(f"localllm: warning: {warning}", err=True)
 
 
-PROGRESS_AFTER_S = 2.0  # a prompt read faster than this needs no progress line
-
-
-def prompt_progress_line(event, elapsed: float) -> str | None:
-    """"reading the prompt: 3072/8192 tokens (37%), about 9 s left", once reading takes a while."""
-    if elapsed < PROGRESS_AFTER_S or not event.done:
-        return None
-    left = elapsed / event.done * (event.total - event.done)
-    return (f"reading the prompt: {event.done}/{event.total} tokens ({event.done * 100 // event.total}%), "
-            f"about {left:.0f} s left")
-
-
 def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, stream: bool, status: Status,
             show_thinking: bool = False) -> None:
     from .events import Finished, PromptProgress, Reasoning, Token
+    from .status import PromptEta
 
     out = sys.stdout
-    started = time.monotonic()
+    eta = None
     parts: list[str] = []
     thought: list[str] = []
     finished = None
@@ -363,8 +352,8 @@ def _answer(model, events, prompt_settings: dict, sampling, as_json: bool, strea
                     out.write(event.text)
                     out.flush()
             elif isinstance(event, PromptProgress):
-                if (line := prompt_progress_line(event, time.monotonic() - started)) is not None:
-                    status.show(line)
+                eta = eta or PromptEta(time.monotonic())
+                status.show(eta.line(event, time.monotonic()))
             elif isinstance(event, Finished):
                 finished = event
     except KeyboardInterrupt:

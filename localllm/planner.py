@@ -40,6 +40,7 @@ class Overrides:
     margin: int | None = None  # bytes kept free per device
     load_anyway: bool = False
     n_seq: int = 1
+    grow: bool = False  # the KV cache starts small and grows: the window may be all the model was trained on
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def plan(hw: HardwareProfile, spec: ModelSpec, overrides: Overrides = Overrides(
     gpus = hw.offload_gpus
     vendors = tuple(g.vendor for g in gpus)
     budgets = _budgets(hw)
-    target_ctx = overrides.n_ctx or min(spec.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+    target_ctx = overrides.n_ctx or default_ctx(spec.n_ctx_train, overrides.grow)
     flash = True if overrides.flash_attn is None else overrides.flash_attn
     split = overrides.tensor_split if overrides.tensor_split is not None else _split_by_free(gpus)
     all_layers = spec.n_layer + 1  # the output head counts as one more layer to offload
@@ -140,11 +141,21 @@ def plan(hw: HardwareProfile, spec: ModelSpec, overrides: Overrides = Overrides(
         layers = chosen[0].n_gpu_layers
         fit = "cpu" if not gpus or layers == 0 else ("gpu" if layers >= all_layers else "partial")
     s, est, margins = chosen
-    if s.n_ctx < target_ctx:
-        warnings.append(f"context shortened from {target_ctx} to {s.n_ctx} tokens to fit in memory")
+    wanted = target_ctx if overrides.n_ctx else default_ctx(spec.n_ctx_train, grow=False)
+    if s.n_ctx < wanted:  # a window the user asked for, or less than the usual default
+        warnings.append(f"context shortened from {wanted} to {s.n_ctx} tokens to fit in memory")
     threads = overrides.n_threads or default_threads(hw.cpu, busy_elsewhere)
     explanation = _explain(hw, spec, s, est, margins, budgets, fit, threads)
     return LoadPlan(spec, fit, s, threads, est, margins, budgets, explanation, tuple(warnings) + hw.notes)
+
+
+def default_ctx(n_ctx_train: int, grow: bool) -> int:
+    """The window asked for when the user names none: the trained length where the KV cache grows
+    as it fills (a long piped document then just works, and memory is taken only as it is used),
+    else at most DEFAULT_CTX, which a cache allocated whole pays for up front. The planner halves
+    either until it fits."""
+    trained = n_ctx_train or DEFAULT_CTX
+    return trained if grow else min(trained, DEFAULT_CTX)
 
 
 def _halvings(n_ctx: int) -> list[int]:

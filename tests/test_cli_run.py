@@ -188,10 +188,30 @@ def test_a_repeat_penalty_changes_a_greedy_answer():
     assert answer("1.0") != answer("1.8"), "a strong penalty must steer greedy decoding away from the repeats"
 
 
-def test_prompt_progress_shows_after_two_seconds_with_an_eta():
-    from localllm.cli import prompt_progress_line
+def test_prompt_progress_shows_at_once_and_its_eta_follows_the_measured_slowdown():
     from localllm.events import PromptProgress
+    from localllm.status import PromptEta
 
-    assert prompt_progress_line(PromptProgress(1024, 8192), 1.5) is None  # quick prompts stay quiet
-    line = prompt_progress_line(PromptProgress(2048, 8192), 4.0)
-    assert line == "reading the prompt: 2048/8192 tokens (25%), about 12 s left"
+    eta = PromptEta(100.0)
+    assert eta.line(PromptProgress(0, 8192), 100.0) == "reading the prompt: 0/8192 tokens (0%)"
+    assert eta.line(PromptProgress(512, 8192), 102.0) == "reading the prompt: 512/8192 tokens (6%), about 30 s left"
+    # Each chunk of 512 tokens takes 0.5 s longer than the one before, as attention grows.
+    clock, done = 102.0, 512
+    for chunk_s in (2.5, 3.0, 3.5):
+        clock, done = clock + chunk_s, done + 512
+        line = eta.line(PromptProgress(done, 8192), clock)
+    left = float(line.rsplit("about ", 1)[1].split(" s")[0])
+    # What is left: 12 chunks taking 4.0, 4.5, ... 9.5 s = 81 s; a flat rate would say about 36 s.
+    assert 75 <= left <= 87, line
+
+
+@pytest.mark.slow
+def test_a_prompt_past_4096_tokens_is_read_when_the_model_and_memory_allow_it():
+    """The starter was trained on 8192 tokens and this machine holds that window many times over:
+    a piped document of about 4300 tokens is answered, not refused against a 4096 default."""
+    document = "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog" for i in range(360)).encode()
+    result = run_cli("run", "-m", "starter", "--json", "--max-tokens", "1", "-p", "How many lines?", stdin=document,
+                     timeout=300)
+    assert result.returncode == 0, result
+    answer = json.loads(result.stdout)
+    assert answer["usage"]["prompt_tokens"] > 4096 and answer["settings"]["n_ctx"] == 8192

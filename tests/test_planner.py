@@ -289,3 +289,19 @@ def test_partial_offload_prefers_the_smaller_quant(tmp_path):
     best, plans = plan_quants(hw, [q8, q6, q5])
     assert [p.fit for p in plans] == ["partial"] * 3
     assert best.spec is q5
+
+
+def test_a_growing_cache_asks_for_the_trained_window_and_halves_it_until_it_fits(tmp_path):
+    """`run` opens its KV cache small and grows it: its default window is all the model was
+    trained on if free memory holds it whole, else the longest halving that fits. A cache
+    allocated whole (serve, the chat app) keeps the 4096-token default."""
+    laptop = profile("laptop_8gb_cpu", tmp_path)  # 5.5 GiB available
+    small = llama_spec("Llama-3.2-3B-Instruct", 28, 3072, 8192, 24, 8, 2_019_377_696, "Q4_K_M")
+    grown = plan(laptop, small, Overrides(grow=True))
+    assert grown.fit == "cpu" and 4096 < grown.shape.n_ctx < small.n_ctx_train, grown.shape
+    assert plan(laptop, small, Overrides(n_ctx=grown.shape.n_ctx * 2, kv_type=grown.shape.kv_type)).fit == "none"
+    assert not grown.warnings, "a default the machine cannot hold whole is no warning"
+    assert plan(laptop, small).shape.n_ctx == 4096
+    big = plan(profile("workstation_2x80gb", tmp_path), small, Overrides(grow=True))
+    assert big.shape.n_ctx == small.n_ctx_train
+    assert f"{grown.shape.n_ctx}-token context" in grown.explanation

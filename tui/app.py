@@ -31,6 +31,7 @@ from localllm.reasoning import can_switch
 from localllm.hardware import usable_cpus
 from localllm.options import LoadOptions, SamplingOptions
 from localllm.session import ChatSession, ChatStore, ContextNotice
+from localllm.status import PromptEta
 
 from .actions import ChatActions
 from .errors import ErrorReporting, guarded
@@ -357,6 +358,7 @@ class ChatApp(ErrorReporting, ChatActions, App):
                 if draft is not None:
                     self._ui(self._unsent, draft)
                 raise
+            eta = None
             for event in events:
                 if isinstance(event, Token):
                     with self._pending_lock:
@@ -368,8 +370,8 @@ class ChatApp(ErrorReporting, ChatActions, App):
                     if len(self._reasoning) % 16 == 1:  # a status line per token would cost the UI thread
                         self._ui(self._set_status, f"thinking… {len(self._reasoning)} tokens")
                 elif isinstance(event, PromptProgress):
-                    self._ui(self._set_status, f"reading the prompt: {event.done * 100 // event.total}% "
-                                               f"of {event.total} tokens")
+                    eta = eta or PromptEta(time.monotonic())
+                    self._ui(self._set_status, eta.line(event, time.monotonic()))
                 elif isinstance(event, Finished):
                     self._rate = event.timings.generation_tokens_per_s
                 elif isinstance(event, ContextNotice):

@@ -262,6 +262,8 @@ class LlamaCppModel:
         """Evaluate prompt tokens. A long prompt goes in ubatch-sized steps, each followed by a
         PromptProgress: llama.cpp splits a batch into ubatches anyway, so this costs nothing."""
         step = self._n_ubatch if len(tokens) > PROGRESS_AFTER else self._n_batch
+        if step < len(tokens):
+            yield PromptProgress(0, len(tokens))  # said at once: the first chunk alone takes seconds
         for start in range(0, len(tokens), step):
             chunk = tokens[start : start + step]
             array = (llama_cpp.llama_token * len(chunk))(*chunk)

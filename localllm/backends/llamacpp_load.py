@@ -40,17 +40,21 @@ def plan_load(path: Path, options: LoadOptions, build, notify: Callable[[str], N
 
     gpu_choice = (build.gpu_offload or bool(options.rpc)) and options.n_gpu_layers is None
     roomy = path.stat().st_size * 2 + 2**30 < psutil.virtual_memory().available and options.n_seq == 1
-    if not gpu_choice and roomy and options.margin is None:
+    window_choice = options.n_ctx is None and options.initial_ctx > 0  # as long as memory allows: ask the planner
+    if not gpu_choice and roomy and options.margin is None and not window_choice:
         return replace(options, n_gpu_layers=options.n_gpu_layers or 0)
     chosen = plan(detect(build), inspect_file(path, cache_dir()), Overrides(
         n_ctx=options.n_ctx, n_gpu_layers=options.n_gpu_layers, kv_type=options.kv_type,
         flash_attn=options.flash_attn, tensor_split=options.tensor_split or None, n_threads=options.n_threads,
-        margin=options.margin, load_anyway=options.load_anyway, n_seq=options.n_seq,
+        margin=options.margin, load_anyway=options.load_anyway, n_seq=options.n_seq, grow=options.initial_ctx > 0,
     ))
     if chosen.fit == "none" and not options.load_anyway:
         raise ModelLoadError(path, f"it does not fit: {chosen.warnings[0]}")
     for warning in chosen.warnings:
         notify(warning)
+    if window_choice and options.verbose:
+        notify(f"context window: {chosen.shape.n_ctx} tokens (of {chosen.spec.n_ctx_train} trained), what free memory "
+               "allows; the KV cache grows as it fills")
     # Only what the plan decides replaces the caller's options: the rest (initial_ctx, n_batch,
     # engine, ...) stays as asked. Threads stay open: the backend counts busy cores while the
     # model loads, which is fresher.
