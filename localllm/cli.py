@@ -402,6 +402,7 @@ def _json_result(model, text, finished, prompt_settings, sampling) -> dict:
             "kv_type": model.options.kv_type or "f16",
             "flash_attn": flash_attn_name(model.options.flash_attn),
             "n_threads": model.n_threads,
+            "threads_at_end": model.threads_in_use,
             "n_gpu_layers": model.n_gpu_layers,
             "mmap": model.weights_mapped,
             "engine": model.engine,

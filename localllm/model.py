@@ -55,6 +55,11 @@ class Model:
         return self._loaded.n_threads
 
     @property
+    def threads_in_use(self) -> int:
+        """The CPU threads decoding now: n_threads, or fewer while other processes keep cores busy."""
+        return getattr(self._loaded, "threads_in_use", self._loaded.n_threads)
+
+    @property
     def n_gpu_layers(self) -> int:
         return self._loaded.n_gpu_layers
 

@@ -45,7 +45,7 @@ def test_truncated_gguf(tmp_path, starter_gguf):
     with starter_gguf.open("rb") as src:
         truncated.write_bytes(src.read(starter_gguf.stat().st_size // 2))
     result = run_cli("run", "-m", str(truncated), "hi")
-    assert_one_line_error(result, EXIT_LOAD, str(truncated), "corrupted or incomplete")
+    assert_one_line_error(result, EXIT_LOAD, str(truncated), "truncated")  # found by the header check, before llama.cpp
 
 
 def test_truncated_header(tmp_path, starter_gguf):

@@ -461,9 +461,10 @@ class ChatApp(ErrorReporting, ChatActions, App):
         path = Path(self.model.path)
         quant = InstalledModel(path.name, path, 0, "").quant or getattr(self.model, "dtype", None)
         name = path.stem if quant and quant in path.stem.upper() else f"{path.stem} · {quant or '?'}"
-        where = f"GPU {self.model.n_gpu_layers} layers" if self.model.n_gpu_layers else f"CPU {self.model.n_threads} thread{'' if self.model.n_threads == 1 else 's'}"
+        threads = self.model.threads_in_use
+        where = f"GPU {self.model.n_gpu_layers} layers" if self.model.n_gpu_layers else f"CPU {threads} thread{'' if threads == 1 else 's'}"
         used = self.session.used_tokens if self.session else 0
-        rate = f"{self._rate:.0f} tok/s" if self._rate else "- tok/s"
+        rate = (f"{self._rate:.1f} tok/s" if self._rate < 10 else f"{self._rate:.0f} tok/s") if self._rate else "- tok/s"
         editing = "editing the last prompt: Enter resends it, Esc cancels · " if self._edit else ""
         self._set_status(f"{editing}ctx {used}/{self.model.n_ctx} · {rate} · {where} · {name}")
 

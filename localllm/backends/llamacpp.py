@@ -38,6 +38,7 @@ from .base import Capabilities, Message, reusable_prefix
 from .chat_template import render_chat
 from .llamacpp_params import choose_load_mode, context_params, place_cpu_weights, sampler_chain, window
 from .llamacpp_runtime import Threadpool, init_backend, load_failure_reason, model_buffers
+from .threads import ThreadGovernor
 from .llamacpp_runtime import log as llama_log
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ class LlamaCppModel:
         self.n_gpu_layers = layers if llama_cpp.llama_supports_gpu_offload() else 0
 
         self._options = options
+        self.governor = ThreadGovernor(self._set_threads, self.n_threads, adaptive=options.n_threads is None,
+                                       log=(lambda text: sys.stderr.write(f"localllm: threads: {text}\n")) if options.verbose else None)
         self.n_ctx = window(options, self.n_ctx_train)
         lazy = 0 < options.initial_ctx < self.n_ctx
         reason = self._open_context(options.initial_ctx if lazy else self.n_ctx)
@@ -125,6 +128,14 @@ class LlamaCppModel:
         self._formatter = self._chat_formatter()
         self._warm_up()
 
+    def _set_threads(self, n: int) -> None:
+        llama_cpp.llama_set_n_threads(self._ctx, n, n)
+
+    @property
+    def threads_in_use(self) -> int:
+        """The threads decoding now (the governor may have left cores to busy processes)."""
+        return self.governor.current
+
     def _open_context(self, n_ctx: int) -> str | None:
         """Create the llama.cpp context for n_ctx tokens; None, or why it failed."""
         cparams = context_params(self._options, n_ctx, self.n_threads)
@@ -132,6 +143,8 @@ class LlamaCppModel:
         if not self._ctx:
             return llama_log.first_error() or "llama.cpp could not create the context"
         self._threadpool = Threadpool(self._ctx, self.n_threads)
+        if self.governor.current != self.n_threads:  # a context made anew keeps the count chosen lately
+            llama_cpp.llama_set_n_threads(self._ctx, self.governor.current, self.governor.current)
         self._n_batch, self._n_ubatch = cparams.n_batch, cparams.n_ubatch
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._allocated = llama_cpp.llama_n_ctx(self._ctx) // self._options.n_seq  # per sequence
@@ -297,6 +310,7 @@ class LlamaCppModel:
         )
         ignore_eos = sampling.ignore_eos
         cached = self._cached
+        governor, perf_counter = self.governor, time.perf_counter
         stops = StopText(sampling.stop)
         constraint = Constraint(self.grammar_vocabulary(), sampling.grammar) if sampling.grammar else None
 
@@ -338,7 +352,9 @@ class LlamaCppModel:
                 ctx = self._ctx
             if not forced:
                 one[0] = token
+                t_step = perf_counter()
                 status = decode(ctx, batch)
+                governor.step(perf_counter() - t_step)
             else:  # the grammar's forced tokens go in with the sampled one: one decode, not one each
                 step = [token, *forced]
                 array = (llama_cpp.llama_token * len(step))(*step)

@@ -150,7 +150,10 @@ class LlamaCppBatcher:
         if not entries:
             return
         batch.struct.n_tokens = batch.n
+        started = time.perf_counter()
         status = llama_cpp.llama_decode(self._model._ctx, batch.struct)
+        if batch.n == len(entries) and status == 0:  # one token per sequence: steps the governor can compare
+            self._model.governor.step(time.perf_counter() - started)
         if status != 0:
             self._fail([slot for slot, _, _ in entries], status)
             return
