@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,18 +20,17 @@ from .cli_rpc import rpc_option, rpc_worker
 from .cli_embed import embed
 from .cli_transfer import add, doctor, verify
 from .cli_serve import serve
-from .errors import LocalLLMError, UsageError
+from .errors import EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERRUPTED, LocalLLMError, UsageError
 from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, REASONING_EFFORTS, flash_attn_name
 from .status import Status
 
 # `run` opens the KV cache for this many tokens and grows it to the window only for a longer
 # prompt or answer: most one-shot answers fit, and a smaller cache is faster to set up.
 RUN_INITIAL_CTX = 1024
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog="\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items()))
 @click.version_option(__version__, "-V", "--version", prog_name="localllm")
 def cli() -> None:
     """Run open language models on this machine, offline once a model is on disk.
@@ -76,7 +76,8 @@ def cli() -> None:
 @click.option("--schema", metavar="FILE|JSON", help="Constrain the answer to this JSON Schema (a file, or the schema itself); an answer that ends on its own validates.")
 @click.option("--grammar", "grammar_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="Constrain the answer to this grammar: llama.cpp's GBNF, or Lark.")
-@click.option("--stop", multiple=True, metavar="TEXT", help="End the answer before this text, which is not printed (repeatable).")
+@click.option("--stop", multiple=True, metavar="TEXT", callback=lambda _c, _p, v: tuple(unescape(s) for s in v),
+              help="End the answer before this text, which is not printed (repeatable). \\n, \\t, \\r, \\\\ and \\xHH are read as escapes, as llama.cpp reads them: --stop '\\n\\n'.")
 @click.option("--think/--no-think", default=None, help="Let a thinking model (Qwen3) reason first, or not, where its template can switch.  [default: the model's]")
 @click.option("--reasoning-effort", type=click.Choice(REASONING_EFFORTS), help="How long gpt-oss reasons (its template's reasoning_effort).  [default: the model's, medium]")
 @click.option("--show-thinking", is_flag=True, help="Print a thinking model's reasoning on stderr as it comes (else a one-line count on a terminal).")
@@ -227,12 +228,10 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
     """
     from .backends import this_machine
     from .cli_models import spec_for
-    from .hardware import CpuLoadSampler
     from .printable import printable
     from .planner import Overrides, breakdown_rows, plan
     from .registry import resolve
 
-    sampler = CpuLoadSampler()
     if rpc:
         from . import rpc as rpc_workers
 
@@ -245,7 +244,10 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
     spec = spec_for(model or str(resolve(None)), profile)[0]
     overrides = Overrides(n_ctx=ctx, n_gpu_layers=gpu_layers, kv_type=kv_type,
                           margin=None if margin is None else margin * 2**20)
-    chosen = plan(profile, spec, overrides, sampler.busy_elsewhere())
+    # Threads as a quiet machine would start with: a sample of the other processes' load over the
+    # moment `plan` runs flipped between 1 and 2 on back-to-back calls, and a load adapts while
+    # decoding anyway (backends/threads.py).
+    chosen = plan(profile, spec, overrides)
     if as_json:
         from dataclasses import asdict
 
@@ -410,6 +412,30 @@ def _json_result(model, text, finished, prompt_settings, sampling) -> dict:
             "rpc": list(model.options.rpc),
         },
     }
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "0": "\0"}
+
+
+def unescape(text: str) -> str:
+    """The usual backslash escapes, as llama.cpp's CLI reads its prompt and stop options: a shell
+    passes `--stop "\\n\\n"` as a backslash and an n. An unknown escape is kept as written."""
+    out, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt in _ESCAPES:
+                out.append(_ESCAPES[nxt])
+                i += 2
+                continue
+            if nxt == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", text[i + 2:i + 4]):
+                out.append(chr(int(text[i + 2:i + 4], 16)))
+                i += 4
+                continue
+        out.append(char)
+        i += 1
+    return "".join(out)
 
 
 def _read_prompt(prompt_arg: str | None, prompt_opt: str | None) -> str:

@@ -59,7 +59,7 @@ def serve(model, host, port, parallel, queue_limit, keep_alive, api_key_file, ap
     from . import crash
     from .engine import Engine
     from .options import LoadOptions
-    from .registry import resolve
+    from .registry import find_installed
     from .server import Listen, ServerConfig, check_exposure
     from .server.guard import split_names
     from .server import serve as run_server
@@ -70,14 +70,13 @@ def serve(model, host, port, parallel, queue_limit, keep_alive, api_key_file, ap
                    "use --api-key-file or LOCALLLM_API_KEY", err=True)
     api_key = _api_key(api_key_file, api_key)
     check_exposure(host, api_key)
-    if model is not None:
-        resolve(model)  # a typo fails now, not after the server has started
+    served = find_installed(model) if model is not None else None  # a typo fails now, not once serving
     options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
                           flash_attn=FLASH_ATTN[flash_attn], n_seq=parallel, engine=engine, dtype=dtype, rpc=rpc,
                           verbose=verbose)
     config = ServerConfig(load_options=options, default_model=model, api_key=api_key, max_body=max_body * 2**20,
                           quiet=quiet, cors=split_names(cors, ORIGINS_ENV), allowed_hosts=split_names(allowed_hosts, ALLOWED_HOSTS_ENV),
-                          bind_host=host, allow_paths=allow_model_paths)
+                          bind_host=host, allow_paths=allow_model_paths, served=served)
     os.environ.pop("LOCALLLM_API_KEY", None)  # nothing started from here needs to see it
     if engine == "vllm":
         from .serve_vllm import remote_engine

@@ -150,20 +150,33 @@ class Constraint:
         if self._matcher.is_error():
             raise UsageError(f"the grammar cannot be enforced: {self._matcher.get_error()[:300]}")
         self._bitmask = allocate_token_bitmask(1, tokenizer.vocab_size)
+        # Some grammars fail only when their first mask is computed (a schema whose only
+        # definition is itself, `{"$ref": "#"}`): then the sole token left would be the end of
+        # the answer, an empty reply passed off as a normal one. Refused before anything runs.
+        self._fill(first=True)
+
+    def _fill(self, first: bool = False) -> None:
+        """The next token's mask into the bitmask; an error of the grammar engine is never a mask."""
+        from llguidance.numpy import fill_next_token_bitmask
+
+        fill_next_token_bitmask(self._matcher, self._bitmask)
+        if self._matcher.is_error():
+            why = (self._matcher.get_error().splitlines() or ["no reason given"])[0][:300]
+            if first:
+                raise UsageError(f"the grammar cannot be enforced: no text satisfies it ({printable(why)})")
+            raise GenerationError(f"internal error: the grammar engine failed: {printable(why)}")
 
     def mask(self, logits: np.ndarray) -> None:
         """Set the logits of every token the grammar forbids next to -inf, in place."""
-        from llguidance.numpy import apply_token_bitmask_inplace, fill_next_token_bitmask
+        from llguidance.numpy import apply_token_bitmask_inplace
 
-        fill_next_token_bitmask(self._matcher, self._bitmask)
+        self._fill()
         apply_token_bitmask_inplace(logits, self._bitmask)
 
     def allowed(self, n: int) -> np.ndarray:
         """Which of the first n tokens the grammar allows next, as booleans (for logits that are
         not a NumPy row, e.g. a torch tensor on a GPU)."""
-        from llguidance.numpy import fill_next_token_bitmask
-
-        fill_next_token_bitmask(self._matcher, self._bitmask)
+        self._fill()
         return np.unpackbits(self._bitmask[0].view(np.uint8), bitorder="little")[:n].astype(bool)
 
     def accept(self, token: int) -> None:

@@ -15,7 +15,8 @@ import re
 import signal
 from collections.abc import Callable
 
-EXIT_CRASH = 9
+from .errors import EXIT_CRASH
+
 _SIGNALS = {
     signal.SIGILL: "an illegal instruction (SIGILL)",
     signal.SIGSEGV: "a memory fault (SIGSEGV)",

@@ -302,7 +302,7 @@ class Engine:
             model = self._loader(path, options)
         except ModelLoadError as exc:
             idle = [s for s in self._served.values() if s.idle()]
-            if not self._served or not _memory_problem(exc):
+            if not self._served or not memory_problem(exc):
                 raise
             for served in idle:
                 self._unload(served)
@@ -320,7 +320,7 @@ class Engine:
         self._served.pop(served.path, None)
 
 
-def _memory_problem(exc: ModelLoadError) -> bool:
+def memory_problem(exc: ModelLoadError) -> bool:
     from .backends.llamacpp_load import out_of_memory
 
     return "does not fit" in exc.reason or out_of_memory(exc.reason)

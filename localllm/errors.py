@@ -1,16 +1,35 @@
 """Every error localllm raises on purpose. One root; the CLI turns each into one line and an exit code.
 
-Exit codes (documented in the README, mapped in one place: ``LocalLLMError.exit_code``):
-    0 success, 1 unexpected failure, 2 usage error, 3 model not found,
-    4 model failed to load, 5 prompt does not fit the context window,
-    6 generation failed, 7 download failed (network, refused access, verification),
-    8 not enough disk space, 9 llama.cpp crashed (illegal instruction, memory fault: see
-    ``crash.py``), 130 interrupted (Ctrl-C).
+Exit codes: EXIT_CODES below is the one table. Each error class carries its code
+(``LocalLLMError.exit_code``); the README's table and `localllm --help` are checked against it
+(tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+EXIT_CRASH = 9
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+EXIT_BROKEN_PIPE = 141
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected error (LOCALLLM_DEBUG=1 shows the traceback), or an unreadable settings file",
+    2: "usage error: bad option value, empty prompt, stdin that is not UTF-8",
+    3: "model not found",
+    4: "model failed to load (not GGUF, truncated, out of memory, ...), or an RPC worker cannot be used",
+    5: "the prompt does not fit the context window",
+    6: "generation failed",
+    7: "download failed (no network, refused access, stalled, failed verification)",
+    8: "not enough disk space for a download (nothing was written)",
+    EXIT_CRASH: "llama.cpp crashed (illegal instruction, memory fault, abort): one line names the likely cause",
+    10: "a model file's bytes are not the recorded ones (verify, add DIR)",
+    11: "doctor found something broken",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_BROKEN_PIPE: "stdout was closed early (e.g. | head)",
+    EXIT_TERMINATED: "stopped by SIGTERM (serve, chat)",
+}
 
 
 class LocalLLMError(Exception):

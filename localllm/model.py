@@ -54,6 +54,15 @@ class Model:
     def n_threads(self) -> int:
         return self._loaded.n_threads
 
+    def check_grammar(self, grammar: str) -> None:
+        """UsageError when this model cannot follow the grammar, or no text satisfies it: said
+        before a request starts, not as an error after its stream has begun."""
+        vocabulary = getattr(self._loaded, "grammar_vocabulary", None)
+        if vocabulary is not None:
+            from .constraints import Constraint
+
+            Constraint(vocabulary(), grammar)
+
     @property
     def threads_in_use(self) -> int:
         """The CPU threads decoding now: n_threads, or fewer while other processes keep cores busy."""

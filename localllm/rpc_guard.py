@@ -154,11 +154,16 @@ def _copy_replies(child: socket.socket, client: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        for sock in (client, child):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _shut(client, child)
+
+
+def _shut(*socks: socket.socket) -> None:
+    """End both directions, so the thread blocked on the other side wakes up."""
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def serve_session(client: socket.socket, peer: str, child: socket.socket, limits: Limits, waiting: queue.Queue,
@@ -175,11 +180,7 @@ def serve_session(client: socket.socket, peer: str, child: socket.socket, limits
     except (OSError, ConnectionError):
         pass  # the client or the worker went away
     finally:
-        for sock in (client, child):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _shut(client, child)
         replies.join(5)
         client.close()
         child.close()

@@ -60,7 +60,13 @@ if [ "$force_cpu" = 1 ]; then
 elif [ "$os" = Darwin ] && [ "$arch" = arm64 ]; then
   backend=metal  # llama.cpp builds Metal by default on Apple Silicon
 elif command -v nvcc >/dev/null; then
-  backend=cuda cmake_args="-DGGML_CUDA=on"
+  # The toolkit alone is not a GPU (a build box, a container): `hw` would say none, and a CUDA
+  # build would run on the CPU with a CUDA runtime's weight.
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    backend=cuda cmake_args="-DGGML_CUDA=on"
+  else
+    say "nvcc is here but no NVIDIA GPU answers (nvidia-smi -L): building for the CPU (for another machine's GPU: packaging/build-wheels.sh)"
+  fi
 elif command -v nvidia-smi >/dev/null; then
   [ -n "$wheelhouse" ] || fail "an NVIDIA GPU is here (nvidia-smi) but not the CUDA toolkit (nvcc) needed to build for it. $(how_to cuda). Or install for the CPU only: --cpu"
 elif command -v hipcc >/dev/null || command -v rocminfo >/dev/null; then

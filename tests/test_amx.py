@@ -236,7 +236,7 @@ def _crash(amx_state: str, kind: str) -> subprocess.CompletedProcess:
 
 
 def test_a_fatal_signal_is_one_line_naming_the_cause_and_the_setting():
-    from localllm.crash import EXIT_CRASH
+    from localllm.errors import EXIT_CRASH
 
     with_amx = _crash("in-use", "ill")
     assert with_amx.returncode == EXIT_CRASH and with_amx.stdout == ""
@@ -263,7 +263,7 @@ def test_an_abort_inside_llama_cpp_is_one_line_with_its_reason_and_no_backtrace(
         g.new_tensor_2d(ctx, 0, 4096, 4096)
         print("survived")
     """)
-    from localllm.crash import EXIT_CRASH
+    from localllm.errors import EXIT_CRASH
 
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == EXIT_CRASH and "survived" not in result.stdout, result

@@ -215,3 +215,12 @@ def test_a_prompt_past_4096_tokens_is_read_when_the_model_and_memory_allow_it():
     assert result.returncode == 0, result
     answer = json.loads(result.stdout)
     assert answer["usage"]["prompt_tokens"] > 4096 and answer["settings"]["n_ctx"] == 8192
+
+
+def test_stop_strings_read_the_usual_escapes():
+    from localllm.cli import unescape
+
+    assert unescape(r"\n\n") == "\n\n" and unescape(r"a\tb\r") == "a\tb\r"
+    assert unescape(r"\\n") == "\\n", "an escaped backslash stays one backslash"
+    assert unescape(r"\x41\q") == "A\\q", "an unknown escape is kept as written"
+    assert unescape("plain") == "plain" and unescape("ends with \\") == "ends with \\"

@@ -53,3 +53,31 @@ def test_unknown_command_is_a_usage_error():
     result = run_cli("frobnicate")
     assert result.returncode == 2
     assert "No such command" in result.stderr
+
+
+def test_one_exit_code_table_for_the_errors_the_readme_and_help():
+    import re
+    from pathlib import Path
+
+    import localllm
+    from localllm.errors import EXIT_CODES, LocalLLMError
+    from localllm.cli import cli
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Exit codes"):]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section[:section.index("\n\n", section.index("| code"))], re.M)}
+    assert documented == set(EXIT_CODES)
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    import localllm.doctor, localllm.engine, localllm.rpc, localllm.transfer  # noqa: E401,F401  (their error classes)
+
+    assert {sub.exit_code for sub in subclasses(LocalLLMError)} <= set(EXIT_CODES)
+    from click.testing import CliRunner
+
+    shown = CliRunner().invoke(cli, ["--help"]).output
+    assert all(re.search(rf"^\s+{code}\s", shown, re.M) for code in EXIT_CODES), shown
+    assert localllm.__version__

@@ -53,7 +53,10 @@ def install(tmp_path: Path, path: str, *args: str) -> subprocess.CompletedProces
 
 
 @pytest.mark.parametrize("fakes, expected", [
-    ({"nvcc": "Cuda compilation tools, release 12.4", "nvidia-smi": "NVIDIA-SMI 550"}, "cuda (CMAKE_ARGS=-DGGML_CUDA=on)"),
+    ({"nvcc": "Cuda compilation tools, release 12.4", "nvidia-smi": "GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-1)"},
+     "cuda (CMAKE_ARGS=-DGGML_CUDA=on)"),
+    ({"nvcc": "Cuda compilation tools, release 12.4"}, "no NVIDIA GPU answers"),  # the toolkit alone: a CPU build
+    ({"nvcc": "Cuda compilation tools, release 12.4", "nvidia-smi": "No devices were found"}, "accelerator: cpu"),
     ({"rocminfo": "ROCk module is loaded", "hipcc": "HIP version: 6.2"}, "rocm (CMAKE_ARGS=-DGGML_HIP=on)"),
     ({"vulkaninfo": "Vulkan Instance Version: 1.3", "glslc": "shaderc v2023"}, "vulkan (CMAKE_ARGS=-DGGML_VULKAN=on)"),
     ({"vulkaninfo": "Vulkan Instance Version: 1.3"}, "accelerator: cpu"),  # no shader compiler: no Vulkan build

@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -157,6 +158,20 @@ def test_model_paths_are_refused_with_one_answer_whatever_is_on_disk(app, starte
     assert not any(str(tmp_path) in a or "GGUF" in a or "directory" in a for a in answers)
 
 
+def test_with_model_paths_allowed_a_bad_file_is_the_clients_400(tmp_path):
+    (tmp_path / "notes.gguf").write_text("not a model")
+    server = AppServer(config(allow_paths=True))
+    try:
+        for name, says in ((str(tmp_path / "notes.gguf"), "not a GGUF"), (str(tmp_path), "directory")):
+            response = httpx.post(server.url + "/v1/chat/completions", timeout=30,
+                                  json={"model": name, "messages": [{"role": "user", "content": "hi"}]})
+            assert response.status_code == 400 and says in response.json()["error"]["message"], response.text
+        missing = httpx.post(server.url + "/api/chat", json={"model": str(tmp_path / "nope.gguf"), "messages": []})
+        assert missing.status_code in (400, 404)
+    finally:
+        server.stop()
+
+
 def test_a_lone_surrogate_is_a_400(app):
     body = b'{"model": "starter", "messages": [{"role": "user", "content": "\\ud800 hi"}]}'
     response = httpx.post(app.url + "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
@@ -234,3 +249,116 @@ def test_an_error_in_a_step_is_reported_and_the_engine_goes_on(capfd):
     assert engine.submit(lambda: 7).result(5) == 7 and engine.health() is None
     assert "a bug in a batcher" in capfd.readouterr().err
     engine.shutdown()
+
+
+# ---- the served model under one name ------------------------------------------------------------
+def test_a_model_served_by_path_is_listed_shown_and_answered_under_one_name(starter_gguf, tmp_path):
+    from embedding_gguf import write_with_template
+    from localllm.registry import find_installed
+
+    template = (Path(__file__).parent / "data" / "chat_templates" / "Qwen-Qwen3-0.6B.jinja").read_text()
+    mine = write_with_template(starter_gguf, tmp_path / "mine-qwen3.gguf", template)
+    served = find_installed(str(mine))
+    server = AppServer(config(default_model=str(mine), served=served))
+    try:
+        assert served.name == "mine-qwen3.gguf"
+        assert served.name in [m["id"] for m in httpx.get(server.url + "/v1/models").json()["data"]]
+        assert httpx.get(f"{server.url}/v1/models/{served.name}").status_code == 200
+        assert served.name in [m["name"] for m in httpx.get(server.url + "/api/tags").json()["models"]]
+        shown = httpx.post(server.url + "/api/show", json={"model": served.name}).json()
+        assert shown["capabilities"] == ["completion", "tools", "thinking"] and "<tool_call>" in shown["template"]
+        starter = httpx.post(server.url + "/api/show", json={"model": "starter"}).json()
+        assert starter["capabilities"] == ["completion"] and starter["details"]["parameter_size"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_the_served_name_is_answered_and_reported_by_ps(starter_gguf, tmp_path):
+    import shutil
+
+    from localllm.registry import find_installed
+
+    mine = tmp_path / "mine.gguf"
+    shutil.copyfile(starter_gguf, mine)
+    server = AppServer(config(default_model=str(mine), served=find_installed(str(mine))))
+    try:
+        reply = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
+            "model": "mine.gguf", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert reply.status_code == 200 and reply.json()["model"] == "mine.gguf"
+        assert [m["name"] for m in httpx.get(server.url + "/api/ps").json()["models"]] == ["mine.gguf"]
+    finally:
+        server.stop()
+
+
+# ---- the API key, kept out of `ps` ------------------------------------------------------------
+def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
+    from localllm.cli_serve import _api_key
+    from localllm.errors import UsageError
+
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\nsecond line ignored\n")
+    assert _api_key(key_file, None) == "sk-from-file"
+    assert _api_key(None, "  sk-given  ") == "sk-given" and _api_key(None, None) is None
+    for content in ("", "\n", "sk with\tcontrol", "x" * 5000):
+        key_file.write_text(content)
+        with pytest.raises(UsageError):
+            _api_key(key_file, None)
+    with pytest.raises(UsageError, match="once"):
+        _api_key(key_file, "sk-both")
+    with pytest.raises(UsageError, match="cannot read"):
+        _api_key(tmp_path / "missing", None)
+
+
+@pytest.mark.slow
+def test_a_key_file_is_required_of_every_request_and_the_argument_warns(tmp_path):
+    import psutil
+
+    from server_process import ServerProcess, isolated_env
+
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-local-file-5b1e\n")
+    server = ServerProcess("--api-key-file", str(key_file), env=isolated_env(tmp_path))
+    try:
+        assert httpx.get(server.url + "/v1/models").status_code == 401
+        assert httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer sk-local-file-5b1e"}).status_code == 200
+        assert not any("sk-local-file-5b1e" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+    finally:
+        server.stop()
+    visible = ServerProcess("--api-key", "sk-on-the-command-line", env=isolated_env(tmp_path / "b"))
+    try:
+        assert any("visible to every user" in line for line in visible.lines)
+    finally:
+        visible.stop()
+
+
+# ---- a schema no document satisfies --------------------------------------------------------------
+@pytest.mark.slow
+def test_a_schema_no_document_satisfies_is_a_400_before_any_answer(starter_gguf):
+    server = AppServer(config(default_model="starter"))
+    try:
+        for stream in (False, True):
+            body = {"model": "starter", "messages": [{"role": "user", "content": "hi"}], "stream": stream, "max_tokens": 8,
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#"}}}}
+            response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+            assert response.status_code == 400, response.text
+            assert "cannot be enforced" in response.json()["error"]["message"]
+        fine = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                          json={"model": "starter", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert fine.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_curl_works_as_the_readme_shows_and_a_form_post_says_what_to_send(app):
+    import subprocess
+
+    tags = subprocess.run(["curl", "-s", f"{app.url}/api/tags"], capture_output=True, text=True, timeout=30)
+    assert "models" in json.loads(tags.stdout)
+    body = json.dumps({"model": "no-such-model", "messages": [{"role": "user", "content": "Hi"}]})
+    shown = subprocess.run(["curl", "-s", f"{app.url}/v1/chat/completions", "-H", "Content-Type: application/json",
+                            "-d", body], capture_output=True, text=True, timeout=30)
+    assert json.loads(shown.stdout)["error"]["type"] == "not_found_error"
+    form = subprocess.run(["curl", "-s", "-w", "%{http_code}", f"{app.url}/api/chat", "-d", body],
+                          capture_output=True, text=True, timeout=30)
+    assert form.stdout.endswith("415") and "Content-Type: application/json" in form.stdout

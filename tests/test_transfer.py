@@ -32,6 +32,11 @@ def test_add_registers_a_file_in_place_and_verify_catches_a_flipped_byte(starter
     shutil.copyfile(starter_gguf, mine)
     result = run_cli("add", str(mine), "--name", "my-model")
     assert result.returncode == 0, result
+    # The shapes `list` needs were read by `add` (a 1 GB file took 13 s on the first list).
+    from localllm.config import cache_dir
+    from localllm.gguf_info import _identity
+
+    assert (cache_dir() / f"{_identity([mine], 'spec')}.json").is_file()
     listed = {m["name"]: m for m in json.loads(run_cli("list", "--json").stdout)}
     assert listed["my-model"]["source"] == "added" and listed["my-model"]["path"] == str(mine)
     assert run_cli("run", "-m", "my-model", "--max-tokens", "4", "Hi").returncode == 0

@@ -40,6 +40,7 @@ class ScriptedModel:
     def __init__(self, words: int = 400, delay: float = 0.01, n_ctx: int = 4096):
         self.words, self.delay, self.n_ctx = words, delay, n_ctx
         self.path, self.n_ctx_train, self.n_threads, self.n_gpu_layers = Path("scripted-Q4_K_M.gguf"), n_ctx, 2, 0
+        self.threads_in_use = 2
         self.chat_template = None
         self.prompts: list[list[dict]] = []
         self.closed = False
@@ -496,3 +497,42 @@ async def test_a_chat_of_10000_messages_opens_with_its_last_ones(isolated_home):
         assert str(shown[-1].source if hasattr(shown[-1], "source") else shown[-1].render()).strip() == "message 9999"
         await send(pilot, app, "and one more")
         assert app.store.messages(conversation)[-2].content == "and one more"
+
+
+async def test_page_keys_scroll_the_transcript_while_the_prompt_has_focus(isolated_home):
+    from localllm.session import ChatMessage
+
+    store = ChatStore()
+    conversation = store.create("scripted", "", "a chat to scroll")
+    for i in range(60):
+        store.add(conversation, ChatMessage("user" if i % 2 == 0 else "assistant", f"message {i}"))
+    app = ChatApp(model_ref="x", store=store, loader=lambda ref, options: ScriptedModel(words=3, delay=0), resume=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None and app.session.conversation_id == conversation)
+        await pilot.pause()
+        messages = app.query_one("#messages")
+        assert app.focused is app.query_one("#prompt")
+        bottom = messages.scroll_y
+        assert bottom > 0
+        await pilot.press("pageup")
+        await wait_for(pilot, lambda: messages.scroll_y < bottom)
+        await pilot.press("pagedown")
+        await wait_for(pilot, lambda: messages.scroll_y == bottom)
+        assert app.focused is app.query_one("#prompt") and app.query_one("#prompt").text == ""
+
+
+async def test_a_long_code_line_wraps_inside_the_panel(isolated_home):
+    from textual.widgets import Markdown
+    from textual.widgets._markdown import MarkdownFence
+
+    app, _ = scripted_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        line = "x = [" + ", ".join(str(i) for i in range(120)) + "]"
+        answer = Markdown(f"```python\n{line}\n```", classes="assistant")
+        await app.query_one("#messages").mount(answer)
+        await pilot.pause()
+        fence = answer.query_one(MarkdownFence)
+        label = fence.children[0]
+        assert label.region.right <= app.query_one("#messages").region.right
+        assert label.region.height > 3, "the long line takes several rows instead of running past the edge"

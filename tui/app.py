@@ -25,9 +25,9 @@ from textual.widgets import Footer, ListView, Markdown, Static
 
 from localllm.config import load_config, save_config
 from localllm.engine import Engine
-from localllm.errors import LocalLLMError
+from localllm.errors import EXIT_TERMINATED, LocalLLMError
 from localllm.events import Finished, PromptProgress, Reasoning, Token
-from localllm.reasoning import can_switch
+from localllm.reasoning import can_switch, thinks
 from localllm.hardware import usable_cpus
 from localllm.options import LoadOptions, SamplingOptions
 from localllm.session import ChatSession, ChatStore, ContextNotice
@@ -43,7 +43,6 @@ from .widgets import ConversationItem, PromptArea, StatusBar, reasoning_fold, us
 # drawing takes more than UI_SHARE of a core. A batch costs Textual 20-30 ms of layout and
 # rendering; measured on 2 cores (bench_chat.py), generation ran at 0.80x `localllm run` drawing
 # 4 times a second, 0.93-0.956x once a second, 0.969x once every 2 seconds.
-EXIT_TERMINATED = 128 + signal.SIGTERM
 MAX_SHOWN = 200  # messages drawn when a chat is opened
 FLUSH_MIN, FLUSH_MAX, UI_SHARE = 0.25, 2.0, 0.0125
 
@@ -255,6 +254,14 @@ class ChatApp(ErrorReporting, ChatActions, App):
             self.query_one("#prompt").focus()
 
     # ---- sending and streaming ------------------------------------------------------------
+    @on(PromptArea.PageKey)
+    def _page(self, event: PromptArea.PageKey) -> None:
+        messages = self.query_one("#messages", VerticalScroll)
+        if event.up:
+            messages.scroll_page_up()
+        else:
+            messages.scroll_page_down()
+
     @on(PromptArea.Submitted)
     @guarded
     def _submitted(self, event: PromptArea.Submitted) -> None:
@@ -347,7 +354,8 @@ class ChatApp(ErrorReporting, ChatActions, App):
         self._flusher = self.set_timer(FLUSH_MIN, functools.partial(self._flush_tick, self._generation))
         # A blinking cursor redraws twice a second, each time taking CPU from llama.cpp.
         self.query_one("#prompt", PromptArea).cursor_blink = False
-        self._set_status("thinking...")
+        # "thinking" only where the model does think first; otherwise it is reading the prompt.
+        self._set_status("thinking…" if thinks(self.model.chat_template) else "reading the prompt…")
         self._on_engine(self._generation_job, start, draft)
 
     def _generation_job(self, start: Callable[[], Iterator], draft: str | None) -> None:

@@ -26,6 +26,15 @@ class PromptArea(TextArea):
             event.stop()
             event.prevent_default()
             self.insert("\n")
+        elif event.key in ("pageup", "pagedown"):  # the transcript scrolls; the prompt is a few lines
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.PageKey(event.key == "pageup"))
+
+    class PageKey(Message):
+        def __init__(self, up: bool):
+            super().__init__()
+            self.up = up
 
 
 class StatusBar(Widget):

@@ -42,7 +42,8 @@ class _Slot:
         self.constraint = constraint
         self.pending = request.tokens[reused:]  # prompt tokens still to evaluate
         self.reused = reused
-        self.next_token: int | None = None
+        # Generated tokens to evaluate next: the sampled one and any the grammar forces after it.
+        self.next_tokens: list[int] = []
         self.seed = secrets.randbelow(2**32 - 1) if sampling.seed is None else sampling.seed
         self.greedy = sampling.temperature == 0 and sampling.repeat_penalty == 1.0
         self.sampler = None
@@ -137,11 +138,17 @@ class LlamaCppBatcher:
         batch.n = 0
         entries: list[tuple[_Slot, int, int | None]] = []  # slot, tokens it adds, batch index of its output
         for slot in self._slots:
-            if slot.request is not None and slot.next_token is not None:
-                entries.append((slot, 1, batch.add([slot.next_token], len(slot.cached), slot.seq, True)))
+            room = self._budget - batch.n
+            if slot.request is not None and slot.next_tokens and room > 0:
+                # A grammar's forced run longer than the room goes in over several steps; the
+                # logits are read once its last token is in.
+                chunk = slot.next_tokens[:room]
+                whole = len(chunk) == len(slot.next_tokens)
+                index = batch.add(chunk, len(slot.cached), slot.seq, whole)
+                entries.append((slot, len(chunk), index if whole else None))
         for slot in self._slots:
             room = self._budget - batch.n
-            if slot.request is None or slot.next_token is not None or room <= 0:
+            if slot.request is None or slot.next_tokens or room <= 0:
                 continue
             chunk = slot.pending[:room]
             done = len(chunk) == len(slot.pending)
@@ -167,8 +174,9 @@ class LlamaCppBatcher:
 
     def _advance(self, slot: _Slot, taken: int) -> None:
         """Record tokens that are now in the KV cache."""
-        if slot.next_token is not None:
-            slot.cached.append(slot.next_token)
+        if slot.next_tokens:
+            slot.cached.extend(slot.next_tokens[:taken])
+            slot.next_tokens = slot.next_tokens[taken:]
             return
         slot.cached.extend(slot.pending[:taken])
         slot.pending = slot.pending[taken:]
@@ -197,10 +205,16 @@ class LlamaCppBatcher:
             self._finish(slot, "stop")
             return
         slot.generated += 1
-        if slot.constraint is not None:
+        step = [token]
+        if slot.constraint is not None:  # the tokens the grammar forces go in with the sampled one, as in run
             slot.constraint.accept(token)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False)
-        text, stopped = slot.stops.feed(slot.decoder.decode(self._piece.raw[:n]) if n > 0 else "")
+            step += slot.constraint.forced()[: slot.limit - slot.generated]
+            slot.generated += len(step) - 1
+        text = ""
+        for each in step:
+            n = llama_cpp.llama_token_to_piece(self._vocab, each, self._piece, 256, 0, False)
+            text += slot.decoder.decode(self._piece.raw[:n]) if n > 0 else ""
+        text, stopped = slot.stops.feed(text)
         slot.t_first = slot.t_first or now
         if text:
             request.emit(Token(text))
@@ -209,7 +223,7 @@ class LlamaCppBatcher:
         elif slot.generated >= slot.limit:
             self._finish(slot, "length")
         else:
-            slot.next_token = token
+            slot.next_tokens = step
 
     def _finish(self, slot: _Slot, reason: str) -> None:
         request = slot.request

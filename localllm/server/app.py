@@ -29,13 +29,13 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..backends.base import SequenceRequest
-from ..engine import BusyError, Engine, EngineStoppedError, QueueFullError, Served
+from ..engine import BusyError, Engine, EngineStoppedError, QueueFullError, Served, memory_problem
 from ..errors import ContextOverflowError, GenerationError, LocalLLMError, ModelLoadError, ModelNotFoundError, UsageError
 from ..events import Finished, Reasoning, Token
 from ..options import LoadOptions
 from ..printable import printable
 from ..reasoning import splitter_for
-from ..registry import installed_models
+from ..registry import InstalledModel, display_name
 from ..tools import check_tools
 from . import models, replies, schemas
 from .guard import LOOPBACK_ORIGIN_REGEX, Guard, Policy, is_loopback
@@ -56,6 +56,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()  # Host names answered to besides loopback ones ("*": any)
     bind_host: str = "127.0.0.1"
     allow_paths: bool = False  # clients may name model files by path, not only installed models
+    served: InstalledModel | None = None  # what -m named, listed under its name on every route
 
     @property
     def policy(self) -> Policy:
@@ -252,10 +253,24 @@ class _Api:
             raise ApiError(400, "the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
         return body
 
+    def _is_default(self, name: str | None) -> bool:
+        served = self.config.served
+        return name in (None, self.config.default_model) or (served is not None and name == served.name)
+
+    def _name_of(self, served: Served) -> str:
+        mine = self.config.served
+        return mine.name if mine is not None and mine.path.absolute() == served.path else display_name(served.path)
+
     async def _acquire(self, name: str | None) -> Served:
-        ref = self.config.default_model if name in (None, self.config.default_model) else await run_in_threadpool(
-            models.served_ref, name, self.config.allow_paths)
-        return await asyncio.wrap_future(self.engine.acquire(ref, self.config.load_options))
+        if self._is_default(name):
+            return await asyncio.wrap_future(self.engine.acquire(self.config.default_model, self.config.load_options))
+        model = await run_in_threadpool(models.find, name, self.config.allow_paths)
+        try:
+            return await asyncio.wrap_future(self.engine.acquire(str(model.path), self.config.load_options))
+        except ModelLoadError as exc:
+            if model.source != "path" or memory_problem(exc):
+                raise
+            raise ApiError(400, str(exc), "model") from None  # a file the client named (--allow-model-paths)
 
     async def _start(self, request: Request, job: GenerationJob) -> _Run:
         served = await self._acquire(job.model)
@@ -271,7 +286,7 @@ class _Api:
             raise
         # A thinking model's reasoning is kept apart from the answer, as Model.chat does.
         splitter = splitter_for(served.model.chat_template, prompt) if prompt is not None else None
-        return _Run(served, sequence, events, job.model or served.path.name, job.keep_alive, splitter)
+        return _Run(served, sequence, events, job.model or self._name_of(served), job.keep_alive, splitter)
 
     async def _stream(self, request: Request, run: _Run, poll: bool = False) -> AsyncIterator[Token | Finished]:
         """The run's events until Finished; the sequence ends when this does, however it ends.
@@ -400,13 +415,13 @@ class _Api:
 
     @_handled
     async def openai_models(self, request: Request) -> Response:
-        listed = await run_in_threadpool(installed_models)
+        listed = await run_in_threadpool(models.listed, self.config.served)
         return JSONResponse({"object": "list", "data": [models.openai_entry(m) for m in listed]})
 
     @_handled
     async def openai_model(self, request: Request) -> Response:
         name = request.path_params["name"]
-        listed = await run_in_threadpool(installed_models)
+        listed = await run_in_threadpool(models.listed, self.config.served)
         for model in listed:
             if model.name == name:
                 return JSONResponse(models.openai_entry(model))
@@ -472,7 +487,7 @@ class _Api:
 
     @_handled
     async def ollama_tags(self, request: Request) -> Response:
-        listed = await run_in_threadpool(installed_models)
+        listed = await run_in_threadpool(models.listed, self.config.served)
         return JSONResponse({"models": [models.ollama_entry(m) for m in listed]})
 
     @_handled
@@ -480,12 +495,15 @@ class _Api:
         body = await self._body(request)
         if not isinstance(body, dict) or not isinstance(body.get("model") or body.get("name"), str):
             raise ApiError(400, "'model' is required", "model")
-        return JSONResponse(await run_in_threadpool(models.ollama_show, body.get("model") or body.get("name"),
-                                                    self.config.allow_paths))
+        name = body.get("model") or body.get("name")
+        model = self.config.served if self._is_default(name) and self.config.served is not None else \
+            await run_in_threadpool(models.find, name, self.config.allow_paths)
+        return JSONResponse(await run_in_threadpool(models.ollama_show, model))
 
     @_handled
     async def ollama_ps(self, request: Request) -> Response:
-        return JSONResponse({"models": [models.ollama_running(s, self.engine.keep_alive_of(s)) for s in self.engine.loaded()]})
+        return JSONResponse({"models": [models.ollama_running(s, self.engine.keep_alive_of(s), self._name_of(s))
+                                        for s in self.engine.loaded()]})
 
     async def ollama_version(self, request: Request) -> Response:
         return JSONResponse({"version": __version__})

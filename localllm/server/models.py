@@ -11,7 +11,8 @@ from ..config import cache_dir
 from ..engine import Served
 from ..errors import ModelNotFoundError, UsageError
 from ..printable import printable
-from ..registry import InstalledModel, display_name, find_installed
+from ..gguf_info import ENCODER_ARCHITECTURES
+from ..registry import InstalledModel, find_installed, installed_models
 from .schemas import ApiError
 
 
@@ -61,29 +62,46 @@ def find(name: str, allow_paths: bool) -> InstalledModel:
         raise not_found(name) from None
 
 
-def served_ref(name: str, allow_paths: bool) -> str:
-    """What the engine should load for a model a client names: the file's path, once it is known
-    to be one the client may use."""
-    return str(find(name, allow_paths).path)
-
-
-def ollama_show(name: str, allow_paths: bool) -> dict:
+def ollama_show(model: InstalledModel) -> dict:
+    from ..gguf_header import HeaderError, scan_file
     from ..model import inspect
+    from ..reasoning import thinks
+    from ..tools import family
 
-    model = find(name, allow_paths)
     spec = inspect(model.path)
+    try:
+        meta = scan_file(model.path)
+    except (HeaderError, OSError):
+        meta = {}
+    template = meta.get("tokenizer.chat_template")
+    template = template if isinstance(template, str) else ""
+    arch = spec.architecture
+    embedding = arch in ENCODER_ARCHITECTURES or f"{arch}.pooling_type" in meta
+    # As Ollama derives them: from what the template renders and the metadata declares.
+    capabilities = (["embedding"] if embedding else ["completion"]) + (["tools"] if family(template) else []) + (
+        ["thinking"] if thinks(template) else [])
     details = _details(model)
-    info = {"general.architecture": spec.architecture, f"{spec.architecture}.context_length": spec.n_ctx_train,
-            f"{spec.architecture}.block_count": spec.n_layer, f"{spec.architecture}.embedding_length": spec.n_embd}
-    return {"modelfile": "", "parameters": "", "template": "", "details": details, "model_info": info,
-            "capabilities": ["completion"], "modified_at": _modified(model.path).isoformat()}
+    size_label = meta.get("general.size_label")
+    details["parameter_size"] = size_label if isinstance(size_label, str) else ""
+    info = {"general.architecture": arch, f"{arch}.context_length": spec.n_ctx_train,
+            f"{arch}.block_count": spec.n_layer, f"{arch}.embedding_length": spec.n_embd}
+    return {"modelfile": "", "parameters": "", "template": template, "details": details, "model_info": info,
+            "capabilities": capabilities, "modified_at": _modified(model.path).isoformat()}
 
 
-def ollama_running(served: Served, keep_alive: float | None) -> dict:
+def listed(served: InstalledModel | None) -> list[InstalledModel]:
+    """The installed models, and the one `serve -m` named under its served name if it is not one
+    of them (a file given by path): a client picking from the list finds what is served."""
+    found = installed_models()
+    if served is not None and not any(m.path.absolute() == served.path.absolute() for m in found):
+        found.insert(0, served)
+    return found
+
+
+def ollama_running(served: Served, keep_alive: float | None, name: str) -> dict:
     path = served.path
     left = served.last_used + keep_alive - time.monotonic() if keep_alive is not None else 10 * 365 * 86400
     expires = datetime.now(timezone.utc).timestamp() + max(0.0, left)
-    name = display_name(path)
     model = InstalledModel(name, path, path.stat().st_size if path.exists() else 0, "path")
     return {"name": name, "model": name, "size": model.size, "digest": _digest(path),
             "details": _details(model), "expires_at": datetime.fromtimestamp(expires, timezone.utc).isoformat(),

@@ -59,12 +59,9 @@ def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], str | None]:
 def check_grammar(model, job: GenerationJob) -> None:
     """A grammar the engine cannot follow (a schema no document satisfies, `{"$ref": "#"}`) is
     the client's 400 now, not an error after a stream has begun."""
-    vocabulary = getattr(model, "grammar_vocabulary", None)
-    if job.grammar is None or vocabulary is None:
+    if job.grammar is None:
         return
-    from ..constraints import Constraint
-
     try:
-        Constraint(vocabulary(), job.grammar)
+        model.check_grammar(job.grammar)
     except UsageError as exc:
         raise ApiError(400, str(exc)) from None

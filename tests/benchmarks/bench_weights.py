@@ -13,6 +13,7 @@ repack takes most weights (Q4_0, Q4_K_M, IQ4_XS on x86 with AVX2).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[], help="another GGUF to measure (repeatable)")
     parser.add_argument("--ctx", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=3, help="speed rounds for the models given with --model")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-weights-"))
     starter = starter_path()
@@ -50,6 +52,19 @@ def main() -> None:
         print(f"{path.name[:39]:40}{plan / MIB:7.0f}M{ours['growth'] / MIB:7.0f}M{mapped['growth'] / MIB:7.0f}M"
               f"{ours['growth'] / mapped['growth']:11.2f}x{(plan - ours['growth']) / MIB:+9.0f}M  "
               f"{'no' if ours['mapped'] else 'yes':5}  {buffers}  {'ok' if ok else 'PLAN OFF TARGET'}")
+    # Speed, read against mapped, side by side, alternating, on the models given (the real ones).
+    for path in [Path(m) for m in args.model]:
+        runs = {"read": [], "mapped": []}
+        for round_ in range(args.rounds):
+            for mode in (("read", "mapped") if round_ % 2 == 0 else ("mapped", "read")):
+                runs[mode].append(measure(path, args.ctx, mapped=mode == "mapped", tokens=64))
+        median = {mode: {k: statistics.median(r[k] for r in rs) for k in ("load_s", "ttft_s", "decode_tok_s")}
+                  for mode, rs in runs.items()}
+        read, mapped = median["read"], median["mapped"]
+        print(f"{path.name}: load {read['load_s']:.2f} s vs {mapped['load_s']:.2f} s ({read['load_s'] / mapped['load_s']:.2f}x), "
+              f"first token after 512 {read['ttft_s']:.2f} s vs {mapped['ttft_s']:.2f} s ({read['ttft_s'] / mapped['ttft_s']:.2f}x), "
+              f"decode {read['decode_tok_s']:.1f} vs {mapped['decode_tok_s']:.1f} tok/s "
+              f"({read['decode_tok_s'] / mapped['decode_tok_s']:.3f}x); read / mapped, medians of {args.rounds}")
 
 
 if __name__ == "__main__":
