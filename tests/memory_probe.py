@@ -1,6 +1,6 @@
 """Resident memory a llama.cpp load really takes, measured in a fresh process: load, one prompt of
-512 tokens (so the compute buffer is touched), then RSS growth. `mapped=True` forces the file to
-be mapped, as llama.cpp's own tools do and localllm did before it chose per load."""
+512 tokens (so the compute buffer is touched), then RSS growth. `mapped=True` keeps the file mapped
+whole, as llama.cpp's own tools do and localllm did before it gave back what it repacked."""
 
 from __future__ import annotations
 
@@ -25,14 +25,15 @@ model = llamacpp.LlamaCppModel(Path(sys.argv[1]), LoadOptions(n_ctx=int(sys.argv
 load_s = time.perf_counter() - started
 for event in model.generate([100] * 512, SamplingOptions(temperature=0, max_tokens=int(sys.argv[4]), ignore_eos=True)):
     pass
-print(json.dumps({"growth": proc.memory_info().rss - before, "mapped": model.weights_mapped,
+print(json.dumps({"growth": proc.memory_info().rss - before, "mapped": model.weights_mapped, "released": model.released,
                   "buffers": model.weight_buffers, "load_s": load_s, "ttft_s": event.timings.ttft_s,
                   "decode_tok_s": event.timings.generation_tokens_per_s}))
 """
 
 
 def measure(path: Path, n_ctx: int, mapped: bool = False, tokens: int = 2) -> dict:
-    """{"growth": bytes, "mapped": whether the file was mapped, "buffers": llama.cpp's weight buffers,
+    """{"growth": bytes, "mapped": whether the file was mapped, "released": mapped bytes given back after
+    the load, "buffers": llama.cpp's weight buffers,
     "load_s", "ttft_s" (the 512-token prompt), "decode_tok_s" (over `tokens` generated)}."""
     out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(n_ctx), "mapped" if mapped else "chosen", str(tokens)],
                          capture_output=True, text=True, check=True).stdout

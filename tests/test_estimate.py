@@ -101,7 +101,9 @@ def test_the_plan_holds_what_a_load_really_takes_and_weights_are_held_once(start
     assert plan >= ours["growth"] and plan - ours["growth"] <= max(0.03 * ours["growth"], 64 * MIB), \
         (kind, plan / MIB, ours["growth"] / MIB)
     repacked = ours["buffers"].get(REPACK, 0)
-    assert ours["mapped"] == (repacked == 0), ours  # read into memory exactly when something is repacked
+    # Held once: the mapped pages of what was repacked given back (Linux), or the file read.
+    assert (ours["released"] >= 0.9 * repacked) if ours["mapped"] else repacked > 0, ours
+    assert repacked or not ours["released"]
     if repacked:
         mapped = measure(path, 4096, mapped=True)
         assert mapped["growth"] - ours["growth"] >= 0.7 * repacked, (mapped["growth"] / MIB, ours["growth"] / MIB)

@@ -103,6 +103,8 @@ class _Ggml:
             (base, "gguf_get_n_tensors"): ([vp], ctypes.c_int64),
             (base, "gguf_get_tensor_name"): ([vp, ctypes.c_int64], ctypes.c_char_p),
             (base, "gguf_get_tensor_size"): ([vp, ctypes.c_int64], sz),
+            (base, "gguf_get_tensor_offset"): ([vp, ctypes.c_int64], sz),
+            (base, "gguf_get_data_offset"): ([vp], sz),
         }
         for (lib, name), (argtypes, restype) in signatures.items():
             function = getattr(lib, name)
@@ -146,16 +148,16 @@ def extra_buffer_types() -> dict[str, int]:
     return found
 
 
-def repack_weights(path: Path, sizes: dict[str, int] | None = None) -> tuple[dict[str, int | None], int]:
+def repack_weights(path: Path, sizes: dict[str, tuple[int, int, int]] | None = None) -> tuple[dict[str, int | None], int]:
     """The matmul weights of a GGUF model that CPU_REPACK takes on this CPU, each with its block
     number (None for the output head), and the model's block count. No weights when the build
-    has no CPU_REPACK. `sizes`, if given, gets each taken weight's bytes."""
+    has no CPU_REPACK. `sizes`, if given, gets each taken weight's (part, offset in that file, bytes)."""
     g = _api()
     buft = extra_buffer_types().get(REPACK)
     device = _cpu_device()
     taken: dict[str, int | None] = {}
     n_layer = 0
-    for part in split_files(path):
+    for part_index, part in enumerate(split_files(path)):
         meta = ctypes.c_void_p()
         gguf = g.gguf_init_from_file(os.fsencode(part), _GgufInitParams(True, ctypes.pointer(meta)))
         if not gguf:
@@ -169,7 +171,8 @@ def repack_weights(path: Path, sizes: dict[str, int] | None = None) -> tuple[dic
                 if buft and device and match and _repack_takes(g, buft, device, g.get_tensor(meta, name.encode())):
                     taken[name] = int(match.group(1)) if match.group(1) is not None else None
                     if sizes is not None:
-                        sizes[name] = g.gguf_get_tensor_size(gguf, index)
+                        offset = g.gguf_get_data_offset(gguf) + g.gguf_get_tensor_offset(gguf, index)
+                        sizes[name] = (part_index, offset, g.gguf_get_tensor_size(gguf, index))
         finally:
             g.gguf_free(gguf)
             g.free(meta)
@@ -193,14 +196,15 @@ def _repack_takes(g: _Ggml, buft: int, device: int, weight: int) -> bool:
         g.free(ctx)
 
 
-def repacked_bytes(path: Path, n_gpu_layers: int, gpu_offload: bool) -> int:
-    """Bytes of this model's CPU-resident weights that llama.cpp copies into CPU_REPACK's
-    interleaved layout when it loads it here."""
-    sizes: dict[str, int] = {}
+def repacked_ranges(path: Path, n_gpu_layers: int, gpu_offload: bool) -> list[tuple[Path, int, int]]:
+    """(file, offset, bytes) of this model's CPU-resident weights that llama.cpp copies into
+    CPU_REPACK's interleaved layout when it loads it here."""
+    sizes: dict[str, tuple[int, int, int]] = {}
     weights, n_layer = repack_weights(path, sizes)
+    parts = split_files(path)
     first_gpu_block, output_on_cpu = cpu_layers(n_layer, n_gpu_layers, gpu_offload)
-    return sum(sizes[name] for name, block in weights.items()
-               if (output_on_cpu if block is None else block < first_gpu_block))
+    return [(parts[sizes[name][0]], sizes[name][1], sizes[name][2]) for name, block in weights.items()
+            if (output_on_cpu if block is None else block < first_gpu_block)]
 
 
 def cpu_layers(n_layer: int, n_gpu_layers: int, gpu_offload: bool) -> tuple[int, bool]:

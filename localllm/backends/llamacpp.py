@@ -38,6 +38,7 @@ from .base import Capabilities, Message, reusable_prefix
 from .chat_template import render_chat
 from .llamacpp_params import choose_load_mode, context_params, place_cpu_weights, sampler_chain, window
 from .llamacpp_runtime import Threadpool, init_backend, load_failure_reason, model_buffers
+from .mapped import release
 from .threads import ThreadGovernor
 from .llamacpp_runtime import log as llama_log
 
@@ -89,10 +90,8 @@ class LlamaCppModel:
             self._tensor_split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*options.tensor_split)
             mparams.tensor_split = self._tensor_split
         place_cpu_weights(mparams, path, layers)
-        read_note = choose_load_mode(mparams, path, layers)
-        self.weights_mapped = read_note is None
-        if read_note and options.verbose:
-            sys.stderr.write(f"localllm: {read_note}\n")
+        repacked = choose_load_mode(mparams, path, layers)
+        self.weights_mapped = repacked is None or bool(repacked)
         llama_log.errors.clear()
         load_sampler = CpuLoadSampler() if options.n_threads is None else None
         llama_log.capture = captured = []
@@ -104,6 +103,13 @@ class LlamaCppModel:
         self.weight_buffers = model_buffers(captured)
         if not self._model:
             raise ModelLoadError(path, load_failure_reason())
+        self.released = release(repacked) if repacked else 0  # the mapped pages of repacked weights
+        if repacked is not None and options.verbose:
+            total = sum(size for _, _, size in repacked)
+            how = (f"the mapped pages of {total / 2**20:.0f} MiB of weights llama.cpp repacked for this CPU were given back "
+                   f"({self.released / 2**20:.0f} MiB)") if repacked else \
+                f"the weights were read into memory, not mapped: llama.cpp repacks {self.weight_buffers.get('CPU_REPACK', 0) / 2**20:.0f} MiB of them"
+            sys.stderr.write(f"localllm: {how}, so that each weight is held once\n")
         self.can_embed = bool(header_facts(path, cache_dir())["embedding_only"])
 
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)

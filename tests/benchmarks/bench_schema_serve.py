@@ -38,9 +38,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    from localllm import load_model
+
     engine = Engine()
     served = engine.acquire(args.model, LoadOptions(n_ctx=2048, n_threads=args.threads, n_seq=2)).result()
-    model = served.model
+    # run's path on a model of its own: one context cannot serve both paths' bookkeeping.
+    model = engine.submit(load_model, args.model, LoadOptions(n_ctx=2048, n_threads=args.threads)).result()
     grammar = json_grammar(SCHEMA)
     sampling = SamplingOptions(temperature=0, max_tokens=160, grammar=grammar)
     prompt = model.format_chat([{"role": "user", "content": PROMPT}])
@@ -72,6 +75,7 @@ def main() -> None:
         batches.append(result["batched"])
         ratios.append(result["batched"] / result["single"])
     engine.release(served)
+    engine.submit(model.close).result()
     engine.shutdown()
     print(f"{args.model}: run {statistics.median(runs):.1f} tok/s, batched (serve) {statistics.median(batches):.1f} tok/s, "
           f"batched / run {statistics.median(ratios):.2f}x (median of {args.rounds} rounds)")
