@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from .cli_embed import embed
 from .cli_transfer import add, doctor, verify
 from .cli_serve import serve
 from .errors import EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERRUPTED, LocalLLMError, UsageError
-from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, REASONING_EFFORTS, flash_attn_name
+from .options import DTYPES, ENGINES, FLASH_ATTN, MIN_CTX_TOKENS, REASONING_EFFORTS, flash_attn_name, unescape
 from .status import Status
 
 # `run` opens the KV cache for this many tokens and grows it to the window only for a longer
@@ -412,30 +411,6 @@ def _json_result(model, text, finished, prompt_settings, sampling) -> dict:
             "rpc": list(model.options.rpc),
         },
     }
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "0": "\0"}
-
-
-def unescape(text: str) -> str:
-    """The usual backslash escapes, as llama.cpp's CLI reads its prompt and stop options: a shell
-    passes `--stop "\\n\\n"` as a backslash and an n. An unknown escape is kept as written."""
-    out, i = [], 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\" and i + 1 < len(text):
-            nxt = text[i + 1]
-            if nxt in _ESCAPES:
-                out.append(_ESCAPES[nxt])
-                i += 2
-                continue
-            if nxt == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", text[i + 2:i + 4]):
-                out.append(chr(int(text[i + 2:i + 4], 16)))
-                i += 4
-                continue
-        out.append(char)
-        i += 1
-    return "".join(out)
 
 
 def _read_prompt(prompt_arg: str | None, prompt_opt: str | None) -> str:

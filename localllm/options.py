@@ -174,3 +174,27 @@ MAX_DURATION_S = 10 * 365 * 86400
 
 def _finite_duration(seconds: float) -> float | None:
     return seconds if seconds <= MAX_DURATION_S else None
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "0": "\0"}
+
+
+def unescape(text: str) -> str:
+    """The usual backslash escapes, as llama.cpp's CLI reads its prompt and stop options: a shell
+    passes `--stop "\\n\\n"` as a backslash and an n. An unknown escape is kept as written."""
+    out, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt in _ESCAPES:
+                out.append(_ESCAPES[nxt])
+                i += 2
+                continue
+            if nxt == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", text[i + 2:i + 4]):
+                out.append(chr(int(text[i + 2:i + 4], 16)))
+                i += 4
+                continue
+        out.append(char)
+        i += 1
+    return "".join(out)

@@ -218,7 +218,7 @@ def test_a_prompt_past_4096_tokens_is_read_when_the_model_and_memory_allow_it():
 
 
 def test_stop_strings_read_the_usual_escapes():
-    from localllm.cli import unescape
+    from localllm.options import unescape
 
     assert unescape(r"\n\n") == "\n\n" and unescape(r"a\tb\r") == "a\tb\r"
     assert unescape(r"\\n") == "\\n", "an escaped backslash stays one backslash"

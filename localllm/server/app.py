@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import json
-import re
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -38,7 +34,8 @@ from ..reasoning import splitter_for
 from ..registry import InstalledModel, display_name
 from ..tools import check_tools
 from . import models, replies, schemas
-from .guard import LOOPBACK_ORIGIN_REGEX, Guard, Policy, is_loopback
+from .delivery import Events, Mailbox
+from .guard import LOOPBACK_ORIGIN_REGEX, Auth, Guard, Policy, is_loopback
 from .prompts import check_grammar, prompt_tokens, tool_grammar
 from .schemas import ApiError, GenerationJob
 
@@ -81,7 +78,7 @@ def create_app(config: ServerConfig, engine: Engine) -> Callable:
         Route("/api/version", api.ollama_version, methods=["GET"]),
     ]
     app: Callable = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
-    app = _Auth(app, config.api_key)
+    app = Auth(app, config.api_key, lambda path, error: _error_response(path, error))
     app = CORSMiddleware(app, allow_origins=list(config.cors), allow_origin_regex=LOOPBACK_ORIGIN_REGEX,
                          allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["authorization", "content-type"])
     app = Guard(app, config.policy, lambda scope, status, message: _error_response(scope["path"], ApiError(status, message)))
@@ -134,89 +131,11 @@ def _handled(handler):
     return wrapper
 
 
-def _has_lone_surrogate(value: object) -> bool:
-    """JSON's \\ud800 escapes decode to strings that no encoder will take further on."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if not item.isascii() and _SURROGATE.search(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-# ---- the engine's events on the event loop --------------------------------------------------
-class _Mailbox:
-    """Carries events from the engine thread to the event loop with one wake-up for whatever
-    has arrived since the last one, however many sequences and tokens that is: on a machine
-    whose cores all run llama.cpp, every wake-up of the loop takes time from it."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self._items: deque = deque()
-        self._lock = threading.Lock()
-        self._scheduled = False
-
-    def post(self, queue: asyncio.Queue, event) -> None:
-        """Called on the engine thread."""
-        with self._lock:
-            self._items.append((queue, event))
-            if self._scheduled:
-                return
-            self._scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._deliver)
-        except RuntimeError:  # the event loop has closed: nobody is listening
-            pass
-
-    def _deliver(self) -> None:
-        with self._lock:
-            items, self._items = self._items, deque()
-            self._scheduled = False
-        for queue, event in items:
-            queue.put_nowait(event)
-
-
-class _Events:
-    def __init__(self, mailbox: _Mailbox) -> None:
-        self.mailbox = mailbox
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    def put(self, event) -> None:
-        """Called on the engine thread."""
-        self.mailbox.post(self.queue, event)
-
-    async def next(self, request: Request | None):
-        """The next event. Streaming responses notice a client gone by themselves (Starlette
-        cancels them); for the others, `request` is polled for a disconnect while waiting."""
-        if request is None:
-            event = await self.queue.get()
-        else:
-            while True:
-                try:
-                    event = await asyncio.wait_for(self.queue.get(), 1.0)
-                    break
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        raise asyncio.CancelledError from None
-        if isinstance(event, Exception):
-            raise event
-        return event
-
-
 @dataclass
 class _Run:
     served: Served
     sequence: SequenceRequest
-    events: _Events
+    events: Events
     model: str  # the name the client used
     keep_alive: float | None | str = "unchanged"
     splitter: object = None  # localllm.reasoning.splitter_for
@@ -225,12 +144,12 @@ class _Run:
 class _Api:
     def __init__(self, config: ServerConfig, engine: Engine):
         self.config, self.engine = config, engine
-        self._mailbox: _Mailbox | None = None
+        self._mailbox: Mailbox | None = None
 
     @property
-    def mailbox(self) -> _Mailbox:
+    def mailbox(self) -> Mailbox:
         if self._mailbox is None:  # made on the serving event loop, at the first request
-            self._mailbox = _Mailbox(asyncio.get_running_loop())
+            self._mailbox = Mailbox(asyncio.get_running_loop())
         return self._mailbox
 
     async def _body(self, request: Request) -> object:
@@ -249,7 +168,7 @@ class _Api:
             body = json.loads(b"".join(chunks))
         except (ValueError, RecursionError):
             raise ApiError(400, "the request body is not valid JSON") from None
-        if _has_lone_surrogate(body):
+        if schemas.has_lone_surrogate(body):
             raise ApiError(400, "the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
         return body
 
@@ -278,7 +197,7 @@ class _Api:
             tool_grammar(served.model, job)
             tokens, prompt = await run_in_threadpool(prompt_tokens, served.model, job)
             await run_in_threadpool(check_grammar, served.model, job)
-            events = _Events(self.mailbox)
+            events = Events(self.mailbox)
             sequence = SequenceRequest(tokens, job.sampling, events.put, job.grammar)
             self.engine.generate(served, sequence)
         except BaseException:
@@ -510,23 +429,6 @@ class _Api:
 
 
 # ---- middleware -----------------------------------------------------------------------------
-class _Auth:
-    """With an API key, every request must carry it: `Authorization: Bearer KEY`."""
-
-    def __init__(self, app: Callable, key: str | None):
-        self.app, self.key = app, key.encode() if key else None
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and self.key is not None:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            scheme, _, token = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
-                error = ApiError(401, "a valid API key is required: Authorization: Bearer KEY", None, "authentication_error")
-                await _error_response(scope["path"], error)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 class _AccessLog:
     """One line per request on stderr: client, method, path, status, tokens, seconds."""
 

@@ -13,6 +13,7 @@ Requests with no Origin (curl, the openai and ollama clients, scripts) are not b
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import os
 import re
@@ -20,6 +21,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from .schemas import ApiError
 
 # A page served from the user's own machine: a local web app (Open WebUI, a dev server).
 LOOPBACK_ORIGIN_REGEX = r"https?://(localhost|[a-z0-9.-]+\.localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?"
@@ -136,4 +139,21 @@ class Guard:
             await self.refuse(scope, 415, "the request body must be JSON, sent with 'Content-Type: application/json'"
                               )(scope, receive, send)
             return
+        await self.app(scope, receive, send)
+
+
+class Auth:
+    """With an API key, every request must carry it: `Authorization: Bearer KEY`."""
+
+    def __init__(self, app: Callable, key: str | None, refuse: Callable):
+        self.app, self.key, self.refuse = app, key.encode() if key else None, refuse  # refuse(path, ApiError)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.key is not None:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, token = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                error = ApiError(401, "a valid API key is required: Authorization: Bearer KEY", None, "authentication_error")
+                await self.refuse(scope["path"], error)(scope, receive, send)
+                return
         await self.app(scope, receive, send)

@@ -8,6 +8,7 @@ ApiError naming it, which the app turns into the API's own error object with sta
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -58,6 +59,25 @@ class GenerationJob:
     keep_alive: float | None | str = "unchanged"  # Ollama's: seconds the model stays loaded after
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
+
+
+def has_lone_surrogate(value: object) -> bool:
+    """JSON's \\ud800 escapes decode to strings that no encoder will take further on."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # ---- field checks --------------------------------------------------------------------------
