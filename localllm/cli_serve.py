@@ -26,7 +26,7 @@ DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
 @click.option("--allowed-hosts", multiple=True, metavar="NAME", help=f"Answer requests addressed to this host name (repeatable; also ${ALLOWED_HOSTS_ENV}; * for any). localhost and loopback addresses always are; others get 403, which stops DNS rebinding.  [default: none]")
 @click.option("--allow-model-paths", is_flag=True, help="Let clients name model files by path on this machine. Without it they choose among installed models (`localllm list`) only.")
 @click.option("--ctx", type=click.IntRange(min=MIN_CTX_TOKENS), help="Context window per request, in tokens.  [default: the trained length, at most 4096]")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads.  [default: physical cores]")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads, fixed (without it the count is chosen again while decoding when other processes take cores).  [default: physical cores]")
 @click.option("--gpu-layers", type=click.IntRange(min=-1), help="Layers to offload to the GPU: -1 all, 0 none.  [default: as many as fit]")
 @click.option("--kv-type", type=click.Choice(["f16", "q8_0", "q4_0"]), help="KV cache type.  [default: f16, q8_0 when memory is tight]")
 @click.option("--flash-attn", type=click.Choice(list(FLASH_ATTN)), default="auto", help="Flash attention.")
