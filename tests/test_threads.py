@@ -107,3 +107,10 @@ def test_a_run_leaves_a_core_that_another_process_keeps_busy():
     said = [line for line in err.splitlines() if line.startswith("localllm: threads:")]
     assert settings["n_threads"] == 2 and settings["threads_at_end"] == 1, said
     assert any("keeping 1 threads" in line for line in said), said
+
+
+def test_a_load_made_while_others_were_busy_climbs_back_to_the_quiet_count():
+    machine = Machine(busy=0.0, step_ms={2: 36.0, 1: 64.0})
+    governor = ThreadGovernor(machine.applied.append, 1, True, lambda: machine.busy, lambda: machine.now, max_threads=2)
+    machine.run(governor, 5)
+    assert governor.current == 2 and machine.applied == [2]

@@ -117,11 +117,13 @@ class LlamaCppModel:
         self._logits_type = ctypes.c_float * self.n_vocab
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
         self.n_threads = options.n_threads or default_threads(busy_elsewhere=load_sampler.busy_elsewhere())
+        self._max_threads = options.n_threads or max(self.n_threads, default_threads())  # what a quiet machine gets
         self.n_gpu_layers = layers if llama_cpp.llama_supports_gpu_offload() else 0
 
         self._options = options
         self.governor = ThreadGovernor(self._set_threads, self.n_threads, adaptive=options.n_threads is None,
-                                       log=(lambda text: sys.stderr.write(f"localllm: threads: {text}\n")) if options.verbose else None)
+                                       log=(lambda text: sys.stderr.write(f"localllm: threads: {text}\n")) if options.verbose else None,
+                                       max_threads=self._max_threads)
         self.n_ctx = window(options, self.n_ctx_train)
         lazy = 0 < options.initial_ctx < self.n_ctx
         reason = self._open_context(options.initial_ctx if lazy else self.n_ctx)
@@ -148,9 +150,9 @@ class LlamaCppModel:
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             return llama_log.first_error() or "llama.cpp could not create the context"
-        self._threadpool = Threadpool(self._ctx, self.n_threads)
-        if self.governor.current != self.n_threads:  # a context made anew keeps the count chosen lately
-            llama_cpp.llama_set_n_threads(self._ctx, self.governor.current, self.governor.current)
+        # The pool holds as many threads as the governor may ever ask for; each step uses its count.
+        self._threadpool = Threadpool(self._ctx, self._max_threads)
+        llama_cpp.llama_set_n_threads(self._ctx, self.governor.current, self.governor.current)
         self._n_batch, self._n_ubatch = cparams.n_batch, cparams.n_ubatch
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._allocated = llama_cpp.llama_n_ctx(self._ctx) // self._options.n_seq  # per sequence

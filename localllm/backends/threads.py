@@ -31,12 +31,14 @@ BACKOFF_S = (2.0, 60.0)  # wait before the next trial after one that lost: first
 class ThreadGovernor:
     def __init__(self, apply: Callable[[int], None], n_threads: int, adaptive: bool,
                  busy_elsewhere: Callable[[], float] | None = None, clock: Callable[[], float] = time.monotonic,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, max_threads: int | None = None):
         """`apply(n)` gives llama.cpp the count; `busy_elsewhere()` the cores other processes used
         since its previous call (hardware.CpuLoadSampler); `adaptive` False keeps n_threads (the
-        user chose it)."""
-        self.apply, self.max, self.current = apply, n_threads, n_threads
-        self.adaptive = adaptive and n_threads > 1
+        user chose it). It starts at n_threads and may go up to `max_threads` (the quiet
+        machine's count: a load made while others were busy starts lower, and must not stay so)."""
+        self.apply, self.current = apply, n_threads
+        self.max = max(max_threads or n_threads, n_threads)
+        self.adaptive = adaptive and self.max > 1
         self.busy_elsewhere = busy_elsewhere or _sampler()
         self.clock, self.log = clock, log
         self.recent: deque[float] = deque(maxlen=TRIAL_STEPS)  # step seconds at the current count
