@@ -13,7 +13,6 @@ busy core well above llama-server's fixed threads, and >= 0.98x on a quiet machi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -28,37 +27,25 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import llama_server_binary, start  # noqa: E402
+from bench_serve import llama_server_binary, start, stream  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper."
 
 
 def decode(url: str, model: str, tokens: int, busy_after: float | None) -> float:
     """Streamed content chunks per second after the first, of one greedy answer."""
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens,
-            "temperature": 0, "ignore_eos": True, "stream": True}
     hog: list[subprocess.Popen] = []
     timer = threading.Timer(busy_after or 0, lambda: hog.append(subprocess.Popen([sys.executable, "-c", "while True: pass"])))
-    first = last = None
-    chunks = 0
     if busy_after is not None:
         timer.start()
     try:
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=900) as response:
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                choices = json.loads(line[6:]).get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content"):
-                    last = time.perf_counter()
-                    first = first or last
-                    chunks += 1
+        result = stream(url, PROMPT, tokens, model)
     finally:
         timer.cancel()
         for proc in hog:
             proc.kill()
             proc.wait()
-    return (chunks - 1) / (last - first)
+    return (result["chunks"] - 1) / (result["last"] - result["first"])
 
 
 def main() -> None:

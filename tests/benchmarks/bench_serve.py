@@ -39,9 +39,9 @@ TOKENS = 128
 CTX_PER_SLOT = 1024
 
 
-def stream(url: str, prompt: str, tokens: int = TOKENS) -> dict:
+def stream(url: str, prompt: str, tokens: int = TOKENS, model: str = "starter") -> dict:
     """One streaming chat request: send time, first and last content times, content chunks."""
-    body = {"model": "starter", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
             "temperature": 0, "ignore_eos": True, "stream": True}
     sent = time.perf_counter()
     first = last = None
