@@ -191,6 +191,12 @@ class Constraint:
             self._rejected(tokens)
         return tokens
 
+    def follow(self, token: int, room: int) -> list[int]:
+        """Accept a sampled token; the tokens the grammar then forces (at most `room`), which
+        every engine evaluates with it in one step rather than sampling them one by one."""
+        self.accept(token)
+        return self.forced()[:room]
+
     def _rejected(self, tokens: list[int]) -> None:
         """A token the grammar engine refused is a bug (ours or its own), never an ordinary end
         of the answer: the sequence stops with the engine's own message."""

@@ -239,6 +239,12 @@ class CpuLoadSampler:
             return 0.0
         return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
 
+    def lap(self) -> float:
+        """busy_elsewhere(), then start a new window from now (a governor reading it repeatedly)."""
+        busy = self.busy_elsewhere()
+        self._start = self._read()
+        return busy
+
 
 # --- memory ------------------------------------------------------------------------------------
 

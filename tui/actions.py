@@ -19,6 +19,14 @@ from .errors import guarded
 
 
 class ChatActions:
+    def action_scroll_transcript(self, up: bool) -> None:
+        """PgUp/PgDn from the prompt box (tui.widgets.PromptArea) scroll the conversation."""
+        messages = self.query_one("#messages")
+        if up:
+            messages.scroll_page_up()
+        else:
+            messages.scroll_page_down()
+
     @guarded
     def action_models(self, first_launch: bool = False) -> None:
         if self.generating:

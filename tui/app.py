@@ -254,14 +254,6 @@ class ChatApp(ErrorReporting, ChatActions, App):
             self.query_one("#prompt").focus()
 
     # ---- sending and streaming ------------------------------------------------------------
-    @on(PromptArea.PageKey)
-    def _page(self, event: PromptArea.PageKey) -> None:
-        messages = self.query_one("#messages", VerticalScroll)
-        if event.up:
-            messages.scroll_page_up()
-        else:
-            messages.scroll_page_down()
-
     @on(PromptArea.Submitted)
     @guarded
     def _submitted(self, event: PromptArea.Submitted) -> None:

@@ -29,12 +29,7 @@ class PromptArea(TextArea):
         elif event.key in ("pageup", "pagedown"):  # the transcript scrolls; the prompt is a few lines
             event.stop()
             event.prevent_default()
-            self.post_message(self.PageKey(event.key == "pageup"))
-
-    class PageKey(Message):
-        def __init__(self, up: bool):
-            super().__init__()
-            self.up = up
+            await self.run_action(f"app.scroll_transcript({event.key == 'pageup'})")
 
 
 class StatusBar(Widget):

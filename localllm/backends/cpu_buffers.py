@@ -19,10 +19,12 @@ own device registry and buffer types).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import llama_cpp
 
@@ -148,16 +150,28 @@ def extra_buffer_types() -> dict[str, int]:
     return found
 
 
-def repack_weights(path: Path, sizes: dict[str, tuple[int, int, int]] | None = None) -> tuple[dict[str, int | None], int]:
-    """The matmul weights of a GGUF model that CPU_REPACK takes on this CPU, each with its block
-    number (None for the output head), and the model's block count. No weights when the build
-    has no CPU_REPACK. `sizes`, if given, gets each taken weight's (part, offset in that file, bytes)."""
+class Repacked(NamedTuple):
+    block: int | None  # None: the output head
+    file: Path  # the part of a split GGUF that holds it
+    offset: int  # of its data in that file
+    size: int
+
+
+def repack_weights(path: Path) -> tuple[dict[str, Repacked], int]:
+    """The matmul weights of a GGUF model that CPU_REPACK takes on this CPU, and the model's block
+    count. No weights when the build has no CPU_REPACK. Asked once per file per process: a load
+    both places its weights and decides how they are held once (llamacpp_params)."""
+    return _scan(tuple((part, part.stat().st_size, part.stat().st_mtime_ns) for part in split_files(path)))
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(parts: tuple[tuple[Path, int, int], ...]) -> tuple[dict[str, Repacked], int]:
     g = _api()
     buft = extra_buffer_types().get(REPACK)
     device = _cpu_device()
-    taken: dict[str, int | None] = {}
+    taken: dict[str, Repacked] = {}
     n_layer = 0
-    for part_index, part in enumerate(split_files(path)):
+    for part, _size, _mtime in parts:
         meta = ctypes.c_void_p()
         gguf = g.gguf_init_from_file(os.fsencode(part), _GgufInitParams(True, ctypes.pointer(meta)))
         if not gguf:
@@ -169,10 +183,9 @@ def repack_weights(path: Path, sizes: dict[str, tuple[int, int, int]] | None = N
                     n_layer = max(n_layer, int(block.group(1)) + 1)
                 match = MATMUL_WEIGHT.match(name)
                 if buft and device and match and _repack_takes(g, buft, device, g.get_tensor(meta, name.encode())):
-                    taken[name] = int(match.group(1)) if match.group(1) is not None else None
-                    if sizes is not None:
-                        offset = g.gguf_get_data_offset(gguf) + g.gguf_get_tensor_offset(gguf, index)
-                        sizes[name] = (part_index, offset, g.gguf_get_tensor_size(gguf, index))
+                    taken[name] = Repacked(int(match.group(1)) if match.group(1) is not None else None, part,
+                                           g.gguf_get_data_offset(gguf) + g.gguf_get_tensor_offset(gguf, index),
+                                           g.gguf_get_tensor_size(gguf, index))
         finally:
             g.gguf_free(gguf)
             g.free(meta)
@@ -199,12 +212,10 @@ def _repack_takes(g: _Ggml, buft: int, device: int, weight: int) -> bool:
 def repacked_ranges(path: Path, n_gpu_layers: int, gpu_offload: bool) -> list[tuple[Path, int, int]]:
     """(file, offset, bytes) of this model's CPU-resident weights that llama.cpp copies into
     CPU_REPACK's interleaved layout when it loads it here."""
-    sizes: dict[str, tuple[int, int, int]] = {}
-    weights, n_layer = repack_weights(path, sizes)
-    parts = split_files(path)
+    weights, n_layer = repack_weights(path)
     first_gpu_block, output_on_cpu = cpu_layers(n_layer, n_gpu_layers, gpu_offload)
-    return [(parts[sizes[name][0]], sizes[name][1], sizes[name][2]) for name, block in weights.items()
-            if (output_on_cpu if block is None else block < first_gpu_block)]
+    return [(w.file, w.offset, w.size) for w in weights.values()
+            if (output_on_cpu if w.block is None else w.block < first_gpu_block)]
 
 
 def cpu_layers(n_layer: int, n_gpu_layers: int, gpu_offload: bool) -> tuple[int, bool]:

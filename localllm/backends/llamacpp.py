@@ -337,8 +337,7 @@ class LlamaCppModel:
             generated += 1
             forced: Sequence[int] = ()
             if constraint is not None:
-                constraint.accept(token)
-                forced = constraint.forced()[: limit - generated]
+                forced = constraint.follow(token, limit - generated)
                 generated += len(forced)
             n = to_piece(vocab, token, piece, 256, 0, False)
             text = decoder.decode(piece.raw[:n]) if n > 0 else ""

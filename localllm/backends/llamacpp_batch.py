@@ -207,8 +207,7 @@ class LlamaCppBatcher:
         slot.generated += 1
         step = [token]
         if slot.constraint is not None:  # the tokens the grammar forces go in with the sampled one, as in run
-            slot.constraint.accept(token)
-            step += slot.constraint.forced()[: slot.limit - slot.generated]
+            step += slot.constraint.follow(token, slot.limit - slot.generated)
             slot.generated += len(step) - 1
         text = ""
         for each in step:

@@ -90,7 +90,7 @@ def place_cpu_weights(mparams, path: Path, n_gpu_layers: int) -> None:
     except OSError:
         return  # llama.cpp's own load will say what is wrong with the file
     first_gpu_block, output_on_cpu = cpu_layers(n_layer, n_gpu_layers, supports_gpu_offload())
-    patterns = override_patterns(weights, first_gpu_block, output_on_cpu)
+    patterns = override_patterns({name: w.block for name, w in weights.items()}, first_gpu_block, output_on_cpu)
     if not patterns:
         return
     overrides = Overrides(patterns, buft)

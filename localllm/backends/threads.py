@@ -39,7 +39,11 @@ class ThreadGovernor:
         self.apply, self.current = apply, n_threads
         self.max = max(max_threads or n_threads, n_threads)
         self.adaptive = adaptive and self.max > 1
-        self.busy_elsewhere = busy_elsewhere or _sampler()
+        if busy_elsewhere is None:
+            from ..hardware import CpuLoadSampler
+
+            busy_elsewhere = CpuLoadSampler().lap
+        self.busy_elsewhere = busy_elsewhere
         self.clock, self.log = clock, log
         self.recent: deque[float] = deque(maxlen=TRIAL_STEPS)  # step seconds at the current count
         self.trial: tuple[int, float, float] | None = None  # (previous count, its median step, started)
@@ -48,7 +52,6 @@ class ThreadGovernor:
         self.backoff = BACKOFF_S[0]
         self.hold_until = 0.0
         self.wanted = 0  # what the previous check called for: -1 fewer threads, 1 more, 0 neither
-        self.changes = 0
 
     def step(self, seconds: float) -> None:
         """After each decode step of one token per sequence, with how long it took."""
@@ -84,36 +87,20 @@ class ThreadGovernor:
         after = statistics.median(self.trial_steps)
         self.trial = None
         self.recent.clear()
-        self.recent.extend(self.trial_steps)
-        if after <= before * GAIN:
+        if after <= before * GAIN:  # the trial's steps are the new count's recent ones
+            self.recent.extend(self.trial_steps)
             self.backoff = BACKOFF_S[0]
             self._say(f"keeping {self.current} threads: {before * 1000:.1f} -> {after * 1000:.1f} ms per step")
             return
         self.hold_until = now + self.backoff
         self.backoff = min(self.backoff * 2, BACKOFF_S[1])
         self._set(previous, f"back to {previous} threads: {after * 1000:.1f} ms per step against {before * 1000:.1f}")
-        self.recent.clear()
 
     def _set(self, n: int, why: str) -> None:
         self.current = n
-        self.changes += 1
         self.apply(n)
         self._say(why)
 
     def _say(self, text: str) -> None:
         if self.log is not None:
             self.log(text)
-
-
-def _sampler() -> Callable[[], float]:
-    """Cores other processes used since the previous call."""
-    from ..hardware import CpuLoadSampler
-
-    state = [CpuLoadSampler()]
-
-    def busy() -> float:
-        value = state[0].busy_elsewhere()
-        state[0] = CpuLoadSampler()
-        return value
-
-    return busy

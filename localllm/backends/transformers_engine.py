@@ -267,8 +267,7 @@ class TransformersModel(TokenizerChat):
                     break
                 step = [token]
                 if constraint is not None:  # the tokens the grammar forces go in with the sampled one
-                    constraint.accept(token)
-                    step += constraint.forced()[: limit - len(generated) - 1]
+                    step += constraint.follow(token, limit - len(generated) - 1)
                 generated.extend(step)
                 text, stopped = stops.feed("".join(detokenizer.add(t) for t in step))
                 t_first = t_first or time.perf_counter()
