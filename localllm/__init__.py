@@ -25,7 +25,16 @@ from .errors import (
     ModelNotFoundError,
     UsageError,
 )
-from .events import Event, Finished, PromptProgress, Reasoning, Timings, Token, ToolCalls, Usage
+from .events import (
+    Event,
+    Finished,
+    PromptProgress,
+    Reasoning,
+    Timings,
+    Token,
+    ToolCalls,
+    Usage,
+)
 from .model import Completion, Model, collect, load_model
 from .options import LoadOptions, SamplingOptions
 from .registry import InstalledModel, installed_models

@@ -18,8 +18,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .backends.llamacpp.estimate import MIB
 from .errors import LocalLLMError
-from .estimate import MIB
 from .hardware import GpuInfo
 
 LOW_DISK = 10 * 2**30  # below this, most models no longer fit in the store
@@ -149,7 +149,7 @@ def gather(load: bool, hub: bool) -> Situation:
 
     from . import __version__
     from .backends import this_machine
-    from .backends.ggml_build import backend_names, cpu_variant
+    from .backends.llamacpp.runtime import backend_names, cpu_variant
     from .hardware import default_threads
     from .registry import starter_path
 

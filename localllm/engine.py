@@ -321,7 +321,7 @@ class Engine:
 
 
 def memory_problem(exc: ModelLoadError) -> bool:
-    from .backends.llamacpp_load import out_of_memory
+    from .backends.llamacpp.load import out_of_memory
 
     return "does not fit" in exc.reason or out_of_memory(exc.reason)
 

@@ -22,7 +22,7 @@ class Reasoning:
 
 @dataclass(frozen=True)
 class ToolCalls:
-    """The tool calls parsed from a finished reply (localllm.tools.ToolCall), and its text without them."""
+    """The tool calls parsed from a finished reply (localllm.generation.tools.ToolCall), and its text without them."""
 
     calls: tuple
     text: str

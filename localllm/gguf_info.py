@@ -339,9 +339,8 @@ def inspect_remote(repo_id: str, filename: str, revision: str = "main", endpoint
 
 def _read_remote_header(session: Any, headers: dict, url: str, label: str, sparse: Path, chunk: int, max_header: int):
     from gguf import GGUFReader
-    from huggingface_hub.utils import hf_raise_for_status
-
     from huggingface_hub import constants
+    from huggingface_hub.utils import hf_raise_for_status
 
     from .hub import follow, http_timeout, hub_errors
 

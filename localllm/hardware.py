@@ -66,7 +66,7 @@ class DeviceInfo:
 
     @property
     def remote(self) -> bool:
-        """An RPC worker's device (localllm.rpc), not one of this machine's."""
+        """An RPC worker's device (localllm.backends.llamacpp.rpc), not one of this machine's."""
         return self.name.startswith("RPC")
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from .backends import LoadedModel, Message, backend_for
 from .backends.base import Batcher, Capabilities
-from .backends.llamacpp_load import check_gguf  # noqa: F401 (public here too)
+from .backends.llamacpp.load import check_gguf  # noqa: F401 (public here too)
 from .config import cache_dir
 from .errors import ModelLoadError, UsageError
 from .events import Event, Finished, Reasoning, Token, ToolCalls
+from .generation.request import Request, prepare
 from .gguf_info import ModelSpec, inspect_file
 from .options import LoadOptions, SamplingOptions
 from .registry import resolve
@@ -23,7 +24,7 @@ class Completion:
     text: str
     finished: Finished
     reasoning: str = ""  # a thinking model's reasoning, apart from the answer
-    tool_calls: tuple = ()  # localllm.tools.ToolCall, when the reply called tools
+    tool_calls: tuple = ()  # localllm.generation.tools.ToolCall, when the reply called tools
 
 
 class Model:
@@ -59,7 +60,9 @@ class Model:
         before a request starts, not as an error after its stream has begun."""
         vocabulary = getattr(self._loaded, "grammar_vocabulary", None)
         if vocabulary is not None:
-            from .constraints import Constraint
+            from .generation.constraints import (
+                Constraint,  # numpy and llguidance: not for `--help`
+            )
 
             Constraint(vocabulary(), grammar)
 
@@ -100,7 +103,7 @@ class Model:
              think: bool | None = None, tools: list | None = None, tool_choice="auto",
              reasoning_effort: str | None = None) -> Iterator[Event]:
         """Stream the assistant's reply to a conversation: Token events, then one Finished. A
-        thinking model's reasoning comes as Reasoning events (localllm.reasoning); think switches
+        thinking model's reasoning comes as Reasoning events (localllm.generation.reasoning); think switches
         it on or off where the template can (None: the model's default); reasoning_effort ("low",
         "medium", "high") goes to a template that takes one (gpt-oss's).
 
@@ -108,29 +111,12 @@ class Model:
         come as one ToolCalls event before Finished (reason "tool_calls"). tool_choice: "auto",
         "none", "required", or {"type": "function", "function": {"name": ...}}: the last two
         constrain the reply to a call whose arguments follow the tool's parameter schema."""
-        from . import reasoning
-        from .tools import for_template, plan_calls
-
         if not messages or not any(m.get("content", "").strip() for m in messages if m.get("role") == "user"
                                    or m.get("role") == "tool"):
             raise UsageError("the prompt is empty")
-        template = self._loaded.chat_template
-        sampling = sampling or SamplingOptions()
-        tool_kind, tool_params, call_grammar = plan_calls(template, tools, tool_choice, sampling.grammar is not None,
-                                                          self.special_token)
-        sampling = replace(sampling, grammar=call_grammar) if call_grammar else sampling
-        variables = reasoning.template_variables(template, think, reasoning_effort)
-        if tool_kind is not None:
-            variables["tools"] = for_template(tools)
-        prompt = self._loaded.format_chat(messages, **variables)
-        if sampling.grammar is not None:
-            sampling = replace(sampling, grammar=reasoning.answer_grammar(
-                template, variables, prompt, sampling.grammar, call_grammar is not None, self.special_token))
-        events = self._loaded.generate(prompt, sampling)
-        splitter = reasoning.splitter_for(template, prompt)
-        if splitter is not None:
-            events = reasoning.split_events(events, splitter)
-        return _with_tool_calls(events, tool_kind, tool_params, splitter) if tool_kind is not None else events
+        prepared = prepare(self, Request(messages, sampling=sampling or SamplingOptions(), think=think,
+                                         reasoning_effort=reasoning_effort, tools=tools, tool_choice=tool_choice))
+        return prepared.shaper().shape(self._loaded.generate(prepared.tokens, prepared.sampling))
 
     def prompt(self, text: str, system: str | None = None, sampling: SamplingOptions | None = None,
                think: bool | None = None, reasoning_effort: str | None = None) -> Iterator[Event]:
@@ -188,21 +174,6 @@ class Model:
         self.close()
 
 
-def _with_tool_calls(events: Iterator[Event], kind: str, tools: dict, splitter) -> Iterator[Event]:
-    from .tools import parse
-
-    parts = []
-    for event in events:
-        if isinstance(event, Token):
-            parts.append(event.text)
-        elif isinstance(event, Finished):
-            text, calls = parse(kind, "".join(parts), tools, getattr(splitter, "calls", ()))
-            if calls:
-                yield ToolCalls(tuple(calls), text)
-                event = replace(event, reason="tool_calls")
-        yield event
-
-
 def collect(events: Iterator[Event]) -> Completion:
     parts, thought, calls = [], [], None
     for event in events:
@@ -235,6 +206,8 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
     backend = backend_for(path, options.engine)
     started = time.perf_counter()
     planned = backend.prepare(path, options, notify)
+    if planned.n_seq > 1 and not backend.capabilities.batching:
+        notify(f"the {backend.name} engine answers one request at a time")
     while True:  # every rung of the ladder is smaller, and it ends
         try:
             loaded = backend.load(path, planned)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UsageError
 
@@ -18,6 +20,7 @@ MAX_CTX_TOKENS = 2**31 - 1  # llama.cpp's n_ctx is a C uint32 and wraps above, t
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS; more aborts inside llama.cpp
 MAX_STOPS, MAX_STOP_CHARS = 16, 256
+PENALTY_WINDOW = 64  # tokens the penalties look back over, as llama.cpp's penalties sampler
 ENGINES = ("llamacpp", "transformers")
 REASONING_EFFORTS = ("low", "medium", "high")  # gpt-oss's template variable reasoning_effort
 REMOTE_ENGINES = ("vllm",)  # served through another process: `serve --engine vllm`
@@ -28,6 +31,92 @@ FLASH_ATTN = {"auto": None, "on": True, "off": False}
 
 def flash_attn_name(value: bool | None) -> str:
     return next(name for name, setting in FLASH_ATTN.items() if setting is value)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One option a caller may set, declared once: the library's check, the CLI flag, the HTTP
+    APIs' names and the chat's settings form are all built from it, so ranges cannot drift."""
+
+    name: str  # the SamplingOptions or LoadOptions attribute
+    kind: type  # int, float or str
+    label: str  # how messages name it
+    rule: str  # the valid values in words, for messages
+    valid: Callable[[Any], bool]
+    help: str
+    flag: str = ""  # the CLI's long flag; "" for --name-with-dashes
+    short: str | None = None
+    openai: tuple[str, ...] = ()  # names in an OpenAI request body, the first preferred
+    ollama: tuple[str, ...] = ()  # names in an Ollama request's options
+    choices: tuple[str, ...] = ()
+
+    @property
+    def cli(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def problem(self, value: Any, shown: str | None = None) -> str | None:
+        """Why `value` is not allowed (`shown`: how to quote what the user wrote), or None."""
+        if value is None:
+            return None
+        shown = shown if shown is not None else repr(value) if isinstance(value, str) else str(value)
+        if self.kind is float and not math.isfinite(value):
+            return f"{self.label} must be a finite number, not {shown}"
+        return None if self.valid(value) else f"{self.label} must be {self.rule}, not {shown}"
+
+    def check(self, value: Any) -> None:
+        if (problem := self.problem(value)) is not None:
+            raise UsageError(problem)
+
+
+def _choice(name: str, label: str, choices: tuple[str, ...], help: str, **more) -> Field:
+    return Field(name, str, label, f"one of {', '.join(choices)}", choices.__contains__, help, choices=choices, **more)
+
+
+SAMPLING_FIELDS = (
+    Field("max_tokens", int, "max tokens", "at least 1", lambda v: v >= 1, "Stop after this many tokens."),
+    Field("temperature", float, "temperature", "0 or more", lambda v: v >= 0,
+          "0 picks the likeliest token every time: the same answer on every run.", short="-t",
+          openai=("temperature",), ollama=("temperature",)),
+    Field("top_p", float, "top-p", "above 0 and at most 1", lambda v: 0 < v <= 1, "Nucleus sampling threshold.",
+          openai=("top_p",), ollama=("top_p",)),
+    Field("top_k", int, "top-k", "0 (off) or positive", lambda v: v >= 0,
+          "Sample among the k likeliest tokens (0: all).", openai=("top_k",), ollama=("top_k",)),
+    Field("min_p", float, "min-p", "at least 0 and below 1", lambda v: 0 <= v < 1,
+          "Drop tokens less likely than this fraction of the top one.", openai=("min_p",), ollama=("min_p",)),
+    # vLLM calls it repetition_penalty.
+    Field("repeat_penalty", float, "repeat-penalty", "above 0", lambda v: v > 0,
+          f"Divide the scores of tokens among the last {PENALTY_WINDOW} (1: off).",
+          openai=("repeat_penalty", "repetition_penalty"), ollama=("repeat_penalty",)),
+    Field("presence_penalty", float, "presence-penalty", "from -2 to 2", lambda v: -2 <= v <= 2,
+          f"Lower the score of each token found among the last {PENALTY_WINDOW} by this (0: off).",
+          openai=("presence_penalty",), ollama=("presence_penalty",)),
+    Field("frequency_penalty", float, "frequency-penalty", "from -2 to 2", lambda v: -2 <= v <= 2,
+          f"Lower each token's score by this times its count among the last {PENALTY_WINDOW} (0: off).",
+          openai=("frequency_penalty",), ollama=("frequency_penalty",)),
+    Field("seed", int, "seed", "from 0 to 2^32 - 2", lambda v: 0 <= v < 2**32 - 1,
+          "Random seed, for answers that repeat.", openai=("seed",), ollama=("seed",)),
+)
+
+LOAD_FIELDS = (
+    Field("n_ctx", int, "context size", f"0 (the model's trained context) or {MIN_CTX_TOKENS} to {MAX_CTX_TOKENS} tokens",
+          lambda v: v == 0 or MIN_CTX_TOKENS <= v <= MAX_CTX_TOKENS, "Context window in tokens; 0 for the model's trained length.",
+          flag="--ctx"),
+    Field("n_threads", int, "thread count", f"1 to {MAX_THREADS}", lambda v: 1 <= v <= MAX_THREADS,
+          "CPU threads, fixed (without it the count is chosen again while decoding when other processes take cores).",
+          flag="--threads"),
+    Field("n_gpu_layers", int, "GPU layers", "-1 (all), 0 (none) or a positive count", lambda v: v >= -1,
+          "Layers to offload to the GPU: -1 all, 0 none.", flag="--gpu-layers"),
+    _choice("kv_type", "KV cache type", KV_TYPES, "KV cache type."),
+    Field("n_seq", int, "parallel sequences", f"1 to {MAX_SEQUENCES}", lambda v: 1 <= v <= MAX_SEQUENCES,
+          "Requests generated at the same time, batched in one context; each has the whole --ctx window.",
+          flag="--parallel", short="-np"),
+    # Any name passes here: localllm.backends.REGISTRY knows the engines (and says which, when one is not).
+    Field("engine", str, "engine", "an engine's name", lambda v: isinstance(v, str) and v.isidentifier(),
+          "Backend to run the model on.", choices=ENGINES + REMOTE_ENGINES),
+    _choice("dtype", "dtype", DTYPES, "Precision on the transformers engine."),
+)
+
+FIELDS = {field.name: field for field in SAMPLING_FIELDS + LOAD_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -66,36 +155,23 @@ class LoadOptions:
     # checkpoint's half precision where the device computes in it natively, else float32.
     engine: str | None = None
     dtype: str | None = None
-    # The transformers engine's placement, module -> device (localllm.checkpoint_plan): set by its planner.
+    # The transformers engine's placement, module -> device (localllm.backends.transformers.checkpoint_plan): set by its planner.
     device_map: tuple[tuple[str, str | int], ...] = ()
-    # llama.cpp RPC workers (HOST:PORT) whose devices take layers as GPUs do (localllm.rpc).
+    # llama.cpp RPC workers (HOST:PORT) whose devices take layers as GPUs do (localllm.backends.llamacpp.rpc).
     rpc: tuple[str, ...] = ()
     verbose: bool = False
 
     def __post_init__(self) -> None:
-        if self.n_ctx is not None and self.n_ctx != 0 and not MIN_CTX_TOKENS <= self.n_ctx <= MAX_CTX_TOKENS:
-            raise UsageError(f"context size must be 0 (the model's trained context) or {MIN_CTX_TOKENS} to "
-                             f"{MAX_CTX_TOKENS} tokens, not {self.n_ctx}")
-        if self.n_threads is not None and not 1 <= self.n_threads <= MAX_THREADS:
-            raise UsageError(f"thread count must be 1 to {MAX_THREADS}, not {self.n_threads}")
+        for field in LOAD_FIELDS:
+            field.check(getattr(self, field.name))
         if self.flash_attn not in (None, True, False):
             raise UsageError(f"flash attention must be None (auto), True or False, not {self.flash_attn!r}")
-        if self.n_gpu_layers is not None and self.n_gpu_layers < -1:
-            raise UsageError(f"GPU layers must be -1 (all), 0 (none) or a positive count, not {self.n_gpu_layers}")
         if self.initial_ctx < 0:
             raise UsageError(f"initial context size must be 0 (the whole window) or positive, not {self.initial_ctx}")
-        if self.engine not in (None, *ENGINES, *REMOTE_ENGINES):
-            raise UsageError(f"engine must be one of {', '.join(ENGINES + REMOTE_ENGINES)}, not {self.engine!r}")
-        if self.dtype not in (None, *DTYPES):
-            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        if not 1 <= self.n_seq <= MAX_SEQUENCES:
-            raise UsageError(f"parallel sequences must be 1 to {MAX_SEQUENCES}, not {self.n_seq}")
         if self.n_seq > 1 and self.initial_ctx:
             raise UsageError("a context for several sequences cannot start small and grow")
         if self.n_batch < 1 or self.n_ubatch < 1:
             raise UsageError("batch sizes must be at least 1")
-        if self.kv_type is not None and self.kv_type not in KV_TYPES:
-            raise UsageError(f"KV cache type must be one of {', '.join(KV_TYPES)}, not {self.kv_type!r}")
         if self.kv_type not in (None, "f16") and self.flash_attn is False:
             raise UsageError("a quantized KV cache needs flash attention")
         if any(share < 0 for share in self.tensor_split):
@@ -116,34 +192,26 @@ class SamplingOptions:
     top_k: int = 40
     min_p: float = 0.05
     repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0  # OpenAI's, over the last PENALTY_WINDOW tokens as llama.cpp counts them
+    frequency_penalty: float = 0.0
     seed: int | None = None
     ignore_eos: bool = False
     # Generation ends before the first of these texts, which is never part of the answer.
     stop: tuple[str, ...] = ()
-    # The answer must follow this llguidance grammar (localllm.constraints: json_grammar for a
+    # The answer must follow this llguidance grammar (localllm.generation.constraints: json_grammar for a
     # JSON Schema, text_grammar for GBNF or Lark), on every backend.
     grammar: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
-            if not math.isfinite(getattr(self, name)):
-                raise UsageError(f"{name.replace('_', '-')} must be a finite number, not {getattr(self, name)}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise UsageError(f"max tokens must be at least 1, not {self.max_tokens}")
-        if self.temperature < 0:
-            raise UsageError(f"temperature must be 0 or more, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UsageError(f"top-p must be in (0, 1], not {self.top_p}")
-        if self.top_k < 0:
-            raise UsageError(f"top-k must be 0 (off) or positive, not {self.top_k}")
-        if not 0 <= self.min_p < 1:
-            raise UsageError(f"min-p must be in [0, 1), not {self.min_p}")
-        if self.repeat_penalty <= 0:
-            raise UsageError(f"repeat penalty must be positive, not {self.repeat_penalty}")
+        for field in SAMPLING_FIELDS:
+            field.check(getattr(self, field.name))
         if len(self.stop) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):
             raise UsageError(f"stop strings: at most {MAX_STOPS}, each 1 to {MAX_STOP_CHARS} characters")
-        if self.seed is not None and not 0 <= self.seed < 2**32 - 1:
-            raise UsageError(f"seed must be in [0, 2^32 - 2], not {self.seed}")
+
+    @property
+    def penalized(self) -> bool:
+        """Whether a penalty changes the scores (then even temperature 0 needs the sampler)."""
+        return self.repeat_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
 # What `serve` answers besides loopback (localllm.server.guard), comma-separated, as its options.

@@ -247,7 +247,7 @@ def display_name(path: Path) -> str:
 
 
 def _from_path(path: Path) -> InstalledModel:
-    from .backends.transformers_engine import is_checkpoint
+    from .formats import is_checkpoint
 
     path = path.absolute()
     if is_checkpoint(path):
@@ -265,10 +265,10 @@ def _names_match(model: InstalledModel, ref: str) -> bool:
 def _best_of(models: list[InstalledModel]) -> InstalledModel:
     """Of several installed models, the one the planner rates best on this machine."""
     from .backends import this_machine
-    from .backends.llamacpp_load import check_gguf
+    from .backends.llamacpp.load import check_gguf
+    from .backends.llamacpp.planner import plan_quants
     from .config import cache_dir
     from .gguf_info import inspect_file
-    from .planner import plan_quants
 
     specs = []
     for m in models:
@@ -326,9 +326,9 @@ def remove(model: InstalledModel) -> int:
     """
     check_removable(model)
     if model.source == "added":
-        from .transfer import remove_added
-
-        remove_added(model.name)  # registered in place: the file is the user's
+        config = load_config()  # registered in place: the file is the user's
+        config["added_models"] = [m for m in config.get("added_models", []) if m["name"] != model.name]
+        save_config(config)
         return 0
     from .hub import inside, storage_folder
 

@@ -342,10 +342,9 @@ class ChatSession:
         return head + [{"role": m.role, "content": m.content} for m in self.messages[start:] if m.content or m.role == "user"]
 
     def _count(self, start: int) -> int:
-        from .reasoning import template_variables
+        from .generation.request import render
 
-        variables = template_variables(self.model.chat_template, self.think)
-        return len(self.model.tokenize(self.model.format_chat(self._chat_messages(start), **variables)))
+        return len(self.model.tokenize(render(self.model, self._chat_messages(start), self.think)[0]))
 
     def _fit_context(self, reserve: int) -> int:
         """Move first_in_context past whole turns until the history fits; return messages dropped.

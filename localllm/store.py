@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .backends.llamacpp.planner import LoadPlan, plan_quants
 from .catalog import CatalogEntry, load_catalog
 from .errors import ModelNotFoundError, UsageError
 from .gguf_info import ModelSpec
@@ -24,9 +25,7 @@ from .hub import (
     partial_bytes,
     remote_file,
 )
-from .planner import LoadPlan, plan_quants
 from .references import Reference, parse_reference
-
 
 # What a safetensors checkpoint needs to load, at the top of its repo: the config, the tokenizer,
 # the weights and their index. Other weight formats (.bin, .pth, consolidated copies) and
@@ -91,8 +90,8 @@ def prepare_pull(text: str, hw=None, full: bool = False) -> PullPlan:
         names, chosen, reason = _choose_hub_quant(ref, available, hw)
     files = tuple(remote_file(ref.repo_id, name, ref.revision) for name in _with_split_parts(names))
     if chosen is None:  # one file, no plan yet: its header (a few MB) tells how it would fit
+        from .backends.llamacpp.planner import plan
         from .gguf_info import inspect_remote
-        from .planner import plan
 
         chosen = plan(hw, inspect_remote(ref.repo_id, names[0], ref.revision))
     return PullPlan(ref, files, chosen, reason)

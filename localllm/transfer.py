@@ -27,7 +27,15 @@ from pathlib import Path
 
 from . import safejson
 from .errors import LocalLLMError, UsageError
-from .hub import GIT_SHA1, SHA256, check_disk, check_repo_path, inside, link_snapshot, storage_folder
+from .hub import (
+    GIT_SHA1,
+    SHA256,
+    check_disk,
+    check_repo_path,
+    inside,
+    link_snapshot,
+    storage_folder,
+)
 from .printable import printable
 
 MANIFEST = "localllm-manifest.json"
@@ -79,9 +87,9 @@ def _etag_algorithm(etag: str) -> str:
 
 def add_file(path: Path, name: str | None, progress: Progress | None = None) -> dict:
     """Register a GGUF in place under a name; its SHA-256 is kept for `verify`."""
-    from .backends.llamacpp_load import check_gguf
-    from .config import load_config, save_config
-    from .model import inspect
+    from .backends.llamacpp.load import check_gguf
+    from .config import cache_dir, load_config, save_config
+    from .gguf_info import inspect_file
     from .registry import installed_models
 
     path = path.expanduser().absolute()
@@ -93,19 +101,11 @@ def add_file(path: Path, name: str | None, progress: Progress | None = None) -> 
     if any(m.name.lower() == name.lower() for m in installed_models()):
         raise UsageError(f"a model named {name} is already installed: choose another with --name")
     entry = {"name": name, "path": str(path), "size": path.stat().st_size, "sha256": hash_file(path, progress=progress)}
-    inspect(path)  # the shapes `list` and `plan` read, cached now: a 1 GB file's cost 13 s on the first list
+    inspect_file(path, cache_dir())  # the shapes `list` and `plan` read, cached now: a 1 GB file's cost 13 s on the first list
     config = load_config()
     config["added_models"] = [*config.get("added_models", []), entry]
     save_config(config)
     return entry
-
-
-def remove_added(name: str) -> None:
-    from .config import load_config, save_config
-
-    config = load_config()
-    config["added_models"] = [m for m in config.get("added_models", []) if m["name"] != name]
-    save_config(config)
 
 
 # --- pull --to DIR ----------------------------------------------------------------------------

@@ -59,6 +59,23 @@ def starter_checkpoint(starter_gguf, tmp_path_factory) -> Path:
     return export_starter(starter_gguf, tmp_path_factory.mktemp("checkpoint") / "SmolLM2-135M-Instruct")
 
 
+@pytest.fixture
+def fake_model(tmp_path, monkeypatch):
+    """A scripted model (tests/fake_backend.py) with its engine registered: fake_model(reply="...")
+    or fake_model(echo=True) writes one and returns its path."""
+    import json
+
+    from localllm.backends import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, "fake", "fake_backend:FakeBackend")
+
+    def make(**script) -> Path:
+        path = tmp_path / f"scripted-{len(list(tmp_path.glob('*.fake')))}.fake"
+        path.write_text(json.dumps(script))
+        return path
+    return make
+
+
 @pytest.fixture(scope="session")
 def starter_model(starter_gguf):
     with load_model(starter_gguf, TEST_LOAD) as model:
@@ -87,6 +104,25 @@ def run_cli(*args: str, stdin: bytes | None = b"", timeout: float = 120, env: di
         env={**os.environ, **(env or {})},
     )
     return Result(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
+
+
+def invoke(*args: str, stdin: bytes = b"", env: dict | None = None) -> Result:
+    """The `localllm` command in this process: click's CliRunner isolation (stdin, stdout, stderr,
+    environment) around the entry the console script runs, less its last step, os._exit. For
+    everything that loads no model, so that the fast lane covers the CLI's parsing, checks and
+    one-line errors. Fatal-signal handlers are process-wide and stay a real process's business
+    (crash.install; the subprocess tests in test_amx.py check them)."""
+    from unittest import mock
+
+    from click.testing import CliRunner
+
+    from localllm import cli
+
+    with CliRunner().isolation(input=stdin, env=env) as (out, err, _), mock.patch("localllm.crash.install"):
+        code = cli._main(list(args))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return Result(code, out.getvalue().decode("utf-8", "replace"), err.getvalue().decode("utf-8", "replace"))
 
 
 def assert_one_line_error(result: Result, code: int, *fragments: str) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 _CHILD = r"""
 import json, sys, time, psutil
 from pathlib import Path
-from localllm.backends import llamacpp
-from localllm.backends.llamacpp_runtime import init_backend
+from localllm.backends.llamacpp import model as llamacpp
+from localllm.backends.llamacpp.runtime import init_backend
 from localllm.options import LoadOptions, SamplingOptions
 init_backend(False)
 if sys.argv[3] == "mapped":

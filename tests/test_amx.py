@@ -17,13 +17,21 @@ from pathlib import Path
 import pytest
 from conftest import TEST_LOAD, assert_one_line_error, run_cli
 
-from localllm.backends import amx
-from localllm.backends.cpu_buffers import cpu_layers, override_patterns
-from localllm.cli import _hw_text
+from localllm.backends.llamacpp import amx
+from localllm.backends.llamacpp.cpu_buffers import cpu_layers, override_patterns
+from localllm.cli.machine import _hw_text
 from localllm.config import save_config
 from localllm.errors import LocalLLMError, UsageError
 from localllm.events import Token
-from localllm.hardware import AmxStatus, BuildInfo, CpuInfo, HardwareProfile, MemoryInfo, cpu_flags, read_cpuinfo
+from localllm.hardware import (
+    AmxStatus,
+    BuildInfo,
+    CpuInfo,
+    HardwareProfile,
+    MemoryInfo,
+    cpu_flags,
+    read_cpuinfo,
+)
 from localllm.options import SamplingOptions
 
 DIES_BY_SIGILL = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
@@ -172,7 +180,7 @@ def test_override_patterns_name_only_the_cpu_resident_weights():
 
 @pytest.fixture(scope="module")
 def starter_q4_0(starter_gguf, tmp_path_factory) -> Path:
-    from localllm.backends.llamacpp_params import quantize
+    from localllm.backends.llamacpp.params import quantize
 
     path = tmp_path_factory.mktemp("q4_0") / "starter-q4_0.gguf"
     quantize(starter_gguf, path, "q4_0")
@@ -180,7 +188,7 @@ def starter_q4_0(starter_gguf, tmp_path_factory) -> Path:
 
 
 def _load_and_answer(path: Path, monkeypatch, mode: str):
-    from localllm.backends.llamacpp import LlamaCppModel
+    from localllm.backends.llamacpp.model import LlamaCppModel
 
     monkeypatch.setenv(amx.ENV, mode)
     monkeypatch.setattr(amx, "_status", None)
@@ -254,8 +262,8 @@ def test_an_abort_inside_llama_cpp_is_one_line_with_its_reason_and_no_backtrace(
     # A real GGML_ABORT: a tensor larger than its ggml context's memory pool.
     script = textwrap.dedent("""
         from localllm import crash
-        from localllm.backends import llamacpp_runtime
-        from localllm.backends.cpu_buffers import _api, _InitParams
+        from localllm.backends.llamacpp import runtime as llamacpp_runtime
+        from localllm.backends.llamacpp.cpu_buffers import _api, _InitParams
         crash.install()
         llamacpp_runtime.init_backend(False)
         g = _api()

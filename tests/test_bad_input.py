@@ -3,40 +3,38 @@
 from __future__ import annotations
 
 import pytest
-from conftest import assert_one_line_error, run_cli
-
-pytestmark = pytest.mark.slow
+from conftest import assert_one_line_error, invoke, run_cli
 
 EXIT_USAGE, EXIT_NOT_FOUND, EXIT_LOAD, EXIT_CONTEXT = 2, 3, 4, 5
 
 
 def test_missing_path(tmp_path):
     missing = tmp_path / "nope.gguf"
-    result = run_cli("run", "-m", str(missing), "hi")
+    result = invoke("run", "-m", str(missing), "hi")
     assert_one_line_error(result, EXIT_NOT_FOUND, str(missing), "no such file")
 
 
 def test_unknown_model_name():
-    result = run_cli("run", "-m", "no-such-model", "hi")
+    result = invoke("run", "-m", "no-such-model", "hi")
     assert_one_line_error(result, EXIT_NOT_FOUND, "no-such-model", "localllm list")
 
 
 def test_directory(tmp_path):
-    result = run_cli("run", "-m", str(tmp_path), "hi")
+    result = invoke("run", "-m", str(tmp_path), "hi")
     assert_one_line_error(result, EXIT_LOAD, str(tmp_path), "directory")
 
 
 def test_empty_file(tmp_path):
     empty = tmp_path / "empty.gguf"
     empty.touch()
-    result = run_cli("run", "-m", str(empty), "hi")
+    result = invoke("run", "-m", str(empty), "hi")
     assert_one_line_error(result, EXIT_LOAD, str(empty), "empty")
 
 
 def test_not_gguf(tmp_path):
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 this is a zip, not a model" * 100)
-    result = run_cli("run", "-m", str(fake), "hi")
+    result = invoke("run", "-m", str(fake), "hi")
     assert_one_line_error(result, EXIT_LOAD, str(fake), "not a GGUF file")
 
 
@@ -44,7 +42,7 @@ def test_truncated_gguf(tmp_path, starter_gguf):
     truncated = tmp_path / "truncated.gguf"
     with starter_gguf.open("rb") as src:
         truncated.write_bytes(src.read(starter_gguf.stat().st_size // 2))
-    result = run_cli("run", "-m", str(truncated), "hi")
+    result = invoke("run", "-m", str(truncated), "hi")
     assert_one_line_error(result, EXIT_LOAD, str(truncated), "truncated")  # found by the header check, before llama.cpp
 
 
@@ -52,24 +50,25 @@ def test_truncated_header(tmp_path, starter_gguf):
     truncated = tmp_path / "header.gguf"
     with starter_gguf.open("rb") as src:
         truncated.write_bytes(src.read(1000))
-    result = run_cli("run", "-m", str(truncated), "hi")
+    result = invoke("run", "-m", str(truncated), "hi")
     assert_one_line_error(result, EXIT_LOAD, str(truncated), "invalid or truncated GGUF file")
 
 
 def test_invalid_utf8_on_stdin():
-    result = run_cli("run", "-m", "starter", stdin=b"caf\xe9 au lait")
+    result = invoke("run", "-m", "starter", stdin=b"caf\xe9 au lait")
     assert_one_line_error(result, EXIT_USAGE, "stdin is not valid UTF-8", "0xe9", "offset 3")
 
 
 @pytest.mark.parametrize("args", [["run", "-m", "starter"], ["run", "-m", "starter", "   "], ["run", "-m", "starter", "-p", ""]])
 def test_empty_prompt(args):
-    assert_one_line_error(run_cli(*args), EXIT_USAGE, "prompt is empty")
+    assert_one_line_error(invoke(*args), EXIT_USAGE, "prompt is empty")
 
 
 def test_prompt_given_twice():
-    assert_one_line_error(run_cli("run", "-p", "a", "b"), EXIT_USAGE, "give the prompt once")
+    assert_one_line_error(invoke("run", "-p", "a", "b"), EXIT_USAGE, "give the prompt once")
 
 
+@pytest.mark.slow
 def test_prompt_longer_than_context():
     result = run_cli("run", "-m", "starter", "--ctx", "256", "word " * 400)
     assert_one_line_error(result, EXIT_CONTEXT, "context window is 256", "--ctx")
@@ -89,7 +88,7 @@ def test_prompt_longer_than_context():
     ],
 )
 def test_out_of_range_options(option, value):
-    result = run_cli("run", "-m", "starter", option, value, "hi")
+    result = invoke("run", "-m", "starter", option, value, "hi")
     assert result.returncode == EXIT_USAGE
     assert option in result.stderr
     assert "Traceback" not in result.stderr
@@ -109,12 +108,12 @@ def test_out_of_range_options(option, value):
     ],
 )
 def test_values_llama_cpp_cannot_take_are_refused_before_loading(option, value, says):
-    assert_one_line_error(run_cli("run", "-m", "starter", option, value, "hi"), EXIT_USAGE, says)
+    assert_one_line_error(invoke("run", "-m", "starter", option, value, "hi"), EXIT_USAGE, says)
 
 
 @pytest.mark.parametrize("command", [["chat"], ["plan", "starter"]])
 def test_the_same_context_minimum_everywhere(command):
-    result = run_cli(*command, "--ctx", "64")
+    result = invoke(*command, "--ctx", "64")
     assert result.returncode == EXIT_USAGE and "256" in result.stderr
 
 
@@ -133,7 +132,7 @@ def test_corrupt_settings_file(isolated_home):
     config = isolated_home / "localllm" / "config.json"
     config.parent.mkdir(parents=True)
     config.write_text("{not json")
-    result = run_cli("run", "hi")
+    result = invoke("run", "hi")
     assert_one_line_error(result, 1, str(config), "not valid JSON")
     assert config.read_text() == "{not json", "a broken settings file must be left for the user to fix"
 
@@ -150,12 +149,13 @@ def test_a_wrongly_typed_or_encoded_settings_file_is_named(isolated_home, conten
     config.parent.mkdir(parents=True)
     config.write_bytes(content)
     for command in (["run", "hi"], ["list"]):
-        result = run_cli(*command)
+        result = invoke(*command)
         assert_one_line_error(result, 1, str(config), says)
         assert "unexpected error" not in result.stderr
     assert config.read_bytes() == content
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_does_not_break_plan_show_or_list(isolated_home, tmp_path):
     # Below a plain file no folder can be made, even by root (as CI runs): the cache is an
     # optimisation, and every command works without it.
@@ -167,7 +167,7 @@ def test_an_unwritable_cache_does_not_break_plan_show_or_list(isolated_home, tmp
 
 
 def test_chat_without_a_terminal_says_to_use_run():
-    assert_one_line_error(run_cli("chat"), 2, "needs a terminal", "localllm run")
+    assert_one_line_error(invoke("chat"), 2, "needs a terminal", "localllm run")
 
 
 def test_escape_sequences_from_files_never_reach_the_terminal(tmp_path, starter_gguf):
@@ -178,15 +178,15 @@ def test_escape_sequences_from_files_never_reach_the_terminal(tmp_path, starter_
     folder = tmp_path / "models"
     folder.mkdir()
     os.link(starter_gguf, folder / evil)
-    listed = run_cli("list", "--add-dir", str(folder))
-    shown = run_cli("show", str(folder / evil))
-    planned = run_cli("plan", str(folder / evil))
-    missing = run_cli("run", "-m", str(tmp_path / evil), "hi")
+    listed = invoke("list", "--add-dir", str(folder))
+    shown = invoke("show", str(folder / evil))
+    planned = invoke("plan", str(folder / evil))
+    missing = invoke("run", "-m", str(tmp_path / evil), "hi")
     for result in (listed, shown, planned, missing):
         for stream in (result.stdout, result.stderr):
             assert "\x1b" not in stream and "\x07" not in stream and "\u202e" not in stream, result
     assert "evil" in listed.stdout and "evil" in planned.stdout and "evil" in missing.stderr
-    assert evil in {m["name"] for m in json.loads(run_cli("list", "--json").stdout)}, "JSON escapes it; the name is kept"
+    assert evil in {m["name"] for m in json.loads(invoke("list", "--json").stdout)}, "JSON escapes it; the name is kept"
 
 
 def _limited(*args: str):
@@ -203,6 +203,7 @@ def _limited(*args: str):
     return Result(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["huge-array", "huge-string", "huge-tensor-count", "huge-string-array", "huge-template",
                                   "no-blocks"])
 @pytest.mark.parametrize("command", [["show"], ["plan"], ["run", "-t", "0", "--max-tokens", "2", "-m"]])
@@ -215,6 +216,7 @@ def test_a_lying_gguf_header_is_refused_naming_the_file(tmp_path, case, command)
     assert_one_line_error(result, EXIT_LOAD, f"{case}.gguf")
 
 
+@pytest.mark.slow
 def test_one_bad_file_in_a_scanned_folder_does_not_break_list(tmp_path, starter_gguf):
     import json
     import os
@@ -235,6 +237,7 @@ def test_one_bad_file_in_a_scanned_folder_does_not_break_list(tmp_path, starter_
     assert run_cli("run", "-t", "0", "--max-tokens", "2", "hi").returncode == 0, "a broken file is never the default"
 
 
+@pytest.mark.slow
 def test_a_fifo_is_refused_not_waited_on(tmp_path):
     import os
 
@@ -243,6 +246,7 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path):
     assert_one_line_error(run_cli("run", "-m", str(fifo), "hi", timeout=20), EXIT_LOAD, "not a regular file")
 
 
+@pytest.mark.slow
 def test_values_checked_against_the_model_and_the_machine():
     import os
 
@@ -258,10 +262,10 @@ def test_values_checked_against_the_model_and_the_machine():
 
 def test_names_and_folders_the_system_refuses_get_a_documented_code(tmp_path):
     too_long = "a" * 5000 + ".gguf"
-    assert_one_line_error(run_cli("run", "-m", too_long, "hi"), EXIT_NOT_FOUND, "model not found")
+    assert_one_line_error(invoke("run", "-m", too_long, "hi"), EXIT_NOT_FOUND, "model not found")
     (tmp_path / "a-file").write_text("")
     below_a_file = str(tmp_path / "a-file" / "home")
     for command in (["default", "starter"], ["list", "--add-dir", str(tmp_path)]):
-        result = run_cli(*command, env={"LOCALLLM_HOME": below_a_file})
+        result = invoke(*command, env={"LOCALLLM_HOME": below_a_file})
         assert_one_line_error(result, 1, "settings", below_a_file)
         assert "unexpected error" not in result.stderr

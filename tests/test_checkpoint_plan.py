@@ -1,4 +1,4 @@
-"""Placing safetensors checkpoints across GPUs and RAM (localllm.checkpoint_plan), against
+"""Placing safetensors checkpoints across GPUs and RAM (localllm.backends.transformers.checkpoint_plan), against
 accelerate's own infer_auto_device_map on the meta device, with GPUs recorded from real NVML
 readings (tests/data/profiles.json): no GPU is needed."""
 
@@ -8,9 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from localllm.checkpoint_plan import kv_bytes_per_layer, place, read_local, spec_from
+
+from localllm.backends.transformers.checkpoint_plan import (
+    kv_bytes_per_layer,
+    place,
+    read_local,
+    spec_from,
+)
 
 PROFILES = json.loads((Path(__file__).parent / "data" / "profiles.json").read_text())
 GB = 10**9

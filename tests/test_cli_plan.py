@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import run_cli
 
-from localllm.backends.llamacpp_load import out_of_memory, smaller
+from localllm.backends.llamacpp.load import out_of_memory, smaller
 from localllm.options import LoadOptions
 
 

@@ -168,7 +168,8 @@ def test_flash_attention_setting_is_used_and_reported():
 
 
 @pytest.mark.parametrize("option", [["--repeat-penalty", "1.3"], ["--top-k", "5"], ["--min-p", "0.2"], ["--top-p", "0.5"],
-                                    ["--seed", "7", "-t", "0.7"], ["--temperature", "1.5"]])
+                                    ["--seed", "7", "-t", "0.7"], ["--temperature", "1.5"], ["--presence-penalty", "1.5"],
+                                    ["--frequency-penalty", "-0.5"]])
 def test_every_sampling_option_runs_end_to_end(option):
     # --repeat-penalty exited 1 with a TypeError: the pinned binding takes the vocabulary size first.
     result = run_cli("run", "-m", "starter", "--max-tokens", "12", "--json", *option, "Name three colors.")
@@ -179,13 +180,15 @@ def test_every_sampling_option_runs_end_to_end(option):
     assert str(data["settings"][name]) in (option[1], str(float(option[1])))
 
 
-def test_a_repeat_penalty_changes_a_greedy_answer():
+@pytest.mark.parametrize("option, off, strong", [("--repeat-penalty", "1.0", "1.8"), ("--presence-penalty", "0", "2"),
+                                                ("--frequency-penalty", "0", "2")])
+def test_a_penalty_changes_a_greedy_answer(option, off, strong):
     def answer(penalty: str) -> str:
-        result = run_cli("run", "-m", "starter", "-t", "0", "--max-tokens", "60", "--ignore-eos", "--repeat-penalty", penalty,
+        result = run_cli("run", "-m", "starter", "-t", "0", "--max-tokens", "60", "--ignore-eos", option, penalty,
                          "--raw", "one, two, three, one, two, three, one, two, three,")
         assert result.returncode == 0, result
         return result.stdout
-    assert answer("1.0") != answer("1.8"), "a strong penalty must steer greedy decoding away from the repeats"
+    assert answer(off) != answer(strong), "a strong penalty must steer greedy decoding away from the repeats"
 
 
 def test_prompt_progress_shows_at_once_and_its_eta_follows_the_measured_slowdown():

@@ -60,8 +60,8 @@ def test_one_exit_code_table_for_the_errors_the_readme_and_help():
     from pathlib import Path
 
     import localllm
-    from localllm.errors import EXIT_CODES, LocalLLMError
     from localllm.cli import cli
+    from localllm.errors import EXIT_CODES, LocalLLMError
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     section = readme[readme.index("### Exit codes"):]
@@ -73,7 +73,10 @@ def test_one_exit_code_table_for_the_errors_the_readme_and_help():
             yield sub
             yield from subclasses(sub)
 
-    import localllm.doctor, localllm.engine, localllm.rpc, localllm.transfer  # noqa: E401,F401  (their error classes)
+    import localllm.backends.llamacpp.rpc
+    import localllm.doctor  # noqa: E401,F401  (their error classes)
+    import localllm.engine
+    import localllm.transfer
 
     assert {sub.exit_code for sub in subclasses(LocalLLMError)} <= set(EXIT_CODES)
     from click.testing import CliRunner

@@ -7,11 +7,11 @@ import socket
 from dataclasses import replace
 
 import pytest
-
 from conftest import run_cli
 from hub_server import HubServer
-from localllm.doctor import MIB, LoadCheck, Situation, judge
 from test_planner import profile
+
+from localllm.doctor import MIB, LoadCheck, Situation, judge
 
 pytestmark = pytest.mark.slow
 

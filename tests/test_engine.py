@@ -120,8 +120,9 @@ def _forced(model, text: str, max_tokens: int | None = None) -> tuple[list[str],
     loaded = model._loaded
     answer = loaded.tokenize(text)
     picks = iter(answer)
-    limit = SamplingOptions(temperature=0, max_tokens=max_tokens or len(answer), ignore_eos=True)
-    events = list(loaded._run(loaded.tokenize("Say it:"), limit, lambda: next(picks), seed=0))
+    limit = SamplingOptions(temperature=0, max_tokens=max_tokens or len(answer), ignore_eos=True, seed=0)
+    prompt = loaded.tokenize("Say it:")
+    events = list(loaded._run(prompt, loaded.sequence(len(prompt), limit), lambda: next(picks)))
     pieces = [e.text for e in events if isinstance(e, Token)]
     return pieces, "".join(pieces)
 
@@ -144,7 +145,7 @@ def test_an_answer_cut_inside_a_character_drops_its_first_bytes(starter_model):
 
 
 def test_greedy_fast_path_picks_what_llama_cpps_greedy_sampler_picks(starter_model):
-    from localllm.backends.llamacpp_params import llama_cpp, sampler_chain
+    from localllm.backends.llamacpp.params import llama_cpp, sampler_chain
 
     loaded = starter_model._loaded
     sampling = SamplingOptions(temperature=0, max_tokens=64, ignore_eos=True)
@@ -152,7 +153,8 @@ def test_greedy_fast_path_picks_what_llama_cpps_greedy_sampler_picks(starter_mod
         tokens = loaded.tokenize(starter_model.format_chat([{"role": "user", "content": text}]))
         chain = sampler_chain(sampling, 0, llama_cpp.llama_vocab_n_tokens(loaded._vocab))
         try:
-            reference = collect(loaded._run(tokens, sampling, lambda: llama_cpp.llama_sampler_sample(chain, loaded._ctx, -1), 0)).text
+            reference = collect(loaded._run(tokens, loaded.sequence(len(tokens), sampling),
+                                            lambda: llama_cpp.llama_sampler_sample(chain, loaded._ctx, -1))).text
         finally:
             llama_cpp.llama_sampler_free(chain)
         assert collect(starter_model.generate(tokens, sampling)).text == reference

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
-
 from conftest import TEST_LOAD
 from embedding_gguf import write_embedding_model
+
 from localllm.backends.base import SequenceRequest
 from localllm.engine import BusyError, Engine, QueueFullError
 from localllm.errors import LocalLLMError, ModelLoadError
@@ -101,7 +102,7 @@ def test_a_bad_grammar_fails_its_request_only(starter_gguf):
         served = engine.acquire(str(starter_gguf), SERVE).result()
         bad, good = Collected(), Collected()
         broken = request(served, "Hi", bad)
-        broken.grammar = "this is not a grammar {"
+        broken.sampling = replace(broken.sampling, grammar="this is not a grammar {")
         engine.generate(served, broken)
         engine.generate(served, request(served, "Hi", good))
         assert bad.done.wait(30) and isinstance(bad.events[-1], LocalLLMError)

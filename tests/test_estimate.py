@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from localllm.backends.llamacpp_params import dry_run
-from localllm.estimate import MIB, LoadShape, estimate, kv_layer_bytes
+from localllm.backends.llamacpp.estimate import MIB, LoadShape, estimate, kv_layer_bytes
+from localllm.backends.llamacpp.params import dry_run
 from localllm.gguf_info import inspect_file
 from localllm.options import LoadOptions
 
@@ -61,7 +61,7 @@ def test_amx_packing_bytes_follow_llama_cpps_amx_buffer():
 
 
 def test_amx_weights_are_counted_where_they_stay_on_the_cpu(starter_gguf, tmp_path, spec_cache):
-    from localllm.backends.llamacpp_params import quantize
+    from localllm.backends.llamacpp.params import quantize
 
     q8 = tmp_path / "starter-q8_0.gguf"
     quantize(starter_gguf, q8, "q8_0")
@@ -89,10 +89,10 @@ def test_several_sequences_share_one_cache_as_llama_cpp_sizes_it(starter_gguf, s
 def test_the_plan_holds_what_a_load_really_takes_and_weights_are_held_once(starter_gguf, spec_cache, tmp_path, kind):
     """In a fresh process: the planner against the resident growth of a real load (never under,
     within 3% or 64 MiB), and the weights llama.cpp repacks held once, not mapped and copied."""
-    from localllm.backends.cpu_buffers import REPACK
     from memory_probe import measure
 
-    from localllm.backends.llamacpp_params import quantize
+    from localllm.backends.llamacpp.cpu_buffers import REPACK
+    from localllm.backends.llamacpp.params import quantize
 
     path = tmp_path / f"starter-{kind}.gguf"
     quantize(starter_gguf, path, kind)

@@ -10,15 +10,20 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 from embedding_gguf import HARMONY, write_with_template
+
 from localllm import SamplingOptions, load_model
-from localllm.constraints import json_grammar
 from localllm.events import Finished, Reasoning, Timings, Token, Usage
-from localllm.harmony import MAX_HEADER, HarmonySplitter, answer_grammar, call_grammar
+from localllm.generation.constraints import json_grammar
+from localllm.generation.harmony import (
+    MAX_HEADER,
+    HarmonySplitter,
+    answer_grammar,
+    call_grammar,
+)
+from localllm.generation.reasoning import split_events, thinks
+from localllm.generation.tools import check_tools, family, for_template, parse
 from localllm.model import collect
-from localllm.reasoning import split_events, thinks
-from localllm.tools import check_tools, family, for_template, parse
 
 TEMPLATE = (Path(__file__).parent / "data" / "chat_templates" / "openai-gpt-oss-120b.jinja").read_text()
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -138,7 +143,6 @@ def test_a_required_call_and_a_schema_on_gpt_oss_parse_and_validate(oss, tempera
 @pytest.mark.slow
 def test_the_openai_api_returns_gpt_oss_tool_calls(oss, tmp_path):
     import openai
-
     from server_process import ServerProcess, isolated_env
 
     server = ServerProcess("-m", str(oss.path), "--ctx", "2048", "--threads", "2", "--parallel", "1", env=isolated_env(tmp_path))

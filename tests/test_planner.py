@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pynvml
 
-from localllm.estimate import MIB
+from localllm.backends.llamacpp.estimate import MIB
+from localllm.backends.llamacpp.planner import Overrides, plan, plan_quants
 from localllm.gguf_info import ModelSpec
 from localllm.hardware import (
     BuildInfo,
@@ -27,7 +28,6 @@ from localllm.hardware import (
     read_memory,
     read_nvidia,
 )
-from localllm.planner import Overrides, plan, plan_quants
 
 PROFILES = json.loads((Path(__file__).parent / "data" / "profiles.json").read_text())
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 
 import pytest
-
 from conftest import run_cli
 from hub_server import COMMIT, HubServer
 

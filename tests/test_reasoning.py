@@ -7,11 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error, run_cli
 from embedding_gguf import write_with_template
+
 from localllm.events import Finished, Reasoning, Timings, Token, Usage
-from localllm.reasoning import ThinkSplitter, can_switch, opened_by_prompt, split_events, thinks
+from localllm.generation.reasoning import (
+    ThinkSplitter,
+    can_switch,
+    opened_by_prompt,
+    split_events,
+    thinks,
+)
 
 TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
 QWEN3 = (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text()
@@ -112,8 +118,13 @@ def vocabulary(starter_model):
 
 
 def test_a_grammar_binds_the_answer_after_the_thinking_not_the_thinking(vocabulary):
-    from localllm.constraints import after_thinking, json_grammar, text_grammar
     from test_structured import accepts
+
+    from localllm.generation.constraints import (
+        after_thinking,
+        json_grammar,
+        text_grammar,
+    )
 
     opened = after_thinking(json_grammar(SCHEMA), opened=True)  # DeepSeek-R1: the prompt opened the block
     assert accepts(vocabulary, opened, 'Maybe {"name": 3} or <b>?</think>\n\n{"name":"Ann","age":3}')
@@ -134,11 +145,11 @@ def test_where_the_tags_are_special_tokens_the_grammar_names_them(starter_gguf, 
     """Qwen3's GGUFs have <think> and </think> as single user-defined tokens, which llguidance treats
     as special: a grammar spelling "</think>" would forbid the very token the model writes."""
     import llguidance
-
     from embedding_gguf import THINK_TOKENS
+
     from localllm import load_model
-    from localllm.constraints import json_grammar
-    from localllm.reasoning import answer_grammar
+    from localllm.generation.constraints import json_grammar
+    from localllm.generation.reasoning import answer_grammar
 
     path = write_with_template(starter_gguf, tmp_path / "starter-qwen3-tokens.gguf", QWEN3, THINK_TOKENS)
     with load_model(path, n_ctx=512, n_threads=2) as model:
@@ -180,7 +191,6 @@ def test_a_schema_on_a_thinking_model_leaves_the_reasoning_free_and_the_answer_v
 @pytest.mark.slow
 def test_the_server_keeps_reasoning_apart_in_both_apis(r1_starter, tmp_path):
     import httpx
-
     from server_process import ServerProcess, isolated_env
 
     server = ServerProcess("-m", r1_starter, "--ctx", "1024", "--threads", "2", "--parallel", "1", env=isolated_env(tmp_path))
@@ -203,12 +213,12 @@ def test_the_server_keeps_reasoning_apart_in_both_apis(r1_starter, tmp_path):
 
 @pytest.mark.slow
 async def test_the_chat_folds_the_reasoning_and_saves_the_answer_alone(r1_starter, isolated_home):
+    from localllm.tui import ChatApp
+    from test_tui import send, wait_for
     from textual.widgets import Collapsible, Static
 
     from localllm import SamplingOptions, load_model
     from localllm.session import ChatStore, to_markdown
-    from localllm.tui import ChatApp
-    from test_tui import send, wait_for
 
     with load_model(r1_starter, n_ctx=1024, n_threads=2) as model:
         class Borrowed:
@@ -246,13 +256,13 @@ async def test_the_chat_folds_the_reasoning_and_saves_the_answer_alone(r1_starte
 
 @pytest.mark.slow
 async def test_the_chat_takes_think_and_no_think_where_the_template_can_switch(qwen3_starter, r1_starter, isolated_home):
+    from localllm.tui import ChatApp
+    from test_tui import wait_for
     from textual.widgets import Static
 
     from localllm import SamplingOptions, load_model
     from localllm.events import Finished
     from localllm.session import ChatSession, ChatStore
-    from localllm.tui import ChatApp
-    from test_tui import wait_for
 
     with load_model(qwen3_starter, n_ctx=1024, n_threads=2) as model:
         def prompt_tokens(think):
@@ -275,7 +285,7 @@ async def test_the_chat_takes_think_and_no_think_where_the_template_can_switch(q
 
 def test_the_switches_each_template_takes():
     from localllm.errors import UsageError
-    from localllm.reasoning import template_variables
+    from localllm.generation.reasoning import template_variables
 
     oss = (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text()
     assert template_variables(QWEN3, False) == {"enable_thinking": False}
@@ -297,7 +307,7 @@ def test_the_reasoning_effort_reaches_gpt_oss_template(starter_gguf, tmp_path):
     oss = write_with_template(starter_gguf, tmp_path / "starter-gpt-oss.gguf", (TEMPLATES / "openai-gpt-oss-120b.jinja").read_text(),
                               HARMONY)
     from localllm import load_model
-    from localllm.reasoning import template_variables
+    from localllm.generation.reasoning import template_variables
 
     with load_model(oss, n_ctx=1024, n_threads=2) as model:
         ask = [{"role": "user", "content": "Hi"}]
@@ -313,7 +323,6 @@ def test_the_reasoning_effort_reaches_gpt_oss_template(starter_gguf, tmp_path):
 @pytest.mark.slow
 def test_both_apis_switch_thinking_where_the_template_can(qwen3_starter, tmp_path):
     import httpx
-
     from server_process import ServerProcess, isolated_env
 
     server = ServerProcess("-m", qwen3_starter, "--ctx", "1024", "--threads", "2", "--parallel", "1", env=isolated_env(tmp_path))

@@ -15,23 +15,21 @@ import struct
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
-
 from conftest import LOCALLLM, assert_one_line_error, run_cli
 from server_process import ServerProcess, isolated_env
-from dataclasses import replace
+from test_planner import llama_spec, profile
 
-import httpx
-
-from localllm import rpc
+from localllm.backends.llamacpp import rpc
+from localllm.backends.llamacpp.planner import plan
+from localllm.backends.llamacpp.rpc import RpcError
 from localllm.errors import UsageError
 from localllm.hardware import BuildInfo, DeviceInfo
-from localllm.planner import plan
-from localllm.rpc import RpcError
-from test_planner import llama_spec, profile
 
 PROMPT = "Name three colors."
 

@@ -14,7 +14,6 @@ import ollama
 import openai
 import pydantic
 import pytest
-
 from conftest import assert_one_line_error, run_cli
 from embedding_gguf import write_embedding_model
 from server_process import ServerProcess, isolated_env
@@ -110,6 +109,19 @@ def test_ollama_client(server):
     shown = api.show("starter")
     assert shown.details.family == "llama" and shown.modelinfo["llama.context_length"] == 8192
     assert httpx.get(f"{server.url}/api/version").json()["version"]
+
+
+def test_penalties_reach_the_engine_through_both_apis(server):
+    prompt, penalties = "one, two, three, one, two, three, one, two, three,", {"frequency_penalty": 2.0, "presence_penalty": 1.0}
+    api = client(server)
+    plain = api.completions.create(model="starter", prompt=prompt, temperature=0, max_tokens=40).choices[0].text
+    penalized = api.completions.create(model="starter", prompt=prompt, temperature=0, max_tokens=40, **penalties).choices[0].text
+    assert penalized != plain, "a strong penalty steers greedy decoding away from the repeats"
+    through_ollama = ollama.Client(host=server.url, timeout=60).generate(
+        model="starter", prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 40, **penalties}).response
+    assert through_ollama == penalized
+    refused = httpx.post(f"{server.url}/v1/completions", json={"model": "starter", "prompt": "x", "presence_penalty": 3})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "presence_penalty"
 
 
 def test_eight_concurrent_streams_all_finish(server):

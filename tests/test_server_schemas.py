@@ -35,7 +35,7 @@ def test_openai_fields_become_sampling_options():
 @pytest.mark.parametrize("body, param", [
     (chat(temperature=True), "temperature"),
     (chat(temperature=float("nan")), "temperature"),
-    (chat(top_p=0), None),
+    (chat(top_p=0), "top_p"),
     (chat(seed=-1), "seed"),
     (chat(stop=["x"] * 17), "stop"),
     (chat(stop=[3]), "stop"),

@@ -254,6 +254,7 @@ def test_an_error_in_a_step_is_reported_and_the_engine_goes_on(capfd):
 # ---- the served model under one name ------------------------------------------------------------
 def test_a_model_served_by_path_is_listed_shown_and_answered_under_one_name(starter_gguf, tmp_path):
     from embedding_gguf import write_with_template
+
     from localllm.registry import find_installed
 
     template = (Path(__file__).parent / "data" / "chat_templates" / "Qwen-Qwen3-0.6B.jinja").read_text()
@@ -293,7 +294,7 @@ def test_the_served_name_is_answered_and_reported_by_ps(starter_gguf, tmp_path):
 
 # ---- the API key, kept out of `ps` ------------------------------------------------------------
 def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
-    from localllm.cli_serve import _api_key
+    from localllm.cli.serve import _api_key
     from localllm.errors import UsageError
 
     key_file = tmp_path / "key"
@@ -313,7 +314,6 @@ def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
 @pytest.mark.slow
 def test_a_key_file_is_required_of_every_request_and_the_argument_warns(tmp_path):
     import psutil
-
     from server_process import ServerProcess, isolated_env
 
     key_file = tmp_path / "key"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from localllm.options import parse_duration
 from localllm.errors import UsageError
-from localllm.stops import StopText
+from localllm.generation.stops import StopText
+from localllm.options import parse_duration
 
 
 def stream(stops: tuple[str, ...], pieces: list[str]) -> tuple[list[str], bool]:

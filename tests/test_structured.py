@@ -15,12 +15,12 @@ from pathlib import Path
 import jsonschema
 import llguidance
 import pytest
-
 from conftest import assert_one_line_error, run_cli
+
 from localllm import SamplingOptions
-from localllm.constraints import json_grammar, text_grammar
 from localllm.errors import UsageError
 from localllm.events import Finished, Token
+from localllm.generation.constraints import json_grammar, text_grammar
 
 BENCH = json.loads((Path(__file__).parent / "data" / "jsonschemabench_sample.json").read_text())
 

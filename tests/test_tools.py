@@ -9,13 +9,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from embedding_gguf import write_with_template
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from embedding_gguf import write_with_template
 from localllm import SamplingOptions, load_model
 from localllm.errors import UsageError
+from localllm.generation.tools import check_tools, family, for_template, parse
 from localllm.model import collect
-from localllm.tools import check_tools, family, for_template, parse
 
 TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
 WEATHER = {"type": "function", "function": {
@@ -117,7 +117,7 @@ def test_tools_on_a_template_without_them_are_refused(starter_model):
     with pytest.raises(UsageError, match="renders no tools"):
         starter_model.chat([{"role": "user", "content": "hi"}], tools=[WEATHER])
     with pytest.raises(UsageError, match="tool_choice names"):
-        from localllm.tools import required_grammar
+        from localllm.generation.tools import required_grammar
 
         required_grammar("hermes", TOOLS, only="nothing")
     assert json.dumps(TOOLS)  # the checked tools stay plain JSON
@@ -126,7 +126,6 @@ def test_tools_on_a_template_without_them_are_refused(starter_model):
 @pytest.mark.slow
 def test_the_openai_api_returns_tool_calls(starter_gguf, tmp_path):
     import openai
-
     from server_process import ServerProcess, isolated_env
 
     model = write_with_template(starter_gguf, tmp_path / "starter-qwen3.gguf", (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text())
@@ -164,7 +163,6 @@ def test_the_openai_api_returns_tool_calls(starter_gguf, tmp_path):
 @pytest.mark.slow
 def test_ollamas_chat_api_returns_tool_calls(starter_gguf, tmp_path):
     import httpx
-
     from server_process import ServerProcess, isolated_env
 
     model = write_with_template(starter_gguf, tmp_path / "starter-qwen3.gguf", (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text())
@@ -219,9 +217,9 @@ def qwen_tokens_model(qwen_tokens_gguf):
 def test_tool_tags_that_are_special_tokens_are_named_by_id(qwen_tokens_model):
     import llguidance
 
-    from localllm.constraints import Constraint
     from localllm.errors import GenerationError
-    from localllm.tools import required_grammar
+    from localllm.generation.constraints import Constraint
+    from localllm.generation.tools import required_grammar
 
     model = qwen_tokens_model
     opening = model.special_token("<tool_call>")
@@ -257,10 +255,10 @@ def test_a_required_call_with_special_tool_tokens_parses_and_validates(qwen_toke
 def test_the_server_returns_required_calls_with_special_tool_tokens(qwen_tokens_gguf):
     """The batched path that serve uses, through real HTTP."""
     import httpx
+    from test_server_trust import AppServer
 
     from localllm.options import LoadOptions
     from localllm.server import ServerConfig
-    from test_server_trust import AppServer
 
     server = AppServer(ServerConfig(LoadOptions(n_ctx=2048, n_threads=2, n_seq=2), default_model=str(qwen_tokens_gguf),
                                     quiet=True))

@@ -8,7 +8,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import assert_one_line_error, run_cli
 from test_pull import Q8, REPO, env_for, hub, variant  # noqa: F401  (fixtures)
 

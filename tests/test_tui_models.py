@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 from localllm.tui import ChatApp
+from test_tui import (
+    SIZE,
+    ScriptedModel,
+    loading_scripted_models,
+    send,
+    transcript,
+    wait_for,
+)
 
 from localllm.options import LoadOptions
 from localllm.session import ChatStore
-from test_tui import SIZE, ScriptedModel, loading_scripted_models, send, transcript, wait_for
 
 pytestmark = pytest.mark.slow
 

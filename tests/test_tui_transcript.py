@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 from localllm.tui import ChatApp
+from test_tui import SIZE, ScriptedModel, scripted_app, wait_for
 
 from localllm.session import ChatStore
-from test_tui import SIZE, ScriptedModel, scripted_app, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-
 from conftest import assert_one_line_error, run_cli
-from localllm.errors import UsageError
-from localllm.vllm import find_vllm, plan_vllm
 from server_process import ServerProcess, isolated_env
+
+from localllm.backends.vllm.plan import find_vllm, plan_vllm
+from localllm.errors import UsageError
 
 GB = 10**9
 H100 = (80 * GB, 85 * GB)

@@ -27,7 +27,7 @@ from localllm.config import load_config, save_config
 from localllm.engine import Engine
 from localllm.errors import EXIT_TERMINATED, LocalLLMError
 from localllm.events import Finished, PromptProgress, Reasoning, Token
-from localllm.reasoning import can_switch, thinks
+from localllm.generation.reasoning import can_switch, thinks
 from localllm.hardware import usable_cpus
 from localllm.options import LoadOptions, SamplingOptions
 from localllm.session import ChatSession, ChatStore, ContextNotice
@@ -35,7 +35,13 @@ from localllm.status import PromptEta
 
 from .actions import ChatActions
 from .errors import ErrorReporting, guarded
-from .widgets import ConversationItem, PromptArea, StatusBar, reasoning_fold, user_message
+from .widgets import (
+    ConversationItem,
+    PromptArea,
+    StatusBar,
+    reasoning_fold,
+    user_message,
+)
 
 # A streaming answer is drawn in batches, every FLUSH_MIN seconds. When llama.cpp has a thread on
 # every CPU, each slice the UI takes from one stalls all its threads at the next barrier, so

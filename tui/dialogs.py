@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from textual.app import ComposeResult
@@ -11,7 +10,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Markdown, TextArea
 
-from localllm.options import MIN_CTX_TOKENS
+from localllm.options import FIELDS
 
 HELP = """\
 # Keys
@@ -94,22 +93,20 @@ class SettingsScreen(ModalScreen[Settings | None]):
             self._save()
 
     def _save(self) -> None:
-        values, problems = {}, []
-        for field, kind, valid, rule in (
-            ("temperature", float, lambda v: v >= 0 and math.isfinite(v), "0 or more"),
-            ("top_p", float, lambda v: 0 < v <= 1, "above 0 and at most 1"),
-            ("n_ctx", int, lambda v: v >= MIN_CTX_TOKENS, f"at least {MIN_CTX_TOKENS}"),
-        ):
-            text = self.query_one(f"#{field}", Input).value.strip()
+        """Each number checked by its entry in the option table, as the CLI and the server check it."""
+        values, problems = {}, {}
+        for name in _NUMBERS:
+            field, text = FIELDS[name], self.query_one(f"#{name}", Input).value.strip()
             try:
-                values[field] = kind(text)
-                if not valid(values[field]):
-                    raise ValueError
+                values[name] = field.kind(text)
+                problem = field.problem(values[name], repr(text))
             except ValueError:
-                problems.append(f"{_LABELS[field]} must be {rule}, not {text!r}")
+                problem = f"{field.label} must be {field.rule}, not {text!r}"
+            if problem is not None:
+                problems[name] = problem[0].upper() + problem[1:]
         if problems:
-            self.query_one("#error", Label).update("; ".join(problems))
-            self.query_one(f"#{next(f for f in _LABELS if _LABELS[f] in problems[0])}", Input).focus()
+            self.query_one("#error", Label).update("; ".join(problems.values()))
+            self.query_one(f"#{next(iter(problems))}", Input).focus()
             return
         self.dismiss(Settings(system=self.query_one("#system", TextArea).text.strip(), **values))
 
@@ -117,7 +114,7 @@ class SettingsScreen(ModalScreen[Settings | None]):
         self.dismiss(None)
 
 
-_LABELS = {"temperature": "Temperature", "top_p": "Top-p", "n_ctx": "Context"}
+_NUMBERS = ("temperature", "top_p", "n_ctx")  # the form's fields, in its order
 
 
 class AskScreen(ModalScreen[str | None]):

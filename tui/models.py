@@ -13,9 +13,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Input, Label, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
+from localllm.backends.llamacpp.planner import human_bytes
 from localllm.errors import LocalLLMError
 from localllm.registry import STARTER_INSTALL_HINT
-from localllm.planner import human_bytes
 
 
 class Cancelled(Exception):

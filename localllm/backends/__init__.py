@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from ..errors import UsageError
@@ -11,38 +12,42 @@ from .base import Backend, Capabilities, LoadedModel, Message
 __all__ = ["Backend", "Capabilities", "LoadedModel", "Message", "backend_for", "build_info", "get_backend", "this_machine"]
 
 
-def get_backend(name: str = "llamacpp") -> Backend:
-    """A backend by name; adding one is a module and a line here."""
-    if name == "llamacpp":
-        from .llamacpp import LlamaCppBackend
+# Engine name -> "module:Backend class", imported on first use. A new backend is a folder under
+# backends/ and one line here (tests add their scripted one the same way: tests/fake_backend.py).
+REGISTRY: dict[str, str] = {
+    "llamacpp": "localllm.backends.llamacpp.model:LlamaCppBackend",
+    "transformers": "localllm.backends.transformers.engine:TransformersBackend",
+}
+FALLBACK = "llamacpp"  # takes any file its format checks do not recognise, and names what is wrong
 
-        return LlamaCppBackend()
-    if name == "transformers":
-        from .transformers_engine import TransformersBackend
 
-        return TransformersBackend()
+def get_backend(name: str = FALLBACK) -> Backend:
+    """A backend by name."""
     if name == "vllm":
         raise UsageError("vLLM serves through `localllm serve --engine vllm`, not one prompt at a time")
-    raise UsageError(f"unknown engine {name!r} (llamacpp or transformers)")
+    target = REGISTRY.get(name)
+    if target is None:
+        raise UsageError(f"unknown engine {name!r} ({' or '.join(REGISTRY)})")
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)()
 
 
 def backend_for(path: Path, engine: str | None = None) -> Backend:
-    """The backend for a model: the one asked for, else the one its format needs (a safetensors
-    folder: transformers; anything else: llama.cpp, whose checks then name what is wrong)."""
-    from .transformers_engine import is_checkpoint
-
-    name = engine or ("transformers" if is_checkpoint(path) else "llamacpp")
-    backend = get_backend(name)
+    """The backend for a model: the one asked for, else the first whose format it is (a safetensors
+    folder: transformers), else llama.cpp, whose checks then name what is wrong."""
+    if engine is None:
+        engine = next((name for name in REGISTRY if name != FALLBACK and get_backend(name).can_load(path)), FALLBACK)
+    backend = get_backend(engine)
     if not backend.can_load(path):
         what = "a safetensors folder (config.json and *.safetensors)" if path.is_dir() else "a .gguf file"
-        raise UsageError(f"the {name} engine cannot load {what}: {path.name}")
+        raise UsageError(f"the {engine} engine cannot load {what}: {path.name}")
     return backend
 
 
 def build_info() -> BuildInfo:
     """What the installed llama.cpp build can run on (imports llama_cpp)."""
-    from . import amx
-    from .llamacpp_runtime import devices, supports_gpu_offload
+    from .llamacpp import amx
+    from .llamacpp.runtime import devices, supports_gpu_offload
 
     found = tuple(DeviceInfo(*d) for d in devices())
     # llama.cpp counts RPC workers as GPUs; gpu_offload means this machine's own.

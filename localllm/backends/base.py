@@ -56,13 +56,13 @@ class LoadedModel(Protocol):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can do, for the callers that must choose or refuse."""
+    """What a backend can do, read before work is queued: load_model says when --parallel cannot
+    batch, and localllm.generation.request refuses token-id prompts and grammars (schemas,
+    required tool calls) an engine cannot take, as a usage error (HTTP 400) naming it."""
 
     batching: bool = False  # several sequences per step (serve --parallel); else one at a time
     token_input: bool = False  # prompts given as token ids
-    multi_gpu: bool = False
-    one_thread: bool = False  # every call on the thread that loaded it (see localllm.engine)
-    embeddings: bool = False
+    grammar: bool = False  # answers bound by a grammar (localllm.generation.constraints)
 
 
 class Backend(Protocol):
@@ -110,7 +110,6 @@ class SequenceRequest:
     tokens: list[int]
     sampling: SamplingOptions
     emit: Callable[[Event | Exception], None]
-    grammar: str | None = None  # llguidance's grammar the answer must follow (localllm.constraints)
     cancelled: bool = field(default=False)
 
     def cancel(self) -> None:
@@ -136,8 +135,14 @@ class Batcher(Protocol):
 
 
 class TokenizerChat:
-    """The chat template of a Hugging Face tokenizer (``self._tokenizer``, ``self.path``), for the
+    """Tokens and the chat template of a Hugging Face tokenizer (``self._tokenizer``, ``self.path``), for the
     backends that have one: transformers, and remote engines tokenizing here."""
+
+    def tokenize(self, text: str) -> list[int]:
+        # A rendered chat template already holds the special tokens it wants.
+        bos = self._tokenizer.bos_token
+        special = not (bos and text.startswith(bos))
+        return list(self._tokenizer(text, add_special_tokens=special)["input_ids"])
 
     @property
     def chat_template(self) -> str | None:

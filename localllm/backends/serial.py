@@ -3,8 +3,6 @@ turn, each step taking one event from the running generation."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from ..errors import LocalLLMError
 from ..events import Finished
 from .base import SequenceRequest
@@ -25,8 +23,7 @@ class SerialBatcher:
         return self._request is not None
 
     def add(self, request: SequenceRequest) -> None:
-        sampling = replace(request.sampling, grammar=request.grammar) if request.grammar is not None else request.sampling
-        self._request, self._events = request, self._model.generate(request.tokens, sampling)
+        self._request, self._events = request, self._model.generate(request.tokens, request.sampling)
 
     def step(self) -> None:
         request = self._request

@@ -20,23 +20,41 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from .. import __version__
 from ..backends.base import SequenceRequest
-from ..engine import BusyError, Engine, EngineStoppedError, QueueFullError, Served, memory_problem
-from ..errors import ContextOverflowError, GenerationError, LocalLLMError, ModelLoadError, ModelNotFoundError, UsageError
-from ..events import Finished, Reasoning, Token
+from ..engine import (
+    BusyError,
+    Engine,
+    EngineStoppedError,
+    QueueFullError,
+    Served,
+    memory_problem,
+)
+from ..errors import (
+    ContextOverflowError,
+    GenerationError,
+    LocalLLMError,
+    ModelLoadError,
+    ModelNotFoundError,
+    UsageError,
+)
+from ..events import Finished, PromptProgress, Reasoning, Token, ToolCalls
+from ..generation.request import Shaper
 from ..options import LoadOptions
 from ..printable import printable
-from ..reasoning import splitter_for
 from ..registry import InstalledModel, display_name
-from ..tools import check_tools
 from . import models, replies, schemas
 from .delivery import Events, Mailbox
 from .guard import LOOPBACK_ORIGIN_REGEX, Auth, Guard, Policy, is_loopback
-from .prompts import check_grammar, prompt_tokens, tool_grammar
+from .prompts import prepare_job
 from .schemas import ApiError, GenerationJob
 
 RETRY_AFTER_S = 2
@@ -137,8 +155,8 @@ class _Run:
     sequence: SequenceRequest
     events: Events
     model: str  # the name the client used
+    shaper: Shaper  # reasoning apart from the answer, tool calls parsed: as for Model.chat
     keep_alive: float | None | str = "unchanged"
-    splitter: object = None  # localllm.reasoning.splitter_for
 
 
 class _Api:
@@ -194,18 +212,14 @@ class _Api:
     async def _start(self, request: Request, job: GenerationJob) -> _Run:
         served = await self._acquire(job.model)
         try:
-            tool_grammar(served.model, job)
-            tokens, prompt = await run_in_threadpool(prompt_tokens, served.model, job)
-            await run_in_threadpool(check_grammar, served.model, job)
+            prepared = await run_in_threadpool(prepare_job, served.model, job)
             events = Events(self.mailbox)
-            sequence = SequenceRequest(tokens, job.sampling, events.put, job.grammar)
+            sequence = SequenceRequest(prepared.tokens, prepared.sampling, events.put)
             self.engine.generate(served, sequence)
         except BaseException:
             self.engine.release(served)
             raise
-        # A thinking model's reasoning is kept apart from the answer, as Model.chat does.
-        splitter = splitter_for(served.model.chat_template, prompt) if prompt is not None else None
-        return _Run(served, sequence, events, job.model or self._name_of(served), job.keep_alive, splitter)
+        return _Run(served, sequence, events, job.model or self._name_of(served), prepared.shaper(), job.keep_alive)
 
     async def _stream(self, request: Request, run: _Run, poll: bool = False) -> AsyncIterator[Token | Finished]:
         """The run's events until Finished; the sequence ends when this does, however it ends.
@@ -217,41 +231,29 @@ class _Api:
                     request.state.tokens = f"{event.usage.prompt_tokens}+{event.usage.completion_tokens}"
                     if event.reason == "cancelled":
                         raise GenerationError("the answer was stopped: the server is shutting down")
-                if run.splitter is not None and isinstance(event, (Token, Finished)):
-                    pieces = run.splitter.feed(event.text) if isinstance(event, Token) else run.splitter.flush()
-                    for is_reasoning, text in pieces:
-                        yield Reasoning(text) if is_reasoning else Token(text)
-                    if isinstance(event, Token):
-                        continue
-                if isinstance(event, (Token, Finished)):
-                    yield event
+                for shaped in run.shaper.feed(event):
+                    if not isinstance(shaped, PromptProgress):
+                        yield shaped
                 if isinstance(event, Finished):
                     return
         finally:
             run.sequence.cancel()
             self.engine.release(run.served, run.keep_alive)
 
-    async def _collect(self, request: Request, run: _Run) -> tuple[str, Finished, str]:
-        """(answer, Finished, reasoning)."""
-        parts, thought, finished = [], [], None
+    async def _collect(self, request: Request, run: _Run) -> tuple[str, Finished, str, tuple]:
+        """(answer without its tool calls, Finished, reasoning, the calls)."""
+        parts, thought, finished, calls = [], [], None, None
         async for event in self._stream(request, run, poll=True):  # to its end, so it closes at once
             if isinstance(event, Token):
                 parts.append(event.text)
             elif isinstance(event, Reasoning):
                 thought.append(event.text)
+            elif isinstance(event, ToolCalls):
+                calls = event
             else:
                 finished = event
-        return "".join(parts), finished, "".join(thought)
-
-    async def _collect_calls(self, request: Request, run: _Run, job: GenerationJob) -> tuple[str, Finished, str, list]:
-        """(answer without its calls, Finished, reasoning, the tool calls) of a reply that may call tools."""
-        from dataclasses import replace
-
-        from ..tools import family, parse
-
-        text, finished, reasoning = await self._collect(request, run)
-        text, calls = parse(family(run.served.model.chat_template), text, check_tools(job.tools), getattr(run.splitter, "calls", ()))
-        return text, replace(finished, reason="tool_calls") if calls else finished, reasoning, calls
+        text = calls.text if calls is not None else "".join(parts)
+        return text, finished, "".join(thought), calls.calls if calls is not None else ()
 
     def _openai_stream(self, request: Request, run: _Run, job: GenerationJob, kind: str, opening: bytes | None,
                        token_chunk: Callable[[str], bytes], last_chunk: Callable[[Finished], bytes]) -> Response:
@@ -277,7 +279,7 @@ class _Api:
     async def _openai_tools(self, request: Request, run: _Run, job: GenerationJob) -> Response:
         """A reply that may call tools: parsed once it is whole, so a call's markup is never
         streamed as text; a stream then carries the text and the calls as single chunks."""
-        text, finished, reasoning, calls = await self._collect_calls(request, run, job)
+        text, finished, reasoning, calls = await self._collect(request, run)
         if not job.stream:
             return JSONResponse(replies.openai_chat_response(job, run.model, text, finished, calls, reasoning))
         chunks = [replies.openai_chat_chunk(job, run.model, {"role": "assistant", "content": text or None,
@@ -311,7 +313,7 @@ class _Api:
         if job.tools:
             return await self._openai_tools(request, run, job)
         if not job.stream:
-            text, finished, reasoning = await self._collect(request, run)
+            text, finished, reasoning, _ = await self._collect(request, run)
             return JSONResponse(replies.openai_chat_response(job, run.model, text, finished, reasoning=reasoning))
 
         return self._openai_stream(
@@ -324,7 +326,7 @@ class _Api:
         job = schemas.openai_completion(await self._body(request))
         run = await self._start(request, job)
         if not job.stream:
-            text, finished, reasoning = await self._collect(request, run)
+            text, finished, reasoning, _ = await self._collect(request, run)
             return JSONResponse(replies.openai_completion_response(job, run.model, text, finished))
 
         return self._openai_stream(
@@ -379,7 +381,7 @@ class _Api:
     async def _ollama(self, request: Request, job: GenerationJob, kind: str) -> Response:
         run = await self._start(request, job)
         if job.tools:  # parsed once whole, as for OpenAI's API; a stream gets the text, the calls, then done
-            text, finished, reasoning, calls = await self._collect_calls(request, run, job)
+            text, finished, reasoning, calls = await self._collect(request, run)
             last = replies.ollama_line(run.model, kind, text, finished, reasoning=reasoning, calls=calls)
             if not job.stream:
                 return JSONResponse(last)
@@ -387,7 +389,7 @@ class _Api:
                      replies.ollama_line(run.model, kind, "", finished)]
             return Response(b"".join(json.dumps(line).encode() + b"\n" for line in lines), media_type="application/x-ndjson")
         if not job.stream:
-            text, finished, reasoning = await self._collect(request, run)
+            text, finished, reasoning, _ = await self._collect(request, run)
             return JSONResponse(replies.ollama_line(run.model, kind, text, finished, reasoning=reasoning))
 
         async def lines() -> AsyncIterator[bytes]:

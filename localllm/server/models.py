@@ -10,8 +10,8 @@ from pathlib import Path
 from ..config import cache_dir
 from ..engine import Served
 from ..errors import ModelNotFoundError, UsageError
-from ..printable import printable
 from ..gguf_info import ENCODER_ARCHITECTURES
+from ..printable import printable
 from ..registry import InstalledModel, find_installed, installed_models
 from .schemas import ApiError
 
@@ -63,10 +63,10 @@ def find(name: str, allow_paths: bool) -> InstalledModel:
 
 
 def ollama_show(model: InstalledModel) -> dict:
+    from ..generation.reasoning import thinks
+    from ..generation.tools import family
     from ..gguf_header import HeaderError, scan_file
     from ..model import inspect
-    from ..reasoning import thinks
-    from ..tools import family
 
     spec = inspect(model.path)
     try:

@@ -16,7 +16,13 @@ from typing import Any
 
 from .. import safejson
 from ..errors import UsageError
-from ..options import MAX_STOP_CHARS, MAX_STOPS, REASONING_EFFORTS, SamplingOptions
+from ..options import (
+    MAX_STOP_CHARS,
+    MAX_STOPS,
+    REASONING_EFFORTS,
+    SAMPLING_FIELDS,
+    SamplingOptions,
+)
 
 MAX_MESSAGES = 4096
 MAX_PROMPT_IDS = 1 << 20
@@ -51,10 +57,9 @@ class GenerationJob:
     stream: bool = False
     include_usage: bool = False
     grammar: str | None = None  # the answer must follow it (response_format, Ollama's format)
-    tools: list | None = None  # OpenAI function tools, rendered by the model's template (localllm.tools)
+    tools: list | None = None  # OpenAI function tools, rendered by the model's template (localllm.generation.tools)
     tool_choice: Any = "auto"
-    call_required: bool = False  # the grammar is a required tool call's (set once the model is known)
-    think: bool | None = None  # a thinking model's switch (localllm.reasoning.template_variables)
+    think: bool | None = None  # a thinking model's switch (localllm.generation.reasoning.template_variables)
     reasoning_effort: str | None = None  # gpt-oss's
     keep_alive: float | None | str = "unchanged"  # Ollama's: seconds the model stays loaded after
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
@@ -114,13 +119,17 @@ def _stops(value: Any, name: str) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _sampling(max_tokens: int | None, temperature: float | None, top_p: float | None, seed: int | None,
-              stop: tuple[str, ...], **more) -> SamplingOptions:
-    fields = {"max_tokens": max_tokens, "seed": seed, "stop": stop, **more}
-    if temperature is not None:
-        fields["temperature"] = temperature
-    if top_p is not None:
-        fields["top_p"] = top_p
+def _sampling(source: dict, api: str, where: str = "", **fields) -> SamplingOptions:
+    """The sampling fields this API names (`api`: "openai" or "ollama", from the one option table
+    in localllm.options), each checked there, plus `fields` read apart (limit, stop strings)."""
+    for spec in SAMPLING_FIELDS:
+        for name in getattr(spec, api):
+            value = _get(source, name, spec.kind)
+            if value is not None:
+                if spec.problem(value) is not None:
+                    raise ApiError(400, f"'{where}{name}' must be {spec.rule}", where + name)
+                fields[spec.name] = value
+                break
     try:
         return SamplingOptions(**{k: v for k, v in fields.items() if v is not None})
     except UsageError as exc:
@@ -265,7 +274,7 @@ def _ollama_think(body: dict) -> dict:
 
 
 def _tools(body: dict) -> dict:
-    from ..tools import check_tools
+    from ..generation.tools import check_tools
 
     tools, choice = body.get("tools"), body.get("tool_choice", "auto")
     if tools in (None, []):
@@ -306,20 +315,9 @@ def openai_completion(body: Any) -> GenerationJob:
 def _openai_sampling(body: dict, *max_names: str) -> SamplingOptions:
     # OpenAI's own default max_tokens for completions is 16; a local server answering in full
     # is what its users expect, so the answer runs to its end unless told otherwise.
-    # top_k, min_p, repeat_penalty (vLLM: repetition_penalty) and ignore_eos are not OpenAI's;
-    # llama-server and vLLM take them too.
-    more = {"top_k": _get(body, "top_k", int), "min_p": _get(body, "min_p", float),
-            "repeat_penalty": _get(body, "repeat_penalty", float) or _get(body, "repetition_penalty", float),
-            "ignore_eos": _get(body, "ignore_eos", bool)}
-    return _sampling(_max_tokens(body, *max_names), _get(body, "temperature", float), _get(body, "top_p", float),
-                     _seed(body, "seed"), _stops(body.get("stop"), "stop"), **more)
-
-
-def _seed(body: dict, name: str) -> int | None:
-    seed = _get(body, name, int)
-    if seed is not None and not 0 <= seed < 2**32 - 1:
-        raise ApiError(400, f"'{name}' must be in [0, 2^32 - 2]", name)
-    return seed
+    # top_k, min_p, repeat_penalty and ignore_eos are not OpenAI's; llama-server and vLLM take them too.
+    return _sampling(body, "openai", max_tokens=_max_tokens(body, *max_names), stop=_stops(body.get("stop"), "stop"),
+                     ignore_eos=_get(body, "ignore_eos", bool))
 
 
 def _include_usage(body: dict) -> bool:
@@ -344,7 +342,7 @@ def _response_format(body: dict) -> str | None:
 
 
 def _grammar(schema: dict | None, name: str) -> str:
-    from ..constraints import json_grammar
+    from ..generation.constraints import json_grammar
 
     try:
         return json_grammar(schema)
@@ -393,12 +391,9 @@ def ollama_generate(body: Any) -> tuple[GenerationJob, bool]:
 
 def _ollama_sampling(body: dict) -> SamplingOptions:
     options = _get(body, "options", dict, {})
-    num_predict = _get(options, "num_predict", int)
-    more = {"top_k": _get(options, "top_k", int), "min_p": _get(options, "min_p", float),
-            "repeat_penalty": _get(options, "repeat_penalty", float)}
-    return _sampling(None if num_predict is None or num_predict < 0 else max(num_predict, 1),
-                     _get(options, "temperature", float), _get(options, "top_p", float), _seed(options, "seed"),
-                     _stops(options.get("stop"), "options.stop"), **more)
+    num_predict = _get(options, "num_predict", int)  # negative: no limit; 0 is taken as 1
+    limit = None if num_predict is None or num_predict < 0 else max(num_predict, 1)
+    return _sampling(options, "ollama", "options.", max_tokens=limit, stop=_stops(options.get("stop"), "options.stop"))
 
 
 def ollama_keep_alive(body: dict) -> float | None | str:

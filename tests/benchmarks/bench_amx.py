@@ -21,7 +21,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from localllm.backends import amx, llamacpp, llamacpp_params
+from localllm.backends.llamacpp import amx
+from localllm.backends.llamacpp import model as llamacpp
+from localllm.backends.llamacpp import params as llamacpp_params
 from localllm.events import Finished
 from localllm.hardware import cpu_flags, read_cpuinfo
 from localllm.options import LoadOptions, SamplingOptions

@@ -22,16 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from localllm.estimate import MIB, LoadShape, estimate
+from localllm.backends.llamacpp.estimate import MIB, LoadShape, estimate
+from localllm.backends.llamacpp.planner import safety_margin
 from localllm.gguf_info import inspect_file
-from localllm.planner import safety_margin
 from localllm.registry import starter_path
 
 MEASURE = r"""
 import ctypes, json, re, sys, psutil, llama_cpp
 from pathlib import Path
-from localllm.backends.llamacpp import LlamaCppModel
-from localllm.backends.llamacpp_runtime import init_backend
+from localllm.backends.llamacpp.model import LlamaCppModel
+from localllm.backends.llamacpp.runtime import init_backend
 from localllm.options import LoadOptions, SamplingOptions
 init_backend(False)
 reserved = []

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from localllm import rpc
+from localllm.backends.llamacpp import rpc
 
 LOCALLLM = str(Path(sys.executable).with_name("localllm"))
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -47,7 +47,7 @@ def wait_ready(endpoint: str, proc: subprocess.Popen) -> None:
 
 
 def start_direct(port: int, threads: int) -> subprocess.Popen:
-    code = f"from localllm import rpc; rpc.serve('127.0.0.1', {port}, {threads}, None)"
+    code = f"from localllm.backends.llamacpp import rpc; rpc.serve('127.0.0.1', {port}, {threads}, None)"
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

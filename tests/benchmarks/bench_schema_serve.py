@@ -28,9 +28,9 @@ PROMPT = "Describe a fictional person as a JSON object."
 
 def main() -> None:
     from localllm.backends.base import SequenceRequest
-    from localllm.constraints import json_grammar
     from localllm.engine import Engine
     from localllm.events import Finished
+    from localllm.generation.constraints import json_grammar
     from localllm.options import LoadOptions, SamplingOptions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -61,7 +61,7 @@ def main() -> None:
                 finished.append(event)
                 over.set()
 
-        engine.generate(served, SequenceRequest(tokens, sampling, emit, grammar))
+        engine.generate(served, SequenceRequest(tokens, sampling, emit))
         over.wait(300)
         if isinstance(finished[0], Exception):
             raise finished[0]

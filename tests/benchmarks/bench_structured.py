@@ -59,7 +59,7 @@ def main() -> None:
     from llama_cpp import Llama, LlamaGrammar
 
     from localllm import load_model
-    from localllm.constraints import json_grammar
+    from localllm.generation.constraints import json_grammar
     from localllm.registry import starter_path
 
     model = load_model("starter", n_threads=args.threads, n_ctx=1024)

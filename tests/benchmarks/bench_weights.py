@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from localllm.backends.llamacpp_params import QUANT_FTYPES, quantize
-from localllm.estimate import MIB, LoadShape, estimate
+from localllm.backends.llamacpp.estimate import MIB, LoadShape, estimate
+from localllm.backends.llamacpp.params import QUANT_FTYPES, quantize
 from localllm.gguf_info import inspect_file
 from localllm.registry import starter_path
 

@@ -1,0 +1,419 @@
+"""The llama.cpp backend, through llama-cpp-python's low-level C API.
+
+Its neighbours: llamacpp_runtime (process-wide setup: logs, init, threadpool, devices),
+llamacpp_params (load and context parameters, dry runs), llamacpp_load (checks and planning),
+llamacpp_batch (several sequences). Only backends/ imports ``llama_cpp``. It skips llama-cpp-python's high-level
+``Llama`` class on the hot path: that class evaluates prompts in n_batch slices and spends
+Python time per token on logits copies and stop-string checks. Here a prompt is one
+``llama_decode`` call and each generated token costs a handful of C calls (the C sampler chain,
+one decode, one detokenize; greedy picks read the logits in place).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import llama_cpp
+import numpy as np
+from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatter
+
+from ...config import cache_dir
+from ...errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
+from ...events import Event, PromptProgress, Token
+from ...formats import is_checkpoint
+from ...generation.sequence import Answer
+from ...gguf_info import header_facts
+from ...hardware import CpuLoadSampler, default_threads
+from ...options import LoadOptions, SamplingOptions
+from ..base import Capabilities, Message, reusable_prefix
+from ..chat_template import render_chat
+from ..threads import engine_governor
+from . import load as llamacpp_load
+from .mapped import release
+from .params import (
+    PROGRESS_AFTER,
+    choose_load_mode,
+    context_params,
+    place_cpu_weights,
+    sampler_chain,
+    window,
+)
+from .runtime import Threadpool, init_backend, load_failure_reason, model_buffers
+from .runtime import log as llama_log
+
+if TYPE_CHECKING:
+    from .batch import LlamaCppBatcher
+
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+    capabilities = Capabilities(batching=True, token_input=True, grammar=True)
+
+    @staticmethod
+    def can_load(path: Path) -> bool:
+        return not is_checkpoint(path)  # anything else it checks itself, naming what is wrong
+
+    prepare = staticmethod(llamacpp_load.prepare)
+    smaller = staticmethod(llamacpp_load.smaller)
+    out_of_memory = staticmethod(llamacpp_load.out_of_memory)
+
+    def load(self, path: Path, options: LoadOptions) -> LlamaCppModel:
+        return LlamaCppModel(path, options)
+
+
+class LlamaCppModel:
+    """A GGUF model and one llama.cpp context over it."""
+
+    capabilities = LlamaCppBackend.capabilities
+
+    def __init__(self, path: Path, options: LoadOptions):
+        init_backend(options.verbose)
+        self.path = path
+        self._model = None
+        self._ctx = None
+        self._embed_ctx = None
+        self._grammar_vocabulary = None
+        self._threadpool = None
+
+        mparams = llama_cpp.llama_model_default_params()
+        # llama.cpp takes "all layers" as any count above the model's; -1 is ours for that.
+        layers = options.n_gpu_layers or 0
+        mparams.n_gpu_layers = 0x7FFFFFFF if layers == -1 else layers
+        if options.tensor_split:
+            # ctypes keeps no reference to the array; the model params must outlive the load call.
+            self._tensor_split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*options.tensor_split)
+            mparams.tensor_split = self._tensor_split
+        place_cpu_weights(mparams, path, layers)
+        repacked = choose_load_mode(mparams, path, layers)
+        self.weights_mapped = repacked is None or bool(repacked)
+        llama_log.errors.clear()
+        load_sampler = CpuLoadSampler() if options.n_threads is None else None
+        llama_log.capture = captured = []
+        try:
+            self._model = llama_cpp.llama_model_load_from_file(os.fsencode(path), mparams)
+        finally:
+            llama_log.capture = None
+        # Bytes of weights per llama.cpp buffer type, e.g. {"CPU_Mapped": ..., "CPU_REPACK": ...}.
+        self.weight_buffers = model_buffers(captured)
+        if not self._model:
+            raise ModelLoadError(path, load_failure_reason())
+        self.released = release(repacked) if repacked else 0  # the mapped pages of repacked weights
+        if repacked is not None and options.verbose:
+            total = sum(size for _, _, size in repacked)
+            how = (f"the mapped pages of {total / 2**20:.0f} MiB of weights llama.cpp repacked for this CPU were given back "
+                   f"({self.released / 2**20:.0f} MiB)") if repacked else \
+                f"the weights were read into memory, not mapped: llama.cpp repacks {self.weight_buffers.get('CPU_REPACK', 0) / 2**20:.0f} MiB of them"
+            sys.stderr.write(f"localllm: {how}, so that each weight is held once\n")
+        self.can_embed = bool(header_facts(path, cache_dir())["embedding_only"])
+
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._logits_type = ctypes.c_float * self.n_vocab
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.n_threads = options.n_threads or default_threads(busy_elsewhere=load_sampler.busy_elsewhere())
+        self._max_threads = options.n_threads or max(self.n_threads, default_threads())  # what a quiet machine gets
+        self.n_gpu_layers = layers if llama_cpp.llama_supports_gpu_offload() else 0
+
+        self._options = options
+        self.governor = engine_governor(self._set_threads, self.n_threads, options.n_threads, self._max_threads, options.verbose)
+        self.n_ctx = window(options, self.n_ctx_train)
+        lazy = 0 < options.initial_ctx < self.n_ctx
+        reason = self._open_context(options.initial_ctx if lazy else self.n_ctx)
+        if reason:
+            self.close()
+            raise ModelLoadError(path, f"{reason} (a smaller --ctx needs less memory)")
+        if not lazy:
+            self.n_ctx = self._allocated  # llama.cpp rounds the window up to a multiple of 256
+        self._cached: list[int] = []
+        self._formatter = self._chat_formatter()
+        self._warm_up()
+
+    def _set_threads(self, n: int) -> None:
+        llama_cpp.llama_set_n_threads(self._ctx, n, n)
+
+    @property
+    def threads_in_use(self) -> int:
+        """The threads decoding now (the governor may have left cores to busy processes)."""
+        return self.governor.current
+
+    def _open_context(self, n_ctx: int) -> str | None:
+        """Create the llama.cpp context for n_ctx tokens; None, or why it failed."""
+        cparams = context_params(self._options, n_ctx, self.n_threads)
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            return llama_log.first_error() or "llama.cpp could not create the context"
+        # The pool holds as many threads as the governor may ever ask for; each step uses its count.
+        self._threadpool = Threadpool(self._ctx, self._max_threads)
+        llama_cpp.llama_set_n_threads(self._ctx, self.governor.current, self.governor.current)
+        self._n_batch, self._n_ubatch = cparams.n_batch, cparams.n_ubatch
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._allocated = llama_cpp.llama_n_ctx(self._ctx) // self._options.n_seq  # per sequence
+        return None
+
+    def _make_room(self, tokens: int) -> None:
+        """Grow a context opened for initial_ctx tokens to the whole window once `tokens` no
+        longer fit, keeping the KV cache of the tokens evaluated so far. The old context is freed
+        before the new one is made, its cache held in host memory, so the peak is the window's."""
+        if tokens <= self._allocated:
+            return
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
+        state = (ctypes.c_uint8 * size)()
+        copied = llama_cpp.llama_state_seq_get_data(self._ctx, state, size, 0)
+        self._free_context()
+        reason = self._open_context(self.n_ctx)
+        if reason:
+            self._cached = []
+            raise GenerationError(f"could not grow the context to {self.n_ctx} tokens: {reason}")
+        if self._cached and not llama_cpp.llama_state_seq_set_data(self._ctx, state, copied, 0):
+            self._cached = []
+            raise GenerationError("could not move the KV cache into the grown context")
+
+    def _free_context(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._threadpool:
+            self._threadpool.free()
+            self._threadpool = None
+
+    def _warm_up(self) -> None:
+        """Evaluate one token and forget it, as llama.cpp's own CLI does at load: the first
+        single-token graph, its buffers and the thread team are set up here instead of slowing
+        the first answer (measured: generation about 3.5% faster after a multi-token prompt)."""
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        one = (llama_cpp.llama_token * 1)(max(bos, 0))
+        llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(one, 1))
+        llama_cpp.llama_memory_clear(self._memory, True)
+
+    def _chat_formatter(self) -> Jinja2ChatFormatter:
+        template = llama_cpp.llama_model_chat_template(self._model, None)
+        self._bos_text = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
+        self.chat_template = template.decode("utf-8", errors="replace") if template else None
+        return Jinja2ChatFormatter(
+            template=self.chat_template or CHATML_CHAT_TEMPLATE,
+            eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+            bos_token=self._bos_text,
+        )
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+
+    def format_chat(self, messages: Sequence[Message], **variables) -> str:
+        prompt = render_chat(self._formatter, messages, variables)
+        # llama.cpp adds BOS itself when the vocabulary asks for it; a template that also
+        # writes it would give the model two.
+        if self._bos_text and prompt.startswith(self._bos_text) and llama_cpp.llama_vocab_get_add_bos(self._vocab):
+            prompt = prompt[len(self._bos_text):]
+        return prompt
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tokenize(text, add_special=True)
+
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        """add_special: BOS where the vocabulary asks for it. Special tokens written in the text
+        are always read as such."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
+        return list(buf[:n])
+
+    def special_token(self, text: str) -> int | None:
+        """The id of `text` when it is one token the grammar engine sees as special (Qwen3's
+        ``</think>``), which a grammar must then name by id, not spell."""
+        from ...generation.constraints import special_token
+
+        return special_token(self.grammar_vocabulary(), self._tokenize(text, add_special=False))
+
+    def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions) -> Iterator[Event]:
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if not tokens:
+            raise UsageError("the prompt is empty")
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(len(tokens), self.n_ctx, self.n_ctx_train)
+        return self._generate(tokens, sampling)
+
+    def _generate(self, tokens: list[int], sampling: SamplingOptions) -> Iterator[Event]:
+        answer = self.sequence(len(tokens), sampling)
+        if answer.greedy:
+            yield from self._run(tokens, answer, self._greedy)
+            return
+        sampler = sampler_chain(sampling, answer.seed, llama_cpp.llama_vocab_n_tokens(self._vocab))
+        try:
+            yield from self._run(tokens, answer, lambda: llama_cpp.llama_sampler_sample(sampler, self._ctx, -1))
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+
+    def sequence(self, n_prompt: int, sampling: SamplingOptions) -> Answer:
+        """The decode rules of one answer on this model (localllm.generation.sequence)."""
+        vocab = self._vocab
+        return Answer(sampling, n_prompt, 0, self.n_ctx, lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
+                        Pieces(vocab), self.grammar_vocabulary)
+
+    def _greedy(self) -> int:
+        """The likeliest next token. The C sampler chain first copies the whole vocabulary into a
+        candidate array (65 us a token for SmolLM2's 49k); argmax over the logits in place takes
+        6 us. Ties go to the lowest id, as with llama.cpp's greedy sampler."""
+        return int(self._logits_row().argmax())
+
+    def _logits_row(self) -> np.ndarray:
+        """The last evaluated token's logits, in llama.cpp's own buffer (no copy)."""
+        logits = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        return np.frombuffer(self._logits_type.from_address(ctypes.addressof(logits.contents)), dtype=np.float32)
+
+    def _reuse_prefix(self, tokens: list[int]) -> int:
+        """Drop the KV cache after the longest prefix shared with the last call; return its length."""
+        common = reusable_prefix(self._cached, tokens)
+        if common and not llama_cpp.llama_memory_seq_rm(self._memory, 0, common, -1):
+            common = 0  # some caches (recurrent, sliding window) cannot be cut mid-sequence
+        if not common:
+            llama_cpp.llama_memory_clear(self._memory, True)
+        self._cached = tokens[:common]
+        return common
+
+    def _decode(self, tokens: Sequence[int]) -> Iterator[PromptProgress]:
+        """Evaluate prompt tokens. A long prompt goes in ubatch-sized steps, each followed by a
+        PromptProgress: llama.cpp splits a batch into ubatches anyway, so this costs nothing."""
+        step = self._n_ubatch if len(tokens) > PROGRESS_AFTER else self._n_batch
+        if step < len(tokens):
+            yield PromptProgress(0, len(tokens))  # said at once: the first chunk alone takes seconds
+        for start in range(0, len(tokens), step):
+            chunk = tokens[start : start + step]
+            array = (llama_cpp.llama_token * len(chunk))(*chunk)
+            status = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
+            if status != 0:
+                self._cached = []
+                raise GenerationError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {status})")
+            self._cached.extend(chunk)
+            if step < len(tokens):
+                yield PromptProgress(start + len(chunk), len(tokens))
+
+    def _run(self, tokens: list[int], answer: Answer, pick: Callable[[], int]) -> Iterator[Event]:
+        answer.reused = reused = self._reuse_prefix(tokens)
+        self._make_room(len(tokens))
+        yield from self._decode(tokens[reused:])
+        ctx = self._ctx
+        one = (llama_cpp.llama_token * 1)()
+        # One batch struct reused for every generated token: only the token value changes.
+        batch = llama_cpp.llama_batch_get_one(one, 1)
+        decode = llama_cpp.llama_decode
+        cached = self._cached
+        governor, perf_counter = self.governor, time.perf_counter
+        masked = answer.constraint is not None
+        while not answer.done:
+            if masked:
+                answer.mask(self._logits_row())  # the pick, greedy or the C chain, reads this row
+            text, step = answer.take(pick())
+            if text:
+                yield Token(text)
+            if step is None:
+                break
+            if len(cached) + len(step) > self._allocated:
+                self._make_room(len(cached) + len(step))
+                ctx = self._ctx
+            if len(step) == 1:
+                one[0] = step[0]
+                t_step = perf_counter()
+                status = decode(ctx, batch)
+                governor.step(perf_counter() - t_step)
+            else:  # the grammar's forced tokens go in with the sampled one: one decode, not one each
+                array = (llama_cpp.llama_token * len(step))(*step)
+                status = decode(ctx, llama_cpp.llama_batch_get_one(array, len(step)))
+            if status != 0:
+                raise GenerationError(f"llama.cpp failed to evaluate a generated token (llama_decode returned {status})")
+            cached.extend(step)
+        # Bytes still buffered are a character cut off by the token limit: dropped, not shown as U+FFFD.
+        held, finished = answer.finish()
+        if held:  # text kept back for a stop string that never came
+            yield Token(held)
+        yield finished
+
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """Pooled, L2-normalised embeddings, one text per llama_decode in a context of their own
+        (it keeps every token's output, which generation's context does not)."""
+        if self._embed_ctx is None:
+            cparams = context_params(self._options, self.n_ctx, self.n_threads)
+            cparams.embeddings = True
+            cparams.n_seq_max, cparams.n_outputs_max, cparams.kv_unified = 1, 0, False
+            cparams.n_ctx = self.n_ctx
+            # Models without causal attention must see the whole input in one ubatch.
+            cparams.n_batch = cparams.n_ubatch = min(self.n_ctx, self._options.n_batch)
+            self._embed_ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+            if not self._embed_ctx:
+                raise GenerationError(llama_log.first_error() or "llama.cpp could not create an embedding context")
+        ctx, limit = self._embed_ctx, min(self.n_ctx, self._options.n_batch)
+        vectors, total = [], 0
+        n_embd = llama_cpp.llama_model_n_embd(self._model)
+        for text in texts:
+            tokens = self.tokenize(text)
+            if len(tokens) > limit:
+                raise ContextOverflowError(len(tokens), limit, self.n_ctx_train)
+            total += len(tokens)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            array = (llama_cpp.llama_token * len(tokens))(*tokens)
+            status = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(array, len(tokens)))
+            pooled = llama_cpp.llama_get_embeddings_seq(ctx, 0)
+            if status != 0 or not pooled:
+                raise GenerationError(f"llama.cpp could not embed the text (llama_decode returned {status})")
+            vector = np.ctypeslib.as_array(pooled, shape=(n_embd,)).astype(np.float64)
+            norm = float(np.linalg.norm(vector))
+            vectors.append((vector / norm if norm > 0 else vector).tolist())
+        return vectors, total
+
+    def grammar_vocabulary(self):
+        """llguidance's view of this vocabulary, built on first use (about a second)."""
+        if self._grammar_vocabulary is None:
+            from ...generation.constraints import vocabulary
+
+            ends = {llama_cpp.llama_vocab_eos(self._vocab), llama_cpp.llama_vocab_eot(self._vocab)}
+            self._grammar_vocabulary = vocabulary(self._vocab, sorted(t for t in ends if t >= 0))
+        return self._grammar_vocabulary
+
+    def batcher(self) -> LlamaCppBatcher:
+        """Several sequences decoded together in this model's context (LoadOptions.n_seq of them)."""
+        from .batch import LlamaCppBatcher
+
+        return LlamaCppBatcher(self)
+
+    def close(self) -> None:
+        self._free_context()
+        if self._embed_ctx:
+            llama_cpp.llama_free(self._embed_ctx)
+            self._embed_ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Pieces:
+    """The text of generated tokens, continuing across calls: a character whose bytes span
+    tokens comes out whole once its last byte is in."""
+
+    def __init__(self, vocab):
+        self._vocab = vocab
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ctypes.create_string_buffer(256)
+
+    def __call__(self, tokens: Sequence[int]) -> str:
+        text = ""
+        for token in tokens:
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._buffer, 256, 0, False)
+            text += self._decoder.decode(self._buffer.raw[:n]) if n > 0 else ""
+        return text

@@ -1,0 +1,76 @@
+"""Two revisions of localllm side by side in one run: decode and prompt speed of `run`, `run
+--schema` (a schema with long property names, so the grammar's forced tokens matter), and the
+transformers engine's decode, each as after / before, alternating which goes first each round.
+
+    git worktree add /tmp/before REV && pip install --no-deps --target /tmp/tree-before /tmp/before
+    pip install --no-deps --target /tmp/tree-after .
+    python tests/benchmarks/bench_revisions.py --before /tmp/tree-before --after /tmp/tree-after \\
+        --model PATH [--checkpoint DIR] [--rounds 5] [--threads 2]
+
+Each side runs `python -m localllm run --json` with its tree first on PYTHONPATH, in a fresh
+process per sample; ratios are medians of per-round ratios (target: every row >= 0.98).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+SCHEMA = {"type": "object", "properties": {
+    "the_name_of_the_programming_language": {"type": "string", "maxLength": 24},
+    "the_year_in_which_it_first_appeared": {"type": "integer"},
+    "the_most_widely_known_of_its_creators": {"type": "string", "maxLength": 32},
+}, "required": ["the_name_of_the_programming_language", "the_year_in_which_it_first_appeared",
+                "the_most_widely_known_of_its_creators"]}
+LONG_PROMPT = "Summarize the following notes in one sentence.\n" + " ".join(
+    f"Note {i}: the meeting moved item {i} to the next week." for i in range(40))
+
+
+def run(tree: str, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": tree}
+    out = subprocess.run([sys.executable, "-m", "localllm", "run", "--json", *args], capture_output=True, text=True,
+                         env=env, stdin=subprocess.DEVNULL, timeout=1800)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr[-2000:])
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", required=True)
+    parser.add_argument("--after", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    common = ["-m", args.model, "--threads", str(args.threads), "-t", "0"]
+    rows = {
+        "decode tok/s": lambda tree: run(tree, *common, "--ignore-eos", "--max-tokens", "128",
+                                         "Write a story.")["timings"]["generation_tokens_per_s"],
+        "prompt tok/s": lambda tree: run(tree, *common, "--max-tokens", "1", LONG_PROMPT)["timings"]["prompt_tokens_per_s"],
+        "schema decode tok/s": lambda tree: run(tree, *common, "--max-tokens", "160", "--schema", json.dumps(SCHEMA),
+                                                "Describe a programming language.")["timings"]["generation_tokens_per_s"],
+    }
+    if args.checkpoint:
+        rows["transformers decode tok/s"] = lambda tree: run(
+            tree, "-m", args.checkpoint, "--threads", str(args.threads), "-t", "0", "--dtype", "float32", "--ignore-eos",
+            "--max-tokens", "64", "Write a story.")["timings"]["generation_tokens_per_s"]
+    ratios: dict[str, list[float]] = {name: [] for name in rows}
+    for r in range(args.rounds):
+        order = (("after", args.after), ("before", args.before)) if r % 2 == 0 else (("before", args.before), ("after", args.after))
+        for name, measure in rows.items():
+            got = {side: measure(tree) for side, tree in order}
+            ratios[name].append(got["after"] / got["before"])
+            print(f"round {r + 1}  {name:28} after {got['after']:7.1f}  before {got['before']:7.1f}", flush=True)
+    print()
+    for name, values in ratios.items():
+        print(f"{name:28} after / before: {statistics.median(values):.3f}  (rounds: {', '.join(f'{v:.2f}' for v in values)})")
+
+
+if __name__ == "__main__":
+    main()
