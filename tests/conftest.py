@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -118,7 +119,16 @@ def invoke(*args: str, stdin: bytes = b"", env: dict | None = None) -> Result:
 
     from localllm import cli
 
-    with CliRunner().isolation(input=stdin, env=env) as (out, err, _), mock.patch("localllm.crash.install"):
+    from huggingface_hub import constants
+
+    env = env or {}
+    # huggingface_hub reads these once, at import; a process started with them would see them.
+    hub = {"ENDPOINT": env["HF_ENDPOINT"],
+           "HUGGINGFACE_CO_URL_TEMPLATE": env["HF_ENDPOINT"] + "/{repo_id}/resolve/{revision}/{filename}"} if "HF_ENDPOINT" in env else {}
+    if "HF_HUB_OFFLINE" in env:
+        hub["HF_HUB_OFFLINE"] = env["HF_HUB_OFFLINE"] == "1"
+    with (CliRunner().isolation(input=stdin, env=env) as (out, err, _), mock.patch("localllm.crash.install"),
+          mock.patch.multiple(constants, **hub) if hub else contextlib.nullcontext()):
         code = cli._main(list(args))
         sys.stdout.flush()
         sys.stderr.flush()

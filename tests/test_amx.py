@@ -54,6 +54,7 @@ def decide(probe, key="build-a", cache=None, mode="auto", in_build=True, tmp=Non
     return amx.decide(True, in_build, mode, "test", key, cache or tmp / "verdicts.json", probe)
 
 
+@pytest.mark.slow
 def test_a_probe_killed_by_sigill_disables_amx_and_the_verdict_is_cached(tmp_path):
     crashing = Probe(DIES_BY_SIGILL)
     first = decide(crashing, tmp=tmp_path)
@@ -64,6 +65,7 @@ def test_a_probe_killed_by_sigill_disables_amx_and_the_verdict_is_cached(tmp_pat
     assert unused.calls == 0 and again == first, "the cached verdict is used, no second probe"
 
 
+@pytest.mark.slow
 def test_a_probe_that_decodes_enables_amx(tmp_path):
     working = Probe(SUCCEEDS)
     status = decide(working, tmp=tmp_path)
@@ -71,6 +73,7 @@ def test_a_probe_that_decodes_enables_amx(tmp_path):
     assert status.describe() == "present, in use (checked with this llama.cpp build)"
 
 
+@pytest.mark.slow
 def test_a_new_build_is_probed_again(tmp_path):
     decide(Probe(SUCCEEDS), key="build-a", tmp=tmp_path)
     crashing = Probe(DIES_BY_SIGILL)
@@ -91,6 +94,7 @@ def test_the_build_key_changes_with_the_llama_cpp_libraries(tmp_path):
     assert amx.build_key(lib, "0.3.36", cpuinfo.replace("8480+", "8580")) != amx.build_key(lib, "0.3.36", cpuinfo)
 
 
+@pytest.mark.slow
 def test_an_inconclusive_probe_disables_amx_for_now_and_is_not_cached(tmp_path):
     failing = Probe([sys.executable, "-c", "print('cannot load'); raise SystemExit(3)"])
     status = decide(failing, tmp=tmp_path)
@@ -101,6 +105,7 @@ def test_an_inconclusive_probe_disables_amx_for_now_and_is_not_cached(tmp_path):
     assert slow.usable is None and "timed out" in slow.detail
 
 
+@pytest.mark.slow
 def test_a_malformed_cache_is_probed_again_and_rewritten(tmp_path):
     cache = tmp_path / "verdicts.json"
     cache.write_text('{"build-a": {"usable": "yes"}, "x": [1]')
@@ -136,6 +141,7 @@ def test_settings_override_the_probe(tmp_path, monkeypatch):
         amx.configured_mode()
 
 
+@pytest.mark.slow
 def test_the_probe_model_loads_and_decodes_in_the_probe_child(tmp_path):
     model = amx.write_probe_model(tmp_path / "probe.gguf")
     result = amx.run_probe([sys.executable, str(Path(amx.__file__).with_name("amx_probe.py")), str(model)])
@@ -158,6 +164,7 @@ def test_hw_says_whether_amx_is_used():
     assert "AMX" not in _hw_text(_profile(absent))
 
 
+@pytest.mark.slow
 def test_hw_json_carries_the_amx_verdict_and_refuses_a_bad_setting():
     data = json.loads(run_cli("hw", "--json", env={amx.ENV: "off"}).stdout)["build"]["amx"]
     assert data["mode"] == "off" and data["in_use"] is False and data["present"] is HAS_AMX
@@ -243,6 +250,7 @@ def _crash(amx_state: str, kind: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", CRASH, amx_state, kind], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_a_fatal_signal_is_one_line_naming_the_cause_and_the_setting():
     from localllm.errors import EXIT_CRASH
 
@@ -258,6 +266,7 @@ def test_a_fatal_signal_is_one_line_naming_the_cause_and_the_setting():
     assert "also try LOCALLLM_AMX=off" in _crash("present", "segv").stderr
 
 
+@pytest.mark.slow
 def test_an_abort_inside_llama_cpp_is_one_line_with_its_reason_and_no_backtrace():
     # A real GGML_ABORT: a tensor larger than its ggml context's memory pool.
     script = textwrap.dedent("""

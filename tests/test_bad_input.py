@@ -38,6 +38,7 @@ def test_not_gguf(tmp_path):
     assert_one_line_error(result, EXIT_LOAD, str(fake), "not a GGUF file")
 
 
+@pytest.mark.slow
 def test_truncated_gguf(tmp_path, starter_gguf):
     truncated = tmp_path / "truncated.gguf"
     with starter_gguf.open("rb") as src:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, invoke, run_cli
 
 from localllm import ModelNotFoundError
 from localllm.catalog import load_catalog, parse_catalog
@@ -96,7 +96,7 @@ def test_bad_user_catalog_is_named_precisely(isolated_home, mutate, message):
     path = write_user_catalog(isolated_home, {"schema": 1, "models": [family]})
     with pytest.raises(CatalogError, match=re.escape(message)):
         load_catalog()
-    result = run_cli("catalog")
+    result = invoke("catalog")
     assert_one_line_error(result, 2, str(path), message)
 
 

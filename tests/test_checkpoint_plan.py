@@ -87,6 +87,7 @@ def test_a_model_beyond_gpus_and_ram_is_refused_with_the_numbers():
     assert placed.fit == "none" and "of RAM beyond the GPUs" in placed.warnings[0] and "GiB" in placed.warnings[0]
 
 
+@pytest.mark.slow
 def test_all_on_one_big_gpu(starter_checkpoint):
     spec = read_local(starter_checkpoint)
     placed = place(spec, "bfloat16", 4096, [(0, H100, "nvidia")], 60 * GB)

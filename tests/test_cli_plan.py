@@ -5,31 +5,30 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import invoke, run_cli
 
 from localllm.backends.llamacpp.load import out_of_memory, smaller
 from localllm.options import LoadOptions
 
 
 def test_hw_reports_this_machine():
-    result = run_cli("hw", "--json")
+    result = invoke("hw", "--json")
     assert result.returncode == 0, result
     data = json.loads(result.stdout)
     assert data["cpu"]["logical_cores"] >= 1
     assert data["memory"]["total"] >= data["memory"]["available"] > 0
     assert data["build"]["devices"][-1]["kind"] == "cpu"
-    text = run_cli("hw").stdout
+    text = invoke("hw").stdout
     assert text.startswith("CPU ") and "RAM " in text and "llama.cpp  GPU offload" in text
 
 
-@pytest.mark.slow
 def test_plan_explains_and_breaks_down(starter_gguf):
-    result = run_cli("plan", "starter")
+    result = invoke("plan", "starter")
     assert result.returncode == 0, result
     assert result.stdout.startswith("SmolLM2-135M-Instruct.Q4_1.gguf: CPU only")
     for row in ("weights", "KV cache", "compute buffer", "safety margin", "total", "free now"):
         assert row in result.stdout
-    data = json.loads(run_cli("plan", "starter", "--ctx", "8192", "--json").stdout)
+    data = json.loads(invoke("plan", "starter", "--ctx", "8192", "--json").stdout)
     assert data["fit"] == "cpu" and data["settings"]["n_ctx"] == 8192
     ram = data["estimate"][0]
     assert ram["kv_cache"] == 8192 * 30 * 3 * 128 * 2, "f16 K and V: layers x KV heads x (64 + 64) x 2 bytes per cell"
@@ -37,16 +36,16 @@ def test_plan_explains_and_breaks_down(starter_gguf):
 
 
 def test_plan_of_a_missing_model_is_a_clean_error():
-    result = run_cli("plan", "no-such-model")
+    result = invoke("plan", "no-such-model")
     assert result.returncode == 3 and "Traceback" not in result.stderr
 
 
 def test_plan_plans_a_catalog_model_before_it_is_downloaded():
     # Was: exit 3 "not installed", while `show` planned the same model.
-    result = run_cli("plan", "qwen3:8b")
+    result = invoke("plan", "qwen3:8b")
     assert result.returncode == 0, result
     assert result.stdout.startswith("qwen3:8b-") and "weights" in result.stdout
-    named = json.loads(run_cli("plan", "qwen3:8b-q4_k_m", "--ctx", "8192", "--json").stdout)
+    named = json.loads(invoke("plan", "qwen3:8b-q4_k_m", "--ctx", "8192", "--json").stdout)
     assert named["model"] == "qwen3:8b-q4_k_m" and named["settings"]["n_ctx"] == 8192
     assert named["estimate"][0]["weights"] > 4 * 2**30
 

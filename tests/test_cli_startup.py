@@ -18,6 +18,7 @@ def imported_modules(*args: str) -> tuple[int, set[str]]:
     return proc.returncode, modules
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["run", "--help"], ["list", "--help"], ["serve", "--help"],
                                   ["run", "--max-tokens", "0", "hi"]])
 def test_nothing_heavy_is_imported(args):
@@ -27,6 +28,7 @@ def test_nothing_heavy_is_imported(args):
     assert not {m for m in modules if m.split(".")[0] in HEAVY}
 
 
+@pytest.mark.slow
 def test_version():
     from localllm import __version__
 
@@ -35,6 +37,7 @@ def test_version():
     assert __version__ in result.stdout
 
 
+@pytest.mark.slow
 def test_run_help_documents_every_option():
     result = run_cli("run", "--help")
     for option in ("--prompt", "--model", "--system", "--max-tokens", "--temperature", "--top-p", "--seed",
@@ -42,6 +45,7 @@ def test_run_help_documents_every_option():
         assert option in result.stdout, option
 
 
+@pytest.mark.slow
 def test_serve_help_documents_every_option():
     result = run_cli("serve", "--help")
     for option in ("--model", "--host", "--port", "--parallel", "--queue", "--keep-alive", "--api-key", "--cors",
@@ -49,6 +53,7 @@ def test_serve_help_documents_every_option():
         assert option in result.stdout, option
 
 
+@pytest.mark.slow
 def test_unknown_command_is_a_usage_error():
     result = run_cli("frobnicate")
     assert result.returncode == 2

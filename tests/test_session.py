@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from localllm.events import Finished, Reasoning, Timings, Token, Usage
 from localllm.session import ChatSession, ChatStore
 
@@ -86,6 +88,7 @@ def killed_mid_answer(path, model: str, after: int) -> int:
     return conversation
 
 
+@pytest.mark.slow
 def test_a_killed_writers_answer_is_recovered_marked_unfinished(tmp_path):
     path = tmp_path / "chats.sqlite3"
     conversation = killed_mid_answer(path, "Words(10**6)", after=300)
@@ -95,6 +98,7 @@ def test_a_killed_writers_answer_is_recovered_marked_unfinished(tmp_path):
     assert ChatStore(path).messages(conversation)[-1].content == answer.content
 
 
+@pytest.mark.slow
 def test_a_killed_thinking_models_reasoning_is_recovered_with_its_answer(tmp_path):
     path = tmp_path / "chats.sqlite3"
     conversation = killed_mid_answer(path, "Thinker(100, 10**6)", after=150)

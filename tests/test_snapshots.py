@@ -6,7 +6,6 @@ A scripted model and a recorded machine keep them identical from run to run; upd
 
 from __future__ import annotations
 
-import pytest
 from localllm.tui import ChatApp
 from test_planner import profile
 from test_tui import ScriptedModel, send, wait_for
@@ -14,7 +13,6 @@ from test_tui import ScriptedModel, send, wait_for
 from localllm import registry
 from localllm.session import ChatStore
 
-pytestmark = pytest.mark.slow
 SIZE = (80, 24)
 
 

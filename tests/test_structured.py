@@ -44,6 +44,7 @@ def test_the_sample_covers_every_category_of_jsonschemabench():
     assert len(BENCH["schemas"]) >= 200 and len(categories) == 21 and min(categories.values()) >= 8
 
 
+@pytest.mark.slow
 def test_every_compiled_schema_accepts_its_valid_documents_and_rejects_its_invalid_ones(vocabulary):
     refused, compiled = [], 0
     for entry in BENCH["schemas"]:
@@ -125,6 +126,7 @@ def test_answers_for_one_schema_of_each_category_validate(starter_model):
     assert len(per_category) == 19 and validated >= 8, (validated, per_category)
 
 
+@pytest.mark.slow
 def test_a_grammar_constrains_the_answer_and_a_keyword_it_cannot_honour_is_named(tmp_path, starter_model):
     grammar = text_grammar('root ::= "yes" | "no"')
     done = starter_model.complete("Is water wet?", sampling=SamplingOptions(temperature=1.0, seed=3, grammar=grammar))
@@ -171,6 +173,7 @@ def stream(model, prompt, **sampling) -> tuple[list[str], Finished]:
     return pieces, finished
 
 
+@pytest.mark.slow
 def test_stop_strings_across_tokens_at_the_start_and_never_reached(starter_model):
     prompt = "Write one sentence about the sea."
     pieces, free = stream(starter_model, prompt)

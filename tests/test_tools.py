@@ -113,6 +113,7 @@ def assert_required_calls_validate(model, temperature: float) -> None:
         jsonschema.validate(call.arguments, TOOLS[call.name])
 
 
+@pytest.mark.slow
 def test_tools_on_a_template_without_them_are_refused(starter_model):
     with pytest.raises(UsageError, match="renders no tools"):
         starter_model.chat([{"role": "user", "content": "hi"}], tools=[WEATHER])
@@ -214,6 +215,7 @@ def qwen_tokens_model(qwen_tokens_gguf):
         yield model
 
 
+@pytest.mark.slow
 def test_tool_tags_that_are_special_tokens_are_named_by_id(qwen_tokens_model):
     import llguidance
 

@@ -8,10 +8,9 @@ import json
 import shutil
 
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, invoke, run_cli
 from test_pull import Q8, REPO, env_for, hub, variant  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.slow
 PULLED_NAME = f"{REPO}/{Q8}"
 
 
@@ -26,6 +25,7 @@ def other_machine(tmp_path, name="other") -> dict:
     return {"LOCALLLM_HOME": str(tmp_path / name / "localllm"), "HF_HOME": str(tmp_path / name / "hf"), "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.slow
 def test_add_registers_a_file_in_place_and_verify_catches_a_flipped_byte(starter_gguf, tmp_path):
     mine = tmp_path / "mine.gguf"
     shutil.copyfile(starter_gguf, mine)
@@ -53,6 +53,7 @@ def test_add_registers_a_file_in_place_and_verify_catches_a_flipped_byte(starter
     assert mine.exists() and "my-model" not in run_cli("list").stdout
 
 
+@pytest.mark.slow
 def test_pull_to_a_folder_then_add_it_on_a_machine_without_network(hub, tmp_path, isolated_home):  # noqa: F811
     carried = tmp_path / "usb"
     result = run_cli("pull", PULLED_NAME, "--to", str(carried), env=env_for(hub))
@@ -75,6 +76,7 @@ def test_pull_to_a_folder_then_add_it_on_a_machine_without_network(hub, tmp_path
     assert not (tmp_path / "third" / "hf").exists() or not any((tmp_path / "third" / "hf").rglob("*.gguf"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, says", [
     (lambda m: m["files"][0].update(path="../outside.gguf"), "unsafe file name"),
     (lambda m: m["files"][0].update(sha256="zz"), "each file needs"),
@@ -97,13 +99,13 @@ def test_a_hostile_manifest_is_refused_before_anything_is_read(hub, tmp_path, ch
 
 def test_a_manifest_nested_too_deep_is_bad_json_not_a_crash(tmp_path):
     (tmp_path / "localllm-manifest.json").write_text("[" * 100_000 + "]" * 100_000)
-    result = run_cli("add", str(tmp_path))
+    result = invoke("add", str(tmp_path))
     assert_one_line_error(result, 2, "is not valid JSON")
     assert "RecursionError" not in result.stderr
 
 
 def test_add_of_a_folder_without_a_manifest_says_what_to_use(tmp_path):
-    assert_one_line_error(run_cli("add", str(tmp_path)), 2, "no localllm-manifest.json", "--add-dir")
+    assert_one_line_error(invoke("add", str(tmp_path)), 2, "no localllm-manifest.json", "--add-dir")
 
 
 def ollama_store(root, starter_gguf, name="library/smollm2", tag="135m"):
@@ -126,6 +128,7 @@ def ollama_store(root, starter_gguf, name="library/smollm2", tag="135m"):
     return path
 
 
+@pytest.mark.slow
 def test_ollamas_store_is_listed_run_in_place_and_verified(starter_gguf, tmp_path, isolated_home):
     store = isolated_home / "user" / ".ollama" / "models"  # where Ollama keeps it for this HOME
     ollama_store(store, starter_gguf)
@@ -170,12 +173,12 @@ def _blob_becomes_a_link_out(store):
 def test_a_broken_ollama_manifest_is_a_clear_error(starter_gguf, isolated_home, damage, says):
     store = isolated_home / "user" / ".ollama" / "models"
     damage(ollama_store(store, starter_gguf))
-    assert_one_line_error(run_cli("run", "-m", "ollama:smollm2:135m", "Hi"), 4, "Ollama's manifest", says)
-    result = run_cli("list")
+    assert_one_line_error(invoke("run", "-m", "ollama:smollm2:135m", "Hi"), 4, "Ollama's manifest", says)
+    result = invoke("list")
     assert result.returncode == 0 and "ollama:smollm2:135m" not in result.stdout
 
 
 def test_ollama_models_env_moves_the_store(starter_gguf, tmp_path):
     ollama_store(tmp_path / "elsewhere", starter_gguf)
-    listed = run_cli("list", "--json", env={"OLLAMA_MODELS": str(tmp_path / "elsewhere")})
+    listed = invoke("list", "--json", env={"OLLAMA_MODELS": str(tmp_path / "elsewhere")})
     assert "ollama:smollm2:135m" in {m["name"] for m in json.loads(listed.stdout)}

@@ -14,7 +14,6 @@ from localllm.tui import ChatApp
 from localllm.events import Finished, Timings, Token, Usage
 from localllm.session import ChatStore
 
-pytestmark = pytest.mark.slow
 SIZE = (100, 30)
 
 
@@ -95,6 +94,7 @@ def transcript(app) -> list[tuple[str, str]]:
     return [(m.role, m.content) for m in app.session.messages]
 
 
+@pytest.mark.slow
 async def test_streams_a_real_answer_saves_it_and_shows_the_status(starter_model, isolated_home):
     store = ChatStore()
     app = ChatApp(model_ref="starter", store=store, loader=real_loader(starter_model))
@@ -186,6 +186,7 @@ async def test_regenerate_edit_new_chat_reopen_rename_export_delete(isolated_hom
         assert len(app.store.conversations()) == 1
 
 
+@pytest.mark.slow
 async def test_context_meter_warns_then_trims_but_keeps_the_system_prompt(starter_model, isolated_home):
     app = ChatApp(model_ref="starter", store=ChatStore(), loader=real_loader(starter_model))
     async with app.run_test(size=SIZE) as pilot:

@@ -20,7 +20,6 @@ from test_tui import (
 from localllm.options import LoadOptions
 from localllm.session import ChatStore
 
-pytestmark = pytest.mark.slow
 
 
 async def test_first_launch_offers_the_catalog_and_downloads_with_progress(starter_gguf, isolated_home, monkeypatch):
@@ -118,6 +117,7 @@ async def test_offline_with_no_model_offers_what_works_offline(isolated_home, st
         assert app.model_name == str(starter_gguf), "a local .gguf opens by its path"
 
 
+@pytest.mark.slow
 async def test_chats_on_the_transformers_engine_as_on_gguf(starter_checkpoint, isolated_home):
     store = ChatStore()
     app = ChatApp(model_ref=str(starter_checkpoint), store=store, load_options=LoadOptions(n_ctx=2048, n_threads=2))

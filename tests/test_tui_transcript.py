@@ -3,13 +3,11 @@ from the prompt box, and code that stays inside the panel."""
 
 from __future__ import annotations
 
-import pytest
 from localllm.tui import ChatApp
 from test_tui import SIZE, ScriptedModel, scripted_app, wait_for
 
 from localllm.session import ChatStore
 
-pytestmark = pytest.mark.slow
 
 
 async def test_page_keys_scroll_the_transcript_while_the_prompt_has_focus(isolated_home):
