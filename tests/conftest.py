@@ -127,6 +127,8 @@ def invoke(*args: str, stdin: bytes = b"", env: dict | None = None) -> Result:
            "HUGGINGFACE_CO_URL_TEMPLATE": env["HF_ENDPOINT"] + "/{repo_id}/resolve/{revision}/{filename}"} if "HF_ENDPOINT" in env else {}
     if "HF_HUB_OFFLINE" in env:
         hub["HF_HUB_OFFLINE"] = env["HF_HUB_OFFLINE"] == "1"
+    if "HF_HOME" in env:
+        hub.update(HF_HOME=env["HF_HOME"], HF_HUB_CACHE=str(Path(env["HF_HOME"]) / "hub"))
     with (CliRunner().isolation(input=stdin, env=env) as (out, err, _), mock.patch("localllm.crash.install"),
           mock.patch.multiple(constants, **hub) if hub else contextlib.nullcontext()):
         code = cli._main(list(args))

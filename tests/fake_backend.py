@@ -3,7 +3,7 @@ sits above the engines (the CLI, the request path) with no llama.cpp and no weig
 
 Its model is a `.fake` file holding JSON: {"reply": TEXT} answers TEXT to every prompt, {"echo":
 true} answers with the prompt itself as the engine received it (so a test sees what the request
-path assembled). Tokens are the UTF-8 bytes of the text (ids 0-255) and END (256); the answer goes
+path assembled); "delay": seconds per token, for a test that needs an answer still running. Tokens are the UTF-8 bytes of the text (ids 0-255) and END (256); the answer goes
 through localllm.generation.sequence.Answer like every engine's, so limits, stop strings and the
 end of turn follow the same rules.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -88,8 +89,9 @@ class FakeModel:
         reply = bytes(tokens) if self.script.get("echo") else self.script.get("reply", "").encode()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         answer = Answer(sampling, len(tokens), 0, self.n_ctx, END.__eq__, lambda step: decoder.decode(bytes(step)))
-        position = 0
+        position, delay = 0, float(self.script.get("delay", 0))
         while not answer.done:
+            time.sleep(delay)
             token = reply[position % len(reply)] if reply and (position < len(reply) or sampling.ignore_eos) else END
             position += 1
             text, _ = answer.take(token)

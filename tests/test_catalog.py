@@ -169,18 +169,17 @@ def test_models_of_other_tools_are_listed_and_run_in_place(isolated_home, starte
     assert_one_line_error(run_cli("list", "--remove-dir", str(mine)), 2, "not a folder added with --add-dir")
 
 
-@pytest.mark.slow
 def test_show_and_catalog_work_offline():
-    shown = run_cli("show", "--json", "qwen3:8b")
+    shown = invoke("show", "--json", "qwen3:8b")
     assert shown.returncode == 0, shown
     info = json.loads(shown.stdout)
     assert info["installed"] is False and info["layers"] == 36 and info["repo"] == "bartowski/Qwen_Qwen3-8B-GGUF"
     assert [q["quant"] for q in info["quants"]] == ["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"]
     assert all(q["label"] in ("fits on GPU", "partial offload", "CPU only", "does not fit") for q in info["quants"])
-    starter = json.loads(run_cli("show", "--json", "starter").stdout)
+    starter = json.loads(invoke("show", "--json", "starter").stdout)
     assert starter["installed"] is True and starter["quant"] == "Q4_1" and starter["context_length"] == 8192
-    assert run_cli("catalog").stdout.splitlines()[0].split()[:3] == ["NAME", "QUANT", "SIZE"]
-    rows = json.loads(run_cli("catalog", "--json").stdout)
+    assert invoke("catalog").stdout.splitlines()[0].split()[:3] == ["NAME", "QUANT", "SIZE"]
+    rows = json.loads(invoke("catalog", "--json").stdout)
     assert {r["ref"].split(":")[0] for r in rows} >= FAMILIES
     huge = next(r for r in rows if r["ref"] == "llama3.3:70b")
     if huge["fit"] == "none":

@@ -88,3 +88,14 @@ def test_tools_on_a_template_that_renders_none_are_refused(fake_model):
 def test_an_unknown_engine_names_the_registered_ones(fake_model):
     with pytest.raises(UsageError, match="unknown engine 'warp'.*llamacpp or transformers or fake"):
         load_model(fake_model(reply="x"), engine="warp")
+
+
+def test_raw_refuses_a_system_prompt():
+    result = invoke("run", "-m", "starter", "--raw", "-s", "Be brief.", "Hi")
+    assert_one_line_error(result, 2, "--system", "--raw")
+
+
+def test_list_shows_the_starter():
+    data = json.loads(invoke("list", "--json").stdout)
+    assert [m["source"] for m in data] == ["starter"]
+    assert data[0]["size"] > 90_000_000

@@ -50,11 +50,14 @@ def test_plan_plans_a_catalog_model_before_it_is_downloaded():
     assert named["estimate"][0]["weights"] > 4 * 2**30
 
 
-@pytest.mark.slow
-def test_run_refuses_what_cannot_fit_unless_asked():
-    refused = run_cli("run", "-m", "starter", "--margin", "100000000", "-t", "0", "--max-tokens", "3", "hi")
+def test_run_refuses_what_cannot_fit():
+    refused = invoke("run", "-m", "starter", "--margin", "100000000", "-t", "0", "--max-tokens", "3", "hi")
     assert refused.returncode == 4
     assert "does not fit" in refused.stderr and "--load-anyway" in refused.stderr
+
+
+@pytest.mark.slow
+def test_run_loads_what_cannot_fit_when_asked():
     forced = run_cli("run", "-m", "starter", "--margin", "100000000", "--load-anyway", "-t", "0", "--max-tokens", "3", "hi")
     assert forced.returncode == 0, forced
     assert "loading anyway" in forced.stderr

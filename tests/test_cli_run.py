@@ -67,26 +67,6 @@ def test_json_seed_reported_reproduces_the_answer():
     assert again.stdout == first["text"] + ("" if first["text"].endswith("\n") else "\n")
 
 
-def test_no_stream_prints_the_same_answer():
-    args = ("run", "-m", "starter", "-t", "0", "--max-tokens", "30", "What is 2+2?")
-    assert run_cli(*args, "--no-stream").stdout == run_cli(*args).stdout
-
-
-def test_stdin_is_the_prompt():
-    piped = run_cli("run", "-m", "starter", "-t", "0", "--max-tokens", "20", stdin=b"What is the capital of France?")
-    direct = run_cli("run", "-m", "starter", "-t", "0", "--max-tokens", "20", "What is the capital of France?")
-    assert piped.returncode == 0
-    assert piped.stdout == direct.stdout
-
-
-def test_stdin_is_context_before_the_prompt():
-    code = b"def add(a, b):\n    return a + b\n"
-    args = ("run", "-m", "starter", "-t", "0", "--max-tokens", "30", "--json", "-p", "Explain this code.")
-    with_context = json.loads(run_cli(*args, stdin=code).stdout)
-    without = json.loads(run_cli(*args).stdout)
-    assert with_context["usage"]["prompt_tokens"] > without["usage"]["prompt_tokens"] + 10
-
-
 def test_default_model_setting(starter_gguf, isolated_home):
     assert run_cli("default", str(starter_gguf)).returncode == 0
     assert run_cli("default").stdout.strip() == str(starter_gguf)
@@ -101,12 +81,6 @@ def test_without_model_uses_the_best_installed():
     result = run_cli("run", "--json", "-t", "0", "--max-tokens", "5", "Hi")
     assert result.returncode == 0, result
     assert json.loads(result.stdout)["path"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def test_list_shows_the_starter():
-    data = json.loads(run_cli("list", "--json").stdout)
-    assert [m["source"] for m in data] == ["starter"]
-    assert data[0]["size"] > 90_000_000
 
 
 def test_ctrl_c_exits_130_and_keeps_the_output():
@@ -151,11 +125,6 @@ def test_raw_gives_the_text_to_the_model_without_the_chat_template(starter_model
     assert raw["settings"]["raw"] is True and templated["settings"]["raw"] is False
     expected = collect(starter_model.generate(text, SamplingOptions(temperature=0, max_tokens=8))).text
     assert raw["text"] == expected
-
-
-def test_raw_refuses_a_system_prompt():
-    result = run_cli("run", "-m", "starter", "--raw", "-s", "Be brief.", "Hi")
-    assert_one_line_error(result, 2, "--system", "--raw")
 
 
 def test_flash_attention_setting_is_used_and_reported():

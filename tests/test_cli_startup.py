@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_cli
+from conftest import invoke
 
 HEAVY = ("llama_cpp", "textual", "huggingface_hub", "numpy", "starlette", "uvicorn", "llguidance")
 
@@ -28,34 +28,30 @@ def test_nothing_heavy_is_imported(args):
     assert not {m for m in modules if m.split(".")[0] in HEAVY}
 
 
-@pytest.mark.slow
 def test_version():
     from localllm import __version__
 
-    result = run_cli("--version")
+    result = invoke("--version")
     assert result.returncode == 0
     assert __version__ in result.stdout
 
 
-@pytest.mark.slow
 def test_run_help_documents_every_option():
-    result = run_cli("run", "--help")
+    result = invoke("run", "--help")
     for option in ("--prompt", "--model", "--system", "--max-tokens", "--temperature", "--top-p", "--seed",
                    "--ctx", "--threads", "--gpu-layers", "--json", "--no-stream", "--verbose"):
         assert option in result.stdout, option
 
 
-@pytest.mark.slow
 def test_serve_help_documents_every_option():
-    result = run_cli("serve", "--help")
+    result = invoke("serve", "--help")
     for option in ("--model", "--host", "--port", "--parallel", "--queue", "--keep-alive", "--api-key", "--cors",
                    "--ctx", "--max-body", "--quiet", "LOCALLLM_API_KEY", "8642"):
         assert option in result.stdout, option
 
 
-@pytest.mark.slow
 def test_unknown_command_is_a_usage_error():
-    result = run_cli("frobnicate")
+    result = invoke("frobnicate")
     assert result.returncode == 2
     assert "No such command" in result.stderr
 

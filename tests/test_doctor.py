@@ -13,13 +13,13 @@ from test_planner import profile
 
 from localllm.doctor import MIB, LoadCheck, Situation, judge
 
-pytestmark = pytest.mark.slow
 
 
 def findings_of(result) -> dict:
     return {f["check"]: f for f in json.loads(result.stdout)["findings"]}
 
 
+@pytest.mark.slow
 def test_doctor_on_this_machine_runs_the_starter_and_reports_the_build():
     result = run_cli("doctor", "--json", "--offline", timeout=300)
     assert result.returncode == 0, result
@@ -35,6 +35,7 @@ def test_doctor_on_this_machine_runs_the_starter_and_reports_the_build():
     assert text.returncode == 0 and text.stdout.startswith("ok    versions: localllm")
 
 
+@pytest.mark.slow
 def test_doctor_asks_the_hub_once_and_an_unreachable_one_is_a_warning():
     with HubServer() as hub:
         found = findings_of(run_cli("doctor", "--json", "--no-load", env={"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}))

@@ -9,9 +9,9 @@ from localllm.backends.llamacpp.params import dry_run
 from localllm.gguf_info import inspect_file
 from localllm.options import LoadOptions
 
-pytestmark = pytest.mark.slow
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_ctx, kv, fa", [(2048, "f16", True), (8192, "f16", False), (8192, "q8_0", True), (32768, "f16", True)])
 def test_starter_matches_llama_cpp(starter_gguf, spec_cache, n_ctx, kv, fa):
     spec = inspect_file(starter_gguf, spec_cache)
@@ -60,6 +60,7 @@ def test_amx_packing_bytes_follow_llama_cpps_amx_buffer():
     assert amx_extra_bytes("blk.0.ffn_gate_exps.weight", "Q8_0", (4096, 1024, 64)) == 0
 
 
+@pytest.mark.slow
 def test_amx_weights_are_counted_where_they_stay_on_the_cpu(starter_gguf, tmp_path, spec_cache):
     from localllm.backends.llamacpp.params import quantize
 
@@ -75,6 +76,7 @@ def test_amx_weights_are_counted_where_they_stay_on_the_cpu(starter_gguf, tmp_pa
     assert partial.ram.weights - estimate(spec, LoadShape(n_ctx=2048, n_gpu_layers=11), ("nvidia",)).ram.weights == per_layer * 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_seq, fa", [(4, True), (8, False)])
 def test_several_sequences_share_one_cache_as_llama_cpp_sizes_it(starter_gguf, spec_cache, n_seq, fa):
     spec = inspect_file(starter_gguf, spec_cache)
@@ -85,6 +87,7 @@ def test_several_sequences_share_one_cache_as_llama_cpp_sizes_it(starter_gguf, s
     assert -1 * MIB <= ram.compute - truth["compute"] <= 4 * MIB, (ram.compute / MIB, truth["compute"] / MIB)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["q4_0", "q4_k_m", "q8_0", "iq4_xs"])
 def test_the_plan_holds_what_a_load_really_takes_and_weights_are_held_once(starter_gguf, spec_cache, tmp_path, kind):
     """In a fresh process: the planner against the resident growth of a real load (never under,

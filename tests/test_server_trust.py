@@ -252,6 +252,7 @@ def test_an_error_in_a_step_is_reported_and_the_engine_goes_on(capfd):
 
 
 # ---- the served model under one name ------------------------------------------------------------
+@pytest.mark.slow
 def test_a_model_served_by_path_is_listed_shown_and_answered_under_one_name(starter_gguf, tmp_path):
     from embedding_gguf import write_with_template
 

@@ -13,7 +13,6 @@ from localllm import SamplingOptions, collect, load_model
 from localllm.backends.transformers.engine import choose_dtype
 from localllm.errors import UsageError
 
-pytestmark = pytest.mark.slow
 
 GREEDY = SamplingOptions(temperature=0, max_tokens=24)
 QUESTION = [{"role": "user", "content": "Name three colours."}]
@@ -33,6 +32,7 @@ def plain_generate(folder, dtype: str, messages, max_new_tokens: int) -> str:
     return tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+@pytest.mark.slow
 def test_the_library_matches_plain_generate_and_reuses_its_cache(starter_checkpoint):
     # float32: in bfloat16 a prompt's last position comes out of a one-row product when the rest
     # is cached and of a many-row one when not, and on CPUs with AMX those round differently
@@ -50,6 +50,7 @@ def test_the_library_matches_plain_generate_and_reuses_its_cache(starter_checkpo
         assert sampled[0] == sampled[1], "a seed repeats a sampled answer"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_a_schema_binds_the_answer_as_on_llama_cpp(starter_checkpoint, temperature):
     import jsonschema
@@ -67,6 +68,7 @@ def test_a_schema_binds_the_answer_as_on_llama_cpp(starter_checkpoint, temperatu
     assert done.finished.usage.completion_tokens >= len(json.loads(done.text)["colours"]) + 3
 
 
+@pytest.mark.slow
 def test_run_picks_the_engine_from_the_format_and_reports_it(starter_checkpoint):
     result = run_cli("run", "-m", str(starter_checkpoint), "--json", "-t", "0", "--max-tokens", "24", "--threads", "2",
                      "Name three colours.")
@@ -80,6 +82,7 @@ def test_run_picks_the_engine_from_the_format_and_reports_it(starter_checkpoint)
     assert streamed.returncode == 0 and streamed.stdout.strip()
 
 
+@pytest.mark.slow
 def test_an_engine_that_cannot_open_the_model_is_a_usage_error(starter_checkpoint, starter_gguf):
     assert_one_line_error(run_cli("run", "-m", str(starter_gguf), "--engine", "transformers", "Hi"), 2,
                           "transformers engine cannot load a .gguf file")
@@ -87,6 +90,7 @@ def test_an_engine_that_cannot_open_the_model_is_a_usage_error(starter_checkpoin
                           "llamacpp engine cannot load a safetensors folder")
 
 
+@pytest.mark.slow
 def test_without_the_full_extra_one_line_says_how_to_install_it(starter_checkpoint, tmp_path):
     blocked = tmp_path / "blocked"
     (blocked / "torch").mkdir(parents=True)
@@ -108,6 +112,7 @@ def test_dtype_choice(asked, checkpoint, device, features, chosen):
     assert choose_dtype(asked, checkpoint, device, features) == chosen
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_a_bad_config_is_refused_before_torch_reads_it(tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -123,6 +128,7 @@ def test_a_checkpoint_with_a_bad_config_is_refused_before_torch_reads_it(tmp_pat
         load_model(folder, dtype="int3")
 
 
+@pytest.mark.slow
 def test_decoding_leaves_a_core_that_another_process_keeps_busy(starter_checkpoint, capfd):
     """PyTorch's threads stall on a busy core as llama.cpp's do (the starter: 2.1 tokens/s on 2
     threads beside a busy loop, 17.7 on 1): with no --threads the count adapts while decoding."""
