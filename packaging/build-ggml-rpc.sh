@@ -16,7 +16,7 @@ command -v "$cxx" >/dev/null || { echo "build-ggml-rpc: no C++ compiler ($cxx); 
 read -r version libdir default_out < <("$python" - <<'EOF'
 import importlib.metadata, pathlib
 import llama_cpp
-from localllm.rpc import built_library_path
+from localllm.backends.llamacpp.rpc import built_library_path
 print(importlib.metadata.version("llama_cpp_python"), pathlib.Path(llama_cpp.__file__).parent / "lib", built_library_path())
 EOF
 )

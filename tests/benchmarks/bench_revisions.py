@@ -1,6 +1,7 @@
 """Two revisions of localllm side by side in one run: decode and prompt speed of `run`, `run
---schema` (a schema with long property names, so the grammar's forced tokens matter), and the
-transformers engine's decode, each as after / before, alternating which goes first each round.
+--schema` (a schema with long property names, so the grammar's forced tokens matter), `serve`
+(one streaming client, and four at once, as bench_serve.py measures them, on the starter) and the transformers
+engine's decode, each as after / before, alternating which goes first each round.
 
     git worktree add /tmp/before REV && pip install --no-deps --target /tmp/tree-before /tmp/before
     pip install --no-deps --target /tmp/tree-after .
@@ -16,9 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve import four_clients, one_client, start  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {
     "the_name_of_the_programming_language": {"type": "string", "maxLength": 24},
@@ -56,6 +62,21 @@ def main() -> None:
         "schema decode tok/s": lambda tree: run(tree, *common, "--max-tokens", "160", "--schema", json.dumps(SCHEMA),
                                                 "Describe a programming language.")["timings"]["generation_tokens_per_s"],
     }
+
+    def served(tree: str, measure) -> float:
+        # The starter, as bench_serve.py's clients name it.
+        proc, url = start([sys.executable, "-m", "localllm", "serve", "-m", "starter", "--port", "0", "--parallel", "4",
+                           "--threads", str(args.threads), "--quiet"], re.compile(r"serving on (http://\S+) "),
+                          env={**os.environ, "PYTHONPATH": tree})
+        try:
+            one_client(url, "Warm up.")
+            return measure(url)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    rows["serve, one client tok/s"] = lambda tree: served(tree, lambda url: one_client(url, "Write a story.")[0])
+    rows["serve, four clients tok/s"] = lambda tree: served(tree, lambda url: four_clients(url, "lighthouse"))
     if args.checkpoint:
         rows["transformers decode tok/s"] = lambda tree: run(
             tree, "-m", args.checkpoint, "--threads", str(args.threads), "-t", "0", "--dtype", "float32", "--ignore-eos",

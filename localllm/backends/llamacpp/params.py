@@ -115,7 +115,7 @@ def choose_load_mode(mparams, path: Path, n_gpu_layers: int) -> list[tuple[Path,
     and the pages it read them from stay resident: mapped, the weights are held twice (measured on
     Qwen2.5-Coder-1.5B Q4_K_M: RSS grew 1893 MiB mapped, 1299 MiB otherwise). On Linux the file
     stays mapped and those pages are given back after the load (the ranges returned, for
-    backends.mapped.release): a mapped load is 1.46x quicker than reading. Elsewhere the file is
+    mapped.release): a mapped load is 1.46x quicker than reading. Elsewhere the file is
     read into memory instead (load_mode NONE; returns []). Where nothing is repacked (Q4_1, F16,
     every weight on a GPU) None: the mapping stays as it is, sharing the page cache."""
     from .mapped import can_release

@@ -1,7 +1,7 @@
 """vLLM for scale-out: the command that runs a checkpoint across GPUs and nodes, chosen from the
 plan, and the process that runs it. vLLM lives in its own environment (it pins its own torch and
 transformers) and is never a dependency; `serve --engine vllm` talks to it over its OpenAI API
-(backends/remote.py).
+(remote.py).
 """
 
 from __future__ import annotations
