@@ -159,6 +159,9 @@ class LoadOptions:
     device_map: tuple[tuple[str, str | int], ...] = ()
     # llama.cpp RPC workers (HOST:PORT) whose devices take layers as GPUs do (localllm.backends.llamacpp.rpc).
     rpc: tuple[str, ...] = ()
+    # Keep the prompt's KV cache on disk at close and load one saved before when a prompt starts
+    # with its tokens (localllm.backends.llamacpp.state_cache); `run` does unless --no-cache.
+    prompt_cache: bool = False
     verbose: bool = False
 
     def __post_init__(self) -> None:

@@ -35,6 +35,8 @@ def isolated_home(tmp_path_factory, monkeypatch, spec_cache) -> Path:
     monkeypatch.setenv("HF_HOME", str(root / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("LOCALLLM_CACHE", str(spec_cache))
+    # Saved prompt states are the test's own: a run must not find another test's long prompt read.
+    monkeypatch.setenv("LOCALLLM_PROMPT_CACHE", str(root / "prompt-states"))
     monkeypatch.delenv("LOCALLLM_DEBUG", raising=False)
     # huggingface_hub reads its environment once, at import: tell the imported copy too.
     from huggingface_hub import constants

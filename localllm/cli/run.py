@@ -51,12 +51,14 @@ RUN_INITIAL_CTX = 1024
 @click.option("--reasoning-effort", type=click.Choice(REASONING_EFFORTS), help="How long gpt-oss reasons (its template's reasoning_effort).  [default: the model's, medium]")
 @click.option("--show-thinking", is_flag=True, help="Print a thinking model's reasoning on stderr as it comes (else a one-line count on a terminal).")
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
+@click.option("--no-cache", is_flag=True, help="Read the prompt even if a run before saved its state (run keeps the state of prompts over 256 tokens on disk, and reuses it when a prompt starts the same).")
 @click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template (base models, text completion).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, model, finish reason, token counts, timings, settings.")
 @click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def run(prompt_arg, prompt_opt, model, system, ctx, threads, gpu_layers, kv_type, flash_attn, margin, load_anyway, engine,
-        dtype, rpc, schema, grammar_file, stop, think, reasoning_effort, show_thinking, ignore_eos, raw, as_json, no_stream,
+        dtype, rpc, schema, grammar_file, stop, think, reasoning_effort, show_thinking, ignore_eos, no_cache, raw, as_json,
+        no_stream,
         verbose, **sampling_fields):
     """Answer one prompt and exit. Tokens stream to stdout; everything else goes to stderr.
 
@@ -79,7 +81,7 @@ def run(prompt_arg, prompt_opt, model, system, ctx, threads, gpu_layers, kv_type
     load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
                                flash_attn=FLASH_ATTN[flash_attn], initial_ctx=RUN_INITIAL_CTX,
                                margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, engine=engine,
-                               dtype=dtype, rpc=rpc, verbose=verbose)
+                               dtype=dtype, rpc=rpc, prompt_cache=not no_cache, verbose=verbose)
     sampling = SamplingOptions(**sampling_values(sampling_fields), ignore_eos=ignore_eos, stop=stop,
                                grammar=from_options(schema, grammar_file))
     status = Status(enabled=not as_json)

@@ -59,7 +59,7 @@ def chat_flash_attn() -> str:
 
 def run_once(tokens: int, threads: int) -> float:
     """`localllm run`, as a user runs it: its own process, with the chat's attention kernel."""
-    out = subprocess.run([LOCALLLM, "run", "-m", "starter", "--json", "-t", "0", "--ignore-eos", "--max-tokens", str(tokens),
+    out = subprocess.run([LOCALLLM, "run", "--no-cache", "-m", "starter", "--json", "-t", "0", "--ignore-eos", "--max-tokens", str(tokens),
                           "--threads", str(threads), "--flash-attn", chat_flash_attn(), PROMPT],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)["timings"]["generation_tokens_per_s"]

@@ -22,7 +22,7 @@ PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 50)  # abou
 
 def run(venv: Path, threads: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LOCALLLM_HOME": tempfile.mkdtemp(prefix="bench-portable-")}
-    out = subprocess.run([str(venv / "bin" / "localllm"), "run", "-m", "starter", "--raw", "-t", "0", "--threads",
+    out = subprocess.run([str(venv / "bin" / "localllm"), "run", "--no-cache", "-m", "starter", "--raw", "-t", "0", "--threads",
                           str(threads), "--max-tokens", "128", "--ignore-eos", "--json", PROMPT],
                          capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout)["timings"]

@@ -37,7 +37,8 @@ LONG_PROMPT = "Summarize the following notes in one sentence.\n" + " ".join(
 
 
 def run(tree: str, *args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": tree}
+    # A budget of 0 keeps no prompt state (the revision before had none): every sample reads its prompt.
+    env = {**os.environ, "PYTHONPATH": tree, "LOCALLLM_PROMPT_CACHE_BYTES": "0"}
     out = subprocess.run([sys.executable, "-m", "localllm", "run", "--json", *args], capture_output=True, text=True,
                          env=env, stdin=subprocess.DEVNULL, timeout=1800)
     if out.returncode != 0:

@@ -57,7 +57,7 @@ def start_guarded(port: int, threads: int) -> subprocess.Popen:
 
 
 def run(model: str, endpoint: str, tokens: int) -> dict:
-    out = subprocess.run([LOCALLLM, "run", "-m", model, "--rpc", endpoint, "-t", "0", "--ignore-eos", "--max-tokens",
+    out = subprocess.run([LOCALLLM, "run", "--no-cache", "-m", model, "--rpc", endpoint, "-t", "0", "--ignore-eos", "--max-tokens",
                           str(tokens), "--json", PROMPT], capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise SystemExit(out.stderr)

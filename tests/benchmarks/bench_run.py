@@ -63,7 +63,7 @@ def localllm_command() -> list[str]:
 
 
 def localllm_run(*args: str) -> dict:
-    out = subprocess.run([*localllm_command(), "run", "--json", *args], capture_output=True, text=True, check=True)
+    out = subprocess.run([*localllm_command(), "run", "--json", "--no-cache", *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 

@@ -27,7 +27,7 @@ PROMPT = "Write a long story about a lighthouse keeper."
 
 def decode_rate(model: str, tokens: int, threads: int | None, busy_after: float | None) -> tuple[float, int]:
     """(decode tokens/s, threads at the end) of one run; a busy loop starts busy_after s in."""
-    args = [LOCALLLM, "run", "-m", model, "--json", "--ignore-eos", "-t", "0", "--max-tokens", str(tokens), PROMPT]
+    args = [LOCALLLM, "run", "--no-cache", "-m", model, "--json", "--ignore-eos", "-t", "0", "--max-tokens", str(tokens), PROMPT]
     if threads is not None:
         args[2:2] = ["--threads", str(threads)]
     hog: list[subprocess.Popen] = []

@@ -36,6 +36,7 @@ from ..base import Capabilities, Message, reusable_prefix
 from ..chat_template import render_chat
 from ..threads import engine_governor
 from . import load as llamacpp_load
+from . import state_cache
 from .mapped import release
 from .params import (
     PROGRESS_AFTER,
@@ -135,6 +136,12 @@ class LlamaCppModel:
         self._cached: list[int] = []
         self._formatter = self._chat_formatter()
         self._warm_up()
+        self._states = None
+        if options.prompt_cache:  # the settings that shape the KV cache, all of them
+            settings = {"n_ctx": self.n_ctx, "kv": options.kv_type or "f16", "flash_attn": options.flash_attn,
+                        "n_batch": self._n_batch, "n_ubatch": self._n_ubatch, "swa_full": options.swa_full,
+                        "n_seq": options.n_seq, "llama_cpp": llama_cpp.__version__}
+            self._states = state_cache.StateCache(state_cache.key(path, settings), options.verbose)
 
     def _set_threads(self, n: int) -> None:
         llama_cpp.llama_set_n_threads(self._ctx, n, n)
@@ -285,6 +292,36 @@ class LlamaCppModel:
         self._cached = tokens[:common]
         return common
 
+    def _restore(self, tokens: list[int]) -> None:
+        """Load the saved state sharing the most with this prompt, up to its last whole ubatch
+        (localllm.backends.llamacpp.state_cache says why), when it beats what memory holds."""
+        def whole_ubatches(n: int) -> int:
+            return min(n, len(tokens) - 1) // self._n_ubatch * self._n_ubatch
+
+        saved = self._states.find(tokens)
+        if saved is None:
+            return
+        usable = whole_ubatches(reusable_prefix(saved.tokens, tokens))
+        if usable <= reusable_prefix(self._cached, tokens):
+            return
+        self._make_room(len(saved.tokens))
+        llama_cpp.llama_memory_clear(self._memory, True)
+        state = (ctypes.c_uint8 * len(saved.state)).from_buffer_copy(saved.state)
+        if llama_cpp.llama_state_seq_set_data(self._ctx, state, len(saved.state), 0) != len(saved.state):
+            llama_cpp.llama_memory_clear(self._memory, True)
+            self._cached = []
+            self._states.say("a saved state did not fit this context; reading the prompt")
+            return
+        llama_cpp.llama_memory_seq_rm(self._memory, 0, usable, -1)
+        self._cached = saved.tokens[:usable]
+
+    def _save_state(self) -> None:
+        """After the last answer (at close): this sequence's cache, for the next process."""
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
+        state = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self._ctx, state, size, 0) == size:
+            self._states.save(list(self._cached), bytes(state))
+
     def _decode(self, tokens: Sequence[int]) -> Iterator[PromptProgress]:
         """Evaluate prompt tokens. A long prompt goes in ubatch-sized steps, each followed by a
         PromptProgress: llama.cpp splits a batch into ubatches anyway, so this costs nothing."""
@@ -303,6 +340,8 @@ class LlamaCppModel:
                 yield PromptProgress(start + len(chunk), len(tokens))
 
     def _run(self, tokens: list[int], answer: Answer, pick: Callable[[], int]) -> Iterator[Event]:
+        if self._states is not None and len(tokens) > state_cache.MIN_TOKENS:
+            self._restore(tokens)
         answer.reused = reused = self._reuse_prefix(tokens)
         self._make_room(len(tokens))
         yield from self._decode(tokens[reused:])
@@ -390,6 +429,9 @@ class LlamaCppModel:
         return LlamaCppBatcher(self)
 
     def close(self) -> None:
+        if getattr(self, "_states", None) is not None and self._ctx and len(self._cached) >= state_cache.MIN_TOKENS:
+            self._save_state()
+        self._states = None
         self._free_context()
         if self._embed_ctx:
             llama_cpp.llama_free(self._embed_ctx)

@@ -1,0 +1,163 @@
+"""Prompt states kept on disk, so that a prompt read once is not read again (issue 27).
+
+A state is one sequence's KV cache as llama.cpp copies it out (`llama_state_seq_get_data`), saved
+with the tokens it holds. A new prompt that starts with those tokens loads it and reads only the
+rest. It is used only when everything that shapes the cache is the same: the model file itself
+(resolved path, size, modification time, inode: identity, not name), the window, the KV type, flash
+attention, the batch sizes and the llama.cpp build; the saved tokens are compared with the prompt's,
+and the state's bytes with their SHA-256. Anything else (truncated, flipped, foreign) is ignored,
+with one line on stderr under --verbose.
+
+Restored up to the last whole ubatch of the shared prefix: the cold read computed those cells in the
+same ubatches, so the rest of the prompt is evaluated exactly as a cold read would, and a greedy
+answer is the same token for token (restoring every shared token and evaluating one puts the last
+position in a smaller batch, whose kernels sum differently).
+
+Files are private (0600 in a 0700 folder) under the cache folder; the least recently used go first
+once the folder passes its budget; a disk that is full only means nothing is saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...config import cache_dir, private_dir
+
+MAGIC = b"LLSTATE1"
+MIN_TOKENS = 256  # a shorter prompt reads faster than a file loads
+DEFAULT_BUDGET = 4 * 2**30
+MAX_HEADER = 1 << 16
+ENV_BUDGET = "LOCALLLM_PROMPT_CACHE_BYTES"
+ENV_FOLDER = "LOCALLLM_PROMPT_CACHE"
+
+
+@dataclass(frozen=True)
+class Saved:
+    tokens: list[int]
+    state: bytes
+
+
+def folder() -> Path:
+    return Path(os.environ[ENV_FOLDER]).expanduser() if os.environ.get(ENV_FOLDER) else cache_dir() / "prompt-states"
+
+
+def budget() -> int:
+    value = os.environ.get(ENV_BUDGET, "")
+    return int(value) if value.isdigit() else DEFAULT_BUDGET
+
+
+def key(path: Path, settings: dict) -> str:
+    """What a saved state must have been made with to be used here."""
+    info = path.resolve().stat()
+    identity = {"path": str(path.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": info.st_ino,
+                **settings}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class StateCache:
+    def __init__(self, key: str, verbose: bool = False):
+        self.key, self.verbose = key, verbose
+
+    def say(self, text: str) -> None:
+        if self.verbose:
+            sys.stderr.write(f"localllm: prompt cache: {text}\n")
+
+    def find(self, tokens: list[int]) -> Saved | None:
+        """The saved state sharing the longest prefix with `tokens` (checked whole), or None."""
+        best: tuple[int, Path] | None = None
+        for path in sorted(folder().glob(f"{self.key}-*.state")) if folder().is_dir() else ():
+            try:
+                saved_tokens = self._read(path, with_state=False).tokens
+            except (OSError, ValueError) as exc:
+                self.say(f"ignoring {path.name}: {exc}")
+                continue
+            shared = _shared(saved_tokens, tokens)
+            if shared >= MIN_TOKENS and (best is None or shared > best[0]):
+                best = (shared, path)
+        if best is None:
+            return None
+        try:
+            saved = self._read(best[1], with_state=True)
+        except (OSError, ValueError) as exc:
+            self.say(f"ignoring {best[1].name}: {exc}")
+            return None
+        os.utime(best[1])  # the least recently used go first
+        return saved
+
+    def _read(self, path: Path, with_state: bool) -> Saved:
+        with path.open("rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise ValueError("not a saved prompt state")
+            (length,) = struct.unpack("<I", f.read(4))
+            if length > MAX_HEADER:
+                raise ValueError("its header is too long")
+            header = json.loads(f.read(length))
+            if not isinstance(header, dict) or header.get("key") != self.key:
+                raise ValueError("made for another model or other settings")
+            n, size = header.get("n_tokens"), header.get("state_bytes")
+            if not (isinstance(n, int) and isinstance(size, int) and 0 < n and 0 < size):
+                raise ValueError("its header is malformed")
+            raw = f.read(4 * n)
+            if len(raw) != 4 * n:
+                raise ValueError("it is truncated")
+            tokens = list(struct.unpack(f"<{n}i", raw))
+            if not with_state:
+                return Saved(tokens, b"")
+            state = f.read(size + 1)
+        if len(state) != size:
+            raise ValueError("it is truncated" if len(state) < size else "it is longer than its header says")
+        if hashlib.sha256(state).hexdigest() != header.get("sha256"):
+            raise ValueError("its bytes are not the ones saved")
+        return Saved(tokens, state)
+
+    def save(self, tokens: list[int], state: bytes) -> None:
+        """Keep this state (replacing any saved for a prefix of its tokens); never raises."""
+        try:
+            where = private_dir(folder())
+            name = hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()[:24]
+            target = where / f"{self.key}-{name}.state"
+            header = json.dumps({"key": self.key, "n_tokens": len(tokens), "state_bytes": len(state),
+                                 "sha256": hashlib.sha256(state).hexdigest()}).encode()
+            partial = target.with_suffix(".partial")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(MAGIC + struct.pack("<I", len(header)) + header + struct.pack(f"<{len(tokens)}i", *tokens))
+                f.write(state)
+            os.replace(partial, target)
+            for other in where.glob(f"{self.key}-*.state"):  # a state whose tokens this one extends is spent
+                if other != target and self._is_prefix_of(other, tokens):
+                    other.unlink(missing_ok=True)
+            _evict(where, budget())
+        except OSError as exc:
+            self.say(f"not saved: {exc.strerror or exc}")
+
+    def _is_prefix_of(self, path: Path, tokens: list[int]) -> bool:
+        try:
+            saved = self._read(path, with_state=False).tokens
+        except (OSError, ValueError):
+            return False
+        return len(saved) <= len(tokens) and tokens[:len(saved)] == saved
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _evict(where: Path, limit: int) -> None:
+    files = sorted(where.glob("*.state"), key=lambda p: p.stat().st_mtime)
+    total = sum(p.stat().st_size for p in files)
+    for path in files:
+        if total <= limit:
+            break
+        total -= path.stat().st_size
+        path.unlink(missing_ok=True)
