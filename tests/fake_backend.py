@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from localllm.backends.base import Capabilities
+from localllm.backends.base import Capabilities, prompt_tokens
 from localllm.backends.serial import SerialBatcher
-from localllm.errors import ContextOverflowError, ModelLoadError, UsageError
+from localllm.errors import ModelLoadError, UsageError
 from localllm.events import Event, Token
 from localllm.generation.sequence import Answer
 from localllm.options import LoadOptions, SamplingOptions
@@ -78,12 +78,7 @@ class FakeModel:
         return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + "<assistant>"
 
     def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions) -> Iterator[Event]:
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        if not tokens:
-            raise UsageError("the prompt is empty")
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(len(tokens), self.n_ctx, self.n_ctx_train)
-        return self._answer(tokens, sampling)
+        return self._answer(prompt_tokens(self, prompt), sampling)
 
     def _answer(self, tokens: list[int], sampling: SamplingOptions) -> Iterator[Event]:
         reply = bytes(tokens) if self.script.get("echo") else self.script.get("reply", "").encode()

@@ -12,6 +12,7 @@ import httpx
 import ollama
 import openai
 import pytest
+from test_serve import ask, client
 from test_server_trust import AppServer
 
 from localllm.engine import Engine
@@ -37,14 +38,6 @@ def scripted(fake_model):
     server = serve(fake_model(reply=REPLY))
     yield server
     server.stop()
-
-
-def client(server: AppServer, key: str = "unused") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=30)
-
-
-def ask(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
 
 
 def test_openai_chat_answers_streams_and_counts(scripted):

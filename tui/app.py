@@ -35,13 +35,7 @@ from localllm.status import PromptEta
 
 from .actions import ChatActions
 from .errors import ErrorReporting, guarded
-from .widgets import (
-    ConversationItem,
-    PromptArea,
-    StatusBar,
-    reasoning_fold,
-    user_message,
-)
+from .widgets import ConversationItem, PromptArea, StatusBar, reasoning_fold, user_message
 
 # A streaming answer is drawn in batches, every FLUSH_MIN seconds. When llama.cpp has a thread on
 # every CPU, each slice the UI takes from one stalls all its threads at the next barrier, so

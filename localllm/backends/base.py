@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ..errors import ContextOverflowError, UsageError
 from ..events import Event
 from ..options import LoadOptions, SamplingOptions
 
@@ -87,6 +88,16 @@ class Backend(Protocol):
     def load(self, path: Path, options: LoadOptions) -> LoadedModel: ...
 
 
+def prompt_tokens(model: LoadedModel, prompt: str | Sequence[int]) -> list[int]:
+    """A raw prompt as tokens, refused (never cut) when empty or when it does not fit the window."""
+    tokens = model.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+    if not tokens:
+        raise UsageError("the prompt is empty")
+    if len(tokens) >= model.n_ctx:
+        raise ContextOverflowError(len(tokens), model.n_ctx, model.n_ctx_train)
+    return tokens
+
+
 def reusable_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
     """How many leading prompt tokens a KV cache holding `cached` already has, leaving at least
     one to evaluate: the first sample needs the logits of a prompt token."""
@@ -150,8 +161,6 @@ class TokenizerChat:
         return template if isinstance(template, str) else None
 
     def format_chat(self, messages: Sequence[Message], **variables) -> str:
-        from ..errors import UsageError
-
         if not self._tokenizer.chat_template:
             raise UsageError(f"{self.path.name} has no chat template: use --raw for text completion")
         try:

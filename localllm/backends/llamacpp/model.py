@@ -25,14 +25,14 @@ import numpy as np
 from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatter
 
 from ...config import cache_dir
-from ...errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
+from ...errors import ContextOverflowError, GenerationError, ModelLoadError
 from ...events import Event, PromptProgress, Token
 from ...formats import is_checkpoint
 from ...generation.sequence import Answer
 from ...gguf_info import header_facts
 from ...hardware import CpuLoadSampler, default_threads
 from ...options import LoadOptions, SamplingOptions
-from ..base import Capabilities, Message, reusable_prefix
+from ..base import Capabilities, Message, prompt_tokens, reusable_prefix
 from ..chat_template import render_chat
 from ..threads import engine_governor
 from . import load as llamacpp_load
@@ -247,12 +247,7 @@ class LlamaCppModel:
         return special_token(self.grammar_vocabulary(), self._tokenize(text, add_special=False))
 
     def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions) -> Iterator[Event]:
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        if not tokens:
-            raise UsageError("the prompt is empty")
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(len(tokens), self.n_ctx, self.n_ctx_train)
-        return self._generate(tokens, sampling)
+        return self._generate(prompt_tokens(self, prompt), sampling)
 
     def _generate(self, tokens: list[int], sampling: SamplingOptions) -> Iterator[Event]:
         answer = self.sequence(len(tokens), sampling)

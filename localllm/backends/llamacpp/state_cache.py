@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...config import cache_dir, private_dir
+from ..base import reusable_prefix
 
 MAGIC = b"LLSTATE1"
 MIN_TOKENS = 256  # a shorter prompt reads faster than a file loads
@@ -77,7 +78,7 @@ class StateCache:
             except (OSError, ValueError) as exc:
                 self.say(f"ignoring {path.name}: {exc}")
                 continue
-            shared = _shared(saved_tokens, tokens)
+            shared = reusable_prefix(saved_tokens, tokens)
             if shared >= MIN_TOKENS and (best is None or shared > best[0]):
                 best = (shared, path)
         if best is None:
@@ -143,14 +144,6 @@ class StateCache:
         except (OSError, ValueError):
             return False
         return len(saved) <= len(tokens) and tokens[:len(saved)] == saved
-
-
-def _shared(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _evict(where: Path, limit: int) -> None:

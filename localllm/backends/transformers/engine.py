@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ...errors import ContextOverflowError, GenerationError, ModelLoadError, UsageError
+from ...errors import GenerationError, ModelLoadError, UsageError
 from ...events import Event, Token
 from ...formats import is_checkpoint
 from ...generation.sequence import Answer
 from ...hardware import default_threads, detect
 from ...options import DEFAULT_CTX, PENALTY_WINDOW, LoadOptions, SamplingOptions
-from ..base import Capabilities, TokenizerChat, reusable_prefix
+from ..base import Capabilities, TokenizerChat, prompt_tokens, reusable_prefix
 from ..threads import engine_governor
 from .checkpoint_plan import place, read_config, read_local
 
@@ -176,12 +176,7 @@ class TransformersModel(TokenizerChat):
         return special_token(self.grammar_vocabulary(), list(self._tokenizer(text, add_special_tokens=False)["input_ids"]))
 
     def generate(self, prompt: str | Sequence[int], sampling: SamplingOptions) -> Iterator[Event]:
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        if not tokens:
-            raise UsageError("the prompt is empty")
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(len(tokens), self.n_ctx, self.n_ctx_train)
-        return self._generate(tokens, sampling)
+        return self._generate(prompt_tokens(self, prompt), sampling)
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
         from transformers import DynamicCache
