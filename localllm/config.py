@@ -72,6 +72,7 @@ SCHEMA: dict = {
     "default_model": str,
     "last_model": str,
     "amx": str,
+    "prompt_cache_bytes": int,
 }
 _TYPE_NAMES = {str: "text", int: "a whole number", float: "a number", type(None): "null", dict: "an object", list: "a list"}
 

@@ -99,6 +99,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._died: str | None = None
+        self._chores = False  # the batchers may have work kept for idle time (Batcher.idle)
 
     # ---- any thread -----------------------------------------------------------------------
     def submit(self, fn: Callable, *args) -> Future:
@@ -187,7 +188,7 @@ class Engine:
         carries may end the thread that every request needs."""
         busy = [s for s in self._served.values() if s.batcher.busy() or s.waiting]
         try:
-            item = self._jobs.get_nowait() if busy else self._jobs.get(timeout=self._idle_wait())
+            item = self._jobs.get_nowait() if busy or self._chores else self._jobs.get(timeout=self._idle_wait())
         except queue.Empty:
             item = None
         if item is _STOP:
@@ -195,6 +196,10 @@ class Engine:
         if item is not None:
             self._run(*item)
             return True  # take every waiting job before the next step: new requests join sooner
+        if not busy and self._chores:  # idle: one piece of the batchers' kept work, then look again
+            self._chores = any(served.batcher.idle() for served in list(self._served.values()))
+            return True
+        self._chores = bool(busy)
         for served in busy:
             try:
                 self._admit(served)

@@ -234,9 +234,13 @@ def chat_load_options(**fields) -> LoadOptions:
     (measured here, SmolLM2, turn 20 of a chat: time to first token 1.7-2.0x turn 1 with it,
     1.2-1.3x without). Its cost, a score buffer of heads x ubatch x context, is small at chat
     contexts and is in the planner's estimate.
+
+    The KV cache is saved on disk after each answer ("live"), so a chat reopened later goes on
+    from it instead of reading its history again.
     """
     from .backends import build_info
 
     if fields.get("flash_attn") is None and not build_info().gpu_offload:
         fields["flash_attn"] = False
+    fields.setdefault("prompt_cache", "live")
     return LoadOptions(**fields)

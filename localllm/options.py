@@ -119,6 +119,9 @@ LOAD_FIELDS = (
 FIELDS = {field.name: field for field in SAMPLING_FIELDS + LOAD_FIELDS}
 
 
+PROMPT_CACHE_MODES = ("", "cold", "live")
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """How to load a model.
@@ -159,9 +162,11 @@ class LoadOptions:
     device_map: tuple[tuple[str, str | int], ...] = ()
     # llama.cpp RPC workers (HOST:PORT) whose devices take layers as GPUs do (localllm.backends.llamacpp.rpc).
     rpc: tuple[str, ...] = ()
-    # Keep the prompt's KV cache on disk at close and load one saved before when a prompt starts
-    # with its tokens (localllm.backends.llamacpp.state_cache); `run` does unless --no-cache.
-    prompt_cache: bool = False
+    # Keep prompts' KV caches on disk after each answer and load one saved before when a prompt
+    # starts with its tokens (localllm.backends.llamacpp.state_cache): "" off; "cold", answers the
+    # same as a fresh read of the prompt (`run`); "live", the same as if the process that saved it
+    # had never stopped (`chat`, `serve`).
+    prompt_cache: str = ""
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -173,6 +178,8 @@ class LoadOptions:
             raise UsageError(f"initial context size must be 0 (the whole window) or positive, not {self.initial_ctx}")
         if self.n_seq > 1 and self.initial_ctx:
             raise UsageError("a context for several sequences cannot start small and grow")
+        if self.prompt_cache not in PROMPT_CACHE_MODES:
+            raise UsageError(f"prompt cache must be one of {', '.join(map(repr, PROMPT_CACHE_MODES))}, not {self.prompt_cache!r}")
         if self.n_batch < 1 or self.n_ubatch < 1:
             raise UsageError("batch sizes must be at least 1")
         if self.kv_type not in (None, "f16") and self.flash_attn is False:
@@ -236,6 +243,20 @@ def parse_duration(text: str, what: str = "--keep-alive") -> float | None:
         raise UsageError(f"{what} takes a duration such as 5m, 30s or 1h (or -1: for ever), not {text[:40]!r}")
     scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     return _finite_duration(sum(float(number) * scale[unit] for number, unit in _DURATION.findall(text)))
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?")
+
+
+def parse_size(text: str, what: str) -> int:
+    """Bytes from "4G", "500MB", "1.5GiB", "0" or a bare number of bytes (binary units, as `df -h`)."""
+    match = _SIZE.fullmatch(text.strip().lower()) if len(text) <= 40 else None
+    if match is None:
+        raise UsageError(f"{what} takes a size such as 4G, 500M or 0, not {text[:40]!r}")
+    value = float(match[1]) * 1024 ** " kmgt".index(match[2] or " ")
+    if value >= 2**60:
+        raise UsageError(f"{what} is too large: {text[:40]}")
+    return int(value)
 
 
 # Longer than this is "for ever": waits past about 9.2e9 s overflow (queue.get, threading), and a

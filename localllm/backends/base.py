@@ -142,6 +142,10 @@ class Batcher(Protocol):
 
     def fail_all(self, message: str) -> None: ...
 
+    def idle(self) -> bool:
+        """Work kept for the engine thread's idle time (saving a prompt state): one piece of it;
+        True if there was any (the engine asks again before it sleeps)."""
+
     def close(self) -> None: ...
 
 

@@ -52,6 +52,9 @@ class SerialBatcher:
 
             self._end(GenerationError(message))
 
+    def idle(self) -> bool:
+        return False
+
     def close(self) -> None:
         if self._request is not None:
             self._request.cancel()

@@ -19,6 +19,7 @@ from ..errors import (
     LocalLLMError,
     UsageError,
 )
+from .cache import cache
 from .chat import chat
 from .embed import embed
 from .machine import hw, plan_command
@@ -51,7 +52,7 @@ def cli() -> None:
     """
 
 
-for _command in (run, chat, hw, plan_command, *COMMANDS, add, verify, doctor, embed, serve, rpc_worker):
+for _command in (run, chat, hw, plan_command, *COMMANDS, add, verify, doctor, embed, serve, cache, rpc_worker):
     cli.add_command(_command)
 
 

@@ -11,6 +11,9 @@ from .options import option
 from .rpc import rpc_option
 
 
+CACHED_CHAT_TOKENS = 4096  # the chat whose saved prompt state `plan` prices
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def hw(as_json):
@@ -73,7 +76,8 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
     config and headers are read by HTTP range) is planned for the transformers engine, per GPU.
     """
     from ..backends import this_machine
-    from ..backends.llamacpp.planner import Overrides, breakdown_rows, plan
+    from ..backends.llamacpp.estimate import saved_state_bytes
+    from ..backends.llamacpp.planner import Overrides, breakdown_rows, human_bytes, plan
     from ..printable import printable
     from ..registry import resolve
     from .models import spec_for
@@ -97,6 +101,8 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
     # moment `plan` runs flipped between 1 and 2 on back-to-back calls, and a load adapts while
     # decoding anyway (backends/threads.py).
     chosen = plan(profile, spec, overrides)
+    chat_tokens = min(CACHED_CHAT_TOKENS, chosen.shape.n_ctx)
+    on_disk = saved_state_bytes(spec, chosen.shape, chat_tokens)
     if as_json:
         from dataclasses import asdict
 
@@ -104,7 +110,8 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
                                "settings": asdict(chosen.shape) | {"n_threads": chosen.n_threads},
                                "estimate": [asdict(d) | {"total": d.total} for d in chosen.estimate.devices],
                                "margins": chosen.margins, "free": chosen.budgets,
-                               "explanation": chosen.explanation, "warnings": chosen.warnings}, indent=2))
+                               "explanation": chosen.explanation, "warnings": chosen.warnings,
+                               "prompt_state": {"tokens": chat_tokens, "bytes": on_disk}}, indent=2))
         return
     click.echo(f"{printable(spec.name)}: {chosen.label}")
     click.echo(printable(chosen.explanation))
@@ -115,6 +122,8 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
         click.echo("  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
     shape = chosen.shape
     click.echo(f"\nsettings: --ctx {shape.n_ctx} --gpu-layers {shape.n_gpu_layers} --kv-type {shape.kv_type} --threads {chosen.n_threads}")
+    click.echo(f"prompt cache: a {chat_tokens:,}-token chat kept on disk takes {human_bytes(on_disk)} "
+               f"({on_disk / chat_tokens / 1024:.0f} KiB a token; `localllm cache` shows and clears them)")
     for warning in chosen.warnings:
         click.echo(f"warning: {printable(warning)}", err=True)
 

@@ -81,7 +81,7 @@ def run(prompt_arg, prompt_opt, model, system, ctx, threads, gpu_layers, kv_type
     load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
                                flash_attn=FLASH_ATTN[flash_attn], initial_ctx=RUN_INITIAL_CTX,
                                margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, engine=engine,
-                               dtype=dtype, rpc=rpc, prompt_cache=not no_cache, verbose=verbose)
+                               dtype=dtype, rpc=rpc, prompt_cache="" if no_cache else "cold", verbose=verbose)
     sampling = SamplingOptions(**sampling_values(sampling_fields), ignore_eos=ignore_eos, stop=stop,
                                grammar=from_options(schema, grammar_file))
     status = Status(enabled=not as_json)

@@ -42,12 +42,13 @@ DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
 @click.option("--nodes", type=click.IntRange(1, 64), default=1, help="Machines in vLLM's Ray cluster (started beforehand: see README).")
 @option("dtype", shown_default="the checkpoint's where native, else float32")
 @rpc_option
+@click.option("--no-cache", is_flag=True, help="Keep no prompt states on disk. By default each slot's KV cache is saved when the server is idle, and a request that starts the same as a saved one (a long system prompt, a conversation resent with one more turn) loads it after its slot was reused or the server restarted.")
 @click.option("--max-body", type=click.IntRange(1, 1024), default=8, metavar="MIB", help="Largest request body accepted.")
 @click.option("-q", "--quiet", is_flag=True, help="No access log (one line per request on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def serve(model, host, port, parallel, queue_limit, keep_alive, api_key_file, api_key, cors, allowed_hosts, allow_model_paths,
-          ctx, threads, gpu_layers, kv_type, flash_attn, engine, vllm_path, vllm_url, nodes, dtype, rpc, max_body, quiet,
-          verbose):
+          ctx, threads, gpu_layers, kv_type, flash_attn, engine, vllm_path, vllm_url, nodes, dtype, rpc, no_cache, max_body,
+          quiet, verbose):
     """Serve models over HTTP: the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models,
     /v1/embeddings) and Ollama's (/api/chat, /api/generate, /api/tags, /api/show, /api/ps).
 
@@ -79,7 +80,7 @@ def serve(model, host, port, parallel, queue_limit, keep_alive, api_key_file, ap
     served = find_installed(model) if model is not None else None  # a typo fails now, not once serving
     options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
                           flash_attn=FLASH_ATTN[flash_attn], n_seq=parallel, engine=engine, dtype=dtype, rpc=rpc,
-                          verbose=verbose)
+                          prompt_cache="" if no_cache else "live", verbose=verbose)
     config = ServerConfig(load_options=options, default_model=model, api_key=api_key, max_body=max_body * 2**20,
                           quiet=quiet, cors=split_names(cors, ORIGINS_ENV), allowed_hosts=split_names(allowed_hosts, ALLOWED_HOSTS_ENV),
                           bind_host=host, allow_paths=allow_model_paths, served=served)

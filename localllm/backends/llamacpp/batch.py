@@ -6,6 +6,10 @@ between steps without stalling the others. Each slot (llama.cpp sequence id) kee
 of its last request; a new request takes the free slot that shares the longest prefix with it,
 or copies a longer shared prefix from any other slot (the KV buffer is unified, so the copy
 shares cells instead of moving data). A chat's next turn thus evaluates only its new tokens.
+With the prompt cache on, a slot's cache is also saved on disk when the engine is idle after its
+answer, and a request that shares more with a saved state than with memory loads it into its slot
+(after the slot was reused, or the server restarted): every shared token, the "live" mode of
+localllm.backends.llamacpp.state_cache.
 
 Everything here runs on the engine thread; only SequenceRequest.cancel() comes from others.
 """
@@ -22,6 +26,7 @@ from ...errors import GenerationError
 from ...events import PromptProgress, Token
 from ...generation.sequence import Answer
 from ..base import SequenceRequest, reusable_prefix
+from . import state_cache
 from .params import PROGRESS_AFTER, sampler_chain
 
 
@@ -31,6 +36,7 @@ class _Slot:
         self.cached: list[int] = []  # tokens whose KV cache this sequence holds
         self.request: SequenceRequest | None = None
         self.last_used = 0.0
+        self.unsaved = False  # its cache changed since it was last saved on disk
 
     def start(self, request: SequenceRequest, reused: int, answer: Answer) -> None:
         self.request = request
@@ -104,7 +110,10 @@ class LlamaCppBatcher:
         memory = self._model._memory
         donor = max(self._slots, key=lambda s: reusable_prefix(s.cached, tokens))
         donated = reusable_prefix(donor.cached, tokens)
-        if donated > common:
+        restored = self._restore(slot, tokens, max(common, donated))
+        if restored is not None:
+            common = restored
+        elif donated > common:
             llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
             llama_cpp.llama_memory_seq_cp(memory, donor.seq, slot.seq, 0, donated)
             common = donated
@@ -113,7 +122,44 @@ class LlamaCppBatcher:
             llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
             common = 0
         slot.cached = tokens[:common]
+        slot.unsaved = True
         slot.start(request, common, answer)
+
+    def _restore(self, slot: _Slot, tokens: list[int], in_memory: int) -> int | None:
+        """Load into `slot` the saved state sharing more of `tokens` than memory holds (`in_memory`);
+        the tokens now cached, or None when no state beats memory."""
+        states = self._model._states
+        if states is None or len(tokens) <= state_cache.MIN_TOKENS:
+            return None
+        saved = states.find(tokens)
+        usable = reusable_prefix(saved.tokens, tokens) if saved is not None else 0
+        if usable <= in_memory:
+            return None
+        memory = self._model._memory
+        llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
+        data = (ctypes.c_uint8 * len(saved.state)).from_buffer_copy(saved.state)
+        if llama_cpp.llama_state_seq_set_data(self._model._ctx, data, len(saved.state), slot.seq) != len(saved.state):
+            llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
+            states.say("a saved state did not fit the free cells; reading the prompt")
+            return 0
+        llama_cpp.llama_memory_seq_rm(memory, slot.seq, usable, -1)
+        states.say(f"{usable} of the prompt's {len(tokens)} tokens restored from disk into slot {slot.seq}")
+        return usable
+
+    def idle(self) -> bool:
+        """Save one slot whose cache changed since it was last saved; True if one was."""
+        states = self._model._states
+        for slot in self._slots:
+            if slot.request is None and slot.unsaved:
+                slot.unsaved = False
+                if states is not None and len(slot.cached) >= state_cache.MIN_TOKENS:
+                    ctx = self._model._ctx
+                    size = llama_cpp.llama_state_seq_get_size(ctx, slot.seq)
+                    data = (ctypes.c_uint8 * size)()
+                    if llama_cpp.llama_state_seq_get_data(ctx, data, size, slot.seq) == size:
+                        states.save(list(slot.cached), bytes(data))
+                    return True
+        return False
 
     def step(self) -> None:
         """One llama_decode for every active sequence; emits what it produced."""
@@ -213,7 +259,7 @@ class LlamaCppBatcher:
         for slot in slots:
             request = slot.request
             llama_cpp.llama_memory_seq_rm(self._model._memory, slot.seq, -1, -1)
-            slot.cached = []
+            slot.cached, slot.unsaved = [], False
             self._release(slot)
             request.emit(GenerationError(message))
 
@@ -222,7 +268,10 @@ class LlamaCppBatcher:
         self._fail_with([slot for slot in self._slots if slot.request is not None], message)
 
     def close(self) -> None:
-        """Cancel whatever is still running (the model is about to be freed)."""
+        """Cancel whatever is still running and save what idle time did not (the model is about
+        to be freed)."""
         for slot in self._slots:
             if slot.request is not None:
                 self._finish(slot, "cancelled")
+        while self.idle():
+            pass

@@ -90,6 +90,16 @@ def kv_layer_bytes(spec: ModelSpec, layer: int, shape: LoadShape) -> int:
     return int(kv_cells(spec, layer, shape) * elements * KV_BYTES_PER_ELEMENT[shape.kv_type])
 
 
+def saved_state_bytes(spec: ModelSpec, shape: LoadShape, tokens: int) -> int:
+    """A prompt state of `tokens` tokens on disk (localllm.backends.llamacpp.state_cache): every
+    layer's K and V rows of its cells (a sliding-window layer keeps only its window)."""
+    total = 0
+    for layer in range(spec.n_layer):
+        elements = spec.n_head_kv[layer] * (spec.head_dim_k + spec.head_dim_v)
+        total += min(tokens, kv_cells(spec, layer, shape)) * elements * KV_BYTES_PER_ELEMENT[shape.kv_type]
+    return int(total)
+
+
 def compute_bytes(spec: ModelSpec, shape: LoadShape) -> int:
     """The largest graph llama.cpp reserves for one ubatch: the feed-forward block (gate, up and
     their product side by side, f32, besides a few embedding-wide tensors), or, without flash

@@ -40,6 +40,7 @@ from . import state_cache
 from .mapped import release
 from .params import (
     PROGRESS_AFTER,
+    READ_STEP_CPU,
     choose_load_mode,
     context_params,
     place_cpu_weights,
@@ -134,13 +135,15 @@ class LlamaCppModel:
         if not lazy:
             self.n_ctx = self._allocated  # llama.cpp rounds the window up to a multiple of 256
         self._cached: list[int] = []
+        self._read_step = self._n_ubatch if self.n_gpu_layers else min(self._n_ubatch, READ_STEP_CPU)
+        self._cold = 0  # leading cached tokens whose cells a cold read computed (state_cache says why)
         self._formatter = self._chat_formatter()
         self._warm_up()
-        self._states = None
+        self._states, self._unsaved = None, False
         if options.prompt_cache:  # the settings that shape the KV cache, all of them
             settings = {"n_ctx": self.n_ctx, "kv": options.kv_type or "f16", "flash_attn": options.flash_attn,
-                        "n_batch": self._n_batch, "n_ubatch": self._n_ubatch, "swa_full": options.swa_full,
-                        "n_seq": options.n_seq, "llama_cpp": llama_cpp.__version__}
+                        "n_batch": self._n_batch, "n_ubatch": self._n_ubatch, "read_step": self._read_step,
+                        "swa_full": options.swa_full, "n_seq": options.n_seq, "llama_cpp": llama_cpp.__version__}
             self._states = state_cache.StateCache(state_cache.key(path, settings), options.verbose)
 
     def _set_threads(self, n: int) -> None:
@@ -278,26 +281,33 @@ class LlamaCppModel:
         return np.frombuffer(self._logits_type.from_address(ctypes.addressof(logits.contents)), dtype=np.float32)
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
-        """Drop the KV cache after the longest prefix shared with the last call; return its length."""
-        common = reusable_prefix(self._cached, tokens)
+        """Drop the KV cache after the longest prefix shared with the last call (in "cold" mode,
+        the longest a cold read would have computed the same); return its length."""
+        common = self._usable(reusable_prefix(self._cached, tokens), self._cold)
         if common and not llama_cpp.llama_memory_seq_rm(self._memory, 0, common, -1):
             common = 0  # some caches (recurrent, sliding window) cannot be cut mid-sequence
         if not common:
             llama_cpp.llama_memory_clear(self._memory, True)
         self._cached = tokens[:common]
+        step = self._read_step
+        # Read from a whole step of a cold read's cells on, the prompt's cells are a cold read's too.
+        self._cold = len(tokens) if common % step == 0 and common <= self._cold // step * step else min(self._cold, common)
         return common
 
-    def _restore(self, tokens: list[int]) -> None:
-        """Load the saved state sharing the most with this prompt, up to its last whole ubatch
-        (localllm.backends.llamacpp.state_cache says why), when it beats what memory holds."""
-        def whole_ubatches(n: int) -> int:
-            return min(n, len(tokens) - 1) // self._n_ubatch * self._n_ubatch
+    def _usable(self, shared: int, cold: int) -> int:
+        """Of `shared` cached prompt tokens, how many an answer may reuse under this load's mode."""
+        if self._options.prompt_cache != "cold":
+            return shared
+        return min(shared, cold) // self._read_step * self._read_step
 
+    def _restore(self, tokens: list[int]) -> None:
+        """Load the saved state sharing the most with this prompt, as much of it as this mode may
+        use (localllm.backends.llamacpp.state_cache says why), when it beats what memory holds."""
         saved = self._states.find(tokens)
         if saved is None:
             return
-        usable = whole_ubatches(reusable_prefix(saved.tokens, tokens))
-        if usable <= reusable_prefix(self._cached, tokens):
+        usable = self._usable(reusable_prefix(saved.tokens, tokens), saved.cold)
+        if usable <= self._usable(reusable_prefix(self._cached, tokens), self._cold):
             return
         self._make_room(len(saved.tokens))
         llama_cpp.llama_memory_clear(self._memory, True)
@@ -309,19 +319,26 @@ class LlamaCppModel:
             return
         llama_cpp.llama_memory_seq_rm(self._memory, 0, usable, -1)
         self._cached = saved.tokens[:usable]
+        self._cold = min(saved.cold, usable)
+        self._states.say(f"{usable} of the prompt's {len(tokens)} tokens restored from disk")
 
-    def _save_state(self) -> None:
-        """After the last answer (at close): this sequence's cache, for the next process."""
+    def save_state(self) -> None:
+        """Keep this sequence's cache on disk, for a later prompt or process that starts the same.
+        Done after each answer (never before it); a no-op when nothing changed, the prompt cache
+        is off, or fewer than state_cache.MIN_TOKENS are cached."""
+        if not (self._states is not None and self._unsaved and self._ctx and len(self._cached) >= state_cache.MIN_TOKENS):
+            return
+        self._unsaved = False
         size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
         state = (ctypes.c_uint8 * size)()
         if llama_cpp.llama_state_seq_get_data(self._ctx, state, size, 0) == size:
-            self._states.save(list(self._cached), bytes(state))
+            self._states.save(list(self._cached), bytes(state), min(self._cold, len(self._cached)))
 
     def _decode(self, tokens: Sequence[int]) -> Iterator[PromptProgress]:
         """Evaluate prompt tokens. A long prompt goes in ubatch-sized steps, each followed by a
         PromptProgress: llama.cpp splits a batch into ubatches anyway, so this costs nothing."""
-        step = self._n_ubatch if len(tokens) > PROGRESS_AFTER else self._n_batch
-        if step < len(tokens):
+        step, progress = self._read_step, len(tokens) > PROGRESS_AFTER
+        if progress:
             yield PromptProgress(0, len(tokens))  # said at once: the first chunk alone takes seconds
         for start in range(0, len(tokens), step):
             chunk = tokens[start : start + step]
@@ -331,7 +348,7 @@ class LlamaCppModel:
                 self._cached = []
                 raise GenerationError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {status})")
             self._cached.extend(chunk)
-            if step < len(tokens):
+            if progress:
                 yield PromptProgress(start + len(chunk), len(tokens))
 
     def _run(self, tokens: list[int], answer: Answer, pick: Callable[[], int]) -> Iterator[Event]:
@@ -339,6 +356,7 @@ class LlamaCppModel:
             self._restore(tokens)
         answer.reused = reused = self._reuse_prefix(tokens)
         self._make_room(len(tokens))
+        self._unsaved = True
         yield from self._decode(tokens[reused:])
         ctx = self._ctx
         one = (llama_cpp.llama_token * 1)()
@@ -375,6 +393,7 @@ class LlamaCppModel:
         if held:  # text kept back for a stop string that never came
             yield Token(held)
         yield finished
+        self.save_state()  # once the answer is out: the caller's loop asks for the end
 
     def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Pooled, L2-normalised embeddings, one text per llama_decode in a context of their own
@@ -424,8 +443,8 @@ class LlamaCppModel:
         return LlamaCppBatcher(self)
 
     def close(self) -> None:
-        if getattr(self, "_states", None) is not None and self._ctx and len(self._cached) >= state_cache.MIN_TOKENS:
-            self._save_state()
+        if getattr(self, "_states", None) is not None:
+            self.save_state()
         self._states = None
         self._free_context()
         if self._embed_ctx:

@@ -26,6 +26,9 @@ from .cpu_buffers import (
 from .runtime import init_backend, load_failure_reason, log, supports_gpu_offload
 
 PROGRESS_AFTER = 1024  # prompt tokens from which evaluation reports its progress
+# A prompt is read in steps of this many tokens on a CPU: as fast as 512 (1.5B Q4_K_M here: 84 tokens/s
+# either way, 64: 76), and a saved state is reusable to the nearest step (state_cache says why).
+READ_STEP_CPU = 128
 _GGML_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
 # llama_ftype values (llama.h) of the quantizations the catalog offers.
 QUANT_FTYPES = {"f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "iq4_xs": 30}

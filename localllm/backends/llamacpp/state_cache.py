@@ -8,10 +8,14 @@ attention, the batch sizes and the llama.cpp build; the saved tokens are compare
 and the state's bytes with their SHA-256. Anything else (truncated, flipped, foreign) is ignored,
 with one line on stderr under --verbose.
 
-Restored up to the last whole ubatch of the shared prefix: the cold read computed those cells in the
-same ubatches, so the rest of the prompt is evaluated exactly as a cold read would, and a greedy
-answer is the same token for token (restoring every shared token and evaluating one puts the last
-position in a smaller batch, whose kernels sum differently).
+Two ways to use a state, both exact at temperature 0 (LoadOptions.prompt_cache):
+- "live" (chat, serve): every shared token is restored, so the answer is the one the process that
+  saved it would have given had it never stopped: the same cells, bit for bit.
+- "cold" (run): the answer is the one a fresh read of the whole prompt gives. A prompt is read in
+  steps of a fixed size from its first token (LlamaCppModel._read_step), and a cell's value depends
+  on the batch it was computed in (the kernels sum in another order for another batch size), so only
+  the whole steps that a cold read of the saved prompt computed (header "cold") are restored, up to
+  the last whole step the new prompt shares; the rest is read as a cold read would read it.
 
 Files are private (0600 in a 0700 folder) under the cache folder; the least recently used go first
 once the folder passes its budget; a disk that is full only means nothing is saved.
@@ -28,20 +32,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...config import cache_dir, private_dir
+from ...errors import LocalLLMError
 from ..base import reusable_prefix
 
-MAGIC = b"LLSTATE1"
+MAGIC = b"LLSTATE2"
 MIN_TOKENS = 256  # a shorter prompt reads faster than a file loads
 DEFAULT_BUDGET = 4 * 2**30
 MAX_HEADER = 1 << 16
 ENV_BUDGET = "LOCALLLM_PROMPT_CACHE_BYTES"
 ENV_FOLDER = "LOCALLLM_PROMPT_CACHE"
+CONFIG_BUDGET = "prompt_cache_bytes"
 
 
 @dataclass(frozen=True)
 class Saved:
     tokens: list[int]
     state: bytes
+    cold: int  # the first `cold` tokens' cells are what a cold read of them computed
 
 
 def folder() -> Path:
@@ -49,8 +56,18 @@ def folder() -> Path:
 
 
 def budget() -> int:
+    """Bytes the folder may hold: LOCALLLM_PROMPT_CACHE_BYTES, else the setting `localllm cache
+    --budget` saved, else DEFAULT_BUDGET."""
     value = os.environ.get(ENV_BUDGET, "")
-    return int(value) if value.isdigit() else DEFAULT_BUDGET
+    if value.isdigit():
+        return int(value)
+    from ...config import load_config
+
+    try:
+        saved = load_config().get(CONFIG_BUDGET)
+    except LocalLLMError:  # a broken settings file is reported by the commands that read it
+        saved = None
+    return saved if isinstance(saved, int) and saved >= 0 else DEFAULT_BUDGET
 
 
 def key(path: Path, settings: dict) -> str:
@@ -101,29 +118,30 @@ class StateCache:
             header = json.loads(f.read(length))
             if not isinstance(header, dict) or header.get("key") != self.key:
                 raise ValueError("made for another model or other settings")
-            n, size = header.get("n_tokens"), header.get("state_bytes")
-            if not (isinstance(n, int) and isinstance(size, int) and 0 < n and 0 < size):
+            n, size, cold = header.get("n_tokens"), header.get("state_bytes"), header.get("cold")
+            if not (isinstance(n, int) and isinstance(size, int) and isinstance(cold, int) and 0 < n and 0 < size
+                    and 0 <= cold <= n):
                 raise ValueError("its header is malformed")
             raw = f.read(4 * n)
             if len(raw) != 4 * n:
                 raise ValueError("it is truncated")
             tokens = list(struct.unpack(f"<{n}i", raw))
             if not with_state:
-                return Saved(tokens, b"")
+                return Saved(tokens, b"", cold)
             state = f.read(size + 1)
         if len(state) != size:
             raise ValueError("it is truncated" if len(state) < size else "it is longer than its header says")
         if hashlib.sha256(state).hexdigest() != header.get("sha256"):
             raise ValueError("its bytes are not the ones saved")
-        return Saved(tokens, state)
+        return Saved(tokens, state, cold)
 
-    def save(self, tokens: list[int], state: bytes) -> None:
+    def save(self, tokens: list[int], state: bytes, cold: int = 0) -> None:
         """Keep this state (replacing any saved for a prefix of its tokens); never raises."""
         try:
             where = private_dir(folder())
             name = hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()[:24]
             target = where / f"{self.key}-{name}.state"
-            header = json.dumps({"key": self.key, "n_tokens": len(tokens), "state_bytes": len(state),
+            header = json.dumps({"key": self.key, "n_tokens": len(tokens), "state_bytes": len(state), "cold": cold,
                                  "sha256": hashlib.sha256(state).hexdigest()}).encode()
             partial = target.with_suffix(".partial")
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -144,6 +162,32 @@ class StateCache:
         except (OSError, ValueError):
             return False
         return len(saved) <= len(tokens) and tokens[:len(saved)] == saved
+
+
+def summary() -> tuple[int, int]:
+    """Saved states in the folder, and their bytes."""
+    files = list(folder().glob("*.state")) if folder().is_dir() else []
+    return len(files), sum(_size(p) for p in files)
+
+
+def clear() -> tuple[int, int]:
+    """Delete every saved state (and any left half-written); how many, and their bytes."""
+    count, total = summary()
+    for path in (list(folder().glob("*.state")) + list(folder().glob("*.partial"))) if folder().is_dir() else []:
+        path.unlink(missing_ok=True)
+    return count, total
+
+
+def shrink_to_budget() -> None:
+    if folder().is_dir():
+        _evict(folder(), budget())
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # gone meanwhile (another process evicted it)
+        return 0
 
 
 def _evict(where: Path, limit: int) -> None:

@@ -150,6 +150,9 @@ class RemoteBatcher:
             self._running.discard(request)
             request.emit(GenerationError(message))
 
+    def idle(self) -> bool:
+        return False
+
     def close(self) -> None:
         for request in list(self._running):
             request.cancel()
