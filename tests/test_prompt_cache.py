@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
+import struct
 import time
 
 import httpx
@@ -85,6 +86,13 @@ def test_run_reads_a_long_document_once_and_answers_the_same():
 
     first = ask("What moved?")
     assert first["usage"]["cached_tokens"] == 0
+    (path,) = folder().glob("*.state")
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<I", raw[8:12])
+    header = json.loads(raw[12:12 + length])
+    planned = json.loads(invoke("plan", "starter", "--json").stdout)["prompt_state"]
+    per_token, predicted = header["state_bytes"] / header["n_tokens"], planned["bytes"] / planned["tokens"]
+    assert abs(per_token / predicted - 1) < 0.02, f"plan says {predicted:.0f} bytes a token on disk; saved: {per_token:.0f}"
     second, cold = ask("When?"), ask("When?", "--no-cache")
     assert second["usage"]["cached_tokens"] >= 1536 and second["usage"]["cached_tokens"] % 128 == 0, second["usage"]
     assert cold["usage"]["cached_tokens"] == 0

@@ -10,7 +10,6 @@ from ..errors import UsageError
 from .options import option
 from .rpc import rpc_option
 
-
 CACHED_CHAT_TOKENS = 4096  # the chat whose saved prompt state `plan` prices
 
 
