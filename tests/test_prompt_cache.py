@@ -5,6 +5,8 @@ restarted, each reading only what is new and answering as without the file."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
 import struct
 import time
@@ -193,3 +195,31 @@ def test_the_cache_command_shows_sets_the_budget_and_clears():
     assert cleared.returncode == 0 and "Deleted 1 saved prompt state" in cleared.stdout
     assert not list(folder().glob("*.state"))
     assert_one_line_error(invoke("cache", "--budget", "lots"), 2, "--budget", "4G")
+
+
+@pytest.mark.slow
+def test_a_model_file_replaced_under_the_same_name_does_not_get_the_old_state(starter_gguf, tmp_path):
+    model = tmp_path / "model.gguf"
+    shutil.copyfile(starter_gguf, model)
+    document = "\n".join(f"Entry {i}: a parcel left the depot at {i} o'clock." for i in range(60)).encode()
+
+    def cached() -> int:
+        result = run_cli("run", "-m", str(model), "--json", "-t", "0", "--max-tokens", "4", "-p", "Which entry?",
+                         stdin=document)
+        assert result.returncode == 0, result
+        return json.loads(result.stdout)["usage"]["cached_tokens"]
+
+    assert cached() == 0 and cached() > 256, "the same file: its state is used"
+    replacement = tmp_path / "replacement.gguf"
+    shutil.copyfile(starter_gguf, replacement)
+    os.replace(replacement, model)
+    assert cached() == 0, "another file under the same name starts from nothing"
+
+
+def test_a_folder_that_cannot_be_written_only_means_nothing_is_saved(tmp_path, monkeypatch, capfd):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(state_cache.ENV_FOLDER, str(blocker / "states"))
+    StateCache("k" * 32, verbose=True).save(TOKENS, bytes(100))
+    assert "localllm: prompt cache: not saved" in capfd.readouterr().err
+    assert StateCache("k" * 32).find(TOKENS + [1]) is None

@@ -5,7 +5,8 @@ answers are the same.
     python tests/benchmarks/bench_prompt_cache.py --model PATH [--lines 300] [--rounds 3]
 
 The first run reads the document and saves its state; each round then asks other questions both
-ways. A private LOCALLLM_PROMPT_CACHE folder is used, so nothing saved before is found.
+ways. A private LOCALLLM_PROMPT_CACHE folder is used, so nothing saved before is found. Last, what
+looking for a state costs a long prompt that has none (issue 27: under 10 ms).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 LOCALLLM = str(Path(sys.executable).with_name("localllm"))
@@ -53,6 +55,23 @@ def main() -> None:
               flush=True)
     print(f"\ntime to first token, read again / from the saved state: {statistics.median(ratios):.2f}x; "
           f"greedy answers the same in {same} of {args.rounds} rounds")
+    print(f"a prompt with no saved state: the look-up costs {lookup_ms(env['LOCALLLM_PROMPT_CACHE'], first):.2f} ms "
+          f"(over the {len(list(Path(env['LOCALLLM_PROMPT_CACHE']).glob('*.state')))} states saved here)")
+
+
+def lookup_ms(where: str, first: dict) -> float:
+    """The median time StateCache.find takes for a prompt that starts unlike every saved state."""
+    os.environ["LOCALLLM_PROMPT_CACHE"] = where
+    from localllm.backends.llamacpp.state_cache import StateCache
+
+    key = next(Path(where).glob("*.state")).name.split("-")[0]
+    prompt = [7] * first["usage"]["prompt_tokens"]
+    times = []
+    for _ in range(20):
+        started = time.perf_counter()
+        assert StateCache(key).find(prompt) is None
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

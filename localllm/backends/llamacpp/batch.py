@@ -157,7 +157,7 @@ class LlamaCppBatcher:
                     size = llama_cpp.llama_state_seq_get_size(ctx, slot.seq)
                     data = (ctypes.c_uint8 * size)()
                     if llama_cpp.llama_state_seq_get_data(ctx, data, size, slot.seq) == size:
-                        states.save(list(slot.cached), bytes(data))
+                        states.save_later(list(slot.cached), data)
                     return True
         return False
 
@@ -274,4 +274,4 @@ class LlamaCppBatcher:
             if slot.request is not None:
                 self._finish(slot, "cancelled")
         while self.idle():
-            pass
+            state_cache.flush()

@@ -332,7 +332,7 @@ class LlamaCppModel:
         size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
         state = (ctypes.c_uint8 * size)()
         if llama_cpp.llama_state_seq_get_data(self._ctx, state, size, 0) == size:
-            self._states.save(list(self._cached), bytes(state), min(self._cold, len(self._cached)))
+            self._states.save_later(list(self._cached), state, min(self._cold, len(self._cached)))
 
     def _decode(self, tokens: Sequence[int]) -> Iterator[PromptProgress]:
         """Evaluate prompt tokens. A long prompt goes in ubatch-sized steps, each followed by a
@@ -445,6 +445,7 @@ class LlamaCppModel:
     def close(self) -> None:
         if getattr(self, "_states", None) is not None:
             self.save_state()
+            state_cache.flush()
         self._states = None
         self._free_context()
         if self._embed_ctx:

@@ -26,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,7 @@ MAX_HEADER = 1 << 16
 ENV_BUDGET = "LOCALLLM_PROMPT_CACHE_BYTES"
 ENV_FOLDER = "LOCALLLM_PROMPT_CACHE"
 CONFIG_BUDGET = "prompt_cache_bytes"
+MAX_PENDING = 2  # states waiting to be written; past this a new one is dropped (memory, not correctness)
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,21 @@ class StateCache:
             raise ValueError("its bytes are not the ones saved")
         return Saved(tokens, state, cold)
 
-    def save(self, tokens: list[int], state: bytes, cold: int = 0) -> None:
+    def save_later(self, tokens: list[int], state, cold: int = 0) -> None:
+        """Queue a state for the writer thread: hashing and writing 140 MB takes half a second,
+        which must not fall on the engine thread (it would delay the next request). `state` is
+        any buffer, handed over (not copied). flush() waits for the queue."""
+        if _writes.qsize() >= MAX_PENDING:
+            self.say("not saved: earlier states are still being written")
+            return
+        _writes.put((self, tokens, state, cold))
+        _start_writer()
+
+    def save(self, tokens: list[int], state, cold: int = 0) -> None:
         """Keep this state (replacing any saved for a prefix of its tokens); never raises."""
+        limit = budget()
+        if limit == 0:
+            return
         try:
             where = private_dir(folder())
             name = hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()[:24]
@@ -152,7 +168,7 @@ class StateCache:
             for other in where.glob(f"{self.key}-*.state"):  # a state whose tokens this one extends is spent
                 if other != target and self._is_prefix_of(other, tokens):
                     other.unlink(missing_ok=True)
-            _evict(where, budget())
+            _evict(where, limit)
         except OSError as exc:
             self.say(f"not saved: {exc.strerror or exc}")
 
@@ -162,6 +178,33 @@ class StateCache:
         except (OSError, ValueError):
             return False
         return len(saved) <= len(tokens) and tokens[:len(saved)] == saved
+
+
+_writes: queue.Queue = queue.Queue()
+_writer: threading.Thread | None = None
+_writer_lock = threading.Lock()
+
+
+def _start_writer() -> None:
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            _writer = threading.Thread(target=_write_queued, name="localllm-prompt-states", daemon=True)
+            _writer.start()
+
+
+def _write_queued() -> None:
+    while True:
+        store, tokens, state, cold = _writes.get()
+        try:
+            store.save(tokens, state, cold)
+        finally:
+            _writes.task_done()
+
+
+def flush() -> None:
+    """Wait until every queued state is written (before a process ends: `run` exits at once)."""
+    _writes.join()
 
 
 def summary() -> tuple[int, int]:
