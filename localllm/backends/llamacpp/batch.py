@@ -148,6 +148,7 @@ class LlamaCppBatcher:
 
     def idle(self) -> bool:
         """Save one slot whose cache changed since it was last saved; True if one was."""
+        state_cache.engines_busy(False)  # called when the engine has nothing else to do
         states = self._model._states
         for slot in self._slots:
             if slot.request is None and slot.unsaved:
@@ -188,6 +189,7 @@ class LlamaCppBatcher:
             entries.append((slot, len(chunk), index if done else None))
         if not entries:
             return
+        state_cache.engines_busy(True)
         batch.struct.n_tokens = batch.n
         started = time.perf_counter()
         status = llama_cpp.llama_decode(self._model._ctx, batch.struct)

@@ -352,6 +352,14 @@ class LlamaCppModel:
                 yield PromptProgress(start + len(chunk), len(tokens))
 
     def _run(self, tokens: list[int], answer: Answer, pick: Callable[[], int]) -> Iterator[Event]:
+        state_cache.engines_busy(True)  # prompt states wait to be written (state_cache says why)
+        try:
+            yield from self._answer(tokens, answer, pick)
+        finally:
+            state_cache.engines_busy(False)
+        self.save_state()  # once the answer is out: the caller's loop asks for the end
+
+    def _answer(self, tokens: list[int], answer: Answer, pick: Callable[[], int]) -> Iterator[Event]:
         if self._states is not None and len(tokens) > state_cache.MIN_TOKENS:
             self._restore(tokens)
         answer.reused = reused = self._reuse_prefix(tokens)
@@ -393,7 +401,6 @@ class LlamaCppModel:
         if held:  # text kept back for a stop string that never came
             yield Token(held)
         yield finished
-        self.save_state()  # once the answer is out: the caller's loop asks for the end
 
     def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Pooled, L2-normalised embeddings, one text per llama_decode in a context of their own
@@ -456,6 +463,8 @@ class LlamaCppModel:
             self._model = None
 
     def __del__(self) -> None:
+        # Never saved from here: at interpreter exit the writer thread is already stopped.
+        self._states = None
         self.close()
 
 

@@ -23,6 +23,7 @@ once the folder passes its budget; a disk that is full only means nothing is sav
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -157,13 +158,18 @@ class StateCache:
             where = private_dir(folder())
             name = hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()[:24]
             target = where / f"{self.key}-{name}.state"
-            header = json.dumps({"key": self.key, "n_tokens": len(tokens), "state_bytes": len(state), "cold": cold,
-                                 "sha256": hashlib.sha256(state).hexdigest()}).encode()
+            view = memoryview(state).cast("B")
+            digest = hashlib.sha256()
+            for piece in _quiet_slices(view):
+                digest.update(piece)
+            header = json.dumps({"key": self.key, "n_tokens": len(tokens), "state_bytes": len(view), "cold": cold,
+                                 "sha256": digest.hexdigest()}).encode()
             partial = target.with_suffix(".partial")
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + struct.pack("<I", len(header)) + header + struct.pack(f"<{len(tokens)}i", *tokens))
-                f.write(state)
+                for piece in _quiet_slices(view):
+                    f.write(piece)
             os.replace(partial, target)
             for other in where.glob(f"{self.key}-*.state"):  # a state whose tokens this one extends is spent
                 if other != target and self._is_prefix_of(other, tokens):
@@ -191,6 +197,30 @@ def _start_writer() -> None:
         if _writer is None:
             _writer = threading.Thread(target=_write_queued, name="localllm-prompt-states", daemon=True)
             _writer.start()
+            atexit.register(flush)  # daemon threads stop at exit: what is queued is written first
+
+
+# Set while no engine is evaluating. Hashing and writing a state on a core that llama.cpp's OpenMP
+# team is using stalls the team: the next request's first token came 0.3 s later (starter, serve,
+# 3,700-token prompt states; a lower nice value did not help). So writes go in slices, each only
+# while the engines are quiet (engines_busy()).
+_quiet = threading.Event()
+_quiet.set()
+SLICE = 4 << 20
+
+
+def engines_busy(busy: bool) -> None:
+    """An engine starts evaluating (True) or has nothing to evaluate (False)."""
+    if busy:
+        _quiet.clear()
+    else:
+        _quiet.set()
+
+
+def _quiet_slices(view: memoryview):
+    for start in range(0, len(view), SLICE):
+        _quiet.wait()
+        yield view[start:start + SLICE]
 
 
 def _write_queued() -> None:
@@ -203,7 +233,9 @@ def _write_queued() -> None:
 
 
 def flush() -> None:
-    """Wait until every queued state is written (before a process ends: `run` exits at once)."""
+    """Wait until every queued state is written (before a process ends: `run` exits at once).
+    Called by the thread that evaluates, so no engine is busy meanwhile."""
+    engines_busy(False)
     _writes.join()
 
 
