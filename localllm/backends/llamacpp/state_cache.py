@@ -212,8 +212,9 @@ SLICE = 4 << 20
 def engines_busy(busy: bool) -> None:
     """An engine starts evaluating (True) or has nothing to evaluate (False)."""
     if busy:
-        _quiet.clear()
-    else:
+        if _quiet.is_set():  # a plain read: this runs before every decode step of `serve`
+            _quiet.clear()
+    elif not _quiet.is_set():
         _quiet.set()
 
 
