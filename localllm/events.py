@@ -34,6 +34,10 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0
     """Prompt tokens whose KV cache was reused from the previous call and not evaluated again."""
+    drafted_tokens: int = 0
+    """Tokens speculation guessed and checked (localllm.generation.speculation)..."""
+    accepted_tokens: int = 0
+    """...and those of them the model agreed with, which cost no step of their own."""
 
 
 @dataclass(frozen=True)

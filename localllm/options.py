@@ -14,6 +14,7 @@ from .errors import UsageError
 # prompts and costs little memory on small models. The planner (issue 3) will refine this.
 DEFAULT_CTX = 4096
 KV_TYPES = ("f16", "q8_0", "q4_0")
+SPECULATION = ("off", "ngram", "auto")
 # llama.cpp rounds a context up to a multiple of 256 tokens, so a smaller one cannot be had as set.
 MIN_CTX_TOKENS = 256
 MAX_CTX_TOKENS = 2**31 - 1  # llama.cpp's n_ctx is a C uint32 and wraps above, then aborts
@@ -107,6 +108,10 @@ LOAD_FIELDS = (
     Field("n_gpu_layers", int, "GPU layers", "-1 (all), 0 (none) or a positive count", lambda v: v >= -1,
           "Layers to offload to the GPU: -1 all, 0 none.", flag="--gpu-layers"),
     _choice("kv_type", "KV cache type", KV_TYPES, "KV cache type."),
+    _choice("speculation", "speculation", SPECULATION,
+            "Speculative decoding of greedy answers (-t 0): drafts copied from the prompt and the answer so far, "
+            "checked in one batch. auto drafts only as much as this machine's measured costs and the drafts' "
+            "acceptance say will pay; ngram drafts whatever the lookup finds.", flag="--spec"),
     Field("n_seq", int, "parallel sequences", f"1 to {MAX_SEQUENCES}", lambda v: 1 <= v <= MAX_SEQUENCES,
           "Requests generated at the same time, batched in one context; each has the whole --ctx window.",
           flag="--parallel", short="-np"),
@@ -153,6 +158,8 @@ class LoadOptions:
     # Sequences generated together in one context (`serve --parallel`). Each gets the whole
     # n_ctx window: the KV cache holds n_ctx x n_seq cells, shared, so a common prefix counts once.
     n_seq: int = 1
+    # Speculative decoding of greedy answers in the single-sequence loop (localllm.generation.speculation).
+    speculation: str = "off"
     # Which backend runs the model: None chooses from its format (a .gguf file: llama.cpp; a
     # safetensors folder: transformers). dtype is the transformers engine's: None or "auto" is the
     # checkpoint's half precision where the device computes in it natively, else float32.

@@ -46,6 +46,7 @@ class Answer:
         self.is_end, self.text_of = is_end, text_of
         self.stops = StopText(sampling.stop)
         self.output: list[int] = []  # the tokens generated, forced ones included
+        self.drafted = self.accepted = 0  # speculation's drafts, and those the model kept
         self.reason = "length"
         self.done = self.limit <= 0
         self.t_prompt_done: float | None = None
@@ -91,6 +92,6 @@ class Answer:
         cancellation), and the Finished event. `reason` overrides the rules' own ("cancelled")."""
         reason = reason or self.reason
         held = self.stops.flush() if reason != "cancelled" else ""
-        usage = Usage(self.n_prompt, len(self.output), self.reused)
+        usage = Usage(self.n_prompt, len(self.output), self.reused, self.drafted, self.accepted)
         return held, Finished.measured(reason, usage, self.seed, self.t_start, self.t_prompt_done, self.t_first,
                                        time.perf_counter())

@@ -29,6 +29,7 @@ from ...errors import ContextOverflowError, GenerationError, ModelLoadError
 from ...events import Event, PromptProgress, Token
 from ...formats import is_checkpoint
 from ...generation.sequence import Answer
+from ...generation.speculation import Controller, CostCurve
 from ...gguf_info import header_facts
 from ...hardware import CpuLoadSampler, default_threads
 from ...options import LoadOptions, SamplingOptions
@@ -49,6 +50,7 @@ from .params import (
 )
 from .runtime import Threadpool, init_backend, load_failure_reason, model_buffers
 from .runtime import log as llama_log
+from .speculate import speculative_loop
 
 if TYPE_CHECKING:
     from .batch import LlamaCppBatcher
@@ -136,6 +138,7 @@ class LlamaCppModel:
             self.n_ctx = self._allocated  # llama.cpp rounds the window up to a multiple of 256
         self._cached: list[int] = []
         self._read_step = self._n_ubatch if self.n_gpu_layers else min(self._n_ubatch, READ_STEP_CPU)
+        self._cost_curve = CostCurve()  # what a decode of b tokens costs here, for speculation
         self._cold = 0  # leading cached tokens whose cells a cold read computed (state_cache says why)
         self._formatter = self._chat_formatter()
         self._warm_up()
@@ -366,6 +369,19 @@ class LlamaCppModel:
         self._make_room(len(tokens))
         self._unsaved = True
         yield from self._decode(tokens[reused:])
+        if self._options.speculation != "off" and answer.greedy and answer.constraint is None:
+            controller = None if self._options.speculation == "ngram" else Controller(self._cost_curve)
+            yield from speculative_loop(self, tokens, answer, controller)
+        else:
+            yield from self._steps(answer, pick)
+        # Bytes still buffered are a character cut off by the token limit: dropped, not shown as U+FFFD.
+        held, finished = answer.finish()
+        if held:  # text kept back for a stop string that never came
+            yield Token(held)
+        yield finished
+
+    def _steps(self, answer: Answer, pick: Callable[[], int]) -> Iterator[Event]:
+        """One token per decode (the grammar's forced ones with it)."""
         ctx = self._ctx
         one = (llama_cpp.llama_token * 1)()
         # One batch struct reused for every generated token: only the token value changes.
@@ -396,11 +412,6 @@ class LlamaCppModel:
             if status != 0:
                 raise GenerationError(f"llama.cpp failed to evaluate a generated token (llama_decode returned {status})")
             cached.extend(step)
-        # Bytes still buffered are a character cut off by the token limit: dropped, not shown as U+FFFD.
-        held, finished = answer.finish()
-        if held:  # text kept back for a stop string that never came
-            yield Token(held)
-        yield finished
 
     def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Pooled, L2-normalised embeddings, one text per llama_decode in a context of their own

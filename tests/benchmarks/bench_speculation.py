@@ -1,0 +1,103 @@
+"""Speculative decoding side by side: `run --spec off|ngram|auto`, greedy, on a code edit (the answer
+rewrites given code with a small change) and on free text, alternating the order each round; then the
+cost of evaluating a batch of b tokens on this machine with this model (what the controller learns).
+
+    python tests/benchmarks/bench_speculation.py --model PATH [--rounds 3] [--tokens 300] [--threads 2]
+
+Targets (issue 28): code edit auto >= 1.4x off; free text auto >= 0.98x off; the same text in every mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LOCALLLM = str(Path(sys.executable).with_name("localllm"))
+CODE = "\n".join(
+    f"def handle_{name}(request, store):\n"
+    f"    \"\"\"Answer a {name} request from the store.\"\"\"\n"
+    f"    record = store.get(request['{name}_id'])\n"
+    f"    if record is None:\n"
+    f"        return {{'status': 404, 'error': 'no such {name}'}}\n"
+    f"    result = dict(record)\n"
+    f"    result['seen'] = store.count('{name}')\n"
+    f"    return {{'status': 200, 'body': result}}\n"
+    for name in ("user", "order", "invoice", "parcel", "ticket"))
+PROMPTS = {
+    "code edit": ("Rewrite this code with the variable `result` renamed to `reply` everywhere. Output only the code.", CODE),
+    "free text": ("Write an essay about the history of lighthouses and the people who kept them.", ""),
+}
+
+
+def sample(model: str, spec: str, prompt: tuple[str, str], tokens: int, threads: int) -> dict:
+    question, stdin = prompt
+    out = subprocess.run([LOCALLLM, "run", "-m", model, "--json", "-t", "0", "--threads", str(threads), "--max-tokens",
+                          str(tokens), "--spec", spec, "--no-cache", "-p", question], input=stdin.encode(),
+                         capture_output=True, timeout=1800)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr.decode()[-2000:])
+    return json.loads(out.stdout)
+
+
+def cost_curve(model: str, threads: int, sizes=(1, 2, 3, 4, 5, 8, 9, 12, 16, 17)) -> dict[int, float]:
+    """Median seconds of one llama_decode of b tokens after a 200-token prompt."""
+    import llama_cpp
+
+    from localllm.model import load_model
+
+    with load_model(model, n_ctx=2048, n_threads=threads) as loaded:
+        inner = loaded._loaded
+        base = [(i * 7919) % 20000 + 100 for i in range(200)]
+        times: dict[int, list[float]] = {b: [] for b in sizes}
+        for _ in range(5):
+            for b in sizes:
+                llama_cpp.llama_memory_clear(inner._memory, True)
+                array = (llama_cpp.llama_token * 200)(*base)
+                llama_cpp.llama_decode(inner._ctx, llama_cpp.llama_batch_get_one(array, 200))
+                batch = (llama_cpp.llama_token * b)(*base[:b])
+                started = time.perf_counter()
+                llama_cpp.llama_decode(inner._ctx, llama_cpp.llama_batch_get_one(batch, b))
+                times[b].append(time.perf_counter() - started)
+    return {b: statistics.median(t) for b, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    os.environ["LOCALLLM_PROMPT_CACHE_BYTES"] = "0"
+    modes = ["off", "ngram", "auto"]
+    for name, prompt in PROMPTS.items():
+        rates: dict[str, list[float]] = {m: [] for m in modes}
+        texts, kept = {}, {}
+        for r in range(args.rounds):
+            for mode in (modes if r % 2 == 0 else list(reversed(modes))):
+                got = sample(args.model, mode, prompt, args.tokens, args.threads)
+                rates[mode].append(got["timings"]["generation_tokens_per_s"])
+                texts.setdefault(mode, set()).add(hashlib.sha256(got["text"].encode()).hexdigest())
+                kept[mode] = (got["usage"]["drafted_tokens"], got["usage"]["accepted_tokens"], got["usage"]["completion_tokens"])
+        same = len(set().union(*texts.values())) == 1
+        print(f"\n{name}: {kept['off'][2]} tokens; the same text in every mode and round: {same}")
+        for mode in modes:
+            ratio = statistics.median(a / b for a, b in zip(rates[mode], rates["off"]))
+            drafted, accepted, _ = kept[mode]
+            print(f"  {mode:5}  {statistics.median(rates[mode]):6.1f} tok/s  {ratio:.2f}x off  "
+                  f"drafted {drafted}, accepted {accepted}" + (f" ({accepted / drafted:.0%})" if drafted else ""), flush=True)
+    curve = cost_curve(args.model, args.threads)
+    print("\ncost of one decode of b tokens after 200 (median of 5), and as a multiple of one token:")
+    for b, seconds in curve.items():
+        print(f"  b={b:2}  {seconds * 1000:6.1f} ms  {seconds / curve[1]:.2f}x  ({b / seconds:.1f} tokens/s evaluated)")
+
+
+if __name__ == "__main__":
+    main()
