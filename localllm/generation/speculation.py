@@ -34,6 +34,12 @@ PRIORS = {4: (3.0, 1.0), 3: (2.0, 1.0), 2: (1.0, 1.0)}
 DECAY = 0.9  # older verifications weigh less: an answer moves between copying and writing
 
 
+def output_rows(options) -> int:
+    """Rows of logits one llama.cpp decode returns for a load (LoadOptions): each sequence's last
+    token's, or, drafting, one per drafted token as well."""
+    return max(options.n_seq, 1 + MAX_DRAFT if options.speculation != "off" else 1)
+
+
 class NgramDrafter:
     """Prompt lookup over the tokens seen so far (prompt, then the answer as it grows)."""
 

@@ -2,9 +2,13 @@
 rewrites given code with a small change) and on free text, alternating the order each round; then the
 cost of evaluating a batch of b tokens on this machine with this model (what the controller learns).
 
-    python tests/benchmarks/bench_speculation.py --model PATH [--rounds 3] [--tokens 300] [--threads 2]
+    python tests/benchmarks/bench_speculation.py --model PATH [--rounds 3] [--tokens 300] [--threads 2] \
+        [--llama-server PATH]
 
-Targets (issue 28): code edit auto >= 1.4x off; free text auto >= 0.98x off; the same text in every mode.
+With --llama-server, the code edit also goes to llama.cpp's own server (same vendored llama.cpp, one
+slot, the same threads) without speculation and with each of its n-gram modes, one at a time.
+Targets (issue 28): code edit auto >= 1.4x off and >= 1.4x llama-server's best mode; free text auto
+>= 0.98x off; the same text in every mode.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 LOCALLLM = str(Path(sys.executable).with_name("localllm"))
 CODE = "\n".join(
@@ -44,6 +50,30 @@ def sample(model: str, spec: str, prompt: tuple[str, str], tokens: int, threads:
     if out.returncode != 0:
         raise SystemExit(out.stderr.decode()[-2000:])
     return json.loads(out.stdout)
+
+
+def llama_server(binary: str, model: str, prompt: tuple[str, str], tokens: int, threads: int) -> dict[str, float]:
+    """Decode tokens/s of llama-server on the same chat, per --spec-type (its own timings)."""
+    import re
+
+    import httpx
+    from bench_serve import start
+
+    question, document = prompt
+    content = f"{document.strip()}\n\n{question}" if document else question
+    rates = {}
+    for spec in ("none", "ngram-simple", "ngram-map-k", "ngram-mod"):
+        proc, url = start([binary, "-m", model, "--host", "127.0.0.1", "--port", "18645", "-t", str(threads), "-tb",
+                           str(threads), "-np", "1", "-c", "4096", "--no-webui", "--spec-type", spec],
+                          re.compile(r"listening on (http://\S+)"))
+        try:
+            reply = httpx.post(f"{url.rstrip('/')}/v1/chat/completions", timeout=1800, json={
+                "messages": [{"role": "user", "content": content}], "max_tokens": tokens, "temperature": 0}).json()
+            rates[spec] = reply["timings"]["predicted_per_second"]
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    return rates
 
 
 def cost_curve(model: str, threads: int, sizes=(1, 2, 3, 4, 5, 8, 9, 12, 16, 17)) -> dict[int, float]:
@@ -74,6 +104,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--llama-server")
     args = parser.parse_args()
     os.environ["LOCALLLM_PROMPT_CACHE_BYTES"] = "0"
     modes = ["off", "ngram", "auto"]
@@ -86,13 +117,19 @@ def main() -> None:
                 rates[mode].append(got["timings"]["generation_tokens_per_s"])
                 texts.setdefault(mode, set()).add(hashlib.sha256(got["text"].encode()).hexdigest())
                 kept[mode] = (got["usage"]["drafted_tokens"], got["usage"]["accepted_tokens"], got["usage"]["completion_tokens"])
-        same = len(set().union(*texts.values())) == 1
-        print(f"\n{name}: {kept['off'][2]} tokens; the same text in every mode and round: {same}")
+        print(f"\n{name}: {kept['off'][2]} tokens")
         for mode in modes:
             ratio = statistics.median(a / b for a, b in zip(rates[mode], rates["off"]))
             drafted, accepted, _ = kept[mode]
+            same = "the same text as off" if texts[mode] == texts["off"] and len(texts["off"]) == 1 else "ANOTHER text"
             print(f"  {mode:5}  {statistics.median(rates[mode]):6.1f} tok/s  {ratio:.2f}x off  "
-                  f"drafted {drafted}, accepted {accepted}" + (f" ({accepted / drafted:.0%})" if drafted else ""), flush=True)
+                  f"drafted {drafted}, accepted {accepted}" + (f" ({accepted / drafted:.0%})" if drafted else "") +
+                  f"; {same} in every round", flush=True)
+        if args.llama_server and name == "code edit":
+            theirs = llama_server(args.llama_server, args.model, prompt, args.tokens, args.threads)
+            best = max(theirs, key=theirs.get)
+            print("  llama-server: " + ", ".join(f"{spec} {rate:.1f}" for spec, rate in theirs.items()) +
+                  f" tok/s; auto against its best ({best}): {statistics.median(rates['auto']) / theirs[best]:.2f}x")
     curve = cost_curve(args.model, args.threads)
     print("\ncost of one decode of b tokens after 200 (median of 5), and as a multiple of one token:")
     for b, seconds in curve.items():

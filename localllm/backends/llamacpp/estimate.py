@@ -37,6 +37,7 @@ class LoadShape:
     swa_full: bool = False
     amx: bool = False  # llama.cpp's AMX kernels hold the CPU's weights, some types in more bytes
     n_seq: int = 1  # sequences sharing one unified KV cache of n_ctx cells each (serve --parallel)
+    outputs: int = 1  # rows of logits one decode returns: a sequence's last token, or speculation's drafts too
 
     @property
     def cells(self) -> int:
@@ -168,7 +169,7 @@ def estimate(spec: ModelSpec, shape: LoadShape, gpu_vendors: tuple[str, ...] = (
     weights[head_device] += spec.output_bytes if output_on_gpu else 0
 
     compute = compute_bytes(spec, shape)
-    logits = spec.n_vocab * 4 * shape.n_seq  # one row of logits per sequence in a step
+    logits = spec.n_vocab * 4 * max(shape.n_seq, shape.outputs)  # the rows of logits llama.cpp keeps room for
     devices = [DeviceEstimate(
         "cpu", weights[0], kv[0], compute, cpu_scratch_bytes(spec, shape), logits,
         RUNTIME_BASE + RUNTIME_PER_VOCAB_TOKEN * spec.n_vocab,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ...config import cache_dir
 from ...errors import ModelLoadError, ModelNotFoundError, UsageError
+from ...generation.speculation import output_rows
 from ...gguf_info import header_facts, inspect_file
 from ...options import DEFAULT_CTX, LoadOptions
 from ...references import path_exists
@@ -47,6 +48,7 @@ def plan_load(path: Path, options: LoadOptions, build, notify: Callable[[str], N
         n_ctx=options.n_ctx, n_gpu_layers=options.n_gpu_layers, kv_type=options.kv_type,
         flash_attn=options.flash_attn, tensor_split=options.tensor_split or None, n_threads=options.n_threads,
         margin=options.margin, load_anyway=options.load_anyway, n_seq=options.n_seq, grow=options.initial_ctx > 0,
+        outputs=output_rows(options),
     ))
     if chosen.fit == "none" and not options.load_anyway:
         raise ModelLoadError(path, f"it does not fit: {chosen.warnings[0]}")

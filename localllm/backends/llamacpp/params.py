@@ -12,7 +12,7 @@ from pathlib import Path
 import llama_cpp
 
 from ...errors import ModelLoadError
-from ...generation.speculation import MAX_DRAFT
+from ...generation.speculation import output_rows
 from ...options import DEFAULT_CTX, PENALTY_WINDOW, LoadOptions, SamplingOptions
 from . import amx
 from .cpu_buffers import (
@@ -47,9 +47,8 @@ def context_params(options: LoadOptions, n_ctx: int, n_threads: int):
     cparams.n_batch = min(options.n_batch, cparams.n_ctx)
     cparams.n_ubatch = min(options.n_ubatch, cparams.n_batch)
     # Only each sequence's last token's logits are ever read, and llama.cpp otherwise reserves
-    # a buffer for n_batch of them (100 MiB for a 49k vocabulary); speculation reads one per
-    # drafted token too.
-    cparams.n_outputs_max = max(options.n_seq, 1 + MAX_DRAFT if options.speculation != "off" else 1)
+    # a buffer for n_batch of them (100 MiB for a 49k vocabulary).
+    cparams.n_outputs_max = output_rows(options)
     cparams.n_seq_max = options.n_seq
     # One KV buffer for all sequences: a prefix they share is stored once, and any sequence may
     # use the room others leave.

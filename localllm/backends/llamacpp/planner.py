@@ -41,6 +41,7 @@ class Overrides:
     load_anyway: bool = False
     n_seq: int = 1
     grow: bool = False  # the KV cache starts small and grows: the window may be all the model was trained on
+    outputs: int = 1  # rows of logits a decode returns (localllm.generation.speculation.output_rows)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def plan(hw: HardwareProfile, spec: ModelSpec, overrides: Overrides = Overrides(
 
     def shape(n_ctx: int, kv: str, layers: int) -> LoadShape:
         return LoadShape(n_ctx=n_ctx, kv_type=kv, flash_attn=flash, n_gpu_layers=layers, tensor_split=split, amx=amx,
-                         n_seq=overrides.n_seq)
+                         n_seq=overrides.n_seq, outputs=overrides.outputs)
 
     def evaluate(s: LoadShape) -> tuple[MemoryEstimate, tuple[int, ...], bool]:
         est = estimate(spec, s, vendors)
