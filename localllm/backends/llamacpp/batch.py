@@ -135,16 +135,7 @@ class LlamaCppBatcher:
         usable = reusable_prefix(saved.tokens, tokens) if saved is not None else 0
         if usable <= in_memory:
             return None
-        memory = self._model._memory
-        llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
-        data = (ctypes.c_uint8 * len(saved.state)).from_buffer_copy(saved.state)
-        if llama_cpp.llama_state_seq_set_data(self._model._ctx, data, len(saved.state), slot.seq) != len(saved.state):
-            llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
-            states.say("a saved state did not fit the free cells; reading the prompt")
-            return 0
-        llama_cpp.llama_memory_seq_rm(memory, slot.seq, usable, -1)
-        states.say(f"{usable} of the prompt's {len(tokens)} tokens restored from disk into slot {slot.seq}")
-        return usable
+        return usable if self._model.load_state(slot.seq, saved.state, usable) else 0
 
     def idle(self) -> bool:
         """Save one slot whose cache changed since it was last saved; True if one was."""
@@ -154,11 +145,7 @@ class LlamaCppBatcher:
             if slot.request is None and slot.unsaved:
                 slot.unsaved = False
                 if states is not None and len(slot.cached) >= state_cache.MIN_TOKENS:
-                    ctx = self._model._ctx
-                    size = llama_cpp.llama_state_seq_get_size(ctx, slot.seq)
-                    data = (ctypes.c_uint8 * size)()
-                    if llama_cpp.llama_state_seq_get_data(ctx, data, size, slot.seq) == size:
-                        states.save_later(list(slot.cached), data)
+                    self._model.copy_state(slot.seq, list(slot.cached))
                     return True
         return False
 
@@ -221,8 +208,7 @@ class LlamaCppBatcher:
     def _pick(self, slot: _Slot, index: int) -> int:
         ctx, answer = self._model._ctx, slot.answer
         if answer.greedy or answer.constraint is not None:
-            logits = llama_cpp.llama_get_logits_ith(ctx, index)
-            row = np.frombuffer(self._model._logits_type.from_address(ctypes.addressof(logits.contents)), dtype=np.float32)
+            row = self._model._logits_row(index)
             answer.mask(row)  # in llama.cpp's own buffer, which the sampler chain reads next
             if answer.greedy:
                 return int(row.argmax())

@@ -278,9 +278,9 @@ class LlamaCppModel:
         6 us. Ties go to the lowest id, as with llama.cpp's greedy sampler."""
         return int(self._logits_row().argmax())
 
-    def _logits_row(self) -> np.ndarray:
-        """The last evaluated token's logits, in llama.cpp's own buffer (no copy)."""
-        logits = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+    def _logits_row(self, index: int = -1) -> np.ndarray:
+        """The logits of batch position `index` (-1: the last), in llama.cpp's own buffer (no copy)."""
+        logits = llama_cpp.llama_get_logits_ith(self._ctx, index)
         return np.frombuffer(self._logits_type.from_address(ctypes.addressof(logits.contents)), dtype=np.float32)
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
@@ -299,13 +299,11 @@ class LlamaCppModel:
 
     def _usable(self, shared: int, cold: int) -> int:
         """Of `shared` cached prompt tokens, how many an answer may reuse under this load's mode."""
-        if self._options.prompt_cache != "cold":
-            return shared
-        return min(shared, cold) // self._read_step * self._read_step
+        step = self._read_step
+        return shared if self._options.prompt_cache != "cold" else min(shared, cold) // step * step
 
     def _restore(self, tokens: list[int]) -> None:
-        """Load the saved state sharing the most with this prompt, as much of it as this mode may
-        use (localllm.backends.llamacpp.state_cache says why), when it beats what memory holds."""
+        """Load the saved state sharing most with this prompt, as much as this mode may use (state_cache says why)."""
         saved = self._states.find(tokens)
         if saved is None:
             return
@@ -313,29 +311,35 @@ class LlamaCppModel:
         if usable <= self._usable(reusable_prefix(self._cached, tokens), self._cold):
             return
         self._make_room(len(saved.tokens))
-        llama_cpp.llama_memory_clear(self._memory, True)
-        state = (ctypes.c_uint8 * len(saved.state)).from_buffer_copy(saved.state)
-        if llama_cpp.llama_state_seq_set_data(self._ctx, state, len(saved.state), 0) != len(saved.state):
-            llama_cpp.llama_memory_clear(self._memory, True)
-            self._cached = []
-            self._states.say("a saved state did not fit this context; reading the prompt")
-            return
-        llama_cpp.llama_memory_seq_rm(self._memory, 0, usable, -1)
-        self._cached = saved.tokens[:usable]
-        self._cold = min(saved.cold, usable)
-        self._states.say(f"{usable} of the prompt's {len(tokens)} tokens restored from disk")
+        self._cached = saved.tokens[:usable] if self.load_state(0, saved.state, usable) else []
+        self._cold = min(saved.cold, len(self._cached))
+
+    def load_state(self, seq: int, state: bytes, keep: int) -> bool:
+        """Put a saved state into sequence `seq` (emptied) and keep `keep` cells; False if it does not fit."""
+        llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+        data = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(self._ctx, data, len(state), seq) != len(state):
+            llama_cpp.llama_memory_seq_rm(self._memory, seq, -1, -1)
+            self._states.say("a saved state did not fit the free cells; reading the prompt")
+            return False
+        llama_cpp.llama_memory_seq_rm(self._memory, seq, keep, -1)
+        self._states.say(f"{keep} prompt tokens restored from disk")
+        return True
+
+    def copy_state(self, seq: int, tokens: list[int], cold: int = 0) -> None:
+        """Copy sequence `seq`'s cells out, queued to be saved with the tokens they hold."""
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq)
+        state = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self._ctx, state, size, seq) == size:
+            self._states.save_later(tokens, state, cold)
 
     def save_state(self) -> None:
-        """Keep this sequence's cache on disk, for a later prompt or process that starts the same.
-        Done after each answer (never before it); a no-op when nothing changed, the prompt cache
-        is off, or fewer than state_cache.MIN_TOKENS are cached."""
+        """Keep this sequence's cache on disk after each answer (never before it), unless nothing
+        changed, the prompt cache is off, or fewer than state_cache.MIN_TOKENS are cached."""
         if not (self._states is not None and self._unsaved and self._ctx and len(self._cached) >= state_cache.MIN_TOKENS):
             return
         self._unsaved = False
-        size = llama_cpp.llama_state_seq_get_size(self._ctx, 0)
-        state = (ctypes.c_uint8 * size)()
-        if llama_cpp.llama_state_seq_get_data(self._ctx, state, size, 0) == size:
-            self._states.save_later(list(self._cached), state, min(self._cold, len(self._cached)))
+        self.copy_state(0, list(self._cached), min(self._cold, len(self._cached)))
 
     def _decode(self, tokens: Sequence[int]) -> Iterator[PromptProgress]:
         """Evaluate prompt tokens. A long prompt goes in ubatch-sized steps, each followed by a

@@ -9,12 +9,10 @@ it are removed from the KV cache. The step's time goes to the cost curve the con
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Iterator
 
 import llama_cpp
-import numpy as np
 
 from ...errors import GenerationError
 from ...events import Event, Token
@@ -30,7 +28,7 @@ def speculative_loop(model, tokens: list[int], answer: Answer, controller: Contr
     batch = llama_cpp.llama_batch_init(1 + MAX_DRAFT, 0, 1)
     cached, governor, perf_counter = model._cached, model.governor, time.perf_counter
     try:
-        row = _row(model, -1)
+        row = model._logits_row(-1)
         while not answer.done:
             text, step = answer.take(int(row.argmax()))
             if text:
@@ -60,11 +58,11 @@ def speculative_loop(model, tokens: list[int], answer: Answer, controller: Contr
                 curve.record(len(feed), elapsed)
             if not draft:
                 governor.step(elapsed)
-                row = _row(model, 0)
+                row = model._logits_row(0)
                 continue
             accepted, over = 0, False
             for i, drafted in enumerate(draft):
-                row = _row(model, i)
+                row = model._logits_row(i)
                 if int(row.argmax()) != drafted:
                     break
                 text, kept = answer.take(drafted)
@@ -76,7 +74,7 @@ def speculative_loop(model, tokens: list[int], answer: Answer, controller: Contr
                     break
                 drafter.extend(kept)
             else:
-                row = _row(model, len(draft))
+                row = model._logits_row(len(draft))
             answer.drafted, answer.accepted = answer.drafted + len(draft), answer.accepted + accepted
             if controller is not None:
                 controller.record(n, len(draft), accepted)
@@ -88,9 +86,3 @@ def speculative_loop(model, tokens: list[int], answer: Answer, controller: Contr
                 break
     finally:
         llama_cpp.llama_batch_free(batch)
-
-
-def _row(model, index: int) -> np.ndarray:
-    """The logits of batch position `index` (-1: the last), in llama.cpp's own buffer."""
-    logits = llama_cpp.llama_get_logits_ith(model._ctx, index)
-    return np.frombuffer(model._logits_type.from_address(ctypes.addressof(logits.contents)), dtype=np.float32)
