@@ -158,8 +158,8 @@ class LoadOptions:
     # Sequences generated together in one context (`serve --parallel`). Each gets the whole
     # n_ctx window: the KV cache holds n_ctx x n_seq cells, shared, so a common prefix counts once.
     n_seq: int = 1
-    # Speculative decoding of greedy answers in the single-sequence loop (localllm.generation.speculation).
-    speculation: str = "off"
+    # Speculative decoding of greedy answers on llama.cpp (localllm.generation.speculation).
+    speculation: str = "auto"
     # Which backend runs the model: None chooses from its format (a .gguf file: llama.cpp; a
     # safetensors folder: transformers). dtype is the transformers engine's: None or "auto" is the
     # checkpoint's half precision where the device computes in it natively, else float32.

@@ -78,9 +78,9 @@ CODE = "\n".join([
 ])
 
 
-def answer(spec: str, prompt: str, *extra: str) -> dict:
+def answer(spec: str, prompt: str, *extra: str, stdin: str = CODE) -> dict:
     result = run_cli("run", "-m", "starter", "--json", "--max-tokens", "120", "--spec", spec, *extra, "-p", prompt,
-                     stdin=CODE.encode())
+                     stdin=stdin.encode())
     assert result.returncode == 0, result
     return json.loads(result.stdout)
 
@@ -96,12 +96,60 @@ def test_a_code_edit_is_the_same_drafted_or_not_and_the_drafts_are_reported():
 
 
 @pytest.mark.slow
-def test_nothing_is_drafted_when_sampling_and_a_schema_still_holds():
+def test_nothing_is_drafted_when_sampling():
     sampled = answer("ngram", "Write a short poem about the sea.", "-t", "0.8")
     assert sampled["usage"]["drafted_tokens"] == 0, "drafts are checked against the argmax: greedy answers only"
-    schema = json.dumps({"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}}, "required": ["name"]})
-    bound = answer("ngram", "Give the function's name as JSON.", "-t", "0", "--schema", schema)
-    assert "name" in json.loads(bound["text"])
+
+
+LINES = {"type": "object", "properties": {"lines": {"type": "array", "items": {"type": "string"}}}, "required": ["lines"]}
+
+
+@pytest.mark.slow
+def test_drafts_under_a_schema_are_masked_and_give_the_same_answer():
+    prompt = ('Put each line of this text in the JSON array "lines", unchanged: '
+              + " ".join(f"The quick brown fox jumps over the lazy {animal}." for animal in ("dog", "cat", "bird", "fish")))
+    bound = [answer(spec, prompt, "-t", "0", "--max-tokens", "200", "--schema", json.dumps(LINES),
+                    stdin="") for spec in ("off", "ngram", "auto")]
+    assert bound[1]["text"] == bound[0]["text"] and bound[2]["text"] == bound[0]["text"]
+    assert bound[1]["usage"]["accepted_tokens"] > 20, "the schema's repeated keys and the copied text are drafted and kept"
+    assert bound[0]["text"].startswith('{"lines":[')
+
+
+@pytest.mark.slow
+def test_serve_drafts_per_slot_and_reports_them(tmp_path):
+    import threading
+
+    import openai
+    from server_process import ServerProcess, isolated_env
+
+    prompt = "Rewrite this function with the variable result renamed to output. Give the whole code.\n\n" + CODE
+    texts, usages = {}, {}
+    for spec in ("off", "ngram"):
+        server = ServerProcess("-m", "starter", "--parallel", "2", "--ctx", "2048", "--spec", spec,
+                               env=isolated_env(tmp_path / spec))
+        try:
+            api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+            def ask(key: str, text: str = prompt) -> None:
+                reply = api.chat.completions.create(model="starter", messages=[{"role": "user", "content": text}],
+                                                    temperature=0, max_tokens=120)
+                texts[spec, key], usages[spec, key] = reply.choices[0].message.content, reply.usage
+                assert reply.model_extra["timings"]["draft_n_accepted"] == reply.usage.completion_tokens_details.accepted_prediction_tokens
+
+            ask("alone")
+            together = [threading.Thread(target=ask, args=(f"together{i}", prompt + "\n" * i)) for i in range(2)]
+            for thread in together:
+                thread.start()
+            for thread in together:
+                thread.join(120)
+        finally:
+            server.stop()
+    assert texts["ngram", "alone"] == texts["off", "alone"]
+    assert usages["off", "alone"].completion_tokens_details.accepted_prediction_tokens == 0
+    assert usages["ngram", "alone"].completion_tokens_details.accepted_prediction_tokens > 20
+    for i in range(2):  # two slots drafting in one batch: each its own drafts, checked on its own rows
+        details = usages["ngram", f"together{i}"].completion_tokens_details
+        assert texts["ngram", f"together{i}"].strip() and details.accepted_prediction_tokens > 10
 
 
 def test_the_planner_counts_a_row_of_logits_per_drafted_token(starter_gguf, spec_cache):
@@ -110,8 +158,9 @@ def test_the_planner_counts_a_row_of_logits_per_drafted_token(starter_gguf, spec
     from localllm.gguf_info import inspect_file
     from localllm.options import LoadOptions
 
-    assert output_rows(LoadOptions()) == 1 and output_rows(LoadOptions(n_seq=4)) == 4
-    assert output_rows(LoadOptions(speculation="auto")) == 1 + MAX_DRAFT
+    assert output_rows(LoadOptions(speculation="off")) == 1 and output_rows(LoadOptions(n_seq=4, speculation="off")) == 4
+    assert output_rows(LoadOptions()) == 1 + MAX_DRAFT, "speculation is on by default"
+    assert output_rows(LoadOptions(n_seq=4)) == 4 + MAX_DRAFT, "the drafts of all sequences share MAX_DRAFT rows"
     spec = inspect_file(starter_gguf, spec_cache)
     plain, drafting = (estimate(spec, LoadShape(n_ctx=2048, outputs=rows)).ram.output for rows in (1, 1 + MAX_DRAFT))
     assert drafting == (1 + MAX_DRAFT) * plain == (1 + MAX_DRAFT) * spec.n_vocab * 4

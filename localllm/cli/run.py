@@ -36,7 +36,7 @@ RUN_INITIAL_CTX = 1024
 @option("n_threads", shown_default="physical cores")
 @option("n_gpu_layers", help="Layers to offload to the GPU: -1 all, 0 none. Ignored by CPU-only builds.", shown_default="as many as fit")
 @option("kv_type", shown_default="f16, q8_0 when memory is tight")
-@option("speculation", default="off")
+@option("speculation", default="auto")
 @click.option("--flash-attn", type=click.Choice(list(FLASH_ATTN)), default="auto", help="Flash attention; auto lets llama.cpp choose. On CPUs it is faster for short contexts and slower past a few hundred tokens.")
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
 @click.option("--load-anyway", is_flag=True, help="Load even when the planner predicts it will not fit, or with a --ctx beyond the trained context.")

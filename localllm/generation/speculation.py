@@ -2,8 +2,9 @@
 agrees with (issue 28). Engine-agnostic parts: the drafter, the cost curve and the controller.
 
 Greedy answers only. At temperature 0 a drafted token is kept only when it is the argmax the model
-gives at its position, so the answer is the one decoding token by token gives, up to the float sums
-of another batch size; with sampling nothing is drafted.
+gives at its position (after the grammar's mask, when there is one), so the answer is the one
+decoding token by token gives, up to the float sums of another batch size; with sampling nothing
+is drafted, which keeps sampled answers exactly as they were.
 
 Drafts come from the prompt and the answer so far (prompt lookup): the longest n-gram (MAX_N down
 to MIN_N tokens) that ends the text is found where it last occurred before, and what followed it is
@@ -19,7 +20,8 @@ beat one token per step by a margin.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 MAX_N, MIN_N = 4, 2
 MAX_DRAFT = 16
@@ -36,8 +38,8 @@ DECAY = 0.9  # older verifications weigh less: an answer moves between copying a
 
 def output_rows(options) -> int:
     """Rows of logits one llama.cpp decode returns for a load (LoadOptions): each sequence's last
-    token's, or, drafting, one per drafted token as well."""
-    return max(options.n_seq, 1 + MAX_DRAFT if options.speculation != "off" else 1)
+    token's, and, drafting, one per drafted token (at most MAX_DRAFT in a step, all sequences together)."""
+    return options.n_seq + (MAX_DRAFT if options.speculation != "off" else 0)
 
 
 class NgramDrafter:
@@ -98,18 +100,21 @@ class Controller:
         kept, missed = self.counts[n]
         return kept / (kept + missed)
 
-    def draft_length(self, available: int, n: int) -> int:
-        """The k (0 to `available`) with the most tokens per second expected."""
-        one = self.curve.cost(1)
-        if not available or n not in self.counts or one is None:
+    def draft_length(self, available: int, n: int, base: int = 1, others: int = 0) -> int:
+        """The k (0 to `available`) with the most tokens per second expected, for a step whose
+        batch holds `base` tokens without the drafts, of which `others` are other sequences'
+        (each yielding one token): with several sequences decoding, a draft must beat the batch's
+        own throughput."""
+        plain = self.curve.cost(base)
+        if not available or n not in self.counts or plain is None:
             return 0
         alpha = min(self.acceptance(n), 0.99)
-        best, best_rate = 0, MARGIN / one
+        best, best_rate = 0, MARGIN * (others + 1) / plain
         for k in range(1, min(available, MAX_DRAFT) + 1):
             # Tokens a verification yields: the accepted run of drafts (each kept with probability
             # alpha once the one before was) plus the model's own token after it.
             expected = (1 - alpha ** (k + 1)) / (1 - alpha)
-            rate = expected / self.curve.cost(k + 1)
+            rate = (others + expected) / self.curve.cost(base + k)
             if rate > best_rate:
                 best, best_rate = k, rate
         return best
@@ -117,3 +122,67 @@ class Controller:
     def record(self, n: int, drafted: int, accepted: int) -> None:
         kept, missed = self.counts[n]
         self.counts[n] = [kept * DECAY + accepted, missed * DECAY + (accepted < drafted)]
+
+
+@dataclass
+class Checked:
+    """What a decoded draft gave: `text` to show; `used` drafted cells now part of the answer (the
+    rest are to be removed from the KV cache); then either the answer is `over`, or `feed` holds
+    tokens the grammar forced that the draft did not foresee (to evaluate next), or `row` holds the
+    masked logits to pick the next token from."""
+
+    text: str
+    used: int
+    over: bool = False
+    feed: list[int] | None = None
+    row: object = None
+
+
+class Speculation:
+    """One sequence's drafting: what to draft before a step, and the check of the decoded draft.
+    `controller` None drafts whatever the lookup proposes (`--spec ngram`)."""
+
+    def __init__(self, tokens: Iterable[int], controller: Controller | None):
+        self.drafter = NgramDrafter(tokens)
+        self.controller = controller
+        self.n = 0
+
+    def propose(self, answer, room: int, base: int = 1, others: int = 0) -> list[int]:
+        """The draft for the next step of `answer` (localllm.generation.sequence.Answer), at most
+        `room` tokens (the cells and output rows the caller has)."""
+        proposal, self.n = self.drafter.propose(MAX_DRAFT)
+        available = max(0, min(len(proposal), room, answer.limit - len(answer.output) - 1))
+        if self.controller is None:
+            return proposal[:available]
+        return proposal[:self.controller.draft_length(available, self.n, base, others)]
+
+    def check(self, answer, draft: list[int], row_at: Callable[[int], object]) -> Checked:
+        """Keep the drafts the model agrees with. row_at(j): the logits after the step's last token
+        (j = 0) or after draft j - 1, a row the grammar's mask may be written into."""
+        texts, used = [], 0
+        row = row_at(0)
+        while used < len(draft):
+            answer.mask(row)
+            if int(row.argmax()) != draft[used]:
+                return self._checked(answer, draft, texts, used, row=row)
+            text, kept = answer.take(draft[used])
+            texts.append(text)
+            used += 1
+            if kept is None:
+                return self._checked(answer, draft, texts, used, over=True)
+            self.drafter.extend(kept)
+            forced = kept[1:]  # tokens the grammar allows no alternative to: they need no check
+            if forced:
+                same = next((i for i, (f, d) in enumerate(zip(forced, draft[used:])) if f != d), min(len(forced), len(draft) - used))
+                used += same
+                if same < len(forced):
+                    return self._checked(answer, draft, texts, used, feed=forced[same:])
+            row = row_at(used)
+        answer.mask(row)
+        return self._checked(answer, draft, texts, used, row=row)
+
+    def _checked(self, answer, draft: list[int], texts: list[str], used: int, **end) -> Checked:
+        answer.drafted, answer.accepted = answer.drafted + len(draft), answer.accepted + used
+        if self.controller is not None:
+            self.controller.record(self.n, len(draft), used)
+        return Checked("".join(texts), used, **end)

@@ -13,9 +13,22 @@ from .schemas import GenerationJob
 
 def usage(finished: Finished) -> dict:
     u = finished.usage
+    # OpenAI's names for a predicted output's tokens fit speculation's drafts: accepted ones cost
+    # no step of their own, rejected ones were evaluated and thrown away.
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
             "total_tokens": u.prompt_tokens + u.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+            "completion_tokens_details": {"accepted_prediction_tokens": u.accepted_tokens,
+                                          "rejected_prediction_tokens": u.drafted_tokens - u.accepted_tokens}}
+
+
+def timings(finished: Finished) -> dict:
+    """llama-server's `timings` object: what its clients and dashboards read."""
+    u, t = finished.usage, finished.timings
+    return {"cache_n": u.cached_tokens, "prompt_n": u.prompt_tokens - u.cached_tokens, "prompt_ms": t.prompt_s * 1000,
+            "prompt_per_second": t.prompt_tokens_per_s, "predicted_n": u.completion_tokens,
+            "predicted_ms": t.generation_s * 1000, "predicted_per_second": t.generation_tokens_per_s,
+            "draft_n": u.drafted_tokens, "draft_n_accepted": u.accepted_tokens}
 
 
 def finish_reason(finished: Finished) -> str:
@@ -35,7 +48,7 @@ def openai_chat_response(job: GenerationJob, model: str, text: str, finished: Fi
         message["tool_calls"] = openai_tool_calls(calls)
     return {"id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": job.created, "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(finished)}],
-            "usage": usage(finished)}
+            "usage": usage(finished), "timings": timings(finished)}
 
 
 def openai_chat_chunk(job: GenerationJob, model: str, delta: dict, finished: Finished | None = None) -> dict:
@@ -56,13 +69,13 @@ def openai_completion_response(job: GenerationJob, model: str, text: str, finish
     return {"id": f"cmpl-{job.id}", "object": "text_completion", "created": job.created, "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None,
                          "finish_reason": finish_reason(finished) if finished else None}],
-            **({"usage": usage(finished)} if finished and not job.stream else {})}
+            **({"usage": usage(finished), "timings": timings(finished)} if finished and not job.stream else {})}
 
 
 def openai_usage_chunk(job: GenerationJob, model: str, finished: Finished, kind: str) -> dict:
     return {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{job.id}",
             "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-            "created": job.created, "model": model, "choices": [], "usage": usage(finished)}
+            "created": job.created, "model": model, "choices": [], "usage": usage(finished), "timings": timings(finished)}
 
 
 def now_iso() -> str:

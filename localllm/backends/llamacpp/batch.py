@@ -25,6 +25,7 @@ import numpy as np
 from ...errors import GenerationError
 from ...events import PromptProgress, Token
 from ...generation.sequence import Answer
+from ...generation.speculation import MAX_DRAFT
 from ..base import SequenceRequest, reusable_prefix
 from . import state_cache
 from .params import PROGRESS_AFTER, sampler_chain
@@ -47,6 +48,8 @@ class _Slot:
         # Generated tokens to evaluate next: the sampled one and any the grammar forces after it.
         self.next_tokens: list[int] = []
         self.sampler = None
+        self.speculation = None  # its drafting (greedy answers when the load speculates)
+        self.draft: list[int] = []  # tokens drafted after next_tokens in the step being decoded
 
 
 class _Batch:
@@ -69,16 +72,17 @@ class _Batch:
         self.struct.seq_id = ctypes.cast(self.seq_ptr.ctypes.data, ctypes.POINTER(ctypes.POINTER(ctypes.c_int32)))
         self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
 
-    def add(self, tokens: list[int], first_pos: int, seq: int, output_last: bool) -> int:
-        """Append tokens of one sequence; returns the batch index of the last one."""
+    def add(self, tokens: list[int], first_pos: int, seq: int, outputs: int) -> int:
+        """Append tokens of one sequence, the last `outputs` of them with logits; returns the
+        batch index of the first of those (of the last token when there are none)."""
         start, end = self.n, self.n + len(tokens)
         self.token[start:end] = tokens
         self.pos[start:end] = np.arange(first_pos, first_pos + len(tokens), dtype=np.int32)
         self.seq_ptr[start:end] = self.seq_values.ctypes.data + 4 * seq
         self.logits[start:end] = 0
-        self.logits[end - 1] = output_last
+        self.logits[end - outputs:end] = 1
         self.n = end
-        return end - 1
+        return end - max(outputs, 1)
 
 
 class LlamaCppBatcher:
@@ -124,6 +128,7 @@ class LlamaCppBatcher:
         slot.cached = tokens[:common]
         slot.unsaved = True
         slot.start(request, common, answer)
+        slot.speculation = self._model.speculation(tokens, answer)
 
     def _restore(self, slot: _Slot, tokens: list[int], in_memory: int) -> int | None:
         """Load into `slot` the saved state sharing more of `tokens` than memory holds (`in_memory`);
@@ -157,14 +162,19 @@ class LlamaCppBatcher:
         batch = self._batch
         batch.n = 0
         entries: list[tuple[_Slot, int, int | None]] = []  # slot, tokens it adds, batch index of its output
-        for slot in self._slots:
+        generating = [slot for slot in self._slots if slot.request is not None and slot.next_tokens]
+        self._draft(generating)
+        for slot in generating:
             room = self._budget - batch.n
-            if slot.request is not None and slot.next_tokens and room > 0:
+            if room > 0:
                 # A grammar's forced run longer than the room goes in over several steps; the
                 # logits are read once its last token is in.
                 chunk = slot.next_tokens[:room]
                 whole = len(chunk) == len(slot.next_tokens)
-                index = batch.add(chunk, len(slot.cached), slot.seq, whole)
+                if whole and slot.draft:
+                    index = batch.add(chunk + slot.draft, len(slot.cached), slot.seq, 1 + len(slot.draft))
+                else:
+                    index = batch.add(chunk, len(slot.cached), slot.seq, int(whole))
                 entries.append((slot, len(chunk), index if whole else None))
         for slot in self._slots:
             room = self._budget - batch.n
@@ -180,18 +190,58 @@ class LlamaCppBatcher:
         batch.struct.n_tokens = batch.n
         started = time.perf_counter()
         status = llama_cpp.llama_decode(self._model._ctx, batch.struct)
-        if batch.n == len(entries) and status == 0:  # one token per sequence: steps the governor can compare
-            self._model.governor.step(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
         if status != 0:
             self._fail([slot for slot, _, _ in entries], status)
             return
+        drafts = sum(len(slot.draft) for slot, _, _ in entries)
+        if batch.n == len(entries) + drafts:  # one token per sequence and drafts, each with logits
+            if not drafts:  # steps the governor can compare
+                self._model.governor.step(elapsed)
+            if any(slot.speculation is not None for slot, _, _ in entries):
+                self._model._cost_curve.record(batch.n, elapsed)
         for slot, taken, index in entries:
             self._advance(slot, taken)
-            if index is not None:
-                try:
+            if index is None:
+                continue
+            try:
+                if slot.draft:
+                    self._checked(slot, index)
+                else:
                     self._sampled(slot, self._pick(slot, index))
-                except GenerationError as exc:  # this sequence's grammar failed; the others go on
-                    self._fail_with([slot], str(exc))
+            except GenerationError as exc:  # this sequence's grammar failed; the others go on
+                self._fail_with([slot], str(exc))
+
+    def _draft(self, generating: list[_Slot]) -> None:
+        """Choose each generating slot's draft for this step: none while a prompt is being read
+        (its batch is no step of the cost curve), at most MAX_DRAFT together (the context's output rows)."""
+        for slot in generating:
+            slot.draft = []
+        if any(slot.request is not None and not slot.next_tokens for slot in self._slots):
+            return
+        base, left = sum(len(slot.next_tokens) for slot in generating), MAX_DRAFT
+        for slot in generating:
+            if slot.speculation is None or not left:
+                continue
+            room = min(left, self._budget - base)
+            slot.draft = slot.speculation.propose(slot.answer, room, base, len(generating) - 1)
+            base, left = base + len(slot.draft), left - len(slot.draft)
+
+    def _checked(self, slot: _Slot, index: int) -> None:
+        """Keep what the model agrees with of the slot's decoded draft, and go on from there."""
+        draft, slot.draft = slot.draft, []
+        checked = slot.speculation.check(slot.answer, draft, lambda j: self._model._logits_row(index + j))
+        if checked.text:
+            slot.request.emit(Token(checked.text))
+        slot.cached.extend(draft[:checked.used])
+        if checked.used < len(draft):
+            llama_cpp.llama_memory_seq_rm(self._model._memory, slot.seq, len(slot.cached), -1)
+        if checked.over:
+            self._finish(slot)
+        elif checked.feed is not None:
+            slot.next_tokens = checked.feed
+        else:
+            self._sampled(slot, int(checked.row.argmax()))
 
     def _advance(self, slot: _Slot, taken: int) -> None:
         """Record tokens that are now in the KV cache."""
@@ -224,6 +274,8 @@ class LlamaCppBatcher:
             self._finish(slot)
         else:
             slot.next_tokens = step
+            if slot.speculation is not None:
+                slot.speculation.drafter.extend(step)
 
     def _finish(self, slot: _Slot, reason: str | None = None) -> None:
         request = slot.request

@@ -11,7 +11,6 @@ one decode, one detokenize; greedy picks read the logits in place).
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import os
 import sys
@@ -29,7 +28,7 @@ from ...errors import ContextOverflowError, GenerationError, ModelLoadError
 from ...events import Event, PromptProgress, Token
 from ...formats import is_checkpoint
 from ...generation.sequence import Answer
-from ...generation.speculation import Controller, CostCurve
+from ...generation.speculation import Controller, CostCurve, Speculation
 from ...gguf_info import header_facts
 from ...hardware import CpuLoadSampler, default_threads
 from ...options import LoadOptions, SamplingOptions
@@ -48,6 +47,7 @@ from .params import (
     sampler_chain,
     window,
 )
+from .pieces import Pieces
 from .runtime import Threadpool, init_backend, load_failure_reason, model_buffers
 from .runtime import log as llama_log
 from .speculate import speculative_loop
@@ -272,6 +272,13 @@ class LlamaCppModel:
         return Answer(sampling, n_prompt, 0, self.n_ctx, lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
                         Pieces(vocab), self.grammar_vocabulary)
 
+    def speculation(self, tokens: list[int], answer: Answer) -> Speculation | None:
+        """Drafting for a greedy answer to `tokens` when this load speculates (None: no drafts)."""
+        mode = self._options.speculation
+        if mode == "off" or not answer.greedy:
+            return None
+        return Speculation(tokens, None if mode == "ngram" else Controller(self._cost_curve))
+
     def _greedy(self) -> int:
         """The likeliest next token. The C sampler chain first copies the whole vocabulary into a
         candidate array (65 us a token for SmolLM2's 49k); argmax over the logits in place takes
@@ -373,9 +380,9 @@ class LlamaCppModel:
         self._make_room(len(tokens))
         self._unsaved = True
         yield from self._decode(tokens[reused:])
-        if self._options.speculation != "off" and answer.greedy and answer.constraint is None:
-            controller = None if self._options.speculation == "ngram" else Controller(self._cost_curve)
-            yield from speculative_loop(self, tokens, answer, controller)
+        speculation = self.speculation(tokens, answer)
+        if speculation is not None:
+            yield from speculative_loop(self, tokens, answer, speculation)
         else:
             yield from self._steps(answer, pick)
         # Bytes still buffered are a character cut off by the token limit: dropped, not shown as U+FFFD.
@@ -482,19 +489,3 @@ class LlamaCppModel:
         self._states = None
         self.close()
 
-
-class Pieces:
-    """The text of generated tokens, continuing across calls: a character whose bytes span
-    tokens comes out whole once its last byte is in."""
-
-    def __init__(self, vocab):
-        self._vocab = vocab
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ctypes.create_string_buffer(256)
-
-    def __call__(self, tokens: Sequence[int]) -> str:
-        text = ""
-        for token in tokens:
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._buffer, 256, 0, False)
-            text += self._decoder.decode(self._buffer.raw[:n]) if n > 0 else ""
-        return text
