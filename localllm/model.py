@@ -204,6 +204,10 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
     notify = notify or (lambda message: None)
     path = resolve(None if ref is None else str(ref))
     backend = backend_for(path, options.engine)
+    if options.draft:
+        if backend.name != "llamacpp":
+            raise UsageError(f"a draft model drafts for llama.cpp (GGUF models); the {backend.name} engine has none")
+        options = replace(options, draft=str(resolve(options.draft)))
     started = time.perf_counter()
     planned = backend.prepare(path, options, notify)
     if planned.n_seq > 1 and not backend.capabilities.batching:

@@ -14,7 +14,7 @@ from .errors import UsageError
 # prompts and costs little memory on small models. The planner (issue 3) will refine this.
 DEFAULT_CTX = 4096
 KV_TYPES = ("f16", "q8_0", "q4_0")
-SPECULATION = ("off", "ngram", "auto")
+SPECULATION = ("off", "ngram", "draft", "auto")
 # llama.cpp rounds a context up to a multiple of 256 tokens, so a smaller one cannot be had as set.
 MIN_CTX_TOKENS = 256
 MAX_CTX_TOKENS = 2**31 - 1  # llama.cpp's n_ctx is a C uint32 and wraps above, then aborts
@@ -109,9 +109,10 @@ LOAD_FIELDS = (
           "Layers to offload to the GPU: -1 all, 0 none.", flag="--gpu-layers"),
     _choice("kv_type", "KV cache type", KV_TYPES, "KV cache type."),
     _choice("speculation", "speculation", SPECULATION,
-            "Speculative decoding of greedy answers (-t 0): drafts copied from the prompt and the answer so far, "
-            "checked in one batch. auto drafts only as much as this machine's measured costs and the drafts' "
-            "acceptance say will pay; ngram drafts whatever the lookup finds.", flag="--spec"),
+            "Speculative decoding of greedy answers (-t 0): tokens guessed cheaply (copied from the prompt and the "
+            "answer so far, or by a --draft model), checked in one batch. auto drafts only as much as this machine's "
+            "measured costs and the drafts' acceptance say will pay; ngram and draft always draft, from that source.",
+            flag="--spec"),
     Field("n_seq", int, "parallel sequences", f"1 to {MAX_SEQUENCES}", lambda v: 1 <= v <= MAX_SEQUENCES,
           "Requests generated at the same time, batched in one context; each has the whole --ctx window.",
           flag="--parallel", short="-np"),
@@ -158,8 +159,12 @@ class LoadOptions:
     # Sequences generated together in one context (`serve --parallel`). Each gets the whole
     # n_ctx window: the KV cache holds n_ctx x n_seq cells, shared, so a common prefix counts once.
     n_seq: int = 1
-    # Speculative decoding of greedy answers on llama.cpp (localllm.generation.speculation).
+    # Speculative decoding of greedy answers on llama.cpp (localllm.generation.speculation), and
+    # the GGUF of a small model with the same vocabulary that drafts tokens (None: none); its
+    # load options are the planner's (draft_plan, filled in when the target is planned).
     speculation: str = "auto"
+    draft: str | None = None
+    draft_plan: LoadOptions | None = None
     # Which backend runs the model: None chooses from its format (a .gguf file: llama.cpp; a
     # safetensors folder: transformers). dtype is the transformers engine's: None or "auto" is the
     # checkpoint's half precision where the device computes in it natively, else float32.
@@ -185,6 +190,8 @@ class LoadOptions:
             raise UsageError(f"initial context size must be 0 (the whole window) or positive, not {self.initial_ctx}")
         if self.n_seq > 1 and self.initial_ctx:
             raise UsageError("a context for several sequences cannot start small and grow")
+        if self.speculation == "draft" and not self.draft:
+            raise UsageError("--spec draft needs a draft model: --draft MODEL (a small model with the same vocabulary)")
         if self.prompt_cache not in PROMPT_CACHE_MODES:
             raise UsageError(f"prompt cache must be one of {', '.join(map(repr, PROMPT_CACHE_MODES))}, not {self.prompt_cache!r}")
         if self.n_batch < 1 or self.n_ubatch < 1:

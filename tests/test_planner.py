@@ -305,3 +305,16 @@ def test_a_growing_cache_asks_for_the_trained_window_and_halves_it_until_it_fits
     big = plan(profile("workstation_2x80gb", tmp_path), small, Overrides(grow=True))
     assert big.shape.n_ctx == small.n_ctx_train
     assert f"{grown.shape.n_ctx}-token context" in grown.explanation
+
+
+def test_a_draft_model_is_planned_in_the_memory_its_target_leaves(tmp_path):
+    laptop = profile("laptop_16gb_6gb_gpu", tmp_path)
+    draft = llama_spec("Llama-3.2-1B-Instruct-Q4_K_M.gguf", 16, 2048, 8192, 32, 8, 807_694_464, "Q4_K_M")
+    alone = plan(laptop, draft, Overrides(n_ctx=4096))
+    assert alone.fit == "gpu", "alone, the 1B fits the 6 GB GPU whole"
+    target = plan(laptop, LLAMA_8B, Overrides(n_ctx=4096))
+    taken = tuple(d.total + m for d, m in zip(target.estimate.devices, target.margins))
+    beside = plan(laptop, draft, Overrides(n_ctx=4096, reserved=taken))
+    assert beside.shape.n_gpu_layers < alone.shape.n_gpu_layers, "the 8B holds most of the GPU"
+    for device, own, budget in zip(beside.estimate.devices, taken, alone.budgets):
+        assert device.total == 0 or own + device.total <= budget, "both fit together"

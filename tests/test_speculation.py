@@ -8,7 +8,8 @@ import json
 import pytest
 from conftest import assert_one_line_error, invoke, run_cli
 
-from localllm.generation.speculation import MARGIN, Controller, CostCurve, NgramDrafter
+from localllm.generation.speculation import MARGIN, MODEL, Controller, CostCurve, NgramDrafter
+from localllm.options import SamplingOptions
 
 
 def test_the_drafter_proposes_what_followed_the_longest_recent_match():
@@ -46,20 +47,36 @@ def test_the_controller_drafts_only_where_the_measured_costs_and_acceptance_pay(
     for _ in range(20):  # every draft kept: long drafts pay even at 5.6x a step
         copying.record(4, 16, 16)
     k = copying.draft_length(16, 4)
-    assert k == 16
-    expected = (1 - 0.99 ** 17) / 0.01
-    assert expected / costly.cost(17) > MARGIN / costly.cost(1)
+    assert k == 15, "a 16-token batch is untimed: taken at the timed 9-token batch's cost, it beats the timed 17"
+    expected = (1 - 0.99 ** 16) / 0.01
+    assert expected / costly.cost(16) > MARGIN / costly.cost(1)
 
 
-def test_the_curve_assumes_half_a_step_per_extra_token_until_measured():
+def test_the_curve_is_pessimistic_until_a_batch_is_timed_then_tries_untimed_sizes():
     learned = curve(0.04)
-    assert learned.cost(3) == pytest.approx(0.04 + 2 * 0.5 * 0.04)
-    learned.record(2, 0.05)
-    assert learned.cost(2) == 0.05 and learned.cost(4) == pytest.approx(0.05 + 2 * 0.5 * 0.04)
+    assert learned.cost(3) == pytest.approx(0.04 + 2 * 0.5 * 0.04), "half a step per extra token at first"
+    learned.record(5, 0.09)
+    assert learned.cost(5) == 0.09
+    assert learned.cost(3) == 0.04 and learned.cost(9) == 0.09, "an untimed size costs what the timed one below it costs"
+    learned.record(9, 0.2)
+    assert learned.cost(8) == 0.09 and learned.cost(17) == 0.2
 
 
 def test_a_bad_spec_value_is_one_line():
     assert_one_line_error(invoke("run", "-m", "starter", "--spec", "always", "hi"), 2, "--spec", "auto")
+    assert_one_line_error(invoke("run", "-m", "starter", "--spec", "draft", "hi"), 2, "--draft MODEL")
+
+
+def test_a_draft_model_pays_only_past_its_break_even_acceptance():
+    costly = curve(0.0376, b2=0.050, b3=0.065, b5=0.090, b9=0.170, b17=0.210)
+    controller = Controller(costly)
+    free, cheap, dear = controller.break_even(0.0), controller.break_even(0.004), controller.break_even(0.02)
+    assert free < cheap < dear < 1, "the dearer its tokens, the more of them must be kept"
+    assert controller.break_even(0.05) is None, "slower than the model itself: never"
+    for _ in range(20):  # the draft model's drafts kept, more than its break-even asks
+        controller.record(MODEL, 4, 4)
+    assert controller.draft_length(16, MODEL, per_token=0.004) > 0
+    assert controller.draft_length(16, MODEL, per_token=0.05) == 0
 
 
 CODE = "\n".join([
@@ -96,6 +113,30 @@ def test_a_code_edit_is_the_same_drafted_or_not_and_the_drafts_are_reported():
 
 
 @pytest.mark.slow
+def test_a_draft_model_drafts_and_the_answer_is_the_same():
+    prompt = "Rewrite this function with the variable result renamed to output. Give the whole code."
+    plain = answer("off", prompt, "-t", "0")
+    drafted = answer("draft", prompt, "-t", "0", "--draft", "starter")  # the starter drafting for itself
+    assert drafted["text"] == plain["text"]
+    assert drafted["usage"]["accepted_tokens"] > 40, "its own greedy continuation: kept"
+    auto = answer("auto", prompt, "-t", "0", "--draft", "starter")
+    assert auto["text"] == plain["text"] and auto["usage"]["accepted_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_a_draft_model_of_another_vocabulary_is_refused_in_one_line(starter_gguf, tmp_path):
+    from embedding_gguf import THINK_TOKENS, write_with_template
+    from localllm.model import load_model
+
+    renamed = write_with_template(starter_gguf, tmp_path / "renamed.gguf", "{{ messages[0]['content'] }}", THINK_TOKENS)
+    result = run_cli("run", "-m", "starter", "--draft", str(renamed), "-t", "0", "--max-tokens", "4", "hi")
+    assert_one_line_error(result, 4, "renamed.gguf", "cannot draft for", "token 3 differs")
+    with load_model("starter", draft="starter", speculation="draft") as loaded:  # the Python API
+        reply = loaded.chat([{"role": "user", "content": "Say hello."}], SamplingOptions(temperature=0, max_tokens=8))
+        assert list(reply)
+
+
+@pytest.mark.slow
 def test_nothing_is_drafted_when_sampling():
     sampled = answer("ngram", "Write a short poem about the sea.", "-t", "0.8")
     assert sampled["usage"]["drafted_tokens"] == 0, "drafts are checked against the argmax: greedy answers only"
@@ -124,8 +165,8 @@ def test_serve_drafts_per_slot_and_reports_them(tmp_path):
 
     prompt = "Rewrite this function with the variable result renamed to output. Give the whole code.\n\n" + CODE
     texts, usages = {}, {}
-    for spec in ("off", "ngram"):
-        server = ServerProcess("-m", "starter", "--parallel", "2", "--ctx", "2048", "--spec", spec,
+    for spec, draft in (("off", ()), ("ngram", ()), ("draft", ("--draft", "starter"))):
+        server = ServerProcess("-m", "starter", "--parallel", "2", "--ctx", "2048", "--spec", spec, *draft,
                                env=isolated_env(tmp_path / spec))
         try:
             api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
@@ -144,9 +185,10 @@ def test_serve_drafts_per_slot_and_reports_them(tmp_path):
                 thread.join(120)
         finally:
             server.stop()
-    assert texts["ngram", "alone"] == texts["off", "alone"]
+    assert texts["ngram", "alone"] == texts["off", "alone"] == texts["draft", "alone"]
     assert usages["off", "alone"].completion_tokens_details.accepted_prediction_tokens == 0
     assert usages["ngram", "alone"].completion_tokens_details.accepted_prediction_tokens > 20
+    assert usages["draft", "alone"].completion_tokens_details.accepted_prediction_tokens > 20, "the draft model, alone"
     for i in range(2):  # two slots drafting in one batch: each its own drafts, checked on its own rows
         details = usages["ngram", f"together{i}"].completion_tokens_details
         assert texts["ngram", f"together{i}"].strip() and details.accepted_prediction_tokens > 10

@@ -8,7 +8,7 @@ import click
 
 from ..errors import UsageError
 from ..options import ENGINES
-from .options import option
+from .options import draft_option, option
 from .rpc import rpc_option
 
 
@@ -21,10 +21,11 @@ from .rpc import rpc_option
 @option("engine", choices=ENGINES, shown_default="from its format")
 @option("dtype", shown_default="the checkpoint's where native, else float32")
 @option("speculation", default="auto")
+@draft_option
 @click.option("--think/--no-think", default=None, help="Let a thinking model (Qwen3) reason first, or not, where its template can switch.  [default: the model's]")
 @click.option("--no-cache", is_flag=True, help="Do not keep the conversation's KV cache on disk (kept after each answer, so that a reopened chat does not read its history again).")
 @rpc_option
-def chat(model, resume, ctx, threads, gpu_layers, engine, dtype, spec, think, no_cache, rpc):
+def chat(model, resume, ctx, threads, gpu_layers, engine, dtype, spec, draft, think, no_cache, rpc):
     """Chat in the terminal: streaming answers, saved conversations, model downloads. F1 lists the keys.
 
     Conversations are saved as they are written (in $LOCALLLM_HOME/chats.sqlite3).
@@ -41,7 +42,7 @@ def chat(model, resume, ctx, threads, gpu_layers, engine, dtype, spec, think, no
 
     saved_ctx = load_config().get("chat", {}).get("n_ctx")
     options = chat_load_options(n_ctx=ctx or saved_ctx, n_threads=threads, n_gpu_layers=gpu_layers, engine=engine, dtype=dtype,
-                                rpc=rpc, prompt_cache="" if no_cache else "live", speculation=spec)
+                                rpc=rpc, prompt_cache="" if no_cache else "live", speculation=spec, draft=draft)
     app = ChatApp(model_ref=model, resume=resume, load_options=options, think=think)
     app.run()
     if app.fatal_error:

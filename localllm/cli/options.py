@@ -61,3 +61,10 @@ def sampling_options(command: Callable) -> Callable:
 def sampling_values(values: dict) -> dict:
     """The sampling fields among a command's keyword arguments, taken out of `values`."""
     return {field.name: values.pop(field.name) for field in SAMPLING_FIELDS}
+
+
+draft_option = click.option(
+    "--draft", metavar="MODEL",
+    help="A small model with the same vocabulary (e.g. the 0.5B of the model's family) that drafts tokens for "
+         "speculation: --spec auto uses it where the measured costs say it pays, --spec draft always. Its "
+         "memory is planned beside the model's.  [default: none]")

@@ -18,7 +18,7 @@ from ..options import (
     unescape,
 )
 from ..status import Status
-from .options import option, sampling_options, sampling_values
+from .options import draft_option, option, sampling_options, sampling_values
 from .rpc import rpc_option
 
 # `run` opens the KV cache for this many tokens and grows it to the window only for a longer
@@ -37,6 +37,7 @@ RUN_INITIAL_CTX = 1024
 @option("n_gpu_layers", help="Layers to offload to the GPU: -1 all, 0 none. Ignored by CPU-only builds.", shown_default="as many as fit")
 @option("kv_type", shown_default="f16, q8_0 when memory is tight")
 @option("speculation", default="auto")
+@draft_option
 @click.option("--flash-attn", type=click.Choice(list(FLASH_ATTN)), default="auto", help="Flash attention; auto lets llama.cpp choose. On CPUs it is faster for short contexts and slower past a few hundred tokens.")
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
 @click.option("--load-anyway", is_flag=True, help="Load even when the planner predicts it will not fit, or with a --ctx beyond the trained context.")
@@ -57,7 +58,7 @@ RUN_INITIAL_CTX = 1024
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, model, finish reason, token counts, timings, settings.")
 @click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
-def run(prompt_arg, prompt_opt, model, system, ctx, threads, gpu_layers, kv_type, spec, flash_attn, margin, load_anyway, engine,
+def run(prompt_arg, prompt_opt, model, system, ctx, threads, gpu_layers, kv_type, spec, draft, flash_attn, margin, load_anyway, engine,
         dtype, rpc, schema, grammar_file, stop, think, reasoning_effort, show_thinking, ignore_eos, no_cache, raw, as_json,
         no_stream,
         verbose, **sampling_fields):
@@ -82,7 +83,7 @@ def run(prompt_arg, prompt_opt, model, system, ctx, threads, gpu_layers, kv_type
     load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
                                flash_attn=FLASH_ATTN[flash_attn], initial_ctx=RUN_INITIAL_CTX,
                                margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, engine=engine,
-                               dtype=dtype, rpc=rpc, prompt_cache="" if no_cache else "cold", speculation=spec,
+                               dtype=dtype, rpc=rpc, prompt_cache="" if no_cache else "cold", speculation=spec, draft=draft,
                                verbose=verbose)
     sampling = SamplingOptions(**sampling_values(sampling_fields), ignore_eos=ignore_eos, stop=stop,
                                grammar=from_options(schema, grammar_file))

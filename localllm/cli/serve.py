@@ -14,7 +14,7 @@ from ..options import (
     ORIGINS_ENV,
     parse_duration,
 )
-from .options import option
+from .options import draft_option, option
 from .rpc import rpc_option
 
 DEFAULT_PORT = 8642  # none of Ollama's 11434, LM Studio's 1234, llama-server's 8080, vLLM's 8000
@@ -37,6 +37,7 @@ DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
 @option("kv_type", shown_default="f16, q8_0 when memory is tight")
 @click.option("--flash-attn", type=click.Choice(list(FLASH_ATTN)), default="auto", help="Flash attention.")
 @option("speculation", default="auto")
+@draft_option
 @option("engine", help="Backend for every model served; vllm starts vLLM on -m (a safetensors checkpoint) and serves through it.", shown_default="from each model's format")
 @click.option("--vllm", "vllm_path", metavar="PATH", help="The vllm executable (of its own environment).  [default: vllm on PATH]")
 @click.option("--vllm-url", metavar="URL", help="Serve through a vLLM (or other OpenAI-compatible engine) already running there, instead of starting one.")
@@ -48,7 +49,7 @@ DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
 @click.option("-q", "--quiet", is_flag=True, help="No access log (one line per request on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def serve(model, host, port, parallel, queue_limit, keep_alive, api_key_file, api_key, cors, allowed_hosts, allow_model_paths,
-          ctx, threads, gpu_layers, kv_type, flash_attn, spec, engine, vllm_path, vllm_url, nodes, dtype, rpc, no_cache, max_body,
+          ctx, threads, gpu_layers, kv_type, flash_attn, spec, draft, engine, vllm_path, vllm_url, nodes, dtype, rpc, no_cache, max_body,
           quiet, verbose):
     """Serve models over HTTP: the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models,
     /v1/embeddings) and Ollama's (/api/chat, /api/generate, /api/tags, /api/show, /api/ps).
@@ -79,9 +80,10 @@ def serve(model, host, port, parallel, queue_limit, keep_alive, api_key_file, ap
     api_key = _api_key(api_key_file, api_key)
     check_exposure(host, api_key)
     served = find_installed(model) if model is not None else None  # a typo fails now, not once serving
+    draft = str(find_installed(draft).path) if draft else None
     options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
                           flash_attn=FLASH_ATTN[flash_attn], n_seq=parallel, engine=engine, dtype=dtype, rpc=rpc,
-                          prompt_cache="" if no_cache else "live", speculation=spec, verbose=verbose)
+                          prompt_cache="" if no_cache else "live", speculation=spec, draft=draft, verbose=verbose)
     config = ServerConfig(load_options=options, default_model=model, api_key=api_key, max_body=max_body * 2**20,
                           quiet=quiet, cors=split_names(cors, ORIGINS_ENV), allowed_hosts=split_names(allowed_hosts, ALLOWED_HOSTS_ENV),
                           bind_host=host, allow_paths=allow_model_paths, served=served)

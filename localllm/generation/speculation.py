@@ -26,13 +26,14 @@ from dataclasses import dataclass
 MAX_N, MIN_N = 4, 2
 MAX_DRAFT = 16
 MARGIN = 1.1  # a draft must promise this much over a plain step: the estimates are noisy
-# Before a batch size is timed, each token past the first is assumed to cost this share of a
-# single step (measured here: 0.33 to 0.5 for 2 to 8 tokens): pessimistic, so no draft loses much
-# while the curve is learned.
+# Before any batch is timed, each token past the first is assumed to cost this share of a single
+# step (measured here: 0.33 to 0.5 for 2 to 8 tokens): pessimistic, so the first drafts are short.
 PRIOR_MARGINAL = 0.5
 # Acceptance assumed for an n-gram match before this answer has shown any, as (accepted, rejected)
 # pseudo-counts: a longer match is likelier to go on.
-PRIORS = {4: (3.0, 1.0), 3: (2.0, 1.0), 2: (1.0, 1.0)}
+MODEL = "model"  # the draft model's drafts, kept apart from the lookup's in the acceptance counts
+PRIORS = {4: (3.0, 1.0), 3: (2.0, 1.0), 2: (1.0, 1.0), MODEL: (2.0, 1.0)}
+DRAFT_TOKENS = 8  # what `--spec draft` drafts each step
 DECAY = 0.9  # older verifications weigh less: an answer moves between copying and writing
 
 
@@ -79,49 +80,75 @@ class CostCurve:
         self.seconds[size] = seconds if old is None else 0.8 * old + 0.2 * seconds
 
     def cost(self, size: int) -> float | None:
-        """The expected seconds for `size` tokens; None until a single step has been timed."""
-        if size in self.seconds:
-            return self.seconds[size]
-        one = self.seconds.get(1)
+        """The expected seconds for `size` tokens; None until a single step has been timed. Until
+        a batch of several tokens has been timed, PRIOR_MARGINAL of a step per token past the
+        first; then an untimed size is taken to cost what the largest timed size below it costs.
+        That is optimistic on purpose: CPU kernels work in tiles (here, with the 1.5B model, 16
+        tokens cost 219 ms and 17 tokens 261 ms, 4 tokens 97 ms and 3 tokens 116 ms), so costs
+        are not smooth in the size, and a size that looks cheap is tried, which times it: each
+        size costs at most one step to learn, and what was learned is kept (llamacpp.speculate)."""
+        seconds = self.seconds
+        if size in seconds:
+            return seconds[size]
+        one = seconds.get(1)
         if one is None:
             return None
-        below = max((b for b in self.seconds if b < size), default=1)
-        return self.seconds[below] + (size - below) * PRIOR_MARGINAL * one
+        below = max(b for b in seconds if b < size)
+        if len(seconds) == 1:
+            return one + (size - 1) * PRIOR_MARGINAL * one
+        return seconds[below]
 
 
 class Controller:
-    """How many tokens to draft before each step, and what the drafts achieved."""
+    """How many tokens to draft before each step, and what the drafts achieved.
+
+    Acceptance is counted per source (the n-gram length, or the draft model) and per position in
+    the draft: how often the j-th drafted token was kept once the ones before it were. Drafts come
+    in runs (a copied passage is kept to its end, then one changed word breaks it), so a token far
+    into a kept run is likelier kept than the first: one rate for all positions undervalues long
+    drafts where they pay most. Before a position has been seen, its prior rises with it."""
 
     def __init__(self, curve: CostCurve):
         self.curve = curve
-        self.counts = {n: list(prior) for n, prior in PRIORS.items()}
+        self.counts = {n: [[kept + j, missed] for j in range(MAX_DRAFT)] for n, (kept, missed) in PRIORS.items()}
 
-    def acceptance(self, n: int) -> float:
-        kept, missed = self.counts[n]
-        return kept / (kept + missed)
+    def acceptance(self, n) -> list[float]:
+        """The chance of keeping each drafted position of a draft from source n, given the ones before were."""
+        return [min(kept / (kept + missed), 0.99) for kept, missed in self.counts[n]]
 
-    def draft_length(self, available: int, n: int, base: int = 1, others: int = 0) -> int:
+    def draft_length(self, available: int, n, base: int = 1, others: int = 0, per_token: float = 0.0) -> int:
         """The k (0 to `available`) with the most tokens per second expected, for a step whose
         batch holds `base` tokens without the drafts, of which `others` are other sequences'
         (each yielding one token): with several sequences decoding, a draft must beat the batch's
-        own throughput."""
+        own throughput. `per_token`: seconds producing each drafted token costs (a draft model's)."""
         plain = self.curve.cost(base)
         if not available or n not in self.counts or plain is None:
             return 0
-        alpha = min(self.acceptance(n), 0.99)
-        best, best_rate = 0, MARGIN * (others + 1) / plain
+        return self._best(self.acceptance(n), available, base, others, per_token)
+
+    def _best(self, chances: list[float], available: int, base: int, others: int, per_token: float) -> int:
+        best, best_rate = 0, MARGIN * (others + 1) / self.curve.cost(base)
+        expected, reach = 1.0, 1.0  # the model's own token after the kept drafts always comes
         for k in range(1, min(available, MAX_DRAFT) + 1):
-            # Tokens a verification yields: the accepted run of drafts (each kept with probability
-            # alpha once the one before was) plus the model's own token after it.
-            expected = (1 - alpha ** (k + 1)) / (1 - alpha)
-            rate = (others + expected) / self.curve.cost(base + k)
+            reach *= chances[k - 1]  # the chance that drafts 1..k are all kept
+            expected += reach
+            rate = (others + expected) / (self.curve.cost(base + k) + k * per_token)
             if rate > best_rate:
                 best, best_rate = k, rate
         return best
 
-    def record(self, n: int, drafted: int, accepted: int) -> None:
-        kept, missed = self.counts[n]
-        self.counts[n] = [kept * DECAY + accepted, missed * DECAY + (accepted < drafted)]
+    def break_even(self, per_token: float) -> float | None:
+        """The least acceptance rate (the same at every position) at which drafts costing
+        `per_token` each would be used (None: not even at 99%, or nothing timed yet): where a
+        draft model starts to pay on this machine."""
+        if self.curve.cost(1) is None:
+            return None
+        return next((a / 100 for a in range(1, 100) if self._best([a / 100] * MAX_DRAFT, MAX_DRAFT, 1, 0, per_token)), None)
+
+    def record(self, n, drafted: int, accepted: int) -> None:
+        for j, counts in enumerate(self.counts[n]):
+            counts[0] = counts[0] * DECAY + (j < accepted and j < drafted)
+            counts[1] = counts[1] * DECAY + (j == accepted and j < drafted)
 
 
 @dataclass
@@ -140,21 +167,33 @@ class Checked:
 
 class Speculation:
     """One sequence's drafting: what to draft before a step, and the check of the decoded draft.
-    `controller` None drafts whatever the lookup proposes (`--spec ngram`)."""
+    `mode` "ngram" drafts whatever the lookup proposes, "draft" DRAFT_TOKENS from the draft model
+    (`model`, an object with propose(tokens, k) and cost(target_step)) each step, "auto" what the
+    controller says pays: the lookup's proposal first, else the draft model's."""
 
-    def __init__(self, tokens: Iterable[int], controller: Controller | None):
+    def __init__(self, tokens: Iterable[int], mode: str, controller: Controller | None = None, model=None):
         self.drafter = NgramDrafter(tokens)
-        self.controller = controller
+        self.mode, self.controller, self.model = mode, controller, model
         self.n = 0
 
     def propose(self, answer, room: int, base: int = 1, others: int = 0) -> list[int]:
         """The draft for the next step of `answer` (localllm.generation.sequence.Answer), at most
-        `room` tokens (the cells and output rows the caller has)."""
-        proposal, self.n = self.drafter.propose(MAX_DRAFT)
-        available = max(0, min(len(proposal), room, answer.limit - len(answer.output) - 1))
+        `room` tokens (the cells and output rows the caller has). The draft model drafts only for
+        a sequence decoding alone (`others` 0): it holds one sequence's cache."""
+        room = max(0, min(room, MAX_DRAFT, answer.limit - len(answer.output) - 1))
+        if self.mode != "draft":
+            proposal, self.n = self.drafter.propose(room)
+            k = len(proposal) if self.controller is None else self.controller.draft_length(len(proposal), self.n, base, others)
+            if k or self.mode == "ngram":
+                return proposal[:k]
+        if self.model is None or others or not room:
+            return []
+        self.n = MODEL
         if self.controller is None:
-            return proposal[:available]
-        return proposal[:self.controller.draft_length(available, self.n, base, others)]
+            k = min(DRAFT_TOKENS, room)
+        else:
+            k = self.controller.draft_length(room, MODEL, base, 0, self.model.cost(self.controller.curve.cost(1) or 0.0))
+        return self.model.propose(self.drafter.tokens, k)
 
     def check(self, answer, draft: list[int], row_at: Callable[[int], object]) -> Checked:
         """Keep the drafts the model agrees with. row_at(j): the logits after the step's last token

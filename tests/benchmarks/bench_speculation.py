@@ -3,12 +3,15 @@ rewrites given code with a small change) and on free text, alternating the order
 cost of evaluating a batch of b tokens on this machine with this model (what the controller learns).
 
     python tests/benchmarks/bench_speculation.py --model PATH [--rounds 3] [--tokens 300] [--threads 2] \
-        [--llama-server PATH]
+        [--llama-server PATH] [--draft PATH]
 
 With --llama-server, the code edit also goes to llama.cpp's own server (same vendored llama.cpp, one
 slot, the same threads) without speculation and with each of its n-gram modes, one at a time.
+With --draft (a small model of the same family), also `--spec draft` (the draft model drafts 8
+tokens every step) and `--spec auto --draft` (the controller decides), and the acceptance rate at
+which the controller would start using that draft model on this machine (its break-even).
 Targets (issue 28): code edit auto >= 1.4x off and >= 1.4x llama-server's best mode; free text auto
->= 0.98x off; the same text in every mode.
+>= 0.98x off; with --draft, auto >= 0.98x off; the same text in every mode.
 """
 
 from __future__ import annotations
@@ -42,10 +45,13 @@ PROMPTS = {
 }
 
 
-def sample(model: str, spec: str, prompt: tuple[str, str], tokens: int, threads: int) -> dict:
+def sample(model: str, mode: str, prompt: tuple[str, str], tokens: int, threads: int, draft: str | None) -> dict:
+    """One run; mode is a --spec value, or "auto+draft" (auto with the draft model)."""
     question, stdin = prompt
+    spec = mode.split("+")[0]
+    extra = ["--draft", draft] if spec == "draft" or mode.endswith("+draft") else []
     out = subprocess.run([LOCALLLM, "run", "-m", model, "--json", "-t", "0", "--threads", str(threads), "--max-tokens",
-                          str(tokens), "--spec", spec, "--no-cache", "-p", question], input=stdin.encode(),
+                          str(tokens), "--spec", spec, *extra, "--no-cache", "-p", question], input=stdin.encode(),
                          capture_output=True, timeout=1800)
     if out.returncode != 0:
         raise SystemExit(out.stderr.decode()[-2000:])
@@ -105,15 +111,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-server")
+    parser.add_argument("--draft")
     args = parser.parse_args()
     os.environ["LOCALLLM_PROMPT_CACHE_BYTES"] = "0"
-    modes = ["off", "ngram", "auto"]
+    modes = ["off", "ngram", "auto"] + (["draft", "auto+draft"] if args.draft else [])
     for name, prompt in PROMPTS.items():
         rates: dict[str, list[float]] = {m: [] for m in modes}
         texts, kept = {}, {}
         for r in range(args.rounds):
             for mode in (modes if r % 2 == 0 else list(reversed(modes))):
-                got = sample(args.model, mode, prompt, args.tokens, args.threads)
+                got = sample(args.model, mode, prompt, args.tokens, args.threads, args.draft)
                 rates[mode].append(got["timings"]["generation_tokens_per_s"])
                 texts.setdefault(mode, set()).add(hashlib.sha256(got["text"].encode()).hexdigest())
                 kept[mode] = (got["usage"]["drafted_tokens"], got["usage"]["accepted_tokens"], got["usage"]["completion_tokens"])
@@ -122,7 +129,7 @@ def main() -> None:
             ratio = statistics.median(a / b for a, b in zip(rates[mode], rates["off"]))
             drafted, accepted, _ = kept[mode]
             same = "the same text as off" if texts[mode] == texts["off"] and len(texts["off"]) == 1 else "ANOTHER text"
-            print(f"  {mode:5}  {statistics.median(rates[mode]):6.1f} tok/s  {ratio:.2f}x off  "
+            print(f"  {mode:10}  {statistics.median(rates[mode]):6.1f} tok/s  {ratio:.2f}x off  "
                   f"drafted {drafted}, accepted {accepted}" + (f" ({accepted / drafted:.0%})" if drafted else "") +
                   f"; {same} in every round", flush=True)
         if args.llama_server and name == "code edit":
@@ -134,6 +141,16 @@ def main() -> None:
     print("\ncost of one decode of b tokens after 200 (median of 5), and as a multiple of one token:")
     for b, seconds in curve.items():
         print(f"  b={b:2}  {seconds * 1000:6.1f} ms  {seconds / curve[1]:.2f}x  ({b / seconds:.1f} tokens/s evaluated)")
+    if args.draft:
+        from localllm.generation.speculation import Controller, CostCurve
+
+        step = cost_curve(args.draft, args.threads, sizes=(1,))[1]
+        learned = CostCurve()
+        for b, seconds in curve.items():
+            learned.record(b, seconds)
+        alpha = Controller(learned).break_even(step)
+        print(f"\ndraft model: {step * 1000:.1f} ms a token; the controller drafts with it from an acceptance rate of "
+              + (f"{alpha:.0%}" if alpha is not None else "never (not even 99%)") + " on this machine")
 
 
 if __name__ == "__main__":

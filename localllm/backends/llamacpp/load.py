@@ -28,27 +28,46 @@ def prepare(path: Path, options: LoadOptions, notify: Callable[[str], None]) -> 
         from . import rpc
 
         rpc.connect(options.rpc)
-    return plan_load(path, options, build_info(), notify)
+    build = build_info()
+    planned, taken = plan_load(path, options, build, notify)
+    if options.draft is None:
+        return planned
+    draft = Path(options.draft)
+    check_gguf(draft)
+    # Its own window as long as the target's (it reads the same tokens), one row of logits, its
+    # layers on the GPU only where the target's are, in the memory the target leaves.
+    asked = LoadOptions(n_ctx=planned.n_ctx, initial_ctx=options.initial_ctx, n_threads=options.n_threads,
+                        n_gpu_layers=0 if planned.n_gpu_layers == 0 else None,
+                        flash_attn=planned.flash_attn, margin=options.margin, load_anyway=options.load_anyway,
+                        speculation="off", rpc=options.rpc, verbose=options.verbose)
+    try:
+        draft_plan, _ = plan_load(draft, asked, build, notify, reserved=taken)
+    except ModelLoadError as exc:
+        raise ModelLoadError(draft, f"{exc.reason} beside {path.name} (the draft model)") from None
+    return replace(planned, draft_plan=draft_plan)
 
 
-def plan_load(path: Path, options: LoadOptions, build, notify: Callable[[str], None]) -> LoadOptions:
-    """Fill in what the user left open. Reading GGUF metadata takes seconds the first time, so a
-    CPU-only build skips it when the file clearly fits in free memory."""
+def plan_load(path: Path, options: LoadOptions, build, notify: Callable[[str], None],
+              reserved: tuple[int, ...] = ()) -> tuple[LoadOptions, tuple[int, ...]]:
+    """Fill in what the user left open; also the bytes per device (RAM, GPUs) the load will take
+    with its margins. Reading GGUF metadata takes seconds the first time, so a CPU-only build
+    skips it when the file clearly fits in free memory (and counts the file's size then)."""
     import psutil
 
     from ...hardware import detect
     from .planner import Overrides, plan
 
     gpu_choice = (build.gpu_offload or bool(options.rpc)) and options.n_gpu_layers is None
-    roomy = path.stat().st_size * 2 + 2**30 < psutil.virtual_memory().available and options.n_seq == 1
+    size = path.stat().st_size
+    roomy = size * 2 + 2**30 + sum(reserved[:1]) < psutil.virtual_memory().available and options.n_seq == 1
     window_choice = options.n_ctx is None and options.initial_ctx > 0  # as long as memory allows: ask the planner
     if not gpu_choice and roomy and options.margin is None and not window_choice:
-        return replace(options, n_gpu_layers=options.n_gpu_layers or 0)
+        return replace(options, n_gpu_layers=options.n_gpu_layers or 0), (size * 2,)
     chosen = plan(detect(build), inspect_file(path, cache_dir()), Overrides(
         n_ctx=options.n_ctx, n_gpu_layers=options.n_gpu_layers, kv_type=options.kv_type,
         flash_attn=options.flash_attn, tensor_split=options.tensor_split or None, n_threads=options.n_threads,
         margin=options.margin, load_anyway=options.load_anyway, n_seq=options.n_seq, grow=options.initial_ctx > 0,
-        outputs=output_rows(options),
+        outputs=output_rows(options), reserved=reserved,
     ))
     if chosen.fit == "none" and not options.load_anyway:
         raise ModelLoadError(path, f"it does not fit: {chosen.warnings[0]}")
@@ -61,8 +80,9 @@ def plan_load(path: Path, options: LoadOptions, build, notify: Callable[[str], N
     # engine, ...) stays as asked. Threads stay open: the backend counts busy cores while the
     # model loads, which is fresher.
     decided = chosen.load_options(options.verbose)
+    taken = tuple(device.total + margin for device, margin in zip(chosen.estimate.devices, chosen.margins))
     return replace(options, n_ctx=decided.n_ctx, n_gpu_layers=decided.n_gpu_layers, flash_attn=decided.flash_attn,
-                   kv_type=decided.kv_type, swa_full=decided.swa_full, tensor_split=decided.tensor_split)
+                   kv_type=decided.kv_type, swa_full=decided.swa_full, tensor_split=decided.tensor_split), taken
 
 
 def smaller(current: LoadOptions, asked: LoadOptions) -> tuple[LoadOptions, str] | None:

@@ -28,7 +28,7 @@ from ...errors import ContextOverflowError, GenerationError, ModelLoadError
 from ...events import Event, PromptProgress, Token
 from ...formats import is_checkpoint
 from ...generation.sequence import Answer
-from ...generation.speculation import Controller, CostCurve, Speculation
+from ...generation.speculation import Controller, Speculation
 from ...gguf_info import header_facts
 from ...hardware import CpuLoadSampler, default_threads
 from ...options import LoadOptions, SamplingOptions
@@ -37,6 +37,7 @@ from ..chat_template import render_chat
 from ..threads import engine_governor
 from . import load as llamacpp_load
 from . import state_cache
+from .draft import open_draft
 from .mapped import release
 from .params import (
     PROGRESS_AFTER,
@@ -50,7 +51,7 @@ from .params import (
 from .pieces import Pieces
 from .runtime import Threadpool, init_backend, load_failure_reason, model_buffers
 from .runtime import log as llama_log
-from .speculate import speculative_loop
+from .speculate import curve_key, load_curve, save_curve, speculative_loop
 
 if TYPE_CHECKING:
     from .batch import LlamaCppBatcher
@@ -138,11 +139,13 @@ class LlamaCppModel:
             self.n_ctx = self._allocated  # llama.cpp rounds the window up to a multiple of 256
         self._cached: list[int] = []
         self._read_step = self._n_ubatch if self.n_gpu_layers else min(self._n_ubatch, READ_STEP_CPU)
-        self._cost_curve = CostCurve()  # what a decode of b tokens costs here, for speculation
+        self._cost_curve = load_curve(curve_key(self))  # what a decode of b tokens costs here, for speculation
         self._cold = 0  # leading cached tokens whose cells a cold read computed (state_cache says why)
         self._formatter = self._chat_formatter()
         self._warm_up()
-        self._states, self._unsaved = None, False
+        self._states, self._unsaved, self._draft = None, False, None
+        if options.draft_plan is not None:
+            self._draft = open_draft(self, Path(options.draft), options.draft_plan)  # or this model is closed
         if options.prompt_cache:  # the settings that shape the KV cache, all of them
             settings = {"n_ctx": self.n_ctx, "kv": options.kv_type or "f16", "flash_attn": options.flash_attn,
                         "n_batch": self._n_batch, "n_ubatch": self._n_ubatch, "read_step": self._read_step,
@@ -277,7 +280,7 @@ class LlamaCppModel:
         mode = self._options.speculation
         if mode == "off" or not answer.greedy:
             return None
-        return Speculation(tokens, None if mode == "ngram" else Controller(self._cost_curve))
+        return Speculation(tokens, mode, Controller(self._cost_curve) if mode == "auto" else None, self._draft)
 
     def _greedy(self) -> int:
         """The likeliest next token. The C sampler chain first copies the whole vocabulary into a
@@ -476,16 +479,21 @@ class LlamaCppModel:
             self.save_state()
             state_cache.flush()
         self._states = None
+        draft, self._draft = getattr(self, "_draft", None), None
+        if draft is not None:
+            draft.close()
         self._free_context()
         if self._embed_ctx:
             llama_cpp.llama_free(self._embed_ctx)
             self._embed_ctx = None
         if self._model:
+            if getattr(self, "_cost_curve", None) is not None:
+                save_curve(curve_key(self), self._cost_curve)
             llama_cpp.llama_model_free(self._model)
             self._model = None
 
     def __del__(self) -> None:
         # Never saved from here: at interpreter exit the writer thread is already stopped.
-        self._states = None
+        self._states = self._cost_curve = None
         self.close()
 

@@ -42,6 +42,9 @@ class Overrides:
     n_seq: int = 1
     grow: bool = False  # the KV cache starts small and grows: the window may be all the model was trained on
     outputs: int = 1  # rows of logits a decode returns (localllm.generation.speculation.output_rows)
+    # Bytes per device (RAM, then each GPU) already taken by a model loaded beside this one (the
+    # target of a draft model): not free for this one.
+    reserved: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ def _margins(est: MemoryEstimate, override: int | None) -> tuple[int, ...]:
 def plan(hw: HardwareProfile, spec: ModelSpec, overrides: Overrides = Overrides(), busy_elsewhere: float = 0.0) -> LoadPlan:
     gpus = hw.offload_gpus
     vendors = tuple(g.vendor for g in gpus)
-    budgets = _budgets(hw)
+    budgets = tuple(None if free is None else max(0, free - taken)
+                    for free, taken in zip(_budgets(hw), overrides.reserved + (0,) * len(_budgets(hw))))
     target_ctx = overrides.n_ctx or default_ctx(spec.n_ctx_train, overrides.grow)
     flash = True if overrides.flash_attn is None else overrides.flash_attn
     split = overrides.tensor_split if overrides.tensor_split is not None else _split_by_free(gpus)

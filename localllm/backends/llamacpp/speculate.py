@@ -9,15 +9,73 @@ from the KV cache. A step of one token and its drafts is timed for the cost curv
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import time
 from collections.abc import Iterator
 
 import llama_cpp
 
+from ... import safejson
+from ...config import cache_dir
 from ...errors import GenerationError
 from ...events import Event, Token
 from ...generation.sequence import Answer
-from ...generation.speculation import Speculation
+from ...generation.speculation import CostCurve, Speculation
+
+CURVES_FILE = "speculation-costs.json"  # in the cache folder, beside the AMX verdicts
+MAX_CURVES = 32  # models x settings remembered; the oldest go first
+MAX_SIZES = 64  # batch sizes per curve: MAX_DRAFT + 1 per sequence, and a few more
+
+
+def curve_key(model) -> str:
+    """What batch costs depend on: the model file, the threads, the placement, the build."""
+    from .state_cache import key
+
+    options = model._options
+    return key(model.path, {"what": "speculation", "threads": model._max_threads, "gpu_layers": model.n_gpu_layers,
+                            "flash_attn": options.flash_attn, "kv": options.kv_type or "f16", "n_seq": options.n_seq,
+                            "llama_cpp": llama_cpp.__version__})
+
+
+def load_curve(key: str) -> CostCurve:
+    """The batch costs earlier loads with this key (model file, threads, placement, build)
+    measured, so that `auto` starts where they left off; empty when there are none."""
+    curve = CostCurve()
+    entry = _read_curves().get(key)
+    if isinstance(entry, dict):
+        for size, seconds in list(entry.items())[:MAX_SIZES]:
+            if size.isdigit() and 0 < int(size) <= 4096 and isinstance(seconds, (int, float)) and 0 < seconds < 60:
+                curve.seconds[int(size)] = float(seconds)
+    return curve
+
+
+def save_curve(key: str, curve: CostCurve) -> None:
+    """Keep what this load measured (a read-only cache folder only means learning again)."""
+    if not curve.seconds:
+        return
+    curves = _read_curves()
+    curves.pop(key, None)
+    curves[key] = {str(size): seconds for size, seconds in sorted(curve.seconds.items())[:MAX_SIZES]}
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".speculation-", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(dict(list(curves.items())[-MAX_CURVES:]), f)
+        os.replace(tmp, folder / CURVES_FILE)
+    except OSError:
+        pass
+
+
+def _read_curves() -> dict:
+    try:
+        with open(cache_dir() / CURVES_FILE, encoding="utf-8") as f:
+            data = safejson.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def speculative_loop(model, tokens: list[int], answer: Answer, speculation: Speculation) -> Iterator[Event]:
