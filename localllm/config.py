@@ -73,6 +73,9 @@ SCHEMA: dict = {
     "last_model": str,
     "amx": str,
     "prompt_cache_bytes": int,
+    # The draft model speculation uses with a model when --draft is not given (model: its
+    # reference as given, or its file's name).
+    "drafts": [{"model": str, "draft": str}],
 }
 _TYPE_NAMES = {str: "text", int: "a whole number", float: "a number", type(None): "null", dict: "an object", list: "a list"}
 

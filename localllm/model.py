@@ -10,7 +10,7 @@ from pathlib import Path
 from .backends import LoadedModel, Message, backend_for
 from .backends.base import Batcher, Capabilities
 from .backends.llamacpp.load import check_gguf  # noqa: F401 (public here too)
-from .config import cache_dir
+from .config import cache_dir, load_config
 from .errors import ModelLoadError, UsageError
 from .events import Event, Finished, Reasoning, Token, ToolCalls
 from .generation.request import Request, prepare
@@ -204,6 +204,8 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
     notify = notify or (lambda message: None)
     path = resolve(None if ref is None else str(ref))
     backend = backend_for(path, options.engine)
+    if options.draft is None and options.speculation in ("draft", "auto"):
+        options = replace(options, draft=configured_draft(ref, path))
     if options.draft:
         if backend.name != "llamacpp":
             raise UsageError(f"a draft model drafts for llama.cpp (GGUF models); the {backend.name} engine has none")
@@ -222,6 +224,12 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
                 raise
             planned, change = smaller
             notify(f"out of memory; retrying with {change}")
+
+
+def configured_draft(ref, path: Path) -> str | None:
+    """The draft model the settings pair with this model (by the reference given, or the file's name)."""
+    names = {str(ref), path.name} if ref is not None else {path.name}
+    return next((pair["draft"] for pair in load_config().get("drafts", []) if pair.get("model") in names), None)
 
 
 def inspect(path: Path) -> ModelSpec:

@@ -113,7 +113,7 @@ def test_a_code_edit_is_the_same_drafted_or_not_and_the_drafts_are_reported():
 
 
 @pytest.mark.slow
-def test_a_draft_model_drafts_and_the_answer_is_the_same():
+def test_a_draft_model_drafts_and_the_answer_is_the_same(tmp_path):
     prompt = "Rewrite this function with the variable result renamed to output. Give the whole code."
     plain = answer("off", prompt, "-t", "0")
     drafted = answer("draft", prompt, "-t", "0", "--draft", "starter")  # the starter drafting for itself
@@ -121,6 +121,11 @@ def test_a_draft_model_drafts_and_the_answer_is_the_same():
     assert drafted["usage"]["accepted_tokens"] > 40, "its own greedy continuation: kept"
     auto = answer("auto", prompt, "-t", "0", "--draft", "starter")
     assert auto["text"] == plain["text"] and auto["usage"]["accepted_tokens"] > 0
+    (tmp_path / "config.json").write_text(json.dumps({"drafts": [{"model": "starter", "draft": "starter"}]}))
+    configured = run_cli("run", "-m", "starter", "--json", "--max-tokens", "120", "--spec", "draft", "-t", "0", "-p", prompt,
+                         stdin=CODE.encode(), env={"LOCALLLM_HOME": str(tmp_path)})
+    assert configured.returncode == 0, configured
+    assert json.loads(configured.stdout)["usage"]["accepted_tokens"] > 40, "the settings' draft for this model"
 
 
 @pytest.mark.slow

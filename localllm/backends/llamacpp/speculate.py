@@ -23,6 +23,7 @@ from ...errors import GenerationError
 from ...events import Event, Token
 from ...generation.sequence import Answer
 from ...generation.speculation import CostCurve, Speculation
+from .state_cache import key
 
 CURVES_FILE = "speculation-costs.json"  # in the cache folder, beside the AMX verdicts
 MAX_CURVES = 32  # models x settings remembered; the oldest go first
@@ -31,8 +32,6 @@ MAX_SIZES = 64  # batch sizes per curve: MAX_DRAFT + 1 per sequence, and a few m
 
 def curve_key(model) -> str:
     """What batch costs depend on: the model file, the threads, the placement, the build."""
-    from .state_cache import key
-
     options = model._options
     return key(model.path, {"what": "speculation", "threads": model._max_threads, "gpu_layers": model.n_gpu_layers,
                             "flash_attn": options.flash_attn, "kv": options.kv_type or "f16", "n_seq": options.n_seq,
