@@ -206,6 +206,9 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
     backend = backend_for(path, options.engine)
     if options.draft is None and options.speculation in ("draft", "auto"):
         options = replace(options, draft=configured_draft(ref, path))
+    if options.speculation == "draft" and not options.draft:
+        raise UsageError("--spec draft needs a draft model: --draft MODEL (a small model with the same vocabulary), "
+                         "or one paired with this model in the settings")
     if options.draft:
         if backend.name != "llamacpp":
             raise UsageError(f"a draft model drafts for llama.cpp (GGUF models); the {backend.name} engine has none")

@@ -190,8 +190,6 @@ class LoadOptions:
             raise UsageError(f"initial context size must be 0 (the whole window) or positive, not {self.initial_ctx}")
         if self.n_seq > 1 and self.initial_ctx:
             raise UsageError("a context for several sequences cannot start small and grow")
-        if self.speculation == "draft" and not self.draft:
-            raise UsageError("--spec draft needs a draft model: --draft MODEL (a small model with the same vocabulary)")
         if self.prompt_cache not in PROMPT_CACHE_MODES:
             raise UsageError(f"prompt cache must be one of {', '.join(map(repr, PROMPT_CACHE_MODES))}, not {self.prompt_cache!r}")
         if self.n_batch < 1 or self.n_ubatch < 1:

@@ -35,6 +35,17 @@ def test_plan_explains_and_breaks_down(starter_gguf):
     assert ram["weights"] == starter_gguf.stat().st_size - 1785664, "every tensor byte; the header is not loaded"
 
 
+def test_plan_plans_a_draft_model_beside_its_model():
+    alone = json.loads(invoke("plan", "starter", "--json").stdout)
+    data = json.loads(invoke("plan", "starter", "--ctx", "2048", "--draft", "starter", "--json").stdout)
+    assert data["draft"]["settings"]["n_ctx"] == 2048, "the draft model reads the same tokens: the model's window"
+    assert data["draft"]["settings"]["outputs"] == 1 and data["settings"]["outputs"] > 1, \
+        "the model returns a row of logits per drafted token, the draft model one"
+    assert alone["estimate"][0]["output"] == data["estimate"][0]["output"] > data["draft"]["estimate"][0]["output"]
+    text = invoke("plan", "starter", "--draft", "starter").stdout
+    assert "draft model SmolLM2-135M-Instruct.Q4_1.gguf: CPU only beside it" in text
+
+
 def test_plan_of_a_missing_model_is_a_clean_error():
     result = invoke("plan", "no-such-model")
     assert result.returncode == 3 and "Traceback" not in result.stderr

@@ -71,9 +71,14 @@ def test_prerendered_token_chunks_are_the_same_bytes():
 
 
 def test_usage_and_ollama_timings():
-    finished = Finished("length", Usage(30, 5, 20), Timings(0.5, 0.6, 1.0, 20.0, 4.0), 1)
+    finished = Finished("length", Usage(30, 5, 20, 6, 4), Timings(0.5, 0.6, 1.0, 20.0, 4.0), 1)
     assert replies.usage(finished) == {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35,
-                                       "prompt_tokens_details": {"cached_tokens": 20}}
+                                       "prompt_tokens_details": {"cached_tokens": 20},
+                                       "completion_tokens_details": {"accepted_prediction_tokens": 4,
+                                                                     "rejected_prediction_tokens": 2}}
+    timings = replies.timings(finished)  # llama-server's names
+    assert timings["draft_n"] == 6 and timings["draft_n_accepted"] == 4 and timings["cache_n"] == 20
+    assert timings["prompt_n"] == 10 and timings["predicted_n"] == 5 and timings["predicted_ms"] == 1000
     line = replies.ollama_line("m", "chat", "", finished)
     assert line["done"] and line["done_reason"] == "length" and line["prompt_eval_count"] == 10
     assert line["eval_duration"] == 1_000_000_000 and json.dumps(line)

@@ -20,7 +20,7 @@ from .rpc import rpc_option
 @option("n_gpu_layers", shown_default="as many as fit")
 @option("engine", choices=ENGINES, shown_default="from its format")
 @option("dtype", shown_default="the checkpoint's where native, else float32")
-@option("speculation", default="auto")
+@option("speculation", default="auto", shown_default="auto")
 @draft_option
 @click.option("--think/--no-think", default=None, help="Let a thinking model (Qwen3) reason first, or not, where its template can switch.  [default: the model's]")
 @click.option("--no-cache", is_flag=True, help="Do not keep the conversation's KV cache on disk (kept after each answer, so that a reopened chat does not read its history again).")

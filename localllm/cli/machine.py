@@ -65,8 +65,9 @@ def _hw_text(profile) -> str:
 @click.option("--margin", type=click.IntRange(min=0), metavar="MIB", help="Memory to keep free per device, in MiB.  [default: 5%, at least 128]")
 @click.option("--full", is_flag=True, help="Plan the full-precision safetensors checkpoint (a catalog entry's safetensors_repo, or owner/repo on the Hub).")
 @rpc_option
+@click.option("--draft", metavar="MODEL", help="Also plan this draft model (speculation) in the memory MODEL leaves.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
+def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, draft, as_json):
     """Show how MODEL would be loaded here, and why: fit, settings, memory per device.
 
     MODEL may be installed, a catalog name (planned offline from the catalog, with the
@@ -77,6 +78,8 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
     from ..backends import this_machine
     from ..backends.llamacpp.estimate import saved_state_bytes
     from ..backends.llamacpp.planner import Overrides, breakdown_rows, human_bytes, plan
+    from ..generation.speculation import output_rows
+    from ..options import LoadOptions
     from ..printable import printable
     from ..registry import resolve
     from .models import spec_for
@@ -95,11 +98,12 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
     ctx = spec.n_ctx_train or None if ctx == 0 else ctx
     gpu_layers = spec.n_layer + 1 if gpu_layers == -1 else gpu_layers
     overrides = Overrides(n_ctx=ctx, n_gpu_layers=gpu_layers, kv_type=kv_type,
-                          margin=None if margin is None else margin * 2**20)
+                          margin=None if margin is None else margin * 2**20, outputs=output_rows(LoadOptions()))
     # Threads as a quiet machine would start with: a sample of the other processes' load over the
     # moment `plan` runs flipped between 1 and 2 on back-to-back calls, and a load adapts while
     # decoding anyway (backends/threads.py).
     chosen = plan(profile, spec, overrides)
+    beside = _plan_draft(draft, profile, chosen, overrides) if draft else None
     chat_tokens = min(CACHED_CHAT_TOKENS, chosen.shape.n_ctx)
     on_disk = saved_state_bytes(spec, chosen.shape, chat_tokens)
     if as_json:
@@ -110,7 +114,10 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
                                "estimate": [asdict(d) | {"total": d.total} for d in chosen.estimate.devices],
                                "margins": chosen.margins, "free": chosen.budgets,
                                "explanation": chosen.explanation, "warnings": chosen.warnings,
-                               "prompt_state": {"tokens": chat_tokens, "bytes": on_disk}}, indent=2))
+                               "prompt_state": {"tokens": chat_tokens, "bytes": on_disk},
+                               **({"draft": {"model": beside.spec.name, "fit": beside.fit, "settings": asdict(beside.shape),
+                                             "estimate": [asdict(d) | {"total": d.total} for d in beside.estimate.devices],
+                                             "warnings": beside.warnings}} if beside else {})}, indent=2))
         return
     click.echo(f"{printable(spec.name)}: {chosen.label}")
     click.echo(printable(chosen.explanation))
@@ -123,8 +130,26 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, as_json):
     click.echo(f"\nsettings: --ctx {shape.n_ctx} --gpu-layers {shape.n_gpu_layers} --kv-type {shape.kv_type} --threads {chosen.n_threads}")
     click.echo(f"prompt cache: a {chat_tokens:,}-token chat kept on disk takes {human_bytes(on_disk)} "
                f"({on_disk / chat_tokens / 1024:.0f} KiB a token; `localllm cache` shows and clears them)")
-    for warning in chosen.warnings:
+    if beside is not None:
+        used = ", ".join(f"{'RAM' if d.device == 'cpu' else d.device.upper()} {human_bytes(d.total)}"
+                         for d in beside.estimate.devices if d.total)
+        click.echo(printable(f"draft model {beside.spec.name}: {beside.label} beside it, {beside.shape.n_gpu_layers} GPU "
+                             f"layers, a {beside.shape.n_ctx}-token window: {used}"))
+    for warning in chosen.warnings + (beside.warnings if beside else ()):
         click.echo(f"warning: {printable(warning)}", err=True)
+
+
+def _plan_draft(ref: str, profile, target, overrides):
+    """The draft model's plan in the memory the target's plan leaves, with the target's window."""
+    from dataclasses import replace
+
+    from ..backends.llamacpp.planner import plan
+    from .models import spec_for
+
+    taken = tuple(d.total + m for d, m in zip(target.estimate.devices, target.margins))
+    layers = 0 if target.shape.n_gpu_layers == 0 else None
+    return plan(profile, spec_for(ref, profile)[0], replace(overrides, n_ctx=target.shape.n_ctx, n_gpu_layers=layers,
+                                                            kv_type=None, outputs=1, reserved=taken))
 
 
 def _installed_checkpoint(ref: str):

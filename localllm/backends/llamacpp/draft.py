@@ -25,10 +25,8 @@ CATCH_UP = 2  # tokens a step usually adds (the last draft and the model's own t
 def open_draft(target, path: Path, options: LoadOptions) -> ModelDrafter:
     """Load the draft model beside `target` (a LlamaCppModel), refusing one whose vocabulary
     differs; when it cannot be used, `target` is closed too (its load fails)."""
-    from .model import LlamaCppModel
-
     try:
-        draft = LlamaCppModel(path, options)
+        draft = type(target)(path, options)
     except BaseException:
         target.close()
         raise

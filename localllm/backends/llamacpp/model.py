@@ -383,7 +383,7 @@ class LlamaCppModel:
         self._make_room(len(tokens))
         self._unsaved = True
         yield from self._decode(tokens[reused:])
-        speculation = self.speculation(tokens, answer)
+        speculation = self.speculation(tokens, answer) if pick == self._greedy else None
         if speculation is not None:
             yield from speculative_loop(self, tokens, answer, speculation)
         else:
