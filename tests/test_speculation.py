@@ -168,7 +168,9 @@ def test_greedy_answers_are_plain_decodings_in_every_mode(monkeypatch, schema):
             result = collect(loaded.chat(messages, sampling))
         assert_plain_up_to_near_ties(result.text, plain, (mode, draft))
         usage = result.finished.usage
-        assert 0 < usage.accepted_tokens <= usage.drafted_tokens, (mode, draft)
+        assert usage.accepted_tokens <= usage.drafted_tokens, (mode, draft)
+        if mode != "auto":  # auto drafts only what the costs it has measured so far say will pay
+            assert usage.accepted_tokens > 0, (mode, draft)
 
 
 @pytest.mark.slow
