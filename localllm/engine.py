@@ -100,6 +100,7 @@ class Engine:
         self._closed = False
         self._died: str | None = None
         self._chores = False  # the batchers may have work kept for idle time (Batcher.idle)
+        self.loads = 0  # models loaded since the start (the server's /metrics)
 
     # ---- any thread -----------------------------------------------------------------------
     def submit(self, fn: Callable, *args) -> Future:
@@ -316,6 +317,7 @@ class Engine:
             model = self._loader(path, options)
         served = Served(path, model, model.batcher())
         self._served[path] = served
+        self.loads += 1
         return served
 
     def _unload(self, served: Served) -> None:

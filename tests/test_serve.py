@@ -124,6 +124,36 @@ def test_penalties_reach_the_engine_through_both_apis(server):
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "presence_penalty"
 
 
+def test_metrics_count_requests_tokens_and_latency(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[str, float]:
+        response = httpx.get(f"{server.url}/metrics")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        return {sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+                for family in text_string_to_metric_families(response.text) for sample in family.samples}
+
+    def delta(name: str, **labels: str) -> float:
+        key = name + json.dumps(labels, sort_keys=True)
+        return after.get(key, 0) - before.get(key, 0)
+
+    before = scrape()
+    reply = client(server).chat.completions.create(model="starter", messages=ask("Name a fruit."), **GREEDY)
+    assert httpx.get(f"{server.url}/no/such/endpoint").status_code == 404
+    after = scrape()
+    assert delta("localllm_requests_total", route="/v1/chat/completions", status="200") == 1
+    assert delta("localllm_requests_total", route="other", status="404") == 1, "unknown paths share one label"
+    assert delta("localllm_tokens_total", kind="prompt") == reply.usage.prompt_tokens
+    assert delta("localllm_tokens_total", kind="evaluated") == \
+        reply.usage.prompt_tokens - reply.usage.prompt_tokens_details.cached_tokens
+    assert delta("localllm_tokens_total", kind="completion") == reply.usage.completion_tokens
+    assert delta("localllm_generations_total", reason=reply.choices[0].finish_reason) == 1
+    assert delta("localllm_time_to_first_token_seconds_count") == 1
+    assert delta("localllm_time_per_output_token_seconds_count") == (reply.usage.completion_tokens > 1)
+    assert after["localllm_model_loads_total{}"] >= 1 and after["localllm_models_loaded{}"] >= 1
+    assert after["localllm_queue_depth{}"] == 0 and after["localllm_requests_running{}"] == 0
+
+
 def test_eight_concurrent_streams_all_finish(server):
     prompts = [f"Write one sentence about the number {n}." for n in range(8)]
     results: dict[int, tuple[str, object]] = {}

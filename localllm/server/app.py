@@ -54,6 +54,7 @@ from ..registry import InstalledModel, display_name
 from . import models, replies, schemas
 from .delivery import Events, Mailbox
 from .guard import LOOPBACK_ORIGIN_REGEX, Auth, Guard, Policy, is_loopback
+from .metrics import CountRequests, Metrics
 from .prompts import prepare_job
 from .schemas import ApiError, GenerationJob
 
@@ -83,6 +84,7 @@ def create_app(config: ServerConfig, engine: Engine) -> Callable:
     routes = [
         Route("/", api.root, methods=["GET", "HEAD"]),
         Route("/health", api.health, methods=["GET", "HEAD"]),
+        Route("/metrics", api.metrics_text, methods=["GET"]),
         Route("/v1/chat/completions", api.openai_chat, methods=["POST"]),
         Route("/v1/completions", api.openai_completions, methods=["POST"]),
         Route("/v1/models", api.openai_models, methods=["GET"]),
@@ -100,7 +102,8 @@ def create_app(config: ServerConfig, engine: Engine) -> Callable:
     app = CORSMiddleware(app, allow_origins=list(config.cors), allow_origin_regex=LOOPBACK_ORIGIN_REGEX,
                          allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["authorization", "content-type"])
     app = Guard(app, config.policy, lambda scope, status, message: _error_response(scope["path"], ApiError(status, message)))
-    return _AccessLog(app, config.quiet)
+    api.metrics = Metrics(engine, routes)
+    return CountRequests(_AccessLog(app, config.quiet), api.metrics)
 
 
 # ---- errors ---------------------------------------------------------------------------------
@@ -167,7 +170,7 @@ class _Api:
     @property
     def mailbox(self) -> Mailbox:
         if self._mailbox is None:  # made on the serving event loop, at the first request
-            self._mailbox = Mailbox(asyncio.get_running_loop())
+            self._mailbox = Mailbox(asyncio.get_running_loop(), self.metrics.finished)
         return self._mailbox
 
     async def _body(self, request: Request) -> object:
@@ -299,6 +302,10 @@ class _Api:
         if stopped is not None:
             return PlainTextResponse(f"localllm: the engine has stopped ({stopped}); restart the server\n", 503)
         return PlainTextResponse("localllm is running\n")
+
+    async def metrics_text(self, request: Request) -> Response:
+        body, media_type = self.metrics.render()
+        return Response(body, media_type=media_type)
 
     async def health(self, request: Request) -> Response:
         stopped = self.engine.health()

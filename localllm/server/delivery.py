@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from starlette.requests import Request
+
+from ..events import Finished
 
 
 class Mailbox:
@@ -15,14 +18,17 @@ class Mailbox:
     has arrived since the last one, however many sequences and tokens that is: on a machine
     whose cores all run llama.cpp, every wake-up of the loop takes time from it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, finished: Callable[[Finished], None] = lambda event: None):
         self.loop = loop
+        self.finished = finished  # told of each generation's end, on the engine thread (the metrics)
         self._items: deque = deque()
         self._lock = threading.Lock()
         self._scheduled = False
 
     def post(self, queue: asyncio.Queue, event) -> None:
         """Called on the engine thread."""
+        if type(event) is Finished:
+            self.finished(event)
         with self._lock:
             self._items.append((queue, event))
             if self._scheduled:
