@@ -124,6 +124,27 @@ def test_penalties_reach_the_engine_through_both_apis(server):
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "presence_penalty"
 
 
+def test_ollama_copy_and_delete_manage_installed_models(server):
+    theirs = ollama.Client(host=server.url, timeout=60)
+    theirs.copy("starter", "starter-copy")  # the starter's file, added under another name
+    names = [m.model for m in theirs.list().models]
+    assert "starter-copy" in names
+    copied = theirs.chat(model="starter-copy", messages=ask("Name a fruit."), options={"temperature": 0, "num_predict": 8})
+    assert copied.message.content.strip()
+    with pytest.raises(ollama.ResponseError, match="already installed"):
+        theirs.copy("starter", "starter-copy")
+    theirs.delete("starter-copy")  # forgotten; the file is the starter's, and stays
+    assert "starter-copy" not in [m.model for m in theirs.list().models]
+    with pytest.raises(ollama.ResponseError) as refused:
+        theirs.delete("starter")
+    assert refused.value.status_code == 403 and "pip" in str(refused.value)
+    with pytest.raises(ollama.ResponseError) as missing:
+        theirs.delete("no-such-model")
+    assert missing.value.status_code == 404
+    assert theirs.chat(model="starter", messages=ask("Hi"), options={"num_predict": 4}).message.content.strip(), \
+        "the refused deletion left the starter as it was"
+
+
 def test_metrics_count_requests_tokens_and_latency(server):
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -270,6 +291,16 @@ def test_embeddings_for_embedding_models_and_a_clear_400_for_others(server, star
     floats = httpx.post(f"{server.url}/v1/embeddings", json={"model": str(embedder), "input": "a cat"}).json()
     assert floats["data"][0]["embedding"] == pytest.approx(vectors[0], abs=1e-5)
     assert result.usage.prompt_tokens > 0
+    theirs = ollama.Client(host=server.url)  # Ollama's /api/embed, and its older /api/embeddings
+    embedded = theirs.embed(model=str(embedder), input=["a cat", "stock prices fell"])
+    assert len(embedded.embeddings) == 2 and embedded.prompt_eval_count > 0
+    assert embedded.embeddings[0] == pytest.approx(vectors[0], abs=1e-5)
+    assert embedded.embeddings[1] == pytest.approx(vectors[2], abs=1e-5)
+    assert theirs.embeddings(model=str(embedder), prompt="a cat").embedding == pytest.approx(vectors[0], abs=1e-5)
+    with pytest.raises(ollama.ResponseError, match="not an embedding model"):
+        theirs.embed(model="starter", input="hello")
+    with pytest.raises(ollama.ResponseError, match="dimensions"):
+        theirs.embed(model=str(embedder), input="a cat", dimensions=8)
 
 
 def test_access_log_has_one_line_per_request(server):

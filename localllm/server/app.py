@@ -95,6 +95,10 @@ def create_app(config: ServerConfig, engine: Engine) -> Callable:
         Route("/api/tags", api.ollama_tags, methods=["GET"]),
         Route("/api/show", api.ollama_show, methods=["POST"]),
         Route("/api/ps", api.ollama_ps, methods=["GET"]),
+        Route("/api/embed", api.ollama_embed, methods=["POST"]),
+        Route("/api/embeddings", api.ollama_embed, methods=["POST"]),
+        Route("/api/delete", api.ollama_delete, methods=["DELETE"]),
+        Route("/api/copy", api.ollama_copy, methods=["POST"]),
         Route("/api/version", api.ollama_version, methods=["GET"]),
     ]
     app: Callable = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
@@ -358,18 +362,43 @@ class _Api:
     @_handled
     async def openai_embeddings(self, request: Request) -> Response:
         body = schemas.embedding_request(await self._body(request))
-        served = await self._acquire(body.model)
-        try:
-            if not served.model.can_embed:
-                raise ApiError(400, f"{body.model} is not an embedding model: it cannot make embeddings", "model")
-            vectors, tokens = await asyncio.wrap_future(self.engine.submit(served.model.embed, body.inputs))
-        finally:
-            self.engine.release(served)
-        request.state.tokens = str(tokens)
+        vectors, tokens = await self._embed(request, body)
         encode = (lambda v: base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()) if body.base64 else list
         return JSONResponse({"object": "list", "model": body.model,
                              "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _embed(self, request: Request, job: schemas.EmbeddingJob, keep_alive="unchanged") -> tuple[list, int]:
+        served = await self._acquire(job.model)
+        try:
+            if not served.model.can_embed:
+                raise ApiError(400, f"{job.model} is not an embedding model: it cannot make embeddings", "model")
+            vectors, tokens = await asyncio.wrap_future(self.engine.submit(served.model.embed, job.inputs))
+        finally:
+            self.engine.release(served, keep_alive)
+        request.state.tokens = str(tokens)
+        return vectors, tokens
+
+    @_handled
+    async def ollama_embed(self, request: Request) -> Response:
+        """/api/embed, and the older /api/embeddings (one text, one vector)."""
+        started, legacy = time.perf_counter(), request.url.path == "/api/embeddings"
+        job, keep_alive = schemas.ollama_embed(await self._body(request), legacy)
+        vectors, tokens = await self._embed(request, job, keep_alive)
+        return JSONResponse({"embedding": vectors[0]} if legacy else {
+            "model": job.model, "embeddings": vectors, "prompt_eval_count": tokens,
+            "total_duration": int((time.perf_counter() - started) * 1e9)})
+
+    @_handled
+    async def ollama_delete(self, request: Request) -> Response:
+        await run_in_threadpool(models.delete, schemas.ollama_name(await self._body(request), "model"))
+        return Response(status_code=200)
+
+    @_handled
+    async def ollama_copy(self, request: Request) -> Response:
+        body = await self._body(request)
+        await run_in_threadpool(models.copy, schemas.ollama_name(body, "source"), schemas.ollama_name(body, "destination"))
+        return Response(status_code=200)
 
     @_handled
     async def ollama_chat(self, request: Request) -> Response:

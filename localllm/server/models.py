@@ -106,3 +106,25 @@ def ollama_running(served: Served, keep_alive: float | None, name: str) -> dict:
     return {"name": name, "model": name, "size": model.size, "digest": _digest(path),
             "details": _details(model), "expires_at": datetime.fromtimestamp(expires, timezone.utc).isoformat(),
             "size_vram": 0}
+
+
+def delete(name: str) -> None:
+    """Ollama's /api/delete: what `localllm rm` does (a pulled model's files deleted, an added one
+    forgotten); installed models only, never a path, never the starter or another tool's files."""
+    from ..registry import remove
+
+    model = find(name, allow_paths=False)
+    if model.source not in ("hf-cache", "added"):
+        raise ApiError(403, f"{name} is not localllm's to delete ({'pip' if model.source == 'starter' else model.source} "
+                       "installed it)", "model")
+    remove(model)
+
+
+def copy(source: str, destination: str) -> None:
+    """Ollama's /api/copy: the source's file registered under another name (as `localllm add`)."""
+    from ..transfer import add_file
+
+    model = find(source, allow_paths=False)
+    if model.format != "gguf":
+        raise ApiError(400, f"{source} is not a GGUF file: only those can be added under another name", "source")
+    add_file(model.path, destination)

@@ -440,17 +440,44 @@ class EmbeddingJob:
     base64: bool
 
 
-def embedding_request(body: Any) -> EmbeddingJob:
-    body = _object(body)
-    value = body.get("input")
+def _embed_inputs(body: dict, name: str) -> list[str]:
+    value = body.get(name)
     inputs = [value] if isinstance(value, str) else value
     if not isinstance(inputs, list) or not inputs or not all(isinstance(v, str) and v for v in inputs):
-        raise ApiError(400, "'input' must be a non-empty string or an array of them (token arrays are not supported)", "input")
+        raise ApiError(400, f"'{name}' must be a non-empty string or an array of them (token arrays are not supported)", name)
     if len(inputs) > MAX_EMBED_INPUTS:
-        raise ApiError(400, f"'input' has more than {MAX_EMBED_INPUTS} entries", "input")
+        raise ApiError(400, f"'{name}' has more than {MAX_EMBED_INPUTS} entries", name)
+    if body.get("dimensions") is not None:
+        raise ApiError(400, "'dimensions' is not supported: the model's own size is used", "dimensions")
+    return inputs
+
+
+def ollama_name(body: Any, field: str) -> str:
+    """A model name field of Ollama's model-management routes ("name" too, as older clients send)."""
+    body = _object(body)
+    value = body.get(field) or (body.get("name") if field == "model" else None)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"'{field}' must name a model", field)
+    return value
+
+
+def ollama_embed(body: Any, legacy: bool) -> tuple[EmbeddingJob, float | None | str]:
+    """Ollama's /api/embed ("input": a string or strings), or its older /api/embeddings ("prompt":
+    one string); and the request's keep_alive. An input longer than the context is refused, not cut
+    ("truncate" cannot change that)."""
+    body = _object(body)
+    if legacy and not isinstance(body.get("prompt"), str):
+        raise ApiError(400, "'prompt' must be a string", "prompt")
+    if body.get("truncate") not in (None, True, False):
+        raise ApiError(400, "'truncate' must be true or false", "truncate")
+    return EmbeddingJob(_model(body, required=True), _embed_inputs(body, "prompt" if legacy else "input"), False), \
+        ollama_keep_alive(body)
+
+
+def embedding_request(body: Any) -> EmbeddingJob:
+    body = _object(body)
+    inputs = _embed_inputs(body, "input")
     encoding = _get(body, "encoding_format", str, "float")
     if encoding not in ("float", "base64"):
         raise ApiError(400, "'encoding_format' must be 'float' or 'base64'", "encoding_format")
-    if body.get("dimensions") is not None:
-        raise ApiError(400, "'dimensions' is not supported: the model's own size is used", "dimensions")
     return EmbeddingJob(_model(body, required=True), inputs, encoding == "base64")
