@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 
@@ -389,3 +390,27 @@ def test_a_redirect_loop_is_one_line(hub, isolated_home):
     result = run_cli("pull", REF, env=env_for(hub), timeout=60)
     assert result.returncode == 7 and "Traceback" not in result.stderr, result
     assert "redirect" in result.stderr.strip().splitlines()[-1].lower()
+
+
+@pytest.mark.slow
+def test_ollama_pull_through_the_server_streams_progress_and_installs(hub, isolated_home, starter_gguf):
+    import ollama
+    from server_process import ServerProcess
+
+    server = ServerProcess("--parallel", "1", env={**os.environ, **env_for(hub)})
+    try:
+        theirs = ollama.Client(host=server.url, timeout=120)
+        updates = list(theirs.pull(REF, stream=True))
+        assert updates[0].status == "pulling manifest" and updates[-1].status == "success"
+        progress = [u for u in updates if u.status == f"pulling {Q8}"]
+        assert progress and progress[-1].completed == progress[-1].total == starter_gguf.stat().st_size
+        assert all(a.completed <= b.completed for a, b in zip(progress, progress[1:]))
+        assert sha256(snapshot(isolated_home)) == sha256(starter_gguf), "verified and installed where `pull` puts it"
+        assert f"{REPO}/{Q8}" in [m.model for m in theirs.list().models]
+        assert theirs.pull(REF, stream=False).status == "success"  # already there: nothing fetched again
+        assert hub.gets(Q8) == [None], "one plain GET in all"
+        with pytest.raises(ollama.ResponseError) as missing:
+            theirs.pull("someone/no-such-repo-GGUF")
+        assert missing.value.status_code == 404
+    finally:
+        server.stop()

@@ -51,7 +51,7 @@ from ..generation.request import Shaper
 from ..options import LoadOptions
 from ..printable import printable
 from ..registry import InstalledModel, display_name
-from . import models, replies, schemas
+from . import models, pull, replies, schemas
 from .delivery import Events, Mailbox
 from .guard import LOOPBACK_ORIGIN_REGEX, Auth, Guard, Policy, is_loopback
 from .metrics import CountRequests, Metrics
@@ -99,6 +99,7 @@ def create_app(config: ServerConfig, engine: Engine) -> Callable:
         Route("/api/embeddings", api.ollama_embed, methods=["POST"]),
         Route("/api/delete", api.ollama_delete, methods=["DELETE"]),
         Route("/api/copy", api.ollama_copy, methods=["POST"]),
+        Route("/api/pull", api.ollama_pull, methods=["POST"]),
         Route("/api/version", api.ollama_version, methods=["GET"]),
     ]
     app: Callable = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
@@ -393,6 +394,10 @@ class _Api:
     async def ollama_delete(self, request: Request) -> Response:
         await run_in_threadpool(models.delete, schemas.ollama_name(await self._body(request), "model"))
         return Response(status_code=200)
+
+    @_handled
+    async def ollama_pull(self, request: Request) -> Response:
+        return await pull.reply(await self._body(request))
 
     @_handled
     async def ollama_copy(self, request: Request) -> Response:
