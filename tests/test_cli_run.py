@@ -118,7 +118,7 @@ def test_closed_stdout_is_quiet_and_exits_141(command, reader):
 
 def test_raw_gives_the_text_to_the_model_without_the_chat_template(starter_model):
     text = "The capital of France is"
-    raw = json.loads(run_cli("run", "-m", "starter", "--raw", "--json", "-t", "0", "--max-tokens", "8", text).stdout)
+    raw = json.loads(run_cli("run", "-m", "starter", "--raw", "--json", "-t", "0", "--max-tokens", "8", "--spec", "off", text).stdout)
     templated = json.loads(run_cli("run", "-m", "starter", "--json", "-t", "0", "--max-tokens", "8", text).stdout)
     assert raw["usage"]["prompt_tokens"] == len(starter_model.tokenize(text))
     assert templated["usage"]["prompt_tokens"] > raw["usage"]["prompt_tokens"] + 5

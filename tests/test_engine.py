@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import TEST_LOAD
 
 import localllm
 from localllm import (
@@ -97,10 +98,10 @@ def test_shared_prefix_is_reused_and_gives_the_same_answer(starter_gguf):
         {"role": "assistant", "content": "Paris."},
         {"role": "user", "content": "And of Italy?"},
     ]
-    with localllm.load_model(starter_gguf, n_ctx=2048, n_threads=2) as model:
+    with localllm.load_model(starter_gguf, TEST_LOAD) as model:
         collect(model.chat(history[:2], GREEDY))
         warm = collect(model.chat(history, GREEDY))
-    with localllm.load_model(starter_gguf, n_ctx=2048, n_threads=2) as fresh_model:
+    with localllm.load_model(starter_gguf, TEST_LOAD) as fresh_model:
         cold = collect(fresh_model.chat(history, GREEDY))
     assert warm.finished.usage.cached_tokens > 10
     assert cold.finished.usage.cached_tokens == 0
@@ -203,7 +204,7 @@ def test_a_chat_template_that_never_ends_is_stopped_within_its_budget():
 def test_a_long_prompt_reports_its_progress_before_the_answer(starter_gguf):
     from localllm import PromptProgress
 
-    with localllm.load_model(starter_gguf, n_ctx=4096, n_threads=2) as model:
+    with localllm.load_model(starter_gguf, n_ctx=4096, n_threads=2, speculation="off") as model:
         prompt = model.tokenize("The quick brown fox jumps over the lazy dog. " * 250)  # about 2500 tokens
         events = list(model.generate(prompt, SamplingOptions(temperature=0, max_tokens=4)))
         progress = [e for e in events if isinstance(e, PromptProgress)]

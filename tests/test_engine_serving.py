@@ -20,7 +20,7 @@ from localllm.options import LoadOptions, SamplingOptions
 
 pytestmark = pytest.mark.slow
 
-SERVE = LoadOptions(n_ctx=1024, n_threads=2, n_seq=2)
+SERVE = LoadOptions(n_ctx=1024, n_threads=2, n_seq=2, speculation="off")  # compared with plain decoding: conftest.TEST_LOAD
 
 
 class Collected:

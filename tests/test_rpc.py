@@ -167,7 +167,7 @@ def test_layers_go_to_the_workers_and_the_answer_is_the_local_one(workers, start
     devices = {d["device"]: d for d in planned["estimate"]}
     assert set(devices) == {"cpu", "rpc0", "rpc1"} and devices["rpc0"]["weights"] > 0 and devices["rpc1"]["weights"] > 0
 
-    local = json.loads(_cli(env, "run", "-m", "starter", "-t", "0", "--max-tokens", "24", "--json", PROMPT))
+    local = json.loads(_cli(env, "run", "-m", "starter", "-t", "0", "--max-tokens", "24", "--spec", "off", "--json", PROMPT))
     before = [a.rss(), b.rss()]
     server = ServerProcess("-m", "starter", "--rpc", endpoints, "--parallel", "1", env=env)
     try:
@@ -182,7 +182,7 @@ def test_layers_go_to_the_workers_and_the_answer_is_the_local_one(workers, start
     finally:
         server.stop()
 
-    remote = json.loads(_cli(env, "run", "-m", "starter", "--rpc", endpoints, "-t", "0", "--max-tokens", "24", "--json", PROMPT))
+    remote = json.loads(_cli(env, "run", "-m", "starter", "--rpc", endpoints, "-t", "0", "--max-tokens", "24", "--spec", "off", "--json", PROMPT))
     assert remote["settings"]["rpc"] == [a.endpoint, b.endpoint]
     assert remote["settings"]["n_gpu_layers"] == planned["settings"]["n_gpu_layers"] == 31  # 30 blocks and the head
     # The workers run the same ggml CPU kernels as this process, so greedy decoding agrees.

@@ -30,8 +30,10 @@ def server(tmp_path_factory):
     env = isolated_env(tmp_path_factory.mktemp("serve"))
     # --dtype float32 for the safetensors model one test serves: in bfloat16 a request whose prompt
     # is cached rounds differently from one that is not on CPUs with AMX (test_transformers_engine).
+    # --spec off: these tests compare greedy answers across requests (test_speculation.py covers
+    # serving with speculation, which sizes its batches by measured timings; README, "Exactness").
     proc = ServerProcess("-m", "starter", "--parallel", "4", "--queue", "16", "--ctx", "1024", "--threads", "2",
-                         "--max-body", "1", "--allow-model-paths", "--dtype", "float32", env=env)
+                         "--max-body", "1", "--allow-model-paths", "--dtype", "float32", "--spec", "off", env=env)
     yield proc
     proc.stop()
 
