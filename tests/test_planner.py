@@ -313,7 +313,8 @@ def test_a_draft_model_is_planned_in_the_memory_its_target_leaves(tmp_path):
     alone = plan(laptop, draft, Overrides(n_ctx=4096))
     assert alone.fit == "gpu", "alone, the 1B fits the 6 GB GPU whole"
     target = plan(laptop, LLAMA_8B, Overrides(n_ctx=4096))
-    taken = tuple(d.total + m for d, m in zip(target.estimate.devices, target.margins))
+    taken = target.taken
+    assert taken == tuple(d.total + m for d, m in zip(target.estimate.devices, target.margins))
     beside = plan(laptop, draft, Overrides(n_ctx=4096, reserved=taken))
     assert beside.shape.n_gpu_layers < alone.shape.n_gpu_layers, "the 8B holds most of the GPU"
     for device, own, budget in zip(beside.estimate.devices, taken, alone.budgets):

@@ -146,10 +146,9 @@ def _plan_draft(ref: str, profile, target, overrides):
     from ..backends.llamacpp.planner import plan
     from .models import spec_for
 
-    taken = tuple(d.total + m for d, m in zip(target.estimate.devices, target.margins))
     layers = 0 if target.shape.n_gpu_layers == 0 else None
     return plan(profile, spec_for(ref, profile)[0], replace(overrides, n_ctx=target.shape.n_ctx, n_gpu_layers=layers,
-                                                            kv_type=None, outputs=1, reserved=taken))
+                                                            kv_type=None, outputs=1, reserved=target.taken))
 
 
 def _installed_checkpoint(ref: str):

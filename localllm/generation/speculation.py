@@ -29,9 +29,9 @@ MARGIN = 1.1  # a draft must promise this much over a plain step: the estimates 
 # Before any batch is timed, each token past the first is assumed to cost this share of a single
 # step (measured here: 0.33 to 0.5 for 2 to 8 tokens): pessimistic, so the first drafts are short.
 PRIOR_MARGINAL = 0.5
-# Acceptance assumed for an n-gram match before this answer has shown any, as (accepted, rejected)
-# pseudo-counts: a longer match is likelier to go on.
 MODEL = "model"  # the draft model's drafts, kept apart from the lookup's in the acceptance counts
+# Acceptance assumed for a source's first drafted position before this answer has shown any, as
+# (accepted, rejected) pseudo-counts: a longer n-gram match is likelier to go on.
 PRIORS = {4: (3.0, 1.0), 3: (2.0, 1.0), 2: (1.0, 1.0), MODEL: (2.0, 1.0)}
 DRAFT_TOKENS = 8  # what `--spec draft` drafts each step
 DECAY = 0.9  # older verifications weigh less: an answer moves between copying and writing

@@ -114,10 +114,10 @@ def delete(name: str) -> None:
     from ..registry import remove
 
     model = find(name, allow_paths=False)
-    if model.source not in ("hf-cache", "added"):
-        raise ApiError(403, f"{name} is not localllm's to delete ({'pip' if model.source == 'starter' else model.source} "
-                       "installed it)", "model")
-    remove(model)
+    try:
+        remove(model)
+    except UsageError as exc:  # not localllm's to delete: the registry says whose it is
+        raise ApiError(403, str(exc), "model") from None
 
 
 def copy(source: str, destination: str) -> None:

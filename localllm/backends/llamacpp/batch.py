@@ -198,8 +198,9 @@ class LlamaCppBatcher:
         if batch.n == len(entries) + drafts:  # one token per sequence and drafts, each with logits
             if not drafts:  # steps the governor can compare
                 self._model.governor.step(elapsed)
-            if any(slot.speculation is not None for slot, _, _ in entries):
-                self._model._cost_curve.record(batch.n, elapsed)
+            curve = self._model._cost_curve
+            if curve is not None and any(slot.speculation is not None for slot, _, _ in entries):
+                curve.record(batch.n, elapsed)
         for slot, taken, index in entries:
             self._advance(slot, taken)
             if index is None:

@@ -80,9 +80,8 @@ def plan_load(path: Path, options: LoadOptions, build, notify: Callable[[str], N
     # engine, ...) stays as asked. Threads stay open: the backend counts busy cores while the
     # model loads, which is fresher.
     decided = chosen.load_options(options.verbose)
-    taken = tuple(device.total + margin for device, margin in zip(chosen.estimate.devices, chosen.margins))
     return replace(options, n_ctx=decided.n_ctx, n_gpu_layers=decided.n_gpu_layers, flash_attn=decided.flash_attn,
-                   kv_type=decided.kv_type, swa_full=decided.swa_full, tensor_split=decided.tensor_split), taken
+                   kv_type=decided.kv_type, swa_full=decided.swa_full, tensor_split=decided.tensor_split), chosen.taken
 
 
 def smaller(current: LoadOptions, asked: LoadOptions) -> tuple[LoadOptions, str] | None:

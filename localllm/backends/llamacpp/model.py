@@ -139,7 +139,8 @@ class LlamaCppModel:
             self.n_ctx = self._allocated  # llama.cpp rounds the window up to a multiple of 256
         self._cached: list[int] = []
         self._read_step = self._n_ubatch if self.n_gpu_layers else min(self._n_ubatch, READ_STEP_CPU)
-        self._cost_curve = load_curve(curve_key(self))  # what a decode of b tokens costs here, for speculation
+        # What a decode of b tokens costs here: what `auto` decides from (the other modes measure nothing).
+        self._cost_curve = load_curve(curve_key(self)) if options.speculation == "auto" else None
         self._cold = 0  # leading cached tokens whose cells a cold read computed (state_cache says why)
         self._formatter = self._chat_formatter()
         self._warm_up()

@@ -63,6 +63,11 @@ class LoadPlan:
     def label(self) -> str:
         return FIT_LABELS[self.fit]
 
+    @property
+    def taken(self) -> tuple[int, ...]:
+        """Bytes per device this load takes with its margins: Overrides.reserved for a model beside it."""
+        return tuple(device.total + margin for device, margin in zip(self.estimate.devices, self.margins))
+
     def load_options(self, verbose: bool = False) -> LoadOptions:
         return LoadOptions(
             n_ctx=self.shape.n_ctx,
