@@ -44,6 +44,11 @@ class ApiError(Exception):
     def ollama(self) -> dict:
         return {"error": self.message}
 
+    def anthropic(self) -> dict:
+        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                503: "overloaded_error"}.get(self.status, "invalid_request_error" if self.status < 500 else "api_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
 
 @dataclass
 class GenerationJob:
