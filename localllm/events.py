@@ -54,19 +54,21 @@ class Timings:
 @dataclass(frozen=True)
 class Finished:
     """The last event. reason: "stop" (the model ended its turn, a stop string, the grammar's end),
-    "length" (token or context limit) or, for a served sequence, "cancelled"."""
+    "length" (token or context limit) or, for a served sequence, "cancelled"; `stop_sequence`: the
+    stop string that ended it, if one did."""
 
     reason: str
     usage: Usage
     timings: Timings
     seed: int
+    stop_sequence: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def measured(cls, reason: str, usage: Usage, seed: int, t_start: float, t_prompt_done: float | None,
-                 t_first: float | None, t_end: float) -> Finished:
+                 t_first: float | None, t_end: float, stop_sequence: str | None = None) -> Finished:
         """From the clock readings of one generation: started, prompt evaluated (first sample),
         first text shown, ended; those never reached count as the end."""
         t_prompt_done = t_prompt_done or t_end
@@ -80,7 +82,7 @@ class Finished:
             prompt_tokens_per_s=evaluated / prompt_s if evaluated and prompt_s > 0 else None,
             # n tokens take n-1 decode steps after the first one is sampled.
             generation_tokens_per_s=(generated - 1) / generation_s if generated > 1 and generation_s > 0 else None,
-        ), seed)
+        ), seed, stop_sequence)
 
     @classmethod
     def cancelled(cls, prompt_tokens: int) -> Finished:

@@ -58,6 +58,18 @@ def template_variables(template: str | None, think: bool | None, effort: str | N
     return {**variables, SWITCH: think}
 
 
+LEVELS = ("none", "minimal", "low", "medium", "high", "xhigh")  # OpenAI's Responses efforts
+
+
+def from_level(template: str | None, level: str) -> tuple[bool | None, str | None]:
+    """(think, effort) for another API's reasoning level (OpenAI's Responses effort, Anthropic's
+    thinking budget): gpt-oss's own effort where the template takes one (it cannot stop thinking,
+    so "none" is its lowest), else the thinking switch: off for "none" and "minimal", on above."""
+    if template and EFFORT in template:
+        return None, level if level in REASONING_EFFORTS else "high" if level == "xhigh" else "low"
+    return level not in ("none", "minimal"), None
+
+
 def answer_grammar(template: str | None, variables: dict, prompt: str, grammar: str | None,
                    whole_reply: bool = False, special: Callable[[str], int | None] = lambda text: None) -> str | None:
     """A schema or grammar binds the answer, not the thinking: for a thinking model (not switched

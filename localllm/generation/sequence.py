@@ -94,4 +94,4 @@ class Answer:
         held = self.stops.flush() if reason != "cancelled" else ""
         usage = Usage(self.n_prompt, len(self.output), self.reused, self.drafted, self.accepted)
         return held, Finished.measured(reason, usage, self.seed, self.t_start, self.t_prompt_done, self.t_first,
-                                       time.perf_counter())
+                                       time.perf_counter(), self.stops.matched)

@@ -12,16 +12,18 @@ class StopText:
     def __init__(self, stops: tuple[str, ...]):
         self.stops = stops
         self._held = ""
+        self.matched: str | None = None  # the stop string that ended the answer
 
     def feed(self, text: str) -> tuple[str, bool]:
         """The text now safe to show, and whether a stop string was reached (nothing after it is shown)."""
         if not self.stops:
             return text, False
         buffer = self._held + text
-        hits = [at for stop in self.stops if (at := buffer.find(stop)) >= 0]
+        hits = [(at, stop) for stop in self.stops if (at := buffer.find(stop)) >= 0]
         if hits:
             self._held = ""
-            return buffer[: min(hits)], True
+            at, self.matched = min(hits)
+            return buffer[:at], True
         ready, self._held = hold_back(buffer, self.stops)
         return ready, False
 

@@ -16,17 +16,19 @@ from starlette.routing import Route
 
 from ..engine import Engine
 from ..printable import printable
+from .anthropic_api import AnthropicRoutes
 from .core import ServerConfig, error_response
 from .guard import LOOPBACK_ORIGIN_REGEX, Auth, Guard
 from .metrics import CountRequests, Metrics
 from .ollama_api import OllamaRoutes
 from .openai_api import OpenAIRoutes
+from .responses_api import ResponsesRoutes
 from .schemas import ApiError
 
 __all__ = ["ServerConfig", "create_app"]
 
 
-class _Api(OpenAIRoutes, OllamaRoutes):
+class _Api(OpenAIRoutes, ResponsesRoutes, AnthropicRoutes, OllamaRoutes):
     async def root(self, request: Request) -> Response:
         stopped = self.engine.health()
         if stopped is not None:
@@ -55,6 +57,11 @@ def create_app(config: ServerConfig, engine: Engine) -> Callable:
         Route("/v1/models", api.openai_models, methods=["GET"]),
         Route("/v1/models/{name:path}", api.openai_model, methods=["GET"]),
         Route("/v1/embeddings", api.openai_embeddings, methods=["POST"]),
+        Route("/v1/responses", api.responses_create, methods=["POST"]),
+        Route("/v1/responses/{id}", api.responses_get, methods=["GET"]),
+        Route("/v1/responses/{id}", api.responses_delete, methods=["DELETE"]),
+        Route("/v1/messages", api.anthropic_messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", api.anthropic_count_tokens, methods=["POST"]),
         Route("/api/chat", api.ollama_chat, methods=["POST"]),
         Route("/api/generate", api.ollama_generate, methods=["POST"]),
         Route("/api/tags", api.ollama_tags, methods=["GET"]),
@@ -70,7 +77,7 @@ def create_app(config: ServerConfig, engine: Engine) -> Callable:
     app: Callable = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
     app = Auth(app, config.api_key, lambda path, error: error_response(path, error))
     app = CORSMiddleware(app, allow_origins=list(config.cors), allow_origin_regex=LOOPBACK_ORIGIN_REGEX,
-                         allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["authorization", "content-type"])
+                         allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta"])
     app = Guard(app, config.policy, lambda scope, status, message: error_response(scope["path"], ApiError(status, message)))
     api.metrics = Metrics(engine, routes)
     return CountRequests(_AccessLog(app, config.quiet), api.metrics)

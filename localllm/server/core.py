@@ -45,6 +45,7 @@ from . import models, schemas
 from .delivery import Events, Mailbox
 from .guard import Policy, is_loopback
 from .prompts import prepare_job
+from .responses import ResponseStore
 from .schemas import ApiError, GenerationJob
 
 RETRY_AFTER_S = 2
@@ -60,6 +61,7 @@ class ServerConfig:
     quiet: bool = False
     allowed_hosts: tuple[str, ...] = ()  # Host names answered to besides loopback ones ("*": any)
     bind_host: str = "127.0.0.1"
+    store_responses: bool = True  # the Responses API keeps responses for previous_response_id
     allow_paths: bool = False  # clients may name model files by path, not only installed models
     served: InstalledModel | None = None  # what -m named, listed under its name on every route
 
@@ -132,6 +134,7 @@ class Core:
 
     def __init__(self, config: ServerConfig, engine: Engine):
         self.config, self.engine = config, engine
+        self.store = ResponseStore() if config.store_responses else None
         self._mailbox: Mailbox | None = None
 
     @property

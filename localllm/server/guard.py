@@ -143,17 +143,20 @@ class Guard:
 
 
 class Auth:
-    """With an API key, every request must carry it: `Authorization: Bearer KEY`."""
+    """With an API key, every request must carry it: `Authorization: Bearer KEY`, or `x-api-key: KEY`
+    as Anthropic's clients send it."""
 
     def __init__(self, app: Callable, key: str | None, refuse: Callable):
         self.app, self.key, self.refuse = app, key.encode() if key else None, refuse  # refuse(path, ApiError)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and self.key is not None:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            scheme, _, token = given.partition(b" ")
+            headers = dict(scope["headers"])
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if b"x-api-key" in headers:
+                scheme, token = b"bearer", headers[b"x-api-key"]
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
-                error = ApiError(401, "a valid API key is required: Authorization: Bearer KEY", None, "authentication_error")
+                error = ApiError(401, "a valid API key is required: Authorization: Bearer KEY (or x-api-key: KEY)", None, "authentication_error")
                 await self.refuse(scope["path"], error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

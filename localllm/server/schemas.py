@@ -66,6 +66,7 @@ class GenerationJob:
     tool_choice: Any = "auto"
     think: bool | None = None  # a thinking model's switch (localllm.generation.reasoning.template_variables)
     reasoning_effort: str | None = None  # gpt-oss's
+    reasoning_level: str | None = None  # another API's level (reasoning.LEVELS), mapped onto the template's own
     keep_alive: float | None | str = "unchanged"  # Ollama's: seconds the model stays loaded after
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
@@ -337,16 +338,16 @@ def _response_format(body: dict) -> str | None:
     if kind in (None, "text"):
         return None
     if kind == "json_object":
-        return _grammar(None, "response_format")
+        return json_grammar_for(None, "response_format")
     if kind == "json_schema":
         spec = _get(response_format, "json_schema", dict)
         if spec is None or not isinstance(spec.get("schema", {}), dict):
             raise ApiError(400, "'response_format.json_schema.schema' must be an object", "response_format")
-        return _grammar(spec.get("schema") or {}, "response_format")
+        return json_grammar_for(spec.get("schema") or {}, "response_format")
     raise ApiError(400, "'response_format.type' must be text, json_object or json_schema", "response_format")
 
 
-def _grammar(schema: dict | None, name: str) -> str:
+def json_grammar_for(schema: dict | None, name: str) -> str:
     from ..generation.constraints import json_grammar
 
     try:
@@ -422,9 +423,9 @@ def _ollama_format(body: dict) -> str | None:
     if value in (None, ""):
         return None
     if value == "json":
-        return _grammar(None, "format")
+        return json_grammar_for(None, "format")
     if isinstance(value, dict):
-        return _grammar(value, "format")
+        return json_grammar_for(value, "format")
     raise ApiError(400, "'format' must be \"json\" or a JSON Schema object", "format")
 
 
