@@ -14,6 +14,7 @@ from .schemas import ApiError, GenerationJob, _get, _object, _sampling, _stops
 REFUSED = ("container", "mcp_servers", "context_management")
 # Anthropic's budgets run from 1,024 tokens up; localllm's templates know levels, not budgets.
 BUDGET_LEVELS = ((4096, "low"), (16384, "medium"))
+EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}  # output_config's
 
 
 def read_request(body: Any, counting: bool = False) -> GenerationJob:
@@ -27,8 +28,24 @@ def read_request(body: Any, counting: bool = False) -> GenerationJob:
         raise ApiError(400, "'max_tokens' is required: a positive integer", "max_tokens")
     sampling = _sampling({k: body[k] for k in ("temperature", "top_p", "top_k") if k in body}, "openai",
                          max_tokens=max_tokens, stop=_stops(body.get("stop_sequences"), "stop_sequences"))
+    output = _get(body, "output_config", dict, {})
+    effort = _get(output, "effort", str)
+    if effort is not None and effort not in EFFORTS:
+        raise ApiError(400, f"'output_config.effort' must be one of {', '.join(EFFORTS)}", "output_config.effort")
     return GenerationJob(model=schemas._model(body, required=True), messages=_messages(body), sampling=sampling,
-                         stream=_get(body, "stream", bool, False), reasoning_level=_thinking(body), **_tools(body))
+                         stream=_get(body, "stream", bool, False), grammar=_format(output),
+                         reasoning_level=_thinking(body) or EFFORTS.get(effort), **_tools(body))
+
+
+def _format(output: dict) -> str | None:
+    """Structured outputs: output_config.format's JSON schema binds the answer."""
+    fmt = _get(output, "format", dict)
+    if fmt is None:
+        return None
+    if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise ApiError(400, "'output_config.format' must be {\"type\": \"json_schema\", \"schema\": {...}}",
+                       "output_config.format")
+    return schemas.json_grammar_for(fmt["schema"], "output_config.format")
 
 
 def _messages(body: dict) -> list[dict]:
