@@ -7,10 +7,23 @@ from typing import Union
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model (after a grammar's mask, before
+    temperature and penalties), and the likeliest alternatives at its position, likeliest first."""
+
+    token: str
+    bytes: bytes
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Token:
-    """Text produced by one or more tokens (a multi-byte character may span tokens)."""
+    """Text produced by one or more tokens (a multi-byte character may span tokens); with
+    SamplingOptions.logprobs, the scores of the tokens generated since the last Token."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

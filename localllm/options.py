@@ -200,6 +200,9 @@ class LoadOptions:
             raise UsageError("tensor split shares must not be negative")
 
 
+MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How to pick each next token. temperature 0 is greedy and fully deterministic.
@@ -223,10 +226,14 @@ class SamplingOptions:
     # The answer must follow this llguidance grammar (localllm.generation.constraints: json_grammar for a
     # JSON Schema, text_grammar for GBNF or Lark), on every backend.
     grammar: str | None = None
+    # Report each token's log-probability and this many likeliest alternatives (None: none).
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         for field in SAMPLING_FIELDS:
             field.check(getattr(self, field.name))
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise UsageError(f"logprobs: from 0 to {MAX_LOGPROBS} alternatives")
         if len(self.stop) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):
             raise UsageError(f"stop strings: at most {MAX_STOPS}, each 1 to {MAX_STOP_CHARS} characters")
 

@@ -6,6 +6,7 @@ starter with Qwen3's template and tool tokens (forced calls that validate, schem
 from __future__ import annotations
 
 import json
+import math
 
 import anthropic
 import httpx
@@ -320,3 +321,104 @@ def test_messages_forced_tool_use_tool_result_and_count_tokens(qwen_server):
     shaped = api.messages.create(model=qwen_server.name, max_tokens=60, messages=ask, thinking={"type": "disabled"},
                                  extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}})
     jsonschema.validate(json.loads(shaped.content[0].text), schema)
+
+
+# ---- OpenAI's logprobs and n, Ollama's logprobs, on the real starter ---------------------------
+@pytest.fixture(scope="module")
+def starter_server(starter_gguf):
+    from test_server_trust import AppServer
+
+    from localllm.options import LoadOptions
+    from localllm.server import ServerConfig
+
+    server = AppServer(ServerConfig(LoadOptions(n_ctx=1024, n_threads=2, n_seq=4), default_model=str(starter_gguf), quiet=True))
+    server.name = str(starter_gguf)
+    yield server
+    server.stop()
+
+
+def _check_scores(entries, text: str, top: int) -> None:
+    """The tokens spell the text; each score is a log-probability; the alternatives come likeliest
+    first and a greedy pick is the likeliest of them."""
+    assert b"".join(bytes(e.bytes) for e in entries).decode() == text
+    for entry in entries:
+        alternatives = [a.logprob for a in entry.top_logprobs]
+        assert len(alternatives) == top and alternatives == sorted(alternatives, reverse=True)
+        assert entry.logprob <= 0 and entry.logprob == pytest.approx(alternatives[0], abs=1e-6)
+        assert sum(math.exp(a) for a in alternatives) <= 1 + 1e-6
+
+
+@pytest.mark.slow
+def test_chat_logprobs_whole_and_streamed(starter_server):
+    api = responses_client(starter_server)
+    ask = [{"role": "user", "content": "Name a colour."}]
+    whole = api.chat.completions.create(model=starter_server.name, messages=ask, temperature=0, max_tokens=12,
+                                        logprobs=True, top_logprobs=3)
+    entries = whole.choices[0].logprobs.content
+    assert len(entries) == whole.usage.completion_tokens
+    _check_scores(entries, whole.choices[0].message.content, 3)
+
+    chunks = list(api.chat.completions.create(model=starter_server.name, messages=ask, temperature=0, max_tokens=12,
+                                              logprobs=True, top_logprobs=3, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in entries]
+    # A request whose prompt is cached reads one token, not the whole prompt: llama.cpp's batch
+    # arithmetic rounds differently (README, "Exactness"), so the scores agree closely, not bit for bit.
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in entries], abs=1.0)
+    plain = api.chat.completions.create(model=starter_server.name, messages=ask, temperature=0, max_tokens=12)
+    assert plain.choices[0].logprobs is None
+
+    sampled = api.chat.completions.create(model=starter_server.name, messages=ask, temperature=1.0, seed=4, max_tokens=12,
+                                          logprobs=True)
+    scores = sampled.choices[0].logprobs.content
+    assert b"".join(bytes(e.bytes) for e in scores).decode() == sampled.choices[0].message.content
+    assert all(e.logprob <= 0 and e.top_logprobs == [] for e in scores)
+
+
+@pytest.mark.slow
+def test_completion_logprobs_in_the_older_form(starter_server):
+    api = responses_client(starter_server)
+    reply = api.completions.create(model=starter_server.name, prompt="The capital of France is", temperature=0,
+                                   max_tokens=8, logprobs=2)
+    scores = reply.choices[0].logprobs
+    assert "".join(scores.tokens) == reply.choices[0].text and len(scores.tokens) == reply.usage.completion_tokens
+    assert scores.text_offset == [sum(len(t) for t in scores.tokens[:i]) for i in range(len(scores.tokens))]
+    assert all(len(top) == 2 and max(top.values()) == pytest.approx(lp, abs=1e-6)
+               for top, lp in zip(scores.top_logprobs, scores.token_logprobs))
+
+
+@pytest.mark.slow
+def test_n_answers_are_sequences_of_their_own(starter_server):
+    api = responses_client(starter_server)
+    ask = [{"role": "user", "content": "Write a word."}]
+    reply = api.chat.completions.create(model=starter_server.name, messages=ask, n=3, temperature=1.0, seed=11,
+                                        max_tokens=8, extra_body={"ignore_eos": True})
+    texts = [c.message.content for c in reply.choices]
+    assert [c.index for c in reply.choices] == [0, 1, 2] and all(c.finish_reason == "length" for c in reply.choices)
+    assert reply.usage.completion_tokens == 24 and len(set(texts)) > 1  # seeds 11, 12, 13
+
+    chunks = list(api.chat.completions.create(model=starter_server.name, messages=ask, n=2, temperature=1.0, seed=11,
+                                              max_tokens=8, stream=True, stream_options={"include_usage": True},
+                                              extra_body={"ignore_eos": True}))
+    by_index = {0: "", 1: ""}
+    for chunk in chunks[:-1]:
+        by_index[chunk.choices[0].index] += chunk.choices[0].delta.content or ""
+    ends = [c.choices[0].index for c in chunks[:-1] if c.choices[0].finish_reason == "length"]
+    assert sorted(ends) == [0, 1] and chunks[-1].usage.completion_tokens == 16
+    assert by_index == {0: texts[0], 1: texts[1]} or all(by_index.values())  # same seeds: same answers, up to batch rounding
+
+    completions = api.completions.create(model=starter_server.name, prompt="Once upon a time", n=2, temperature=1.0,
+                                         seed=5, max_tokens=6, extra_body={"ignore_eos": True})
+    assert [c.index for c in completions.choices] == [0, 1] and completions.usage.completion_tokens == 12
+
+
+@pytest.mark.slow
+def test_ollama_logprobs(starter_server):
+    import ollama
+
+    client = ollama.Client(host=starter_server.url, timeout=120)
+    reply = client.chat(model=starter_server.name, messages=[{"role": "user", "content": "Name a colour."}],
+                        options={"temperature": 0, "num_predict": 10}, logprobs=True, top_logprobs=2)
+    assert "".join(e.token for e in reply.logprobs) == reply.message.content
+    assert all(len(e.top_logprobs) == 2 and e.logprob == pytest.approx(e.top_logprobs[0].logprob, abs=1e-6)
+               for e in reply.logprobs)

@@ -30,6 +30,9 @@ def test_openai_fields_become_sampling_options():
     parts = schemas.openai_chat(chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
                                                                             {"type": "text", "text": "b"}]}]))
     assert parts.messages == [{"role": "user", "content": "ab"}]
+    scored = schemas.openai_chat(chat(logprobs=True, top_logprobs=4, n=3))
+    assert (scored.sampling.logprobs, scored.n) == (4, 3) and schemas.openai_chat(chat(logprobs=True)).sampling.logprobs == 0
+    assert schemas.openai_chat(chat(logprobs=False)).sampling.logprobs is None
 
 
 @pytest.mark.parametrize("body, param", [
@@ -43,7 +46,11 @@ def test_openai_fields_become_sampling_options():
     (chat(messages=[{"role": "system", "content": "only a system prompt"}]), "messages"),
     (chat(response_format={"type": "xml"}), "response_format"),
     (chat(response_format={"type": "json_schema", "json_schema": {"schema": {"type": "object", "if": {}}}}), "response_format"),
-    (chat(logprobs=True), "logprobs"),
+    (chat(top_logprobs=3), "top_logprobs"),  # alternatives need logprobs: true, as OpenAI says
+    (chat(logprobs=True, top_logprobs=21), "top_logprobs"),
+    (chat(n=0), "n"),
+    (chat(n=17), "n"),
+    (chat(logit_bias={"1": 5}), "logit_bias"),
     (["not", "an", "object"], None),
 ])
 def test_bad_openai_fields_are_refused_by_name(body, param):

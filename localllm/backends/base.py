@@ -64,6 +64,7 @@ class Capabilities:
     batching: bool = False  # several sequences per step (serve --parallel); else one at a time
     token_input: bool = False  # prompts given as token ids
     grammar: bool = False  # answers bound by a grammar (localllm.generation.constraints)
+    logprobs: bool = False  # each token's log-probability and alternatives (SamplingOptions.logprobs)
 
 
 class Backend(Protocol):

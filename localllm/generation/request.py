@@ -65,6 +65,8 @@ def prepare(model, request: Request) -> Prepared:
     if not can.grammar and (sampling.grammar is not None or (request.tools and request.tool_choice not in ("auto", "none"))):
         raise RequestError(f"the {model.engine} engine cannot bind an answer to a schema, a grammar or a required "
                            "tool call", None if sampling.grammar is not None else "tool_choice")
+    if sampling.logprobs is not None and not can.logprobs:
+        raise RequestError(f"the {model.engine} engine does not report log-probabilities", "logprobs")
     if request.prompt_tokens is not None and not can.token_input:
         raise RequestError(f"the {model.engine} engine takes text prompts, not token ids", "prompt")
     if request.prompt_tokens is not None:
@@ -124,13 +126,24 @@ class Shaper:
 
     def feed(self, event: Event) -> list[Event]:
         if isinstance(event, Token):
-            return self._split(self.splitter.feed(event.text)) if self.splitter is not None else self._kept([event])
+            if self.splitter is None:
+                return self._kept([event])
+            return self._split(self.splitter.feed(event.text), event.logprobs)
         if isinstance(event, Finished):
             return (self._split(self.splitter.flush()) if self.splitter is not None else []) + self._finished(event)
         return [event]
 
-    def _split(self, pieces) -> list[Event]:
-        return self._kept([Reasoning(text) if is_reasoning else Token(text) for is_reasoning, text in pieces])
+    def _split(self, pieces, logprobs: tuple = ()) -> list[Event]:
+        """The pieces as events; a token's scores go with the answer's first piece of it (a
+        reasoning model's thinking is reported without them, as OpenAI's API does)."""
+        events: list[Event] = []
+        for is_reasoning, text in pieces:
+            if is_reasoning:
+                events.append(Reasoning(text))
+            else:
+                events.append(Token(text, logprobs))
+                logprobs = ()
+        return self._kept(events)
 
     def _kept(self, events: list[Event]) -> list[Event]:
         if self.tool_kind is not None:  # the answer's text, parsed for calls at the end

@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 
-from ..events import Finished, Usage
+from ..events import Finished, Token, TokenLogprob, Usage
 from ..options import SamplingOptions
 from .constraints import Constraint
 from .stops import StopText
@@ -30,10 +30,11 @@ from .stops import StopText
 class Answer:
     def __init__(self, sampling: SamplingOptions, n_prompt: int, reused: int, n_ctx: int,
                  is_end: Callable[[int], bool], text_of: Callable[[Sequence[int]], str],
-                 vocabulary: Callable[[], object] | None = None):
+                 vocabulary: Callable[[], object] | None = None, piece: Callable[[int], bytes] | None = None):
         """`is_end(token)`: the model's end of turn; `text_of(tokens)`: their text, continuing
         what it returned before (pieces of a character wait for the rest); `vocabulary()`: the
-        grammar engine's view of the vocabulary, asked for only when the sampling has a grammar."""
+        grammar engine's view of the vocabulary, asked for only when the sampling has a grammar;
+        `piece(token)`: a token's bytes, for the scores SamplingOptions.logprobs asks for."""
         self.sampling = sampling
         self.t_start = time.perf_counter()
         self.seed = secrets.randbelow(2**32 - 1) if sampling.seed is None else sampling.seed
@@ -47,6 +48,9 @@ class Answer:
         self.stops = StopText(sampling.stop)
         self.output: list[int] = []  # the tokens generated, forced ones included
         self.drafted = self.accepted = 0  # speculation's drafts, and those the model kept
+        self.scoring = sampling.logprobs is not None
+        self.piece = piece
+        self.scores: list[TokenLogprob] = []  # of tokens taken since the last token() call
         self.reason = "length"
         self.done = self.limit <= 0
         self.t_prompt_done: float | None = None
@@ -62,9 +66,10 @@ class Answer:
         """The grammar's mask as booleans (engines whose logits live elsewhere), or None."""
         return None if self.constraint is None else self.constraint.allowed(n_vocab)
 
-    def take(self, token: int) -> tuple[str, list[int] | None]:
+    def take(self, token: int, row=None) -> tuple[str, list[int] | None]:
         """A picked token: the text now safe to show, and the tokens to evaluate next (the
-        picked one and any the grammar forces after it), or None when the answer is over."""
+        picked one and any the grammar forces after it), or None when the answer is over.
+        `row`: the (masked) logits it was picked from, when `scoring`."""
         now = time.perf_counter()
         if self.t_prompt_done is None:
             self.t_prompt_done = now
@@ -74,6 +79,8 @@ class Answer:
         if self.constraint is not None:
             step += self.constraint.follow(token, self.limit - len(self.output) - 1)
         self.output.extend(step)
+        if self.scoring:
+            self._score(step, row)
         text, stopped = self.stops.feed(self.text_of(step))
         if self.t_first is None:
             self.t_first = now
@@ -82,6 +89,34 @@ class Answer:
         if len(self.output) >= self.limit:
             return self._over("length", text)
         return text, step
+
+    def _score(self, step: list[int], row) -> None:
+        """The picked token's log-probability over the row and the likeliest alternatives; a
+        token the grammar forced had no alternative (log-probability 0)."""
+        import numpy as np
+
+        def scored(token: int, logprob: float) -> tuple[str, bytes, float]:
+            data = self.piece(token)
+            return data.decode("utf-8", errors="replace"), data, logprob
+
+        logits = np.asarray(row, dtype=np.float64)
+        high = logits.max()
+        logprobs = logits - (high + np.log(np.exp(logits - high).sum()))
+        n = self.sampling.logprobs
+        top = np.argpartition(-logprobs, n)[:n] if 0 < n < len(logprobs) else np.arange(min(n, len(logprobs)))
+        top = top[np.argsort(-logprobs[top], kind="stable")]
+        text, data, logprob = scored(step[0], float(logprobs[step[0]]))
+        self.scores.append(TokenLogprob(text, data, logprob, tuple(scored(int(i), float(logprobs[i])) for i in top)))
+        for forced in step[1:]:
+            text, data, _ = scored(forced, 0.0)
+            self.scores.append(TokenLogprob(text, data, 0.0, ((text, data, 0.0),) if n else ()))
+
+    def token(self, text: str) -> Token:
+        """The Token event for `text`, with the scores of the tokens taken since the last one."""
+        if not self.scores:
+            return Token(text)
+        scores, self.scores = tuple(self.scores), []
+        return Token(text, scores)
 
     def _over(self, reason: str, text: str = "") -> tuple[str, None]:
         self.reason, self.done = reason, True

@@ -23,10 +23,10 @@ class AnthropicRoutes(Core):
         run = await self._start(request, job)
         message = Message(run.model, len(run.sequence.tokens))
         if not job.stream or job.tools:  # with tools, parsed once whole (as the other APIs do)
-            text, finished, reasoning, calls = await self._collect(request, run)
-            events = message.start() + (message.thinking(reasoning) if reasoning else b"") + \
-                (message.text(text) if text else b"") + message.calls(calls)
-            whole, tail = message.finish(finished)
+            a = await self._collect(request, run)
+            events = message.start() + (message.thinking(a.reasoning) if a.reasoning else b"") + \
+                (message.text(a.text) if a.text else b"") + message.calls(a.calls)
+            whole, tail = message.finish(a.finished)
             if not job.stream:
                 return JSONResponse(whole)
             return Response(events + tail, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

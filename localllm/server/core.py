@@ -13,7 +13,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -36,7 +36,7 @@ from ..errors import (
     ModelNotFoundError,
     UsageError,
 )
-from ..events import Finished, PromptProgress, Reasoning, Token, ToolCalls
+from ..events import Event, Finished, PromptProgress, Reasoning, Token, ToolCalls
 from ..generation.request import Shaper
 from ..options import LoadOptions
 from ..printable import printable
@@ -45,6 +45,7 @@ from . import models, schemas
 from .delivery import Events, Mailbox
 from .guard import Policy, is_loopback
 from .prompts import prepare_job
+from .replies import Collected
 from .responses import ResponseStore
 from .schemas import ApiError, GenerationJob
 
@@ -185,6 +186,8 @@ class Core:
     async def _start(self, request: Request, job: GenerationJob) -> Run:
         served = await self._acquire(job.model)
         try:
+            if job.n > 1 and not served.model.capabilities.batching:
+                raise ApiError(400, f"the {served.model.engine} engine answers one sequence at a time: 'n' must be 1", "n")
             prepared = await run_in_threadpool(prepare_job, served.model, job)
             events = Events(self.mailbox)
             sequence = SequenceRequest(prepared.tokens, prepared.sampling, events.put)
@@ -213,12 +216,12 @@ class Core:
             run.sequence.cancel()
             self.engine.release(run.served, run.keep_alive)
 
-    async def _collect(self, request: Request, run: Run) -> tuple[str, Finished, str, tuple]:
-        """(answer without its tool calls, Finished, reasoning, the calls)."""
-        parts, thought, finished, calls = [], [], None, None
+    async def _collect(self, request: Request, run: Run) -> Collected:
+        parts, thought, scores, finished, calls = [], [], [], None, None
         async for event in self._stream(request, run, poll=True):  # to its end, so it closes at once
             if isinstance(event, Token):
                 parts.append(event.text)
+                scores.extend(event.logprobs)
             elif isinstance(event, Reasoning):
                 thought.append(event.text)
             elif isinstance(event, ToolCalls):
@@ -226,7 +229,61 @@ class Core:
             else:
                 finished = event
         text = calls.text if calls is not None else "".join(parts)
-        return text, finished, "".join(thought), calls.calls if calls is not None else ()
+        return Collected(text, finished, "".join(thought), calls.calls if calls is not None else (), scores)
+
+    async def _start_all(self, request: Request, job: GenerationJob) -> list[Run]:
+        """The job's n answers, each its own sequence (a given seed counts up from the first)."""
+        runs: list[Run] = []
+        try:
+            for index in range(job.n):
+                seed = job.sampling.seed
+                runs.append(await self._start(request, job if index == 0 or seed is None else
+                                              replace(job, sampling=replace(job.sampling, seed=(seed + index) % 2**32))))
+        except BaseException:
+            for run in runs:
+                run.sequence.cancel()
+                self.engine.release(run.served)
+            raise
+        return runs
+
+    async def _collect_all(self, request: Request, runs: list[Run]) -> list[Collected]:
+        tasks = [asyncio.ensure_future(self._collect(request, run)) for run in runs]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:  # after a failure, the others' sequences end too
+                task.cancel()
+
+    async def _merged(self, request: Request, runs: list[Run]) -> AsyncIterator[tuple[int, Event]]:
+        """(answer's index, event) from all of the runs, as they come."""
+        if len(runs) == 1:
+            async for event in self._stream(request, runs[0]):
+                yield 0, event
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(index: int, run: Run) -> None:
+            try:
+                async for event in self._stream(request, run):
+                    queue.put_nowait((index, event))
+                queue.put_nowait((index, None))
+            except Exception as exc:  # handed to the reader, which raises it
+                queue.put_nowait((index, exc))
+
+        tasks = [asyncio.ensure_future(pump(i, run)) for i, run in enumerate(runs)]
+        try:
+            left = len(runs)
+            while left:
+                index, item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                if item is None:
+                    left -= 1
+                else:
+                    yield index, item
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def _embed(self, request: Request, job: schemas.EmbeddingJob, keep_alive="unchanged") -> tuple[list, int]:
         served = await self._acquire(job.model)

@@ -62,22 +62,24 @@ class OllamaRoutes(Core):
     async def _ollama(self, request: Request, job: GenerationJob, kind: str) -> Response:
         run = await self._start(request, job)
         if job.tools:  # parsed once whole, as for OpenAI's API; a stream gets the text, the calls, then done
-            text, finished, reasoning, calls = await self._collect(request, run)
-            last = replies.ollama_line(run.model, kind, text, finished, reasoning=reasoning, calls=calls)
+            a = await self._collect(request, run)
+            last = replies.ollama_line(run.model, kind, a.text, a.finished, reasoning=a.reasoning, calls=a.calls,
+                                       scores=a.logprobs)
             if not job.stream:
                 return JSONResponse(last)
-            lines = [replies.ollama_line(run.model, kind, text, reasoning=reasoning, calls=calls),
-                     replies.ollama_line(run.model, kind, "", finished)]
+            lines = [replies.ollama_line(run.model, kind, a.text, reasoning=a.reasoning, calls=a.calls, scores=a.logprobs),
+                     replies.ollama_line(run.model, kind, "", a.finished)]
             return Response(b"".join(json.dumps(line).encode() + b"\n" for line in lines), media_type="application/x-ndjson")
         if not job.stream:
-            text, finished, reasoning, _ = await self._collect(request, run)
-            return JSONResponse(replies.ollama_line(run.model, kind, text, finished, reasoning=reasoning))
+            a = await self._collect(request, run)
+            return JSONResponse(replies.ollama_line(run.model, kind, a.text, a.finished, reasoning=a.reasoning,
+                                                    scores=a.logprobs))
 
         async def lines() -> AsyncIterator[bytes]:
             try:
                 async for event in self._stream(request, run):
                     if isinstance(event, Token):
-                        line = replies.ollama_line(run.model, kind, event.text)
+                        line = replies.ollama_line(run.model, kind, event.text, scores=event.logprobs)
                     elif isinstance(event, Reasoning):
                         line = replies.ollama_line(run.model, kind, "", reasoning=event.text)
                     else:

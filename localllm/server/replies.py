@@ -4,22 +4,38 @@ Ollama's NDJSON lines, from one GenerationJob and its events."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..events import Finished
+from ..events import Finished, TokenLogprob
 from .schemas import GenerationJob
 
 
-def usage(finished: Finished) -> dict:
-    u = finished.usage
+@dataclass
+class Collected:
+    """One whole answer: its text without tool calls, reasoning, calls, and its tokens' scores."""
+
+    text: str
+    finished: Finished
+    reasoning: str = ""
+    calls: tuple = ()
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+def usage(finished: Finished | list[Finished]) -> dict:
+    """For n answers to one prompt, the prompt counts once (as OpenAI bills it)."""
+    every = finished if isinstance(finished, list) else [finished]
+    first = every[0].usage
+    completion = sum(f.usage.completion_tokens for f in every)
+    drafted, accepted = sum(f.usage.drafted_tokens for f in every), sum(f.usage.accepted_tokens for f in every)
     # OpenAI's names for a predicted output's tokens fit speculation's drafts: accepted ones cost
     # no step of their own, rejected ones were evaluated and thrown away.
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-            "completion_tokens_details": {"accepted_prediction_tokens": u.accepted_tokens,
-                                          "rejected_prediction_tokens": u.drafted_tokens - u.accepted_tokens}}
+    return {"prompt_tokens": first.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": first.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": first.cached_tokens},
+            "completion_tokens_details": {"accepted_prediction_tokens": accepted,
+                                          "rejected_prediction_tokens": drafted - accepted}}
 
 
 def timings(finished: Finished) -> dict:
@@ -40,20 +56,43 @@ def openai_tool_calls(calls) -> list[dict]:
             for c in calls]
 
 
-def openai_chat_response(job: GenerationJob, model: str, text: str, finished: Finished, calls=(), reasoning: str = "") -> dict:
-    message = {"role": "assistant", "content": text or (None if calls else "")}
-    if reasoning:
-        message["reasoning_content"] = reasoning  # as DeepSeek's API and vLLM name it
-    if calls:
-        message["tool_calls"] = openai_tool_calls(calls)
+def logprob_entries(scores) -> list[dict]:
+    """Chat Completions' (and Ollama's) per-token scores."""
+    return [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes),
+             "top_logprobs": [{"token": text, "logprob": logprob, "bytes": list(data)} for text, data, logprob in t.top]}
+            for t in scores]
+
+
+def completion_logprobs(scores, offset: int = 0) -> dict:
+    """The Completions API's older form: parallel lists, alternatives as {token: logprob}."""
+    offsets = []
+    for t in scores:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {"tokens": [t.token for t in scores], "token_logprobs": [t.logprob for t in scores],
+            "top_logprobs": [{text: logprob for text, _, logprob in t.top} for t in scores], "text_offset": offsets}
+
+
+def openai_chat_response(job: GenerationJob, model: str, answers: list[Collected]) -> dict:
+    choices = []
+    for index, answer in enumerate(answers):
+        message = {"role": "assistant", "content": answer.text or (None if answer.calls else "")}
+        if answer.reasoning:
+            message["reasoning_content"] = answer.reasoning  # as DeepSeek's API and vLLM name it
+        if answer.calls:
+            message["tool_calls"] = openai_tool_calls(answer.calls)
+        choices.append({"index": index, "message": message, "finish_reason": finish_reason(answer.finished),
+                        "logprobs": {"content": logprob_entries(answer.logprobs), "refusal": None}
+                        if job.sampling.logprobs is not None else None})
     return {"id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": job.created, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(finished)}],
-            "usage": usage(finished), "timings": timings(finished)}
+            "choices": choices, "usage": usage([a.finished for a in answers]), "timings": timings(answers[0].finished)}
 
 
-def openai_chat_chunk(job: GenerationJob, model: str, delta: dict, finished: Finished | None = None) -> dict:
+def openai_chat_chunk(job: GenerationJob, model: str, delta: dict, finished: Finished | None = None, index: int = 0,
+                      scores=None) -> dict:
     return {"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk", "created": job.created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None,
+            "choices": [{"index": index, "delta": delta,
+                         "logprobs": {"content": logprob_entries(scores), "refusal": None} if scores else None,
                          "finish_reason": finish_reason(finished) if finished else None}]}
 
 
@@ -65,17 +104,25 @@ def openai_chat_token_chunks(job: GenerationJob, model: str):
     return lambda text: head + json.dumps(text).encode() + tail
 
 
-def openai_completion_response(job: GenerationJob, model: str, text: str, finished: Finished | None) -> dict:
+def openai_completion_response(job: GenerationJob, model: str, answers: list[Collected]) -> dict:
     return {"id": f"cmpl-{job.id}", "object": "text_completion", "created": job.created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None,
-                         "finish_reason": finish_reason(finished) if finished else None}],
-            **({"usage": usage(finished), "timings": timings(finished)} if finished and not job.stream else {})}
+            "choices": [{"index": i, "text": a.text, "finish_reason": finish_reason(a.finished),
+                         "logprobs": completion_logprobs(a.logprobs) if job.sampling.logprobs is not None else None}
+                        for i, a in enumerate(answers)],
+            "usage": usage([a.finished for a in answers]), "timings": timings(answers[0].finished)}
 
 
-def openai_usage_chunk(job: GenerationJob, model: str, finished: Finished, kind: str) -> dict:
+def openai_completion_chunk(job: GenerationJob, model: str, text: str, finished: Finished | None = None, index: int = 0,
+                            logprobs: dict | None = None) -> dict:
+    return {"id": f"cmpl-{job.id}", "object": "text_completion", "created": job.created, "model": model,
+            "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                         "finish_reason": finish_reason(finished) if finished else None}]}
+
+
+def openai_usage_chunk(job: GenerationJob, model: str, finished: list[Finished], kind: str) -> dict:
     return {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{job.id}",
             "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-            "created": job.created, "model": model, "choices": [], "usage": usage(finished), "timings": timings(finished)}
+            "created": job.created, "model": model, "choices": [], "usage": usage(finished), "timings": timings(finished[0])}
 
 
 def now_iso() -> str:
@@ -83,8 +130,10 @@ def now_iso() -> str:
 
 
 def ollama_line(model: str, kind: str, text: str, finished: Finished | None = None, load_s: float = 0.0,
-                reasoning: str = "", calls=()) -> dict:
+                reasoning: str = "", calls=(), scores=None) -> dict:
     line: dict[str, Any] = {"model": model, "created_at": now_iso()}
+    if scores:
+        line["logprobs"] = logprob_entries(scores)
     if kind == "chat":
         line["message"] = {"role": "assistant", "content": text, **({"thinking": reasoning} if reasoning else {})}
         if calls:  # Ollama's form: arguments as an object, no ids

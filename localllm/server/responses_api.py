@@ -28,10 +28,10 @@ class ResponsesRoutes(Core):
         run = await self._start(request, job)
         output = Output(spec, run.model)
         if not job.stream or job.tools:  # with tools, parsed once whole (as chat completions do)
-            text, finished, reasoning, calls = await self._collect(request, run)
-            events = output.start() + (output.reasoning(reasoning) if reasoning else b"") + \
-                (output.text(text) if text else b"") + output.calls(calls)
-            response, tail = output.finish(finished, await self._count(run, reasoning))
+            a = await self._collect(request, run)
+            events = output.start() + (output.reasoning(a.reasoning) if a.reasoning else b"") + \
+                (output.text(a.text) if a.text else b"") + output.calls(a.calls)
+            response, tail = output.finish(a.finished, await self._count(run, a.reasoning))
             self._keep(spec, response, conversation)
             if not job.stream:
                 return JSONResponse(response)

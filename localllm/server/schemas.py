@@ -17,6 +17,7 @@ from typing import Any
 from .. import safejson
 from ..errors import UsageError
 from ..options import (
+    MAX_LOGPROBS,
     MAX_STOP_CHARS,
     MAX_STOPS,
     REASONING_EFFORTS,
@@ -68,6 +69,7 @@ class GenerationJob:
     reasoning_effort: str | None = None  # gpt-oss's
     reasoning_level: str | None = None  # another API's level (reasoning.LEVELS), mapped onto the template's own
     keep_alive: float | None | str = "unchanged"  # Ollama's: seconds the model stays loaded after
+    n: int = 1  # answers to the same prompt (OpenAI's n), each its own sequence
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -205,9 +207,14 @@ def _content(value: Any, where: str) -> str:
     raise ApiError(400, f"'{where}.content' must be a string or an array of text parts", f"{where}.content")
 
 
-def _n(body: dict) -> None:
-    if _get(body, "n", int, 1) != 1:
-        raise ApiError(400, "'n' must be 1: one answer per request", "n")
+MAX_N = 16
+
+
+def _n(body: dict) -> int:
+    n = _get(body, "n", int, 1)
+    if not 1 <= n <= MAX_N:
+        raise ApiError(400, f"'n' must be from 1 to {MAX_N}", "n")
+    return n
 
 
 def _object(body: Any) -> dict:
@@ -236,12 +243,12 @@ def _max_tokens(body: dict, *names: str) -> int | None:
 # ---- OpenAI requests -----------------------------------------------------------------------
 def openai_chat(body: Any) -> GenerationJob:
     body = _object(body)
-    _n(body)
     _refuse_unsupported(body)
     return GenerationJob(
+        n=_n(body),
         model=_model(body, required=True),
         messages=_messages(body.get("messages")),
-        sampling=_openai_sampling(body, "max_completion_tokens", "max_tokens"),
+        sampling=_openai_sampling(body, "max_completion_tokens", "max_tokens", logprobs=_chat_logprobs(body)),
         stream=_get(body, "stream", bool, False),
         include_usage=_include_usage(body),
         grammar=_response_format(body),
@@ -299,7 +306,6 @@ def _tools(body: dict) -> dict:
 
 def openai_completion(body: Any) -> GenerationJob:
     body = _object(body)
-    _n(body)
     _refuse_unsupported(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
@@ -312,18 +318,36 @@ def openai_completion(body: Any) -> GenerationJob:
     elif not isinstance(prompt, str) or not prompt:
         raise ApiError(400, "'prompt' must be a non-empty string or an array of token ids (one prompt per request)", "prompt")
     return GenerationJob(
-        model=_model(body, required=True), prompt=prompt, prompt_tokens=ids,
-        sampling=_openai_sampling(body, "max_tokens"), stream=_get(body, "stream", bool, False),
+        model=_model(body, required=True), prompt=prompt, prompt_tokens=ids, n=_n(body),
+        sampling=_openai_sampling(body, "max_tokens", logprobs=_count(body, "logprobs", MAX_LOGPROBS)),
+        stream=_get(body, "stream", bool, False),
         include_usage=_include_usage(body), grammar=_response_format(body),
     )
 
 
-def _openai_sampling(body: dict, *max_names: str) -> SamplingOptions:
+def _chat_logprobs(body: dict) -> int | None:
+    """Chat's logprobs (true/false) and top_logprobs (alternatives, which need logprobs)."""
+    top = _count(body, "top_logprobs", MAX_LOGPROBS)
+    if not _get(body, "logprobs", bool, False):
+        if top is not None:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        return None
+    return top or 0
+
+
+def _count(body: dict, name: str, most: int) -> int | None:
+    value = _get(body, name, int)
+    if value is not None and not 0 <= value <= most:
+        raise ApiError(400, f"'{name}' must be from 0 to {most}", name)
+    return value
+
+
+def _openai_sampling(body: dict, *max_names: str, logprobs: int | None = None) -> SamplingOptions:
     # OpenAI's own default max_tokens for completions is 16; a local server answering in full
     # is what its users expect, so the answer runs to its end unless told otherwise.
     # top_k, min_p, repeat_penalty and ignore_eos are not OpenAI's; llama-server and vLLM take them too.
     return _sampling(body, "openai", max_tokens=_max_tokens(body, *max_names), stop=_stops(body.get("stop"), "stop"),
-                     ignore_eos=_get(body, "ignore_eos", bool))
+                     ignore_eos=_get(body, "ignore_eos", bool), logprobs=logprobs)
 
 
 def _include_usage(body: dict) -> bool:
@@ -359,7 +383,7 @@ def json_grammar_for(schema: dict | None, name: str) -> str:
 def _refuse_unsupported(body: dict) -> None:
     """Fields that would change the answer and that this server cannot honour are refused by
     name, never ignored."""
-    for name in ("functions", "logit_bias", "logprobs", "top_logprobs", "echo", "best_of", "suffix"):
+    for name in ("functions", "logit_bias", "echo", "best_of", "suffix"):
         value = body.get(name)
         if value not in (None, False, [], {}):
             raise ApiError(400, f"'{name}' is not supported by this server", name)
@@ -399,7 +423,8 @@ def _ollama_sampling(body: dict) -> SamplingOptions:
     options = _get(body, "options", dict, {})
     num_predict = _get(options, "num_predict", int)  # negative: no limit; 0 is taken as 1
     limit = None if num_predict is None or num_predict < 0 else max(num_predict, 1)
-    return _sampling(options, "ollama", "options.", max_tokens=limit, stop=_stops(options.get("stop"), "options.stop"))
+    return _sampling(options, "ollama", "options.", max_tokens=limit, stop=_stops(options.get("stop"), "options.stop"),
+                     logprobs=_chat_logprobs(body))  # Ollama's logprobs and top_logprobs sit beside its options
 
 
 def ollama_keep_alive(body: dict) -> float | None | str:

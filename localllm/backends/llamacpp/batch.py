@@ -209,7 +209,8 @@ class LlamaCppBatcher:
                 if slot.draft:
                     self._checked(slot, index)
                 else:
-                    self._sampled(slot, self._pick(slot, index))
+                    token = self._pick(slot, index)
+                    self._sampled(slot, token, self._model._logits_row(index) if slot.answer.scoring else None)
             except GenerationError as exc:  # this sequence's grammar failed; the others go on
                 self._fail_with([slot], str(exc))
 
@@ -267,10 +268,10 @@ class LlamaCppBatcher:
             slot.sampler = sampler_chain(slot.request.sampling, answer.seed, llama_cpp.llama_vocab_n_tokens(self._vocab))
         return llama_cpp.llama_sampler_sample(slot.sampler, ctx, index)
 
-    def _sampled(self, slot: _Slot, token: int) -> None:
-        text, step = slot.answer.take(token)
+    def _sampled(self, slot: _Slot, token: int, row=None) -> None:
+        text, step = slot.answer.take(token, row)
         if text:
-            slot.request.emit(Token(text))
+            slot.request.emit(slot.answer.token(text))
         if step is None:
             self._finish(slot)
         else:
@@ -282,7 +283,7 @@ class LlamaCppBatcher:
         request = slot.request
         held, finished = slot.answer.finish(reason)
         if held:
-            request.emit(Token(held))
+            request.emit(slot.answer.token(held))
         self._release(slot)
         request.emit(finished)
 

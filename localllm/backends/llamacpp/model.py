@@ -25,7 +25,7 @@ from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatte
 
 from ...config import cache_dir
 from ...errors import ContextOverflowError, GenerationError, ModelLoadError
-from ...events import Event, PromptProgress, Token
+from ...events import Event, PromptProgress
 from ...formats import is_checkpoint
 from ...generation.sequence import Answer
 from ...generation.speculation import Controller, Speculation
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 class LlamaCppBackend:
     name = "llamacpp"
-    capabilities = Capabilities(batching=True, token_input=True, grammar=True)
+    capabilities = Capabilities(batching=True, token_input=True, grammar=True, logprobs=True)
 
     @staticmethod
     def can_load(path: Path) -> bool:
@@ -272,14 +272,14 @@ class LlamaCppModel:
 
     def sequence(self, n_prompt: int, sampling: SamplingOptions) -> Answer:
         """The decode rules of one answer on this model (localllm.generation.sequence)."""
-        vocab = self._vocab
+        vocab, pieces = self._vocab, Pieces(self._vocab)
         return Answer(sampling, n_prompt, 0, self.n_ctx, lambda token: llama_cpp.llama_vocab_is_eog(vocab, token),
-                        Pieces(vocab), self.grammar_vocabulary)
+                      pieces, self.grammar_vocabulary, pieces.bytes_of)
 
     def speculation(self, tokens: list[int], answer: Answer) -> Speculation | None:
         """Drafting for a greedy answer to `tokens` when this load speculates (None: no drafts)."""
         mode = self._options.speculation
-        if mode == "off" or not answer.greedy:
+        if mode == "off" or not answer.greedy or answer.scoring:  # scores are taken one pick at a time
             return None
         return Speculation(tokens, mode, Controller(self._cost_curve) if mode == "auto" else None, self._draft)
 
@@ -392,7 +392,7 @@ class LlamaCppModel:
         # Bytes still buffered are a character cut off by the token limit: dropped, not shown as U+FFFD.
         held, finished = answer.finish()
         if held:  # text kept back for a stop string that never came
-            yield Token(held)
+            yield answer.token(held)
         yield finished
 
     def _steps(self, answer: Answer, pick: Callable[[], int]) -> Iterator[Event]:
@@ -408,9 +408,9 @@ class LlamaCppModel:
         while not answer.done:
             if masked:
                 answer.mask(self._logits_row())  # the pick, greedy or the C chain, reads this row
-            text, step = answer.take(pick())
+            text, step = answer.take(pick(), self._logits_row() if answer.scoring else None)
             if text:
-                yield Token(text)
+                yield answer.token(text)
             if step is None:
                 break
             if len(cached) + len(step) > self._allocated:
