@@ -114,7 +114,7 @@ def test_responses_render_function_calls_and_their_outputs(echo):
 @pytest.mark.parametrize("field, value", [
     ("background", True), ("tools", [{"type": "web_search"}]), ("truncation", "auto"),
     ("input", [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AA"}]}]),
-    ("include", ["message.output_text.logprobs"]), ("text", {"format": {"type": "grammar"}}),
+    ("include", ["file_search_call.results"]), ("text", {"format": {"type": "grammar"}}), ("top_logprobs", 21),
     ("reasoning", {"effort": "extreme"}), ("input", [{"type": "item_reference", "id": "x"}])])
 def test_responses_refuse_what_they_cannot_honour_by_name(echo, field, value):
     body = {"model": echo.name, "input": "Hi", field: value}
@@ -368,11 +368,31 @@ def test_chat_logprobs_whole_and_streamed(starter_server):
     plain = api.chat.completions.create(model=starter_server.name, messages=ask, temperature=0, max_tokens=12)
     assert plain.choices[0].logprobs is None
 
+    # Under a schema, tokens the grammar forces had no alternative: log-probability 0.
+    shaped = api.chat.completions.create(model=starter_server.name, messages=ask, temperature=0, max_tokens=40,
+                                         logprobs=True, top_logprobs=2, response_format={"type": "json_object"})
+    scores = shaped.choices[0].logprobs.content
+    assert b"".join(bytes(e.bytes) for e in scores).decode() == shaped.choices[0].message.content
+    assert all(e.logprob <= 0 for e in scores) and len(scores) == shaped.usage.completion_tokens
+
     sampled = api.chat.completions.create(model=starter_server.name, messages=ask, temperature=1.0, seed=4, max_tokens=12,
                                           logprobs=True)
     scores = sampled.choices[0].logprobs.content
     assert b"".join(bytes(e.bytes) for e in scores).decode() == sampled.choices[0].message.content
     assert all(e.logprob <= 0 and e.top_logprobs == [] for e in scores)
+
+
+@pytest.mark.slow
+def test_responses_logprobs(starter_server):
+    api = responses_client(starter_server)
+    reply = api.responses.create(model=starter_server.name, input="Name a colour.", temperature=0, max_output_tokens=10,
+                                 include=["message.output_text.logprobs"], top_logprobs=2)
+    _check_scores(reply.output[0].content[0].logprobs, reply.output_text, 2)
+    events = list(api.responses.create(model=starter_server.name, input="Name a colour.", temperature=0,
+                                       max_output_tokens=10, include=["message.output_text.logprobs"], stream=True))
+    streamed = [e for event in events if event.type == "response.output_text.delta" for e in event.logprobs]
+    assert [e.token for e in streamed] == [e.token for e in events[-1].response.output[0].content[0].logprobs]
+    assert "".join(e.token for e in streamed) == events[-1].response.output_text
 
 
 @pytest.mark.slow

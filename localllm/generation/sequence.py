@@ -79,7 +79,7 @@ class Answer:
         if self.constraint is not None:
             step += self.constraint.follow(token, self.limit - len(self.output) - 1)
         self.output.extend(step)
-        if self.scoring:
+        if self.scoring and row is not None:
             self._score(step, row)
         text, stopped = self.stops.feed(self.text_of(step))
         if self.t_first is None:

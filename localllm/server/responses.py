@@ -19,12 +19,15 @@ from typing import Any
 
 from ..events import Finished
 from ..generation.reasoning import LEVELS
+from ..options import MAX_LOGPROBS
 from . import schemas
+from .replies import logprob_entries
 from .schemas import ApiError, GenerationJob, _get, _max_tokens, _object, _sampling
 
 MAX_ITEMS = schemas.MAX_MESSAGES
-INCLUDABLE = ("reasoning.encrypted_content",)  # asked for by stateless clients; there is none to give
-REFUSED = ("background", "conversation", "prompt", "max_tool_calls", "top_logprobs")
+# Encrypted reasoning is asked for by stateless clients; there is none to give (it stays None).
+INCLUDABLE = ("reasoning.encrypted_content", "message.output_text.logprobs")
+REFUSED = ("background", "conversation", "prompt", "max_tool_calls")
 
 
 @dataclass
@@ -62,9 +65,12 @@ def read_request(body: Any, earlier: list[dict] | None) -> tuple[GenerationJob, 
     level = _get(reasoning, "effort", str)
     if level is not None and level not in LEVELS:
         raise ApiError(400, f"'reasoning.effort' must be one of {', '.join(LEVELS)}", "reasoning.effort")
+    top = schemas._count(body, "top_logprobs", MAX_LOGPROBS)
+    scoring = "message.output_text.logprobs" in include or top is not None
     job = GenerationJob(
         model=schemas._model(body, required=True), messages=messages,
-        sampling=_sampling(body, "openai", max_tokens=_max_tokens(body, "max_output_tokens")),
+        sampling=_sampling(body, "openai", max_tokens=_max_tokens(body, "max_output_tokens"),
+                           logprobs=(top or 0) if scoring else None),
         stream=_get(body, "stream", bool, False), grammar=_text_format(body), reasoning_level=level,
         **schemas._tools(_chat_tools(body)))
     spec = ResponseSpec(body, _get(body, "previous_response_id", str), _get(body, "store", bool, True))
@@ -215,7 +221,7 @@ class Output:
         return out + self.event("response.reasoning_summary_text.delta", item_id=self.open["id"],
                                 output_index=len(self.items), summary_index=0, delta=text)
 
-    def text(self, text: str) -> bytes:
+    def text(self, text: str, scores=()) -> bytes:
         out = b""
         if self.open is None or self.open["type"] != "message":
             out += self.close()
@@ -224,9 +230,12 @@ class Output:
             out += self.event("response.output_item.added", output_index=len(self.items), item=self._public(self.open))
             out += self.event("response.content_part.added", item_id=self.open["id"], output_index=len(self.items),
                               content_index=0, part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+            self.open["_scores"] = []
         self.open["_text"] += text
+        entries = logprob_entries(scores)
+        self.open["_scores"] += entries
         return out + self.event("response.output_text.delta", item_id=self.open["id"], output_index=len(self.items),
-                                content_index=0, delta=text, logprobs=[])
+                                content_index=0, delta=text, logprobs=entries)
 
     def calls(self, calls) -> bytes:
         out = self.close()
@@ -260,10 +269,11 @@ class Output:
             out += self.event("response.reasoning_summary_part.done", item_id=item["id"], output_index=index,
                               summary_index=0, part=part)
         else:
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            scores = item.pop("_scores")
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": scores}
             item["content"] = [part]
             out = self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                             text=text, logprobs=[])
+                             text=text, logprobs=scores)
             out += self.event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
                               part=part)
         self.items.append(item)

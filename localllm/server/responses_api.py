@@ -30,7 +30,7 @@ class ResponsesRoutes(Core):
         if not job.stream or job.tools:  # with tools, parsed once whole (as chat completions do)
             a = await self._collect(request, run)
             events = output.start() + (output.reasoning(a.reasoning) if a.reasoning else b"") + \
-                (output.text(a.text) if a.text else b"") + output.calls(a.calls)
+                (output.text(a.text, a.logprobs) if a.text else b"") + output.calls(a.calls)
             response, tail = output.finish(a.finished, await self._count(run, a.reasoning))
             self._keep(spec, response, conversation)
             if not job.stream:
@@ -43,7 +43,7 @@ class ResponsesRoutes(Core):
             try:
                 async for event in self._stream(request, run):
                     if isinstance(event, Token):
-                        yield output.text(event.text)
+                        yield output.text(event.text, event.logprobs)
                     elif isinstance(event, Reasoning):
                         thought.append(event.text)
                         yield output.reasoning(event.text)
