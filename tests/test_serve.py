@@ -8,6 +8,7 @@ import re
 import threading
 import time
 
+import anthropic
 import httpx
 import jsonschema
 import ollama
@@ -40,10 +41,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory):
-    """Two slots, no queue, an API key and one CORS origin."""
+    """Two slots, no queue, an API key, one CORS origin, and no stored responses."""
     env = isolated_env(tmp_path_factory.mktemp("serve-tight"))
     proc = ServerProcess("-m", "starter", "--parallel", "2", "--queue", "0", "--ctx", "1024", "--threads", "2",
-                         "--api-key", KEY, "--cors", "http://app.example", env=env)
+                         "--api-key", KEY, "--cors", "http://app.example", "--no-store", env=env)
     yield proc
     proc.stop()
 
@@ -250,6 +251,17 @@ def test_the_api_key_is_checked_everywhere_and_never_logged(tight):
         client(tight, "sk-wrong").models.list()
     assert STARTER_NAME in [m.id for m in client(tight, KEY).models.list()]
     assert ollama.Client(host=tight.url, headers={"Authorization": f"Bearer {KEY}"}).list().models
+    # Anthropic's clients send the key as x-api-key.
+    said = anthropic.Anthropic(base_url=tight.url, api_key=KEY, max_retries=0, timeout=60).messages.create(
+        model="starter", max_tokens=2, messages=ask("Hi"))
+    assert said.usage.output_tokens >= 1
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=tight.url, api_key="sk-wrong", max_retries=0).messages.create(
+            model="starter", max_tokens=2, messages=ask("Hi"))
+    # --no-store: a response is not kept, and naming one is refused with the reason.
+    first = client(tight, KEY).responses.create(model="starter", input="Hi", max_output_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="--no-store"):
+        client(tight, KEY).responses.create(model="starter", input="Hi", max_output_tokens=2, previous_response_id=first.id)
     assert not any(KEY in line for line in tight.lines)
 
 
