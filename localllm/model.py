@@ -13,6 +13,7 @@ from .backends.llamacpp.load import check_gguf  # noqa: F401 (public here too)
 from .config import cache_dir, load_config
 from .errors import ModelLoadError, UsageError
 from .events import Event, Finished, Reasoning, Token, ToolCalls
+from .generation.media import has_images, text_of
 from .generation.request import Request, prepare
 from .gguf_info import ModelSpec, inspect_file
 from .options import LoadOptions, SamplingOptions
@@ -84,6 +85,17 @@ class Model:
     def tokenize(self, text: str) -> list[int]:
         return self._loaded.tokenize(text)
 
+    @property
+    def image_marker(self) -> str | None:
+        """Where an image goes in a prompt's text, for a vision model (None: the model sees no images)."""
+        vision = getattr(self._loaded, "vision", None)
+        return vision.marker if vision is not None else None
+
+    def tokenize_images(self, prompt: str, pictures) -> list[int]:
+        """The tokens of a prompt holding image_marker once per picture (localllm.images.Picture),
+        each image a run of its placeholder id (negative)."""
+        return self._loaded.tokenize_images(prompt, pictures)
+
     def special_token(self, text: str) -> int | None:
         """The id of `text` where it is one special token to the grammar engine (Qwen3's
         ``</think>``), which a grammar names by id; None otherwise."""
@@ -111,8 +123,8 @@ class Model:
         come as one ToolCalls event before Finished (reason "tool_calls"). tool_choice: "auto",
         "none", "required", or {"type": "function", "function": {"name": ...}}: the last two
         constrain the reply to a call whose arguments follow the tool's parameter schema."""
-        if not messages or not any(m.get("content", "").strip() for m in messages if m.get("role") == "user"
-                                   or m.get("role") == "tool"):
+        if not messages or not any(text_of(m.get("content")).strip() or has_images([m]) for m in messages
+                                   if m.get("role") in ("user", "tool")):
             raise UsageError("the prompt is empty")
         prepared = prepare(self, Request(messages, sampling=sampling or SamplingOptions(), think=think,
                                          reasoning_effort=reasoning_effort, tools=tools, tool_choice=tool_choice))
@@ -189,6 +201,21 @@ def collect(events: Iterator[Event]) -> Completion:
     raise RuntimeError("the backend stopped without a Finished event")
 
 
+def _with_projector(options: LoadOptions, path: Path, engine: str) -> LoadOptions:
+    """A vision model's projector: the one given, else an mmproj file beside the model."""
+    from .registry import find_projector
+
+    if options.projector is None:
+        found = find_projector(path) if engine == "llamacpp" else None
+        return replace(options, projector=str(found)) if found else options
+    projector = Path(options.projector)
+    if engine != "llamacpp":
+        raise UsageError(f"a projector (mmproj) gives images to llama.cpp (GGUF models); the {engine} engine takes none")
+    if not projector.is_file():
+        raise UsageError(f"no projector file {options.projector}")
+    return replace(options, projector=str(projector.resolve()))
+
+
 def load_model(ref: str | Path | None = None, options: LoadOptions | None = None,
                notify: Callable[[str], None] | None = None, **option_values) -> Model:
     """Load a model by path, installed name or "starter"; None picks the default or best installed.
@@ -213,6 +240,7 @@ def load_model(ref: str | Path | None = None, options: LoadOptions | None = None
         if backend.name != "llamacpp":
             raise UsageError(f"a draft model drafts for llama.cpp (GGUF models); the {backend.name} engine has none")
         options = replace(options, draft=str(resolve(options.draft)))
+    options = _with_projector(options, path, backend.name)
     started = time.perf_counter()
     planned = backend.prepare(path, options, notify)
     if planned.n_seq > 1 and not backend.capabilities.batching:

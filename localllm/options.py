@@ -165,6 +165,8 @@ class LoadOptions:
     speculation: str = "auto"
     draft: str | None = None
     draft_plan: LoadOptions | None = None
+    # A vision model's projector (mmproj) GGUF: the model then takes images (None: none).
+    projector: str | None = None
     # Which backend runs the model: None chooses from its format (a .gguf file: llama.cpp; a
     # safetensors folder: transformers). dtype is the transformers engine's: None or "auto" is the
     # checkpoint's half precision where the device computes in it natively, else float32.

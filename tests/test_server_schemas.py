@@ -7,7 +7,7 @@ import json
 import pytest
 
 from localllm.events import Finished, Timings, Usage
-from localllm.server import is_loopback, replies, schemas
+from localllm.server import is_loopback, ollama_schemas, replies, schemas
 from localllm.server.schemas import ApiError
 
 
@@ -58,16 +58,16 @@ def test_bad_openai_fields_are_refused_by_name(body, param):
 
 
 def test_ollama_options_and_formats():
-    job = schemas.ollama_chat(chat(options={"temperature": 0.1, "num_predict": 5, "top_k": 3, "stop": ["\n"]},
+    job = ollama_schemas.ollama_chat(chat(options={"temperature": 0.1, "num_predict": 5, "top_k": 3, "stop": ["\n"]},
                                    format="json", keep_alive="1m"))
     assert (job.sampling.max_tokens, job.sampling.top_k, job.sampling.stop, job.keep_alive) == (5, 3, ("\n",), 60)
     assert job.stream and job.grammar  # Ollama streams unless told otherwise
-    generate, raw = schemas.ollama_generate({"model": "m", "prompt": "2+2=", "raw": True, "stream": False})
+    generate, raw = ollama_schemas.ollama_generate({"model": "m", "prompt": "2+2=", "raw": True, "stream": False})
     assert raw and generate.prompt == "2+2=" and generate.messages is None and not generate.stream
-    load_only, _ = schemas.ollama_generate({"model": "m"})
+    load_only, _ = ollama_schemas.ollama_generate({"model": "m"})
     assert load_only.prompt is None and load_only.messages is None
-    assert refused(schemas.ollama_chat, chat(format="yaml")).param == "format"
-    assert refused(schemas.ollama_chat, chat(keep_alive=[1])).param == "keep_alive"
+    assert refused(ollama_schemas.ollama_chat, chat(format="yaml")).param == "format"
+    assert refused(ollama_schemas.ollama_chat, chat(keep_alive=[1])).param == "keep_alive"
 
 
 def test_prerendered_token_chunks_are_the_same_bytes():

@@ -173,3 +173,14 @@ class TokenizerChat:
                                                        **variables)
         except Exception as exc:  # a template is code from the checkpoint; its errors are its own
             raise UsageError(f"the model's chat template failed: {str(exc)[:200]}") from None
+
+
+def stretches(tokens: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, end) of the stretches of `tokens` that are all text or all one image (a run of its
+    negative placeholder id: localllm.backends.llamacpp.vision)."""
+    bounds, start = [], 0
+    for i in range(1, len(tokens) + 1):
+        if i == len(tokens) or (tokens[i] != tokens[i - 1] and (tokens[i] < 0 or tokens[i - 1] < 0)):
+            bounds.append((start, i))
+            start = i
+    return bounds

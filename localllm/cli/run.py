@@ -55,12 +55,14 @@ RUN_INITIAL_CTX = 1024
 @click.option("--ignore-eos", is_flag=True, help="Keep generating past the end of the turn (for benchmarks).")
 @click.option("--no-cache", is_flag=True, help="Read the prompt even if a run before saved its state (run keeps the state of prompts over 256 tokens on disk, and reuses it when a prompt starts the same).")
 @click.option("--raw", is_flag=True, help="Give the prompt to the model as it is, without the chat template (base models, text completion).")
+@click.option("--image", "image_files", multiple=True, metavar="FILE", help="An image for a vision model to see (repeatable; '-' reads one from stdin). PNG, JPEG, WebP, GIF (its first frame), BMP; up to 20 MiB and 40 megapixels.")
+@click.option("--mmproj", type=click.Path(exists=True, dir_okay=False), metavar="FILE", help="A vision model's projector GGUF.  [default: an mmproj file beside the model]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, model, finish reason, token counts, timings, settings.")
 @click.option("--no-stream", is_flag=True, help="Print the answer once it is complete.")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def run(prompt_arg, prompt_opt, model, system, ctx, threads, gpu_layers, kv_type, spec, draft, flash_attn, margin, load_anyway, engine,
-        dtype, rpc, schema, grammar_file, stop, think, reasoning_effort, show_thinking, ignore_eos, no_cache, raw, as_json,
-        no_stream,
+        dtype, rpc, schema, grammar_file, stop, think, reasoning_effort, show_thinking, ignore_eos, no_cache, raw, image_files,
+        mmproj, as_json, no_stream,
         verbose, **sampling_fields):
     """Answer one prompt and exit. Tokens stream to stdout; everything else goes to stderr.
 
@@ -71,6 +73,7 @@ def run(prompt_arg, prompt_opt, model, system, ctx, threads, gpu_layers, kv_type
     """
     from .. import crash
     from ..generation.constraints import from_options
+    from ..images import from_file
     from ..model import load_model
     from ..options import LoadOptions, SamplingOptions
 
@@ -79,12 +82,17 @@ def run(prompt_arg, prompt_opt, model, system, ctx, threads, gpu_layers, kv_type
         raise UsageError("--think, --no-think and --reasoning-effort work through the chat template, which --raw leaves out")
     if raw and system is not None:
         raise UsageError("--system needs the chat template, which --raw leaves out: put the system text in the prompt")
-    prompt = _read_prompt(prompt_arg, prompt_opt)
+    if raw and image_files:
+        raise UsageError("--image needs the chat template, which --raw leaves out")
+    if "-" in image_files and (image_files.count("-") > 1 or not (prompt_arg or prompt_opt)):
+        raise UsageError("--image - reads one image from stdin: give the prompt as an argument or with -p")
+    prompt = (prompt_arg or prompt_opt) if "-" in image_files else _read_prompt(prompt_arg, prompt_opt)
+    pictures = [from_file(path) for path in image_files]  # bad images fail before the load
     load_options = LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, kv_type=kv_type,
                                flash_attn=FLASH_ATTN[flash_attn], initial_ctx=RUN_INITIAL_CTX,
                                margin=None if margin is None else margin * 2**20, load_anyway=load_anyway, engine=engine,
                                dtype=dtype, rpc=rpc, prompt_cache="" if no_cache else "cold", speculation=spec, draft=draft,
-                               verbose=verbose)
+                               projector=mmproj, verbose=verbose)
     sampling = SamplingOptions(**sampling_values(sampling_fields), ignore_eos=ignore_eos, stop=stop,
                                grammar=from_options(schema, grammar_file))
     status = Status(enabled=not as_json)
@@ -94,7 +102,13 @@ def run(prompt_arg, prompt_opt, model, system, ctx, threads, gpu_layers, kv_type
     finally:
         status.clear()
     with loaded:
-        events = loaded.generate(prompt, sampling) if raw else loaded.prompt(prompt, system, sampling, think, reasoning_effort)
+        if pictures:
+            content = [{"type": "image", "image": picture} for picture in pictures] + [{"type": "text", "text": prompt}]
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+            events = loaded.chat(messages, sampling, think, reasoning_effort=reasoning_effort)
+        else:
+            events = loaded.generate(prompt, sampling) if raw else loaded.prompt(prompt, system, sampling, think,
+                                                                                 reasoning_effort)
         _answer(loaded, events, {"system": system, "raw": raw, "think": think, "reasoning_effort": reasoning_effort}, sampling,
                 as_json=as_json,
                 stream=not (no_stream or as_json), status=status, show_thinking=show_thinking)

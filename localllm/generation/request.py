@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import ContextOverflowError, UsageError
 from ..events import Event, Finished, Reasoning, Token, ToolCalls
 from ..options import SamplingOptions
-from . import reasoning
+from . import media, reasoning
 from .tools import for_template, parse, plan_calls
 
 Message = dict
@@ -75,12 +75,16 @@ def prepare(model, request: Request) -> Prepared:
             raise RequestError(f"'prompt' holds token ids past the vocabulary ({model.n_vocab} tokens)", "prompt")
     elif request.messages is not None:
         try:
+            messages, pictures = media.split(request.messages, model.image_marker, model.path.name)
+        except UsageError as exc:
+            raise RequestError(str(exc), "messages") from None
+        try:
             kind, tools, call_grammar = plan_calls(template, request.tools, request.tool_choice,
                                                    sampling.grammar is not None, model.special_token)
         except UsageError as exc:
             raise RequestError(str(exc), "tools") from None
         sampling = replace(sampling, grammar=call_grammar) if call_grammar else sampling
-        prompt, variables = render(model, request.messages, request.think, request.reasoning_effort,
+        prompt, variables = render(model, messages, request.think, request.reasoning_effort,
                                    request.tools if kind is not None else None)
         if sampling.grammar is not None:
             try:
@@ -88,7 +92,9 @@ def prepare(model, request: Request) -> Prepared:
                     template, variables, prompt, sampling.grammar, call_grammar is not None, model.special_token))
             except UsageError as exc:
                 raise RequestError(str(exc)) from None
-        tokens = model.tokenize(prompt)
+        tokens = model.tokenize_images(prompt, pictures) if pictures else model.tokenize(prompt)
+        if tokens and tokens[-1] < 0:
+            raise RequestError("the prompt ends with an image: the chat template must put text after it", "messages")
     else:
         tokens = model.tokenize(request.prompt or "")
     if not tokens:

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .. import __version__
 from ..errors import LocalLLMError
 from ..events import Reasoning, Token
-from . import models, pull, replies, schemas
+from . import models, ollama_schemas, pull, replies
 from .core import Core, api_error, handled
 from .schemas import ApiError, GenerationJob
 
@@ -24,7 +24,7 @@ class OllamaRoutes(Core):
     async def ollama_embed(self, request: Request) -> Response:
         """/api/embed, and the older /api/embeddings (one text, one vector)."""
         started, legacy = time.perf_counter(), request.url.path == "/api/embeddings"
-        job, keep_alive = schemas.ollama_embed(await self._body(request), legacy)
+        job, keep_alive = ollama_schemas.ollama_embed(await self._body(request), legacy)
         vectors, tokens = await self._embed(request, job, keep_alive)
         return JSONResponse({"embedding": vectors[0]} if legacy else {
             "model": job.model, "embeddings": vectors, "prompt_eval_count": tokens,
@@ -32,7 +32,7 @@ class OllamaRoutes(Core):
 
     @handled
     async def ollama_delete(self, request: Request) -> Response:
-        await run_in_threadpool(models.delete, schemas.ollama_name(await self._body(request), "model"))
+        await run_in_threadpool(models.delete, ollama_schemas.ollama_name(await self._body(request), "model"))
         return Response(status_code=200)
 
     @handled
@@ -42,17 +42,17 @@ class OllamaRoutes(Core):
     @handled
     async def ollama_copy(self, request: Request) -> Response:
         body = await self._body(request)
-        await run_in_threadpool(models.copy, schemas.ollama_name(body, "source"), schemas.ollama_name(body, "destination"))
+        await run_in_threadpool(models.copy, ollama_schemas.ollama_name(body, "source"), ollama_schemas.ollama_name(body, "destination"))
         return Response(status_code=200)
 
     @handled
     async def ollama_chat(self, request: Request) -> Response:
-        job = schemas.ollama_chat(await self._body(request))
+        job = ollama_schemas.ollama_chat(await self._body(request))
         return await self._ollama(request, job, "chat")
 
     @handled
     async def ollama_generate(self, request: Request) -> Response:
-        job, _raw = schemas.ollama_generate(await self._body(request))
+        job, _raw = ollama_schemas.ollama_generate(await self._body(request))
         if job.prompt is None and job.messages is None:  # Ollama's way to load (or, keep_alive 0, unload) a model
             self.engine.release(await self._acquire(job.model), job.keep_alive)
             return JSONResponse({"model": job.model, "created_at": replies.now_iso(), "response": "", "done": True,

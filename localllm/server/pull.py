@@ -17,7 +17,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import LocalLLMError
 from ..printable import printable
-from .schemas import ApiError, ollama_name
+from .ollama_schemas import ollama_name
+from .schemas import ApiError
 
 PROGRESS_EVERY_S = 0.25
 

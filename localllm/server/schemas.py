@@ -7,6 +7,8 @@ ApiError naming it, which the app turns into the API's own error object with sta
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 import time
@@ -16,6 +18,7 @@ from typing import Any
 
 from .. import safejson
 from ..errors import UsageError
+from ..generation.media import has_images, text_of
 from ..options import (
     MAX_LOGPROBS,
     MAX_STOP_CHARS,
@@ -26,6 +29,7 @@ from ..options import (
 )
 
 MAX_MESSAGES = 4096
+MAX_PARTS = 64  # of one message's content
 MAX_PROMPT_IDS = 1 << 20
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -158,6 +162,8 @@ def _messages(value: Any) -> list[dict[str, str]]:
         if role not in ROLES:
             raise ApiError(400, f"'{where}.role' must be one of {', '.join(ROLES)}", f"{where}.role")
         entry = {"role": "system" if role == "developer" else role, "content": _content(message.get("content"), where)}
+        if role == "user" and message.get("images") is not None:  # Ollama's: base64 images beside the text
+            entry["content"] = _with_images(entry["content"], message["images"], f"{where}.images")
         if role == "assistant" and message.get("tool_calls"):
             entry["tool_calls"] = _tool_calls(message["tool_calls"], where)
         if role == "tool" and isinstance(message.get("tool_call_id"), str):
@@ -165,7 +171,7 @@ def _messages(value: Any) -> list[dict[str, str]]:
         if role == "tool" and isinstance(name := message.get("name") or message.get("tool_name"), str):
             entry["name"] = name[:64]  # Ollama names the tool (tool_name); some templates show it
         messages.append(entry)
-    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+    if not any(m["role"] == "user" and (text_of(m["content"]).strip() or has_images([m])) for m in messages):
         raise ApiError(400, "the messages have no user message with text", "messages")
     return messages
 
@@ -191,20 +197,48 @@ def _tool_calls(value: Any, where: str) -> list[dict]:
     return calls
 
 
-def _content(value: Any, where: str) -> str:
-    """A message's text: a string, or OpenAI's array of parts, of which only text is readable here."""
+def _content(value: Any, where: str) -> str | list[dict]:
+    """A message's text: a string, or OpenAI's array of parts: text, and images as data: URLs
+    (decoded later, off the event loop: localllm.generation.media)."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, list):
-        parts = []
-        for part in value:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ApiError(400, f"'{where}.content': only text parts are supported", f"{where}.content")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise ApiError(400, f"'{where}.content' must be a string or an array of text parts", f"{where}.content")
+    if not isinstance(value, list):
+        raise ApiError(400, f"'{where}.content' must be a string or an array of parts", f"{where}.content")
+    parts: list[dict] = []
+    for part in value:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise ApiError(400, f"'{where}.content': an image_url part needs image_url.url", f"{where}.content")
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            raise ApiError(400, f"'{where}.content': only text and image_url parts are supported, not "
+                                f"{str(kind)[:40]}", f"{where}.content")
+    if len(parts) > MAX_PARTS:
+        raise ApiError(400, f"'{where}.content' has more than {MAX_PARTS} parts", f"{where}.content")
+    return parts if has_images([{"content": parts}]) else "".join(p["text"] for p in parts)
+
+
+def _with_images(content: str | list, value: Any, where: str) -> str | list[dict]:
+    """Ollama's `images` (base64 strings) as image parts after the message's text."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > MAX_PARTS:
+        raise ApiError(400, f"'{where}' must be an array of base64 strings", where)
+    if not value:
+        return content
+    parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+    for i, text in enumerate(value):
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, f"'{where}[{i}]' is not base64", where) from None
+        parts.append({"type": "image", "image": data})
+    return parts
 
 
 MAX_N = 16
@@ -248,7 +282,7 @@ def openai_chat(body: Any) -> GenerationJob:
         n=_n(body),
         model=_model(body, required=True),
         messages=_messages(body.get("messages")),
-        sampling=_openai_sampling(body, "max_completion_tokens", "max_tokens", logprobs=_chat_logprobs(body)),
+        sampling=_openai_sampling(body, "max_completion_tokens", "max_tokens", logprobs=chat_logprobs(body)),
         stream=_get(body, "stream", bool, False),
         include_usage=_include_usage(body),
         grammar=_response_format(body),
@@ -274,16 +308,6 @@ def _effort(value: str | None, where: str) -> str | None:
     if value is not None and value not in REASONING_EFFORTS:
         raise ApiError(400, f"'{where}' must be one of {', '.join(REASONING_EFFORTS)}", where)
     return value
-
-
-def _ollama_think(body: dict) -> dict:
-    """Ollama's think: true or false, or for gpt-oss "low", "medium" or "high"."""
-    value = body.get("think")
-    if value is None or isinstance(value, bool):
-        return {"think": value}
-    if isinstance(value, str):
-        return {"reasoning_effort": _effort(value, "think")}
-    raise ApiError(400, f"'think' must be true, false or one of {', '.join(REASONING_EFFORTS)}", "think")
 
 
 def _tools(body: dict) -> dict:
@@ -325,7 +349,7 @@ def openai_completion(body: Any) -> GenerationJob:
     )
 
 
-def _chat_logprobs(body: dict) -> int | None:
+def chat_logprobs(body: dict) -> int | None:
     """Chat's logprobs (true/false) and top_logprobs (alternatives, which need logprobs)."""
     top = _count(body, "top_logprobs", MAX_LOGPROBS)
     if not _get(body, "logprobs", bool, False):
@@ -389,78 +413,6 @@ def _refuse_unsupported(body: dict) -> None:
             raise ApiError(400, f"'{name}' is not supported by this server", name)
 
 
-# ---- Ollama requests -----------------------------------------------------------------------
-def ollama_chat(body: Any) -> GenerationJob:
-    body = _object(body)
-    _ollama_refuse({"images": body.get("images")})
-    tools = body.get("tools")  # Ollama has no tool_choice: the model decides
-    return GenerationJob(model=_model(body, required=True), messages=_messages(body.get("messages")),
-                         sampling=_ollama_sampling(body), stream=_get(body, "stream", bool, True),
-                         grammar=_ollama_format(body), keep_alive=ollama_keep_alive(body),
-                         **_tools({"tools": tools} if tools else {}), **_ollama_think(body))
-
-
-def ollama_generate(body: Any) -> tuple[GenerationJob, bool]:
-    """The job, and whether it is a raw prompt. An empty prompt only loads the model (Ollama's way)."""
-    body = _object(body)
-    _ollama_refuse(body)
-    prompt = _get(body, "prompt", str, "")
-    system = _get(body, "system", str)
-    raw = _get(body, "raw", bool, False)
-    job = GenerationJob(model=_model(body, required=True), sampling=_ollama_sampling(body),
-                        stream=_get(body, "stream", bool, True), grammar=_ollama_format(body),
-                        keep_alive=ollama_keep_alive(body), **_ollama_think(body))
-    if raw:
-        if job.think is not None or job.reasoning_effort is not None:
-            raise ApiError(400, "'think' works through the chat template, which 'raw' leaves out", "think")
-        job.prompt = prompt
-    elif prompt:
-        job.messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return job, raw
-
-
-def _ollama_sampling(body: dict) -> SamplingOptions:
-    options = _get(body, "options", dict, {})
-    num_predict = _get(options, "num_predict", int)  # negative: no limit; 0 is taken as 1
-    limit = None if num_predict is None or num_predict < 0 else max(num_predict, 1)
-    return _sampling(options, "ollama", "options.", max_tokens=limit, stop=_stops(options.get("stop"), "options.stop"),
-                     logprobs=_chat_logprobs(body))  # Ollama's logprobs and top_logprobs sit beside its options
-
-
-def ollama_keep_alive(body: dict) -> float | None | str:
-    """Ollama's keep_alive: a duration ("5m") or seconds; 0 unloads after the answer, negative never."""
-    from ..options import parse_duration
-
-    value = body.get("keep_alive")
-    if value is None:
-        return "unchanged"
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ApiError(400, "'keep_alive' must be a duration such as \"5m\" or a number of seconds", "keep_alive")
-    try:
-        return parse_duration(str(value), "keep_alive")
-    except UsageError as exc:
-        raise ApiError(400, str(exc), "keep_alive") from None
-
-
-def _ollama_format(body: dict) -> str | None:
-    """Ollama's format: "json" (any JSON object) or a JSON Schema."""
-    value = body.get("format")
-    if value in (None, ""):
-        return None
-    if value == "json":
-        return json_grammar_for(None, "format")
-    if isinstance(value, dict):
-        return json_grammar_for(value, "format")
-    raise ApiError(400, "'format' must be \"json\" or a JSON Schema object", "format")
-
-
-def _ollama_refuse(body: dict) -> None:
-    if body.get("images"):
-        raise ApiError(400, "'images' is not supported by this server")
-    if body.get("tools"):
-        raise ApiError(400, "'tools' is not supported by /api/generate (use /api/chat)", "tools")
-
-
 MAX_EMBED_INPUTS = 256
 
 
@@ -481,28 +433,6 @@ def _embed_inputs(body: dict, name: str) -> list[str]:
     if body.get("dimensions") is not None:
         raise ApiError(400, "'dimensions' is not supported: the model's own size is used", "dimensions")
     return inputs
-
-
-def ollama_name(body: Any, field: str) -> str:
-    """A model name field of Ollama's model-management routes ("name" too, as older clients send)."""
-    body = _object(body)
-    value = body.get(field) or (body.get("name") if field == "model" else None)
-    if not isinstance(value, str) or not value:
-        raise ApiError(400, f"'{field}' must name a model", field)
-    return value
-
-
-def ollama_embed(body: Any, legacy: bool) -> tuple[EmbeddingJob, float | None | str]:
-    """Ollama's /api/embed ("input": a string or strings), or its older /api/embeddings ("prompt":
-    one string); and the request's keep_alive. An input longer than the context is refused, not cut
-    ("truncate" cannot change that)."""
-    body = _object(body)
-    if legacy and not isinstance(body.get("prompt"), str):
-        raise ApiError(400, "'prompt' must be a string", "prompt")
-    if body.get("truncate") not in (None, True, False):
-        raise ApiError(400, "'truncate' must be true or false", "truncate")
-    return EmbeddingJob(_model(body, required=True), _embed_inputs(body, "prompt" if legacy else "input"), False), \
-        ollama_keep_alive(body)
 
 
 def embedding_request(body: Any) -> EmbeddingJob:

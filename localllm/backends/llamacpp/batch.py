@@ -149,7 +149,7 @@ class LlamaCppBatcher:
         for slot in self._slots:
             if slot.request is None and slot.unsaved:
                 slot.unsaved = False
-                if states is not None and len(slot.cached) >= state_cache.MIN_TOKENS:
+                if states is not None and len(slot.cached) >= state_cache.MIN_TOKENS and min(slot.cached) >= 0:
                     self._model.copy_state(slot.seq, list(slot.cached))
                     return True
         return False
@@ -180,7 +180,10 @@ class LlamaCppBatcher:
             room = self._budget - batch.n
             if slot.request is None or slot.next_tokens or room <= 0:
                 continue
+            if slot.pending[0] < 0 and not self._image(slot):
+                continue
             chunk = slot.pending[:room]
+            chunk = chunk[: next((i for i, t in enumerate(chunk) if t < 0), len(chunk))]  # up to the next image
             done = len(chunk) == len(slot.pending)
             index = batch.add(chunk, len(slot.cached), slot.seq, done)
             entries.append((slot, len(chunk), index if done else None))
@@ -213,6 +216,20 @@ class LlamaCppBatcher:
                     self._sampled(slot, token, self._model._logits_row(index) if slot.answer.scoring else None)
             except GenerationError as exc:  # this sequence's grammar failed; the others go on
                 self._fail_with([slot], str(exc))
+
+    def _image(self, slot: _Slot) -> bool:
+        """Read the image at the front of the slot's prompt, in a decode of its own (the projector's
+        embeddings, not tokens); False when it failed (the sequence has ended) or nothing is left."""
+        end = next((i for i, t in enumerate(slot.pending) if t != slot.pending[0]), len(slot.pending))
+        try:
+            self._model.vision.evaluate(self._model._ctx, slot.pending[0], len(slot.cached), slot.seq,
+                                        self._model._n_batch, False)
+        except GenerationError as exc:
+            self._fail_with([slot], str(exc))
+            return False
+        slot.cached.extend(slot.pending[:end])
+        slot.pending = slot.pending[end:]
+        return bool(slot.pending)
 
     def _draft(self, generating: list[_Slot]) -> None:
         """Choose each generating slot's draft for this step: none while a prompt is being read

@@ -24,7 +24,7 @@ import numpy as np
 from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatter
 
 from ...config import cache_dir
-from ...errors import ContextOverflowError, GenerationError, ModelLoadError
+from ...errors import GenerationError, ModelLoadError
 from ...events import Event, PromptProgress
 from ...formats import is_checkpoint
 from ...generation.sequence import Answer
@@ -32,7 +32,7 @@ from ...generation.speculation import Controller, Speculation
 from ...gguf_info import header_facts
 from ...hardware import CpuLoadSampler, default_threads
 from ...options import LoadOptions, SamplingOptions
-from ..base import Capabilities, Message, prompt_tokens, reusable_prefix
+from ..base import Capabilities, Message, prompt_tokens, reusable_prefix, stretches
 from ..chat_template import render_chat
 from ..threads import engine_governor
 from . import load as llamacpp_load
@@ -144,7 +144,15 @@ class LlamaCppModel:
         self._cold = 0  # leading cached tokens whose cells a cold read computed (state_cache says why)
         self._formatter = self._chat_formatter()
         self._warm_up()
-        self._states, self._unsaved, self._draft = None, False, None
+        self._states, self._unsaved, self._draft, self.vision = None, False, None, None
+        if options.projector:
+            from .vision import Vision
+
+            try:
+                self.vision = Vision(self, Path(options.projector), self.n_threads, self.n_gpu_layers > 0)
+            except ModelLoadError:
+                self.close()
+                raise
         if options.draft_plan is not None:
             self._draft = open_draft(self, Path(options.draft), options.draft_plan)  # or this model is closed
         if options.prompt_cache:  # the settings that shape the KV cache, all of them
@@ -249,6 +257,10 @@ class LlamaCppModel:
             n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
         return list(buf[:n])
 
+    def tokenize_images(self, prompt: str, pictures) -> list[int]:
+        """A prompt whose text holds `self.vision.marker` once per picture (localllm.images.Picture)."""
+        return self.vision.tokenize(prompt, pictures)
+
     def special_token(self, text: str) -> int | None:
         """The id of `text` when it is one token the grammar engine sees as special (Qwen3's
         ``</think>``), which a grammar must then name by id, not spell."""
@@ -279,8 +291,8 @@ class LlamaCppModel:
     def speculation(self, tokens: list[int], answer: Answer) -> Speculation | None:
         """Drafting for a greedy answer to `tokens` when this load speculates (None: no drafts)."""
         mode = self._options.speculation
-        if mode == "off" or not answer.greedy or answer.scoring:  # scores are taken one pick at a time
-            return None
+        if mode == "off" or not answer.greedy or answer.scoring or min(tokens) < 0:
+            return None  # scores are taken one pick at a time; drafts are never images
         return Speculation(tokens, mode, Controller(self._cost_curve) if mode == "auto" else None, self._draft)
 
     def _greedy(self) -> int:
@@ -349,25 +361,35 @@ class LlamaCppModel:
         changed, the prompt cache is off, or fewer than state_cache.MIN_TOKENS are cached."""
         if not (self._states is not None and self._unsaved and self._ctx and len(self._cached) >= state_cache.MIN_TOKENS):
             return
+        if min(self._cached) < 0:  # images' cells: kept in memory, not on disk
+            return
         self._unsaved = False
         self.copy_state(0, list(self._cached), min(self._cold, len(self._cached)))
 
     def _decode(self, tokens: Sequence[int]) -> Iterator[PromptProgress]:
         """Evaluate prompt tokens. A long prompt goes in ubatch-sized steps, each followed by a
-        PromptProgress: llama.cpp splits a batch into ubatches anyway, so this costs nothing."""
-        step, progress = self._read_step, len(tokens) > PROGRESS_AFTER
+        PromptProgress: llama.cpp splits a batch into ubatches anyway, so this costs nothing. An
+        image (a run of its placeholder id) is encoded and decoded by the projector, which takes
+        seconds on a CPU: progress is said before and after it."""
+        step, progress = self._read_step, len(tokens) > PROGRESS_AFTER or min(tokens, default=0) < 0
         if progress:
             yield PromptProgress(0, len(tokens))  # said at once: the first chunk alone takes seconds
-        for start in range(0, len(tokens), step):
-            chunk = tokens[start : start + step]
-            array = (llama_cpp.llama_token * len(chunk))(*chunk)
-            status = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
-            if status != 0:
-                self._cached = []
-                raise GenerationError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {status})")
-            self._cached.extend(chunk)
-            if progress:
-                yield PromptProgress(start + len(chunk), len(tokens))
+        for first, end in stretches(tokens):
+            if tokens[first] < 0:
+                self.vision.evaluate(self._ctx, tokens[first], len(self._cached), 0, self._n_batch, end == len(tokens))
+                self._cached.extend(tokens[first:end])
+                yield PromptProgress(end, len(tokens))
+                continue
+            for start in range(first, end, step):
+                chunk = tokens[start : min(start + step, end)]
+                array = (llama_cpp.llama_token * len(chunk))(*chunk)
+                status = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
+                if status != 0:
+                    self._cached = []
+                    raise GenerationError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {status})")
+                self._cached.extend(chunk)
+                if progress:
+                    yield PromptProgress(start + len(chunk), len(tokens))
 
     def _run(self, tokens: list[int], answer: Answer, pick: Callable[[], int]) -> Iterator[Event]:
         state_cache.engines_busy(True)  # prompt states wait to be written (state_cache says why)
@@ -429,36 +451,9 @@ class LlamaCppModel:
             cached.extend(step)
 
     def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
-        """Pooled, L2-normalised embeddings, one text per llama_decode in a context of their own
-        (it keeps every token's output, which generation's context does not)."""
-        if self._embed_ctx is None:
-            cparams = context_params(self._options, self.n_ctx, self.n_threads)
-            cparams.embeddings = True
-            cparams.n_seq_max, cparams.n_outputs_max, cparams.kv_unified = 1, 0, False
-            cparams.n_ctx = self.n_ctx
-            # Models without causal attention must see the whole input in one ubatch.
-            cparams.n_batch = cparams.n_ubatch = min(self.n_ctx, self._options.n_batch)
-            self._embed_ctx = llama_cpp.llama_init_from_model(self._model, cparams)
-            if not self._embed_ctx:
-                raise GenerationError(llama_log.first_error() or "llama.cpp could not create an embedding context")
-        ctx, limit = self._embed_ctx, min(self.n_ctx, self._options.n_batch)
-        vectors, total = [], 0
-        n_embd = llama_cpp.llama_model_n_embd(self._model)
-        for text in texts:
-            tokens = self.tokenize(text)
-            if len(tokens) > limit:
-                raise ContextOverflowError(len(tokens), limit, self.n_ctx_train)
-            total += len(tokens)
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-            array = (llama_cpp.llama_token * len(tokens))(*tokens)
-            status = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(array, len(tokens)))
-            pooled = llama_cpp.llama_get_embeddings_seq(ctx, 0)
-            if status != 0 or not pooled:
-                raise GenerationError(f"llama.cpp could not embed the text (llama_decode returned {status})")
-            vector = np.ctypeslib.as_array(pooled, shape=(n_embd,)).astype(np.float64)
-            norm = float(np.linalg.norm(vector))
-            vectors.append((vector / norm if norm > 0 else vector).tolist())
-        return vectors, total
+        from .embed import embed
+
+        return embed(self, texts)
 
     def grammar_vocabulary(self):
         """llguidance's view of this vocabulary, built on first use (about a second)."""
@@ -483,6 +478,9 @@ class LlamaCppModel:
         draft, self._draft = getattr(self, "_draft", None), None
         if draft is not None:
             draft.close()
+        vision, self.vision = getattr(self, "vision", None), None
+        if vision is not None:
+            vision.close()
         self._free_context()
         if self._embed_ctx:
             llama_cpp.llama_free(self._embed_ctx)

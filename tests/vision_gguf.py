@@ -1,0 +1,68 @@
+"""A tiny vision projector (mmproj) GGUF for the starter, written with the gguf package: no vision
+GGUF ships in a PyPI package. It is Gemma 3's projector as llama.cpp's clip loader reads it (a
+SigLIP-style ViT, 2x2 average pooling, RMS norm, a projection into the language model's
+embeddings), two layers, 64x64 images in 8x8 patches: 64 patches pooled into 16 image tokens of
+the starter's width (576). Weights are drawn with a fixed seed, so two different images give
+different embeddings, which is all a test of the plumbing needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+IMAGE_SIZE, PATCH, MERGE = 64, 8, 2
+WIDTH, FFN, LAYERS, HEADS = 64, 128, 2, 4
+TEXT_WIDTH = 576  # SmolLM2-135M's embeddings
+IMAGE_TOKENS = (IMAGE_SIZE // PATCH // MERGE) ** 2
+
+
+def write_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int = 7) -> Path:
+    rng = np.random.default_rng(seed)
+
+    def weights(*shape: int, scale: float = 0.05) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    writer = gguf.GGUFWriter(target, arch="clip")
+    writer.add_string("clip.projector_type", "gemma3")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.use_gelu", True)
+    writer.add_uint32("clip.vision.image_size", IMAGE_SIZE)
+    writer.add_uint32("clip.vision.patch_size", PATCH)
+    writer.add_uint32("clip.vision.embedding_length", WIDTH)
+    writer.add_uint32("clip.vision.feed_forward_length", FFN)
+    writer.add_uint32("clip.vision.block_count", LAYERS)
+    writer.add_uint32("clip.vision.projection_dim", text_width)
+    writer.add_uint32("clip.vision.attention.head_count", HEADS)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_uint32("clip.vision.projector.scale_factor", MERGE)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+
+    # numpy shapes are ggml's dimensions reversed (a linear layer is [out, in]).
+    writer.add_tensor("v.patch_embd.weight", weights(WIDTH, 3, PATCH, PATCH))
+    writer.add_tensor("v.patch_embd.bias", weights(WIDTH))
+    writer.add_tensor("v.position_embd.weight", weights((IMAGE_SIZE // PATCH) ** 2, WIDTH))
+    for i in range(LAYERS):
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"v.blk.{i}.{name}.weight", weights(WIDTH, WIDTH))
+            writer.add_tensor(f"v.blk.{i}.{name}.bias", weights(WIDTH))
+        for name in ("ln1", "ln2"):
+            writer.add_tensor(f"v.blk.{i}.{name}.weight", np.ones(WIDTH, dtype=np.float32))
+            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(WIDTH, dtype=np.float32))
+        writer.add_tensor(f"v.blk.{i}.ffn_up.weight", weights(FFN, WIDTH))
+        writer.add_tensor(f"v.blk.{i}.ffn_up.bias", weights(FFN))
+        writer.add_tensor(f"v.blk.{i}.ffn_down.weight", weights(WIDTH, FFN))
+        writer.add_tensor(f"v.blk.{i}.ffn_down.bias", weights(WIDTH))
+    writer.add_tensor("v.post_ln.weight", np.ones(WIDTH, dtype=np.float32))
+    writer.add_tensor("v.post_ln.bias", np.zeros(WIDTH, dtype=np.float32))
+    writer.add_tensor("mm.soft_emb_norm.weight", np.ones(WIDTH, dtype=np.float32))
+    writer.add_tensor("mm.input_projection.weight", weights(WIDTH, text_width, scale=0.5))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
