@@ -62,7 +62,8 @@ def decode(data: bytes, name: str = "the image") -> Picture:
     except ImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(f"{name} declares more pixels than any image this takes") from None
+        raise ImageError(f"{name} declares far more than {MAX_PIXELS // 1_000_000} megapixels: images up to that "
+                         "are taken (it was not decoded)") from None
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
         first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise ImageError(f"{name} is not an image that can be read ({first})") from None

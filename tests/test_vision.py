@@ -1,0 +1,178 @@
+"""Images in: the starter as the language model with a tiny projector written by tests/vision_gguf.py
+beside it (a vision model is a GGUF and its mmproj), through llama.cpp's own multimodal library.
+What flows (run, the API, both HTTP APIs), the image tokens the projector's geometry gives, that
+different images reach the model differently, the image cache, and refusals of bad images and of
+images given to a model that cannot see."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import struct
+import zlib
+
+import httpx
+import ollama
+import openai
+import pytest
+from conftest import assert_one_line_error, run_cli
+from PIL import Image
+from vision_gguf import IMAGE_TOKENS, write_projector
+
+from localllm import SamplingOptions, load_model
+from localllm.errors import UsageError
+from localllm.images import ImageError, decode
+from localllm.model import collect
+
+GREEDY = SamplingOptions(temperature=0, max_tokens=6)
+
+
+def png(color: str, size: tuple[int, int] = (80, 60)) -> bytes:
+    data = io.BytesIO()
+    Image.new("RGB", size, color).save(data, "PNG")
+    return data.getvalue()
+
+
+def ask(*parts) -> list[dict]:
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": "What is in this picture?"}]}]
+
+
+@pytest.fixture(scope="module")
+def vision_gguf(starter_gguf, tmp_path_factory):
+    """The starter and its projector side by side, as a pulled vision model is kept."""
+    folder = tmp_path_factory.mktemp("vision")
+    model = folder / "starter-vision.gguf"
+    shutil.copy(starter_gguf, model)
+    write_projector(folder / "mmproj-starter-vision-f16.gguf")
+    return model
+
+
+@pytest.fixture(scope="module")
+def vision(vision_gguf):
+    with load_model(vision_gguf, n_ctx=1024, n_threads=2, speculation="off") as model:
+        yield model
+
+
+# ---- images themselves ----------------------------------------------------------------------
+def test_images_are_decoded_upright_and_bounded():
+    picture = decode(png("red"))
+    assert (picture.width, picture.height, len(picture.rgb)) == (80, 60, 80 * 60 * 3)
+    assert picture.rgb[:3] == b"\xff\x00\x00" and decode(png("red")).digest == picture.digest != decode(png("blue")).digest
+
+    # EXIF orientation 6 (the camera was turned): the picture comes out upright, 60 wide and 80 high.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = io.BytesIO()
+    Image.new("RGB", (80, 60), "green").save(data, "JPEG", exif=exif)
+    assert (decode(data.getvalue()).width, decode(data.getvalue()).height) == (60, 80)
+
+
+def _bomb(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels, with a few bytes of data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("data, message", [
+    (_bomb(100_000, 100_000), "megapixels"),
+    (_bomb(8000, 8000), "8000x8000 pixels: images up to 40 megapixels"),
+    (png("red")[:40], "not an image that can be read"),
+    (b"this is text, not a picture", "not an image that can be read"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(21 * 2**20), "MiB: images up to 20 MiB"),
+])
+def test_bad_images_get_one_clear_error(data, message):
+    with pytest.raises(ImageError, match=message):
+        decode(data, "photo.png")
+
+
+# ---- the Python API -------------------------------------------------------------------------
+def test_an_image_becomes_the_projectors_tokens_and_reaches_the_model(vision):
+    tokens = vision.tokenize_images(f"look: {vision.image_marker} there", [decode(png("red"))])
+    assert sum(1 for t in tokens if t < 0) == IMAGE_TOKENS  # (64 / 8 / 2) ** 2
+
+    def first_scores(color):
+        scoring = SamplingOptions(temperature=0, max_tokens=1, logprobs=5)
+        events = [e for e in vision.chat(ask({"type": "image", "image": png(color)}), scoring) if hasattr(e, "logprobs")]
+        return [(t, round(lp, 4)) for t, _, lp in events[0].logprobs[0].top]
+
+    # Different pixels, different embeddings: the model's next-token scores differ.
+    assert first_scores("red") != first_scores("blue")
+    assert first_scores("red") == first_scores("red")
+
+
+def test_a_second_question_about_an_image_reads_only_the_new_text(vision):
+    picture = {"type": "image", "image": png("purple")}
+    first = collect(vision.chat(ask(picture), GREEDY))
+    history = ask(picture) + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And its colour?"}]
+    second = collect(vision.chat(history, GREEDY))
+    assert second.finished.usage.cached_tokens >= first.finished.usage.prompt_tokens - 1
+    assert second.finished.usage.prompt_tokens - second.finished.usage.cached_tokens < 20
+
+
+def test_a_text_only_model_refuses_images_by_name(starter_model, vision):
+    with pytest.raises(UsageError, match="cannot see images"):
+        collect(starter_model.chat(ask({"type": "image", "image": png("red")}), GREEDY))
+    with pytest.raises(UsageError, match="not fetched from the network"):
+        collect(vision.chat(ask({"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}), GREEDY))
+
+
+# ---- run ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_run_takes_images_from_files_and_stdin(vision_gguf, starter_gguf, tmp_path):
+    red, blue = tmp_path / "red.png", tmp_path / "blue.png"
+    red.write_bytes(png("red"))
+    blue.write_bytes(png("blue"))
+    common = ("run", "-m", str(vision_gguf), "-t", "0", "--max-tokens", "4", "--ctx", "512", "--json", "--spec", "off")
+    one = run_cli(*common, "--image", str(red), "What is this?")
+    two = run_cli(*common, "--image", str(red), "--image", str(blue), "What is this?")
+    piped = run_cli(*common, "--image", "-", "What is this?", stdin=png("red"))
+    assert one.returncode == two.returncode == piped.returncode == 0, (one.stderr, two.stderr, piped.stderr)
+    counts = [__import__("json").loads(r.stdout)["usage"]["prompt_tokens"] for r in (one, two, piped)]
+    assert counts[1] - counts[0] >= IMAGE_TOKENS and counts[2] == counts[0]
+
+    assert_one_line_error(run_cli("run", "-m", str(starter_gguf), "--image", str(red), "Hi"), 2, "cannot see images")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert_one_line_error(run_cli(*common, "--image", str(bad), "Hi"), 2, "bad.png is not an image")
+    assert_one_line_error(run_cli(*common, "--image", str(tmp_path / "missing.png"), "Hi"), 2, "cannot read")
+
+
+# ---- serve ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_both_http_apis_take_images(vision_gguf):
+    from test_server_trust import AppServer
+
+    from localllm.options import LoadOptions
+    from localllm.server import ServerConfig
+
+    server = AppServer(ServerConfig(LoadOptions(n_ctx=1024, n_threads=2, n_seq=2), default_model=str(vision_gguf), quiet=True))
+    try:
+        url = "data:image/png;base64," + base64.b64encode(png("red")).decode()
+        api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+        seen = api.chat.completions.create(model=str(vision_gguf), messages=[{"role": "user", "content": content}],
+                                           temperature=0, max_tokens=4)
+        text_only = api.chat.completions.create(model=str(vision_gguf), temperature=0, max_tokens=4,
+                                                messages=[{"role": "user", "content": "What is this?"}])
+        assert seen.usage.prompt_tokens - text_only.usage.prompt_tokens >= IMAGE_TOKENS
+
+        client = ollama.Client(host=server.url, timeout=60)
+        reply = client.chat(model=str(vision_gguf), messages=[{"role": "user", "content": "What is this?", "images": [png("red")]}],
+                            options={"temperature": 0, "num_predict": 4})
+        assert reply.prompt_eval_count is not None and reply.eval_count >= 1
+        generated = client.generate(model=str(vision_gguf), prompt="What is this?", images=[png("blue")],
+                                    options={"temperature": 0, "num_predict": 4})
+        assert generated.eval_count >= 1
+
+        fetched = httpx.post(f"{server.url}/v1/chat/completions", timeout=30, json={
+            "model": str(vision_gguf), "max_tokens": 2, "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, {"type": "text", "text": "Hi"}]}]})
+        assert fetched.status_code == 400 and "not fetched" in fetched.json()["error"]["message"]
+        broken = httpx.post(f"{server.url}/api/chat", timeout=30, json={
+            "model": str(vision_gguf), "stream": False, "messages": [{"role": "user", "content": "Hi", "images": ["bm90IGFuIGltYWdl"]}]})
+        assert broken.status_code == 400 and "not an image" in broken.json()["error"]
+    finally:
+        server.stop()
