@@ -4,7 +4,7 @@ carries. Names come from repos, folders and users; nothing here touches the disk
 from __future__ import annotations
 
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 # Quality order of common GGUF quantizations, best first.
@@ -45,3 +45,8 @@ def files_for_quant(names, quant: str) -> list[str]:
     """The file(s) of one quantization among a repo's GGUFs (several when split), sorted."""
     pattern = re.compile(_QUANT_IN_NAME.format(quant=re.escape(quant)), re.IGNORECASE)
     return sorted(n for n in names if pattern.search(Path(n).stem) and not Path(n).name.startswith("mmproj"))
+
+
+def is_projector(path: PurePath) -> bool:
+    """A vision model's projector, by the name every converter gives it (llama.cpp's, LM Studio's)."""
+    return path.suffix.lower() == ".gguf" and "mmproj" in path.name.lower()

@@ -203,10 +203,10 @@ def collect(events: Iterator[Event]) -> Completion:
 
 def _with_projector(options: LoadOptions, path: Path, engine: str) -> LoadOptions:
     """A vision model's projector: the one given, else an mmproj file beside the model."""
-    from .registry import find_projector
+    from .registry import projector_for
 
     if options.projector is None:
-        found = find_projector(path) if engine == "llamacpp" else None
+        found = projector_for(path) if engine == "llamacpp" else None
         return replace(options, projector=str(found)) if found else options
     projector = Path(options.projector)
     if engine != "llamacpp":

@@ -17,7 +17,13 @@ from pathlib import Path
 
 from .config import load_config, save_config
 from .errors import ModelNotFoundError, UsageError
-from .gguf_names import files_for_quant, is_later_part, quant_of, split_parts
+from .gguf_names import (
+    files_for_quant,
+    is_later_part,
+    is_projector,
+    quant_of,
+    split_parts,
+)
 
 STARTER_NAME = "smollm2-135m-instruct:q4_1"
 STARTER_ALIASES = ("starter", "smollm2-135m-instruct", STARTER_NAME)
@@ -40,6 +46,7 @@ class InstalledModel:
     filename: str | None = None  # path inside the repo (None for a safetensors checkpoint: the whole snapshot)
     format: str = "gguf"  # or "safetensors": a checkpoint folder for the transformers engine
     sha256: str | None = None  # taken by `localllm add`, for `verify`
+    projector: Path | None = None  # a vision model's mmproj GGUF
 
     @property
     def quant(self) -> str | None:
@@ -55,10 +62,6 @@ def find_projector(model: Path) -> Path | None:
                     and p.name != model.name and p.is_file()),
                    key=lambda p: ("f16" not in p.name.lower(), p.name))
     return found[0] if found else None
-
-
-def is_projector(path: Path) -> bool:
-    return path.suffix.lower() == ".gguf" and "mmproj" in path.name.lower()
 
 
 def starter_path() -> Path | None:
@@ -101,11 +104,12 @@ def _hf_cache() -> list[InstalledModel]:
                 found.setdefault(repo.repo_id, InstalledModel(repo.repo_id, revision.snapshot_path, size, "hf-cache",
                                                               repo.repo_id, None, "safetensors"))
             for rel, file in files.items():
-                if not rel.endswith(".gguf") or is_later_part(rel):
+                if not rel.endswith(".gguf") or is_later_part(rel) or is_projector(Path(rel)):
                     continue
                 size = sum(files[p].size_on_disk for p in split_parts(rel) if p in files)
                 name = f"{repo.repo_id}/{rel}"
-                found.setdefault(name, InstalledModel(name, file.file_path, size, "hf-cache", repo.repo_id, rel))
+                found.setdefault(name, InstalledModel(name, file.file_path, size, "hf-cache", repo.repo_id, rel,
+                                                      projector=find_projector(file.file_path)))
     return sorted(found.values(), key=lambda m: m.name)
 
 
@@ -127,10 +131,11 @@ def _folders() -> list[InstalledModel]:
         if not folder.is_dir():
             continue
         for path in sorted(folder.rglob("*.gguf")):
-            if is_later_part(path.name) or path.name.startswith("mmproj") or not path.is_file():
+            if is_later_part(path.name) or is_projector(path) or not path.is_file():
                 continue
             size = sum(p.stat().st_size for p in _split_paths(path))
-            found.append(InstalledModel(path.relative_to(folder).as_posix(), path, size, source))
+            found.append(InstalledModel(path.relative_to(folder).as_posix(), path, size, source,
+                                        projector=find_projector(path)))
     return found
 
 
@@ -147,8 +152,16 @@ def _ollama() -> list[InstalledModel]:
 
 
 def _added() -> list[InstalledModel]:
-    return [InstalledModel(e["name"], Path(e["path"]), e["size"], "added", sha256=e["sha256"])
+    return [InstalledModel(e["name"], Path(e["path"]), e["size"], "added", sha256=e["sha256"],
+                           projector=Path(e["projector"]) if e.get("projector") else None)
             for e in load_config().get("added_models", [])]
+
+
+def projector_for(path: Path) -> Path | None:
+    """The projector of the model in this file: the one `add --mmproj` recorded, else one beside it."""
+    path = path.absolute()
+    added = next((m for m in _added() if m.path.absolute() == path), None)
+    return added.projector if added is not None and added.projector is not None else find_projector(path)
 
 
 def installed_models() -> list[InstalledModel]:
@@ -269,7 +282,7 @@ def _from_path(path: Path) -> InstalledModel:
         return InstalledModel(path.name, path, sum(p.stat().st_size for p in path.iterdir() if p.is_file()), "path",
                               format="safetensors")
     size = path.stat().st_size if path.is_file() else 0
-    return InstalledModel(path.name, path, size, "path")
+    return InstalledModel(path.name, path, size, "path", projector=projector_for(path))
 
 
 def _names_match(model: InstalledModel, ref: str) -> bool:
@@ -354,6 +367,7 @@ def remove(model: InstalledModel) -> int:
     else:
         snapshot = model.path.parents[len(Path(model.filename).parts) - 1]
         names = split_parts(model.filename)
+        names += _lone_projector(model, snapshot, names)
     freed = 0
     for rel in names:
         pointer = snapshot / rel
@@ -370,6 +384,17 @@ def remove(model: InstalledModel) -> int:
             blob.unlink()
     _prune_empty(snapshot, storage)
     return freed
+
+
+def _lone_projector(model: InstalledModel, snapshot: Path, names: list[str]) -> list[str]:
+    """The model's projector, when no other model beside it uses it (several quants of one vision
+    model share one mmproj)."""
+    projector = model.projector
+    if projector is None or not projector.parent.absolute() == model.path.parent.absolute():
+        return []
+    own = {(snapshot / n).absolute() for n in names}
+    others = [p for p in projector.parent.glob("*.gguf") if not is_projector(p) and p.absolute() not in own]
+    return [] if others else [projector.absolute().relative_to(snapshot.absolute()).as_posix()]
 
 
 def _prune_empty(snapshot: Path, storage: Path) -> None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .backends.llamacpp.planner import LoadPlan, plan_quants
 from .catalog import CatalogEntry, load_catalog
 from .errors import ModelNotFoundError, UsageError
 from .gguf_info import ModelSpec
-from .gguf_names import QUANT_ORDER, files_for_quant, split_parts
+from .gguf_names import QUANT_ORDER, files_for_quant, is_projector, split_parts
 from .hub import (
     Progress,
     RemoteFile,
@@ -85,10 +85,16 @@ def prepare_pull(text: str, hw=None, full: bool = False) -> PullPlan:
         names = list(ref.entry.quant(chosen.spec.file_type).files)
     else:
         available = {n: size for n, size in listing.items() if n.endswith(".gguf")} if listing is not None else list_ggufs(ref.repo_id, ref.revision)
+        listing = available
+        available = {n: size for n, size in available.items() if not is_projector(PurePosixPath(n))}
         if not available:
             raise ModelNotFoundError(text, "the repository holds no .gguf file")
         names, chosen, reason = _choose_hub_quant(ref, available, hw)
-    files = tuple(remote_file(ref.repo_id, name, ref.revision) for name in _with_split_parts(names))
+    if ref.filename and ref.entry is None:
+        listing = list_ggufs(ref.repo_id, ref.revision)
+    projector = _projector(listing or {}, names[0])  # a vision model's: fetched with it, kept beside it
+    files = tuple(remote_file(ref.repo_id, name, ref.revision) for name in _with_split_parts(names) + [projector]
+                  if name is not None)
     if chosen is None:  # one file, no plan yet: its header (a few MB) tells how it would fit
         from .backends.llamacpp.planner import plan
         from .gguf_info import inspect_remote
@@ -119,6 +125,14 @@ def pull(prepared: PullPlan, progress: Progress | None = None) -> Path:
         paths.append(download(remote, report))
         finished += remote.size
     return paths[0].parent if prepared.format == "safetensors" else paths[0]
+
+
+def _projector(listing: dict[str, int], model: str) -> str | None:
+    """The mmproj GGUF in the model's folder of the repository (f16 first where there are several)."""
+    folder = PurePosixPath(model).parent
+    found = sorted((n for n in listing if n.endswith(".gguf") and is_projector(PurePosixPath(n))
+                    and PurePosixPath(n).parent == folder), key=lambda n: ("f16" not in n.lower(), n))
+    return found[0] if found else None
 
 
 def _with_split_parts(names: list[str]) -> list[str]:

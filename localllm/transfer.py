@@ -85,8 +85,9 @@ def _etag_algorithm(etag: str) -> str:
 # --- add FILE --------------------------------------------------------------------------------
 
 
-def add_file(path: Path, name: str | None, progress: Progress | None = None) -> dict:
-    """Register a GGUF in place under a name; its SHA-256 is kept for `verify`."""
+def add_file(path: Path, name: str | None, progress: Progress | None = None, projector: Path | None = None) -> dict:
+    """Register a GGUF in place under a name; its SHA-256 is kept for `verify`. `projector`: a
+    vision model's mmproj GGUF, registered with it (checked to be a projector)."""
     from .backends.llamacpp.load import check_gguf
     from .config import cache_dir, load_config, save_config
     from .gguf_info import inspect_file
@@ -101,11 +102,28 @@ def add_file(path: Path, name: str | None, progress: Progress | None = None) -> 
     if any(m.name.lower() == name.lower() for m in installed_models()):
         raise UsageError(f"a model named {name} is already installed: choose another with --name")
     entry = {"name": name, "path": str(path), "size": path.stat().st_size, "sha256": hash_file(path, progress=progress)}
+    if projector is not None:
+        entry["projector"] = str(check_projector(projector.expanduser().absolute()))
     inspect_file(path, cache_dir())  # the shapes `list` and `plan` read, cached now: a 1 GB file's cost 13 s on the first list
     config = load_config()
     config["added_models"] = [*config.get("added_models", []), entry]
     save_config(config)
     return entry
+
+
+def check_projector(path: Path) -> Path:
+    """A vision projector GGUF (general.architecture "clip"), or a clear refusal."""
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(path, "r").fields.get("general.architecture")
+        arch = field.contents() if field is not None else None
+    except (OSError, ValueError, IndexError) as exc:
+        raise UsageError(f"{printable(path.name)} is not a GGUF file ({exc})") from None
+    if arch != "clip":
+        raise UsageError(f"{printable(path.name)} is not a vision projector (its architecture is "
+                         f"{printable(str(arch))[:40]}, a projector's is clip)")
+    return path
 
 
 # --- pull --to DIR ----------------------------------------------------------------------------

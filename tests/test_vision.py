@@ -176,3 +176,56 @@ def test_both_http_apis_take_images(vision_gguf):
         assert broken.status_code == 400 and "not an image" in broken.json()["error"]
     finally:
         server.stop()
+
+
+# ---- a vision model as installed: add, list, show, pull, rm ---------------------------------
+@pytest.mark.slow
+def test_add_list_show_and_rm_know_the_projector(vision_gguf, starter_gguf, tmp_path):
+    projector = next(vision_gguf.parent.glob("mmproj*.gguf"))
+    lone = tmp_path / "lone-model.gguf"  # no projector beside it: given with --mmproj
+    shutil.copy(starter_gguf, lone)
+    added = run_cli("add", str(lone), "--name", "seeing", "--mmproj", str(projector))
+    assert added.returncode == 0 and "sees images through" in added.stderr, added
+    listed = {m["name"]: m for m in __import__("json").loads(run_cli("list", "--json").stdout)}
+    assert listed["seeing"]["vision"] and listed["seeing"]["projector"] == str(projector)
+    assert not listed["smollm2-135m-instruct:q4_1"]["vision"]
+    assert "gguf+vision" in run_cli("list").stdout
+    shown = run_cli("show", "seeing")
+    assert shown.returncode == 0 and f"{IMAGE_TOKENS} tokens per image" in shown.stdout, shown
+    seen = run_cli("run", "-m", "seeing", "--image", "-", "-t", "0", "--max-tokens", "2", "--ctx", "512", "--json",
+                   "What is this?", stdin=png("red"))
+    assert seen.returncode == 0, seen
+    assert run_cli("rm", "seeing", "--yes").returncode == 0 and lone.exists() and projector.exists()
+    assert_one_line_error(run_cli("add", str(lone), "--name", "x", "--mmproj", str(starter_gguf)), 2,
+                          "is not a vision projector")
+
+
+@pytest.mark.slow
+def test_pull_fetches_the_projector_and_rm_removes_it(vision_gguf, isolated_home):
+    from hub_server import COMMIT, HubServer
+
+    repo = "ggml-org/starter-vision-GGUF"
+    projector = next(vision_gguf.parent.glob("mmproj*.gguf"))
+    with HubServer() as hub:
+        hub.add(repo, "starter-vision-Q4_1.gguf", vision_gguf)
+        hub.add(repo, "mmproj-starter-vision-f16.gguf", projector)
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+        pulled = run_cli("pull", repo, env=env)
+        assert pulled.returncode == 0, pulled
+    snapshot = isolated_home / "hf" / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / COMMIT
+    assert sorted(p.name for p in snapshot.iterdir()) == ["mmproj-starter-vision-f16.gguf", "starter-vision-Q4_1.gguf"]
+    listed = __import__("json").loads(run_cli("list", "--json").stdout)
+    assert [m["name"] for m in listed if m["source"] == "hf-cache"] == [f"{repo}/starter-vision-Q4_1.gguf"]  # not the projector
+    assert all(m["vision"] for m in listed if m["source"] == "hf-cache")
+    assert run_cli("rm", f"{repo}/starter-vision-Q4_1.gguf", "--yes").returncode == 0
+    assert not snapshot.exists() or not any(snapshot.iterdir())
+
+
+def test_the_planner_counts_the_projector_as_llama_cpp_allocates_it(vision):
+    from localllm.projector import read
+
+    facts = read(vision._loaded.vision.projector)
+    reported = vision._loaded.vision.buffers
+    assert facts.tokens_per_image == IMAGE_TOKENS and facts.images_fitting(1024, 24) == (1024 - 24) // IMAGE_TOKENS
+    assert facts.weight_bytes == pytest.approx(reported["model size"], rel=0.05)
+    assert reported["compute buffer size"] <= facts.compute_bytes <= 3 * reported["compute buffer size"]

@@ -172,7 +172,8 @@ def list_models(as_json, add_dir, remove_dir):
         fit = _fit(m.path) if m.format == "gguf" else {"fit": "full", "label": "transformers"}
         file_type = fit.pop("file_type", None)  # the metadata names the quantization when the file name does not
         rows.append({"name": m.name, "path": str(m.path), "size": m.size, "format": m.format,
-                     "quant": m.quant or file_type, "source": m.source, **fit})
+                     "quant": m.quant or file_type, "source": m.source, "vision": m.projector is not None,
+                     "projector": str(m.projector) if m.projector else None, **fit})
     for r in rows:
         if r["fit"] == "error":  # listed, so it can be found and removed, but said once
             click.echo(printable(f"localllm: warning: {r['path']} cannot be used: {r['error']}"), err=True)
@@ -185,7 +186,8 @@ def list_models(as_json, add_dir, remove_dir):
     width = max(len(r["name"]) for r in rows + [{"name": "NAME"}])
     click.echo(f"{'NAME':<{width}}  {'SIZE':>9}  {'FORMAT':<11} {'QUANT':<7} {'FIT HERE':<16} {'SOURCE':<9} PATH")
     for r in rows:
-        click.echo(printable(f"{r['name']:<{width}}  {r['size'] / 1e9:6.2f} GB  {r['format']:<11} {r['quant'] or '?':<7} "
+        kind = f"{r['format']}+vision" if r["vision"] else r["format"]
+        click.echo(printable(f"{r['name']:<{width}}  {r['size'] / 1e9:6.2f} GB  {kind:<11} {r['quant'] or '?':<7} "
                              f"{r['label']:<16} {r['source']:<9} {r['path']}"))
 
 
@@ -200,6 +202,16 @@ def _fit(path: Path) -> dict:
     except LocalLLMError as exc:  # a broken file is listed, with why it will not run
         return {"fit": "error", "label": "unreadable", "error": str(exc)}
     return {"fit": chosen.fit, "label": chosen.label, "file_type": spec.file_type}
+
+
+def _vision(projector: Path, n_ctx: int) -> dict:
+    """What `show` says of a vision model's projector."""
+    from ..projector import read
+
+    facts = read(projector)
+    return {"projector": str(projector), "kind": facts.kind, "image_size": facts.image_size,
+            "tokens_per_image": facts.tokens_per_image, "images_in_context": facts.images_fitting(n_ctx),
+            "bytes": facts.weight_bytes + facts.compute_bytes}
 
 
 def spec_for(ref: str, hw, remote: bool = False):
@@ -225,6 +237,8 @@ def spec_for(ref: str, hw, remote: bool = False):
         spec = inspect(installed.path)
         chosen, plans = plan(hw, spec), []
         info |= {"installed": True, "path": str(installed.path), "source": installed.source, "size": installed.size}
+        if installed.projector is not None:
+            info["vision"] = _vision(installed.projector, chosen.shape.n_ctx)
     elif parsed.entry is not None and not remote:
         entry = parsed.entry
         specs = [entry.spec(q) for q in entry.quants if not parsed.quant or q.quant == parsed.quant]
@@ -271,6 +285,12 @@ def show(ref, remote, as_json):
                 "layers", "context_length", "sliding_window", "experts", "quant"):
         if info.get(key) not in (None, 0, ""):
             click.echo(f"{key.replace('_', ' '):<15} {printable(info[key])}")
+    vision = info.get("vision")
+    if vision:
+        per_image = (f"{vision['tokens_per_image']} tokens per image, {vision['images_in_context']} images fit the "
+                     f"{chosen.shape.n_ctx}-token context" if vision["tokens_per_image"] else "tokens per image vary with its size")
+        click.echo(printable(f"{'vision':<15} {Path(vision['projector']).name} ({vision['kind']}, "
+                             f"{vision['bytes'] / 2**20:.0f} MiB with its encoder's buffer); {per_image}"))
     if info.get("unverified"):
         click.echo(printable(f"{'unverified':<15} {', '.join(info['unverified'])} (from the model card, not checked against the Hub)"))
     click.echo(f"\n{chosen.label}: {printable(chosen.explanation)}")

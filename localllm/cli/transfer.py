@@ -14,7 +14,9 @@ from ..status import slow_work
 @click.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", metavar="NAME", help="The name to list and run it by (a single .gguf only).  [default: the file's name]")
-def add(source, name):
+@click.option("--mmproj", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+              help="A vision model's projector GGUF, used with it (one beside the model is found without this).")
+def add(source, name, mmproj):
     """Install a model brought by hand: a folder written by `localllm pull MODEL --to DIR` (every
     file checked against its manifest, then placed in the Hugging Face cache as if pulled here),
     or a single .gguf file, registered where it lies (its SHA-256 kept for `localllm verify`).
@@ -23,16 +25,18 @@ def add(source, name):
     from ..transfer import add_file, import_folder
 
     if source.is_dir():
-        if name is not None:
-            raise UsageError("--name is for a single .gguf file; a folder keeps the name in its manifest")
+        if name is not None or mmproj is not None:
+            raise UsageError("--name and --mmproj are for a single .gguf file; a folder keeps its files in its manifest")
         with slow_work(f"checking the files in {source}"):
             path = import_folder(source)
         click.echo(printable(f"installed {path}"), err=True)
         click.echo(str(path))
         return
     with slow_work(f"hashing {source.name}"):
-        entry = add_file(source, name)
-    click.echo(printable(f"added {entry['name']} ({entry['size'] / 1e9:.2f} GB), run in place from {entry['path']}"), err=True)
+        entry = add_file(source, name, projector=mmproj)
+    vision = f", sees images through {Path(entry['projector']).name}" if entry.get("projector") else ""
+    click.echo(printable(f"added {entry['name']} ({entry['size'] / 1e9:.2f} GB{vision}), run in place from {entry['path']}"),
+               err=True)
 
 
 @click.command()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import stat
 from collections.abc import Callable
 from dataclasses import replace
+from itertools import zip_longest
 from pathlib import Path
 
 from ...config import cache_dir
@@ -29,7 +30,15 @@ def prepare(path: Path, options: LoadOptions, notify: Callable[[str], None]) -> 
 
         rpc.connect(options.rpc)
     build = build_info()
-    planned, taken = plan_load(path, options, build, notify)
+    reserved = ()
+    if options.projector:  # a vision model's projector: its weights and encoder, beside the model's
+        from ...projector import read
+
+        facts = read(Path(options.projector))
+        extra = facts.weight_bytes + facts.compute_bytes
+        reserved = (0, extra) if build.gpu_offload and options.n_gpu_layers != 0 else (extra,)
+    planned, taken = plan_load(path, options, build, notify, reserved=reserved)
+    taken = tuple(a + b for a, b in zip_longest(taken, reserved, fillvalue=0))
     if options.draft is None:
         return planned
     draft = Path(options.draft)
