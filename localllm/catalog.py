@@ -69,6 +69,7 @@ class CatalogEntry:
     quants: tuple[QuantFiles, ...]
     unverified: tuple[str, ...]
     origin: str  # the file the entry came from
+    vision: bool = False  # its repository holds its projector (mmproj): it sees images
 
     @property
     def ref(self) -> str:
@@ -192,12 +193,13 @@ def _entry(name: str, size: str, raw: Any, common: dict, origin: str, where: str
     if not quants:
         raise CatalogError(origin, f"{where}.quants is empty")
     unverified = tuple(f.take("unverified", list, required=False) or ())
+    vision = f.take("vision", bool, required=False) or False
     f.done()
     if params <= 0 or context <= 0:
         raise CatalogError(origin, f"{where}: params_b and context_length must be positive")
     return CatalogEntry(name=name, size=size, params_b=float(params), context_length=context, arch=arch,
                         safetensors_repo=safetensors_repo, gguf_repo=gguf_repo, quants=tuple(quants),
-                        unverified=unverified, origin=origin, **common)
+                        unverified=unverified, origin=origin, vision=vision, **common)
 
 
 class _Fields:
@@ -215,7 +217,7 @@ class _Fields:
                 raise CatalogError(self.origin, f"{path} is missing")
             return None
         value = self.data.pop(key)
-        if isinstance(value, bool) or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             names = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
             raise CatalogError(self.origin, f"{path} must be {names}, not {type(value).__name__}")
         if positive and value <= 0:

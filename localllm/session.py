@@ -11,11 +11,13 @@ transcript and the store.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from .options import SamplingOptions
 STORE_FILE = "chats.sqlite3"
 THOUGHT_SUFFIX = ".think"  # beside an answer's log: the reasoning written so far
 WARN_AT = 0.75  # share of the window in use that triggers a warning
+IMAGE_SUFFIX = re.compile(r"\.(png|jpe?g|webp|gif|bmp|tiff?)")
+IMAGE_NAME = re.compile(r"[0-9a-f]{64}(\.[a-z]{3,4})?")  # what keep_image names a kept image
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     id INTEGER PRIMARY KEY, title TEXT NOT NULL, model TEXT NOT NULL, system TEXT NOT NULL DEFAULT '',
@@ -34,7 +38,7 @@ CREATE TABLE IF NOT EXISTS conversations (
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY, conversation INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
     role TEXT NOT NULL, content TEXT NOT NULL, complete INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL,
-    reasoning TEXT NOT NULL DEFAULT '');
+    reasoning TEXT NOT NULL DEFAULT '', images TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, id);
 """
 
@@ -46,6 +50,7 @@ class ChatMessage:
     id: int | None = None
     complete: bool = True  # False while streaming, or if the process died mid-reply
     reasoning: str = ""  # a thinking model's reasoning: shown folded, never sent back to the model
+    images: tuple[str, ...] = ()  # files in the store's image folder (ChatStore.keep_image), shown before the text
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,8 @@ class ChatStore:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
             if "reasoning" not in columns:  # a store made before reasoning was kept
                 self._db.execute("ALTER TABLE messages ADD COLUMN reasoning TEXT NOT NULL DEFAULT ''")
+            if "images" not in columns:  # ... or before images were
+                self._db.execute("ALTER TABLE messages ADD COLUMN images TEXT NOT NULL DEFAULT ''")
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"the chat store {self.path} cannot be opened ({exc}); move it aside to start afresh") from exc
 
@@ -148,10 +155,33 @@ class ChatStore:
         return Conversation(*row) if row else None
 
     def messages(self, conversation_id: int) -> list[ChatMessage]:
-        rows = self._run("SELECT role, content, id, complete, reasoning FROM messages WHERE conversation = ? ORDER BY id",
-                         (conversation_id,))
-        return [ChatMessage(role, content if complete else self._written_so_far(id_, content), id_, bool(complete), reasoning)
-                for role, content, id_, complete, reasoning in rows.fetchall()]
+        rows = self._run("SELECT role, content, id, complete, reasoning, images FROM messages WHERE conversation = ? "
+                         "ORDER BY id", (conversation_id,))
+        return [ChatMessage(role, content if complete else self._written_so_far(id_, content), id_, bool(complete), reasoning,
+                            tuple(n for n in images.split("\n") if IMAGE_NAME.fullmatch(n)))
+                for role, content, id_, complete, reasoning, images in rows.fetchall()]
+
+    @property
+    def image_folder(self) -> Path:
+        return self.path.with_name("images")
+
+    def keep_image(self, source: Path) -> str:
+        """A copy of an image a message shows, kept as long as the chats are (the file the user
+        named may move): checked to be an image first, named by its SHA-256."""
+        from .images import MAX_BYTES, from_file
+
+        from_file(str(source))  # a clear error now, not when the chat is read again
+        data = source.read_bytes()[: MAX_BYTES + 1]
+        name = hashlib.sha256(data).hexdigest() + (source.suffix.lower() if IMAGE_SUFFIX.fullmatch(source.suffix.lower()) else "")
+        target = self.image_folder / name
+        if not target.exists():
+            private_dir(self.image_folder)
+            partial = target.with_name(name + ".partial")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(partial, target)
+        return name
 
     def _written_so_far(self, message_id: int, saved: str) -> str:
         """An unfinished answer as far as it is written, here or by another process."""
@@ -166,8 +196,9 @@ class ChatStore:
 
     def add(self, conversation_id: int, message: ChatMessage) -> ChatMessage:
         now = time.time()
-        message.id = self._run("INSERT INTO messages (conversation, role, content, complete, created) VALUES (?, ?, ?, ?, ?)",
-                               (conversation_id, message.role, message.content, int(message.complete), now)).lastrowid
+        message.id = self._run("INSERT INTO messages (conversation, role, content, complete, created, images) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", (conversation_id, message.role, message.content,
+                                                             int(message.complete), now, "\n".join(message.images))).lastrowid
         self._run("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
         return message
 
@@ -215,6 +246,7 @@ def to_markdown(conversation: Conversation, messages: list[ChatMessage]) -> str:
         lines += [f"**{'You' if m.role == 'user' else 'Assistant'}:**", ""]
         if m.reasoning:  # folded, as the chat shows it
             lines += ["<details><summary>thinking</summary>", "", m.reasoning.strip(), "", "</details>", ""]
+        lines += [f"*[image: {name}]*" for name in m.images] + ([""] if m.images else [])
         lines += [m.content + ("" if m.complete else " *(interrupted)*"), ""]
     return "\n".join(lines)
 
@@ -296,11 +328,15 @@ class ChatSession:
         """Tokens kept free for the reply when deciding what history fits."""
         return max(64, min(1024, self.n_ctx // 8))
 
-    def send(self, text: str) -> Iterator[Event | ContextNotice]:
+    def send(self, text: str, images: Sequence[Path] = ()) -> Iterator[Event | ContextNotice]:
+        """`images`: files the model sees with the text (a vision model's)."""
         if not text.strip():
             raise UsageError("the message is empty")
+        if images and getattr(self.model, "image_marker", None) is None:
+            raise UsageError(f"{self.model_name} cannot see images: it is a text-only model")
+        kept = tuple(self.store.keep_image(Path(image)) for image in images)
         self._ensure_conversation(title=text)
-        self.messages.append(self.store.add(self.conversation_id, ChatMessage("user", text)))
+        self.messages.append(self.store.add(self.conversation_id, ChatMessage("user", text, images=kept)))
         return self._reply()
 
     def regenerate(self) -> Iterator[Event | ContextNotice]:
@@ -339,12 +375,21 @@ class ChatSession:
 
     def _chat_messages(self, start: int) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + [{"role": m.role, "content": m.content} for m in self.messages[start:] if m.content or m.role == "user"]
+        folder = self.store.image_folder
+        return head + [{"role": m.role, "content": [*({"type": "image", "image": folder / name} for name in m.images),
+                                                     {"type": "text", "text": m.content}] if m.images else m.content}
+                       for m in self.messages[start:] if m.content or m.role == "user"]
 
     def _count(self, start: int) -> int:
+        from .generation.media import split, text_of
         from .generation.request import render
 
-        return len(self.model.tokenize(render(self.model, self._chat_messages(start), self.think)[0]))
+        messages, marker = self._chat_messages(start), getattr(self.model, "image_marker", None)
+        if marker is None:  # counted as text: sending it to this model says it cannot see them
+            messages = [{**m, "content": text_of(m["content"])} for m in messages]
+        messages, pictures = split(messages, marker, self.model_name)
+        prompt = render(self.model, messages, self.think)[0]
+        return len(self.model.tokenize_images(prompt, pictures) if pictures else self.model.tokenize(prompt))
 
     def _fit_context(self, reserve: int) -> int:
         """Move first_in_context past whole turns until the history fits; return messages dropped.

@@ -90,7 +90,7 @@ def prepare_pull(text: str, hw=None, full: bool = False) -> PullPlan:
         if not available:
             raise ModelNotFoundError(text, "the repository holds no .gguf file")
         names, chosen, reason = _choose_hub_quant(ref, available, hw)
-    if ref.filename and ref.entry is None:
+    if (ref.filename and ref.entry is None) or (ref.entry is not None and ref.entry.vision):
         listing = list_ggufs(ref.repo_id, ref.revision)
     projector = _projector(listing or {}, names[0])  # a vision model's: fetched with it, kept beside it
     files = tuple(remote_file(ref.repo_id, name, ref.revision) for name in _with_split_parts(names) + [projector]

@@ -37,6 +37,9 @@ def test_shipped_catalog_is_valid_and_covers_the_families():
         order = [QUANT_ORDER.index(q.quant) for q in entry.quants if q.quant in QUANT_ORDER]
         by_quality = [s for _, s in sorted(zip(order, sizes))]
         assert by_quality == sorted(by_quality, reverse=True), f"{entry.ref}: better quants are bigger"
+    seeing = [e for e in catalog.entries if e.vision]
+    assert {e.ref for e in seeing} >= {"gemma3:4b", "gemma3:12b", "gemma3:27b"}, "a vision model for 8, 16 and 32 GB"
+    assert not catalog.find("gemma3", "1b").vision
     split = [q for e in catalog.entries for q in e.quants if len(q.files) > 1]
     assert split, "split GGUFs are described file by file"
 

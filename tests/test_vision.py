@@ -178,6 +178,42 @@ def test_both_http_apis_take_images(vision_gguf):
         server.stop()
 
 
+@pytest.mark.slow
+def test_image_urls_are_fetched_only_when_the_server_allows_it(vision_gguf, tmp_path):
+    import http.server
+    import threading
+    from functools import partial
+
+    from test_server_trust import AppServer
+
+    from localllm.options import LoadOptions
+    from localllm.server import ServerConfig
+
+    (tmp_path / "cat.png").write_bytes(png("orange"))
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG" + bytes(21 * 2**20))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler,
+                                                                      directory=str(tmp_path)))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    server = AppServer(ServerConfig(LoadOptions(n_ctx=1024, n_threads=2), default_model=str(vision_gguf), quiet=True,
+                                    allow_image_urls=True))
+    try:
+        base = f"http://127.0.0.1:{files.server_address[1]}"
+
+        def ask_about(url):
+            return httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+                "model": str(vision_gguf), "max_tokens": 2, "temperature": 0, "messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]}]})
+
+        seen = ask_about(f"{base}/cat.png")
+        assert seen.status_code == 200 and seen.json()["usage"]["prompt_tokens"] > IMAGE_TOKENS, seen.text
+        for url, message in ((f"{base}/missing.png", "HTTP 404"), (f"{base}/huge.png", "larger than 20 MiB")):
+            refused = ask_about(url)
+            assert refused.status_code == 400 and message in refused.json()["error"]["message"], refused.text
+    finally:
+        server.stop()
+        files.shutdown()
+
+
 # ---- a vision model as installed: add, list, show, pull, rm ---------------------------------
 @pytest.mark.slow
 def test_add_list_show_and_rm_know_the_projector(vision_gguf, starter_gguf, tmp_path):
@@ -229,3 +265,58 @@ def test_the_planner_counts_the_projector_as_llama_cpp_allocates_it(vision):
     assert facts.tokens_per_image == IMAGE_TOKENS and facts.images_fitting(1024, 24) == (1024 - 24) // IMAGE_TOKENS
     assert facts.weight_bytes == pytest.approx(reported["model size"], rel=0.05)
     assert reported["compute buffer size"] <= facts.compute_bytes <= 3 * reported["compute buffer size"]
+
+
+# ---- the chat -------------------------------------------------------------------------------
+@pytest.mark.slow
+async def test_the_chat_attaches_images_by_key_and_by_a_pasted_path(vision, tmp_path):
+    from test_tui import SIZE, real_loader, scripted_app, send, wait_for
+
+    from localllm.session import ChatStore
+    from localllm.tui import ChatApp
+
+    photo, other = tmp_path / "my photo.png", tmp_path / "other.png"
+    photo.write_bytes(png("red"))
+    other.write_bytes(png("blue"))
+    store = ChatStore()
+    app = ChatApp(model_ref="x", store=store, loader=real_loader(vision))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        prompt = app.query_one("#prompt")
+        prompt.text = str(photo).replace(" ", "\\ ")  # how a terminal pastes a dropped file
+        prompt.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: bool(app.attached))
+        assert "1 image attached" in app.status_text and not app.session.messages and prompt.text == ""
+
+        await send(pilot, app, "What is in this picture?")
+        question, answer = app.session.messages
+        assert len(question.images) == 1 and answer.content.strip() and not app.attached
+        assert app.session.used_tokens > IMAGE_TOKENS
+        assert "[image: my photo.png]" in str(app.query(".user").last().render())
+
+        await pilot.press("f6")  # the key: a path typed into its dialog
+        await wait_for(pilot, lambda: app.screen.query("#answer"))
+        app.screen.query_one("#answer").value = f"'{other}'"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: bool(app.attached))
+        await send(pilot, app, "And this one?")
+        assert len(app.session.messages[-2].images) == 1 and app.session.messages[-1].content.strip()
+
+    # Kept with the chat: its own copies, named by their hashes, there when the chat is opened again.
+    saved = ChatStore(store.path)
+    [conversation] = saved.conversations()
+    kept = [name for m in saved.messages(conversation.id) for name in m.images]
+    assert len(set(kept)) == 2 and all((saved.image_folder / name).is_file() for name in kept)
+    photo.unlink()
+    assert (saved.image_folder / kept[0]).read_bytes() == png("red")
+
+    text_only, _ = scripted_app()
+    async with text_only.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: text_only.session is not None)
+        prompt = text_only.query_one("#prompt")
+        prompt.text = str(other)
+        prompt.focus()
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert text_only.attached == [] and not text_only.session.messages

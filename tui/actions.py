@@ -1,24 +1,64 @@
 """What the chat app's keys do to the model choice, the settings and the conversation (Ctrl+O,
-Ctrl+N, F4, Ctrl+B, F1, Ctrl+S, F2, F8, F5). A part of ChatApp, which it is mixed into: it uses
+Ctrl+N, F4, Ctrl+B, F1, Ctrl+S, F2, F8, F5, F6), and the status line. A part of ChatApp, which it is mixed into: it uses
 the app's session, store, model and status line.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
 from textual import work
 
 from localllm.config import load_config, save_config
-from localllm.session import to_markdown
+from localllm.printable import printable
+from localllm.session import IMAGE_SUFFIX, to_markdown
 
 from .dialogs import AskScreen, HelpScreen, Settings, SettingsScreen
 from .errors import guarded
 
 
 class ChatActions:
+    def _update_status(self) -> None:
+        if self.model is None:
+            return
+        from localllm.registry import InstalledModel
+
+        path = Path(self.model.path)
+        quant = InstalledModel(path.name, path, 0, "").quant or getattr(self.model, "dtype", None)
+        name = path.stem if quant and quant in path.stem.upper() else f"{path.stem} · {quant or '?'}"
+        threads = self.model.threads_in_use
+        where = f"GPU {self.model.n_gpu_layers} layers" if self.model.n_gpu_layers else f"CPU {threads} thread{'' if threads == 1 else 's'}"
+        used = self.session.used_tokens if self.session else 0
+        rate = (f"{self._rate:.1f} tok/s" if self._rate < 10 else f"{self._rate:.0f} tok/s") if self._rate else "- tok/s"
+        editing = "editing the last prompt: Enter resends it, Esc cancels · " if self._edit else ""
+        n = len(self.attached)
+        attached = f"{n} image{'s' if n > 1 else ''} attached (sent with the next prompt) · " if n else ""
+        self._set_status(f"{editing}{attached}ctx {used}/{self.model.n_ctx} · {rate} · {where} · {name}")
+
+    @guarded
+    def action_attach_image(self) -> None:
+        self.push_screen(AskScreen("Attach an image: its file's path (or paste or drop the path into the prompt)", ""),
+                         lambda text: text and self.attach(text))
+
+    def attach(self, text: str, quiet_if_not_image: bool = False) -> bool:
+        """Attach the image file `text` names (as typed, quoted, or as a terminal pastes a dropped
+        file); False when it names none (then, unless quiet, say why)."""
+        path = pasted_path(text)
+        if path is None or not path.is_file() or IMAGE_SUFFIX.fullmatch(path.suffix.lower()) is None:
+            if not quiet_if_not_image:
+                self.notify(f"not an image file: {printable(text.strip())[:80]}", severity="error")
+            return False
+        if getattr(self.model, "image_marker", None) is None:
+            self.notify(f"{self.model_name or 'this model'} cannot see images: choose a vision model (Ctrl+O)",
+                        severity="error")
+            return True
+        self.attached.append(path)
+        self.notify(f"attached {printable(path.name)[:60]}: it goes with the next prompt")
+        self._update_status()
+        return True
     def action_scroll_transcript(self, up: bool) -> None:
         """PgUp/PgDn from the prompt box (tui.widgets.PromptArea) scroll the conversation."""
         messages = self.query_one("#messages")
@@ -141,3 +181,20 @@ class ChatActions:
             self.notify(f"exported to {path}")
             return
         self._error(f"not exported: {stem}.md to {stem}-999.md all exist here")
+
+
+def pasted_path(text: str) -> Path | None:
+    """A file path as typed or as terminals paste a dropped file: quoted, with backslash-escaped
+    spaces, or as a file:// URL. None for anything that is not one line."""
+    from urllib.parse import unquote
+
+    text = text.strip()
+    if not text or "\n" in text or len(text) > 4096:
+        return None
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]
+    elif text.startswith("file://"):
+        text = unquote(text[len("file://"):])
+    else:
+        text = re.sub(r"\\(.)", r"\1", text)
+    return Path(text).expanduser()

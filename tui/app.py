@@ -67,6 +67,7 @@ class ChatApp(ErrorReporting, ChatActions, App):
         Binding("f2", "rename", "Rename", show=False),
         Binding("f8", "delete_chat", "Delete", show=False),
         Binding("f5", "export", "Export", show=False),
+        Binding("f6", "attach_image", "Image", show=False),
         Binding("ctrl+q", "quit", "Quit"),
     ]
 
@@ -97,6 +98,7 @@ class ChatApp(ErrorReporting, ChatActions, App):
         self._rate: float | None = None
         self._flush_every = FLUSH_MIN
         self._edit: _Edit | None = None
+        self.attached: list[Path] = []  # images the next prompt sends (F6, or a pasted path)
         self._first_shown = 0
         self._generation = 0  # counts answers, so a late timer of a finished one does nothing
         self._streamed, self._first_token_at = 0, None
@@ -223,7 +225,7 @@ class ChatApp(ErrorReporting, ChatActions, App):
             widgets.append(Static(f"{first_shown} earlier messages are saved but not shown here; F5 exports the "
                                   "whole chat", classes="notice"))
         for i, m in enumerate(self.session.messages[first_shown:], start=first_shown):
-            widget = user_message(m.content) if m.role == "user" else Markdown(m.content, classes="assistant")
+            widget = user_message(m.content, m.images) if m.role == "user" else Markdown(m.content, classes="assistant")
             widget.set_class(i < self.session.first_in_context, "out-of-context")
             widgets.append(widget)
             if m.reasoning:
@@ -266,6 +268,9 @@ class ChatApp(ErrorReporting, ChatActions, App):
         if self.session is None:
             self.notify("no model is loaded yet", severity="warning")
             return
+        if self.attach(text, quiet_if_not_image=True):  # a pasted or dropped image file's path
+            self.query_one("#prompt", PromptArea).clear()
+            return
         edit = self._edit
         self._end_edit(restore_draft=False)
         prompt = self.query_one("#prompt", PromptArea)
@@ -288,8 +293,9 @@ class ChatApp(ErrorReporting, ChatActions, App):
             messages.mount(user_message(text))
             self._generate(lambda: self.session.edit_last(text), draft=text)
             return
-        messages.mount(user_message(text))
-        self._generate(lambda: self.session.send(text), draft=text)
+        images, self.attached = self.attached, []
+        messages.mount(user_message(text, [image.name for image in images]))
+        self._generate(lambda: self.session.send(text, images), draft=text)
 
     @guarded
     def action_regenerate(self) -> None:
@@ -452,21 +458,6 @@ class ChatApp(ErrorReporting, ChatActions, App):
     def _set_status(self, text: str) -> None:
         self.status_text = text
         self.query_one("#status", StatusBar).show(text)
-
-    def _update_status(self) -> None:
-        if self.model is None:
-            return
-        from localllm.registry import InstalledModel
-
-        path = Path(self.model.path)
-        quant = InstalledModel(path.name, path, 0, "").quant or getattr(self.model, "dtype", None)
-        name = path.stem if quant and quant in path.stem.upper() else f"{path.stem} · {quant or '?'}"
-        threads = self.model.threads_in_use
-        where = f"GPU {self.model.n_gpu_layers} layers" if self.model.n_gpu_layers else f"CPU {threads} thread{'' if threads == 1 else 's'}"
-        used = self.session.used_tokens if self.session else 0
-        rate = (f"{self._rate:.1f} tok/s" if self._rate < 10 else f"{self._rate:.0f} tok/s") if self._rate else "- tok/s"
-        editing = "editing the last prompt: Enter resends it, Esc cancels · " if self._edit else ""
-        self._set_status(f"{editing}ctx {used}/{self.model.n_ctx} · {rate} · {where} · {name}")
 
     def on_unmount(self) -> None:
         try:

@@ -60,5 +60,6 @@ def reasoning_fold(reasoning: str, tokens: int) -> Collapsible:
                        classes="reasoning")
 
 
-def user_message(text: str) -> Static:
-    return Static(text, classes="user", markup=False)
+def user_message(text: str, images: list[str] | tuple[str, ...] = ()) -> Static:
+    shown = "".join(f"[image: {name}]\n" for name in images)
+    return Static(shown + text, classes="user", markup=False)

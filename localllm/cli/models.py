@@ -34,7 +34,8 @@ def catalog_command(as_json):
     best = recommend(choices)
     rows = [{"ref": c.entry.ref, "family": c.entry.family, "params_b": c.entry.params_b, "license": c.entry.license,
              "quant": c.quant, "size": c.size, "fit": c.plan.fit, "label": c.plan.label, "recommended": c is best,
-             "quants": [q.quant for q in c.entry.quants], "repo": c.entry.gguf_repo} for c in choices]
+             "quants": [q.quant for q in c.entry.quants], "repo": c.entry.gguf_repo, "vision": c.entry.vision}
+            for c in choices]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -42,7 +43,9 @@ def catalog_command(as_json):
     click.echo(f"  {'NAME':<{width}}  {'QUANT':<7} {'SIZE':>9}  {'FIT HERE':<16} FAMILY (LICENSE)")
     for r in rows:
         mark = "*" if r["recommended"] else " "
-        click.echo(printable(f"{mark} {r['ref']:<{width}}  {r['quant']:<7} {r['size'] / 1e9:6.1f} GB  {r['label']:<16} {r['family']} ({r['license']})"))
+        sees = ", sees images" if r["vision"] else ""
+        click.echo(printable(f"{mark} {r['ref']:<{width}}  {r['quant']:<7} {r['size'] / 1e9:6.1f} GB  {r['label']:<16} "
+                             f"{r['family']} ({r['license']}{sees})"))
     click.echo("\n* recommended for this machine", err=True)
 
 
@@ -246,6 +249,7 @@ def spec_for(ref: str, hw, remote: bool = False):
         spec = chosen.spec
         info |= {"installed": False, "family": entry.family, "license": entry.license, "params_b": entry.params_b,
                  "repo": entry.gguf_repo, "safetensors_repo": entry.safetensors_repo, "unverified": list(entry.unverified),
+                 "sees_images": entry.vision,
                  "description": entry.description}
     else:
         from ..gguf_info import inspect_remote

@@ -46,12 +46,13 @@ DEFAULT_PARALLEL = 4  # as llama-server and LM Studio
 @rpc_option
 @click.option("--no-cache", is_flag=True, help="Keep no prompt states on disk. By default each slot's KV cache is saved when the server is idle, and a request that starts the same as a saved one (a long system prompt, a conversation resent with one more turn) loads it after its slot was reused or the server restarted.")
 @click.option("--no-store", is_flag=True, help="Keep no responses of the Responses API (/v1/responses): clients then send the whole conversation, and previous_response_id is refused. By default a response is kept in memory for an hour after its last use (at most 1024 of them, 64 MiB), for the next turn to name it.")
+@click.option("--allow-image-urls", is_flag=True, help="Fetch images that requests name by http(s) URL (OpenAI's image_url parts): at most 20 MiB each, in 20 s. Off by default: localllm works offline, and a fetch is a request made on a client's behalf; data: URLs always work.")
 @click.option("--max-body", type=click.IntRange(1, 1024), default=8, metavar="MIB", help="Largest request body accepted.")
 @click.option("-q", "--quiet", is_flag=True, help="No access log (one line per request on stderr).")
 @click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log on stderr.")
 def serve(model, host, port, parallel, queue_limit, keep_alive, api_key_file, api_key, cors, allowed_hosts, allow_model_paths,
           ctx, threads, gpu_layers, kv_type, flash_attn, spec, draft, engine, vllm_path, vllm_url, nodes, dtype, rpc, no_cache, no_store,
-          max_body, quiet, verbose):
+          allow_image_urls, max_body, quiet, verbose):
     """Serve models over HTTP: OpenAI's API (/v1/chat/completions, /v1/responses, /v1/completions,
     /v1/models, /v1/embeddings), Anthropic's (/v1/messages, /v1/messages/count_tokens), Ollama's
     (/api/chat, /api/generate, /api/embed, /api/tags, /api/show, /api/ps, /api/pull, /api/copy,
@@ -90,7 +91,7 @@ def serve(model, host, port, parallel, queue_limit, keep_alive, api_key_file, ap
     config = ServerConfig(load_options=options, default_model=model, api_key=api_key, max_body=max_body * 2**20,
                           quiet=quiet, cors=split_names(cors, ORIGINS_ENV), allowed_hosts=split_names(allowed_hosts, ALLOWED_HOSTS_ENV),
                           bind_host=host, allow_paths=allow_model_paths, served=served,
-                          store_responses=not no_store)
+                          store_responses=not no_store, allow_image_urls=allow_image_urls)
     os.environ.pop("LOCALLLM_API_KEY", None)  # nothing started from here needs to see it
     if engine == "vllm":
         from ..server.vllm_engine import remote_engine

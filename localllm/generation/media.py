@@ -69,7 +69,7 @@ def _picture(part: dict, name: str) -> images.Picture:
             raise UsageError(f"{name}: image_url needs a url")
         if url.startswith(("http://", "https://")):
             raise UsageError(f"{name}: images are not fetched from the network (localllm works offline): send it as "
-                             "a data: URL")
+                             "a data: URL, or start the server with --allow-image-urls")
         return images.from_data_url(url, name)
     image = part.get("image")
     if isinstance(image, images.Picture):

@@ -63,6 +63,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()  # Host names answered to besides loopback ones ("*": any)
     bind_host: str = "127.0.0.1"
     store_responses: bool = True  # the Responses API keeps responses for previous_response_id
+    allow_image_urls: bool = False  # http(s) image URLs are fetched (else only data: URLs are taken)
     allow_paths: bool = False  # clients may name model files by path, not only installed models
     served: InstalledModel | None = None  # what -m named, listed under its name on every route
 
@@ -184,6 +185,10 @@ class Core:
             raise ApiError(400, str(exc), "model") from None  # a file the client named (--allow-model-paths)
 
     async def _start(self, request: Request, job: GenerationJob) -> Run:
+        if self.config.allow_image_urls and job.messages:
+            from .image_urls import fetch_images
+
+            job.messages = await run_in_threadpool(fetch_images, job.messages)
         served = await self._acquire(job.model)
         try:
             if job.n > 1 and not served.model.capabilities.batching:
