@@ -122,7 +122,11 @@ class Model:
         tools (OpenAI's function format) are rendered by the model's template; calls in the reply
         come as one ToolCalls event before Finished (reason "tool_calls"). tool_choice: "auto",
         "none", "required", or {"type": "function", "function": {"name": ...}}: the last two
-        constrain the reply to a call whose arguments follow the tool's parameter schema."""
+        constrain the reply to a call whose arguments follow the tool's parameter schema.
+
+        A vision model (a GGUF with its projector) also takes images: a message's content may be
+        a list of parts, {"type": "text", "text": ...} and {"type": "image", "image": bytes, a path
+        or a localllm.images.Picture} (or OpenAI's image_url parts with data: URLs)."""
         if not messages or not any(text_of(m.get("content")).strip() or has_images([m]) for m in messages
                                    if m.get("role") in ("user", "tool")):
             raise UsageError("the prompt is empty")

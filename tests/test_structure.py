@@ -23,7 +23,7 @@ LAYERS = [
     ("localllm.generation",),
     ("localllm.hub", "localllm.catalog", "localllm.references", "localllm.gguf_info", "localllm.gguf_header",
      "localllm.gguf_names", "localllm.hardware", "localllm.status", "localllm.crash", "localllm.errorlog",
-     "localllm.config", "localllm.formats"),
+     "localllm.config", "localllm.formats", "localllm.images", "localllm.projector"),
     ("localllm.errors", "localllm.events", "localllm.options", "localllm.printable", "localllm.safejson"),
 ]
 
