@@ -295,7 +295,7 @@ async def test_the_chat_attaches_images_by_key_and_by_a_pasted_path(vision, tmp_
         assert app.session.used_tokens > IMAGE_TOKENS
         assert "[image: my photo.png]" in str(app.query(".user").last().render())
 
-        await pilot.press("f6")  # the key: a path typed into its dialog
+        await pilot.press("f9")  # the key (F6 and F7 are the prompt's: select line, select all)
         await wait_for(pilot, lambda: app.screen.query("#answer"))
         app.screen.query_one("#answer").value = f"'{other}'"
         await pilot.press("enter")

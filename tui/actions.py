@@ -1,5 +1,5 @@
 """What the chat app's keys do to the model choice, the settings and the conversation (Ctrl+O,
-Ctrl+N, F4, Ctrl+B, F1, Ctrl+S, F2, F8, F5, F6), and the status line. A part of ChatApp, which it is mixed into: it uses
+Ctrl+N, F4, Ctrl+B, F1, Ctrl+S, F2, F8, F5, F9), and the status line. A part of ChatApp, which it is mixed into: it uses
 the app's session, store, model and status line.
 """
 
@@ -47,7 +47,7 @@ class ChatActions:
         """Attach the image file `text` names (as typed, quoted, or as a terminal pastes a dropped
         file); False when it names none (then, unless quiet, say why)."""
         path = pasted_path(text)
-        if path is None or not path.is_file() or IMAGE_SUFFIX.fullmatch(path.suffix.lower()) is None:
+        if path is None or IMAGE_SUFFIX.fullmatch(path.suffix.lower()) is None or not _is_file(path):
             if not quiet_if_not_image:
                 self.notify(f"not an image file: {printable(text.strip())[:80]}", severity="error")
             return False
@@ -181,6 +181,13 @@ class ChatActions:
             self.notify(f"exported to {path}")
             return
         self._error(f"not exported: {stem}.md to {stem}-999.md all exist here")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long, a folder not readable: not a file to attach
+        return False
 
 
 def pasted_path(text: str) -> Path | None:

@@ -67,7 +67,7 @@ class ChatApp(ErrorReporting, ChatActions, App):
         Binding("f2", "rename", "Rename", show=False),
         Binding("f8", "delete_chat", "Delete", show=False),
         Binding("f5", "export", "Export", show=False),
-        Binding("f6", "attach_image", "Image", show=False),
+        Binding("f9", "attach_image", "Image", show=False),
         Binding("ctrl+q", "quit", "Quit"),
     ]
 
@@ -98,7 +98,7 @@ class ChatApp(ErrorReporting, ChatActions, App):
         self._rate: float | None = None
         self._flush_every = FLUSH_MIN
         self._edit: _Edit | None = None
-        self.attached: list[Path] = []  # images the next prompt sends (F6, or a pasted path)
+        self.attached: list[Path] = []  # images the next prompt sends (F9, or a pasted path)
         self._first_shown = 0
         self._generation = 0  # counts answers, so a late timer of a finished one does nothing
         self._streamed, self._first_token_at = 0, None

@@ -25,7 +25,7 @@ HELP = """\
 | F4 | copy the last answer (works over SSH) |
 | Ctrl+B | show or hide the conversation list |
 | F2 | rename the chat · **F8** delete it · **F5** export it to Markdown |
-| F6 | attach an image for a vision model (or paste or drop its file's path into the prompt and press Enter) |
+| F9 | attach an image for a vision model (or paste or drop its file's path into the prompt and press Enter) |
 | Ctrl+S | settings: system prompt, sampling, context size |
 | Ctrl+O | switch model, or download one |
 | F1 | this help · **Ctrl+Q** quit |

@@ -26,7 +26,8 @@ def add(source, name, mmproj):
 
     if source.is_dir():
         if name is not None or mmproj is not None:
-            raise UsageError("--name and --mmproj are for a single .gguf file; a folder keeps its files in its manifest")
+            option = "--name" if name is not None else "--mmproj"
+            raise UsageError(f"{option} is for a single .gguf file; a folder keeps the name in its manifest")
         with slow_work(f"checking the files in {source}"):
             path = import_folder(source)
         click.echo(printable(f"installed {path}"), err=True)
