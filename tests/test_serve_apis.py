@@ -113,7 +113,7 @@ def test_responses_render_function_calls_and_their_outputs(echo):
 
 @pytest.mark.parametrize("field, value", [
     ("background", True), ("tools", [{"type": "web_search"}]), ("truncation", "auto"),
-    ("input", [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AA"}]}]),
+    ("input", [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]),
     ("include", ["file_search_call.results"]), ("text", {"format": {"type": "grammar"}}), ("top_logprobs", 21),
     ("reasoning", {"effort": "extreme"}), ("input", [{"type": "item_reference", "id": "x"}])])
 def test_responses_refuse_what_they_cannot_honour_by_name(echo, field, value):

@@ -159,6 +159,19 @@ def test_both_http_apis_take_images(vision_gguf):
                                                 messages=[{"role": "user", "content": "What is this?"}])
         assert seen.usage.prompt_tokens - text_only.usage.prompt_tokens >= IMAGE_TOKENS
 
+        # The Responses API's input_image and Anthropic's image blocks reach the model too.
+        answered = api.responses.create(model=str(vision_gguf), max_output_tokens=4, temperature=0, input=[
+            {"role": "user", "content": [{"type": "input_image", "image_url": url}, {"type": "input_text", "text": "What?"}]}])
+        assert answered.usage.input_tokens >= IMAGE_TOKENS
+        import anthropic
+
+        claude = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+        block = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": base64.b64encode(png("green")).decode()}}
+        looked = claude.messages.create(model=str(vision_gguf), max_tokens=4, messages=[
+            {"role": "user", "content": [block, {"type": "text", "text": "What is this?"}]}])
+        assert looked.usage.input_tokens + looked.usage.cache_read_input_tokens >= IMAGE_TOKENS
+
         client = ollama.Client(host=server.url, timeout=60)
         reply = client.chat(model=str(vision_gguf), messages=[{"role": "user", "content": "What is this?", "images": [png("red")]}],
                             options={"temperature": 0, "num_predict": 4})

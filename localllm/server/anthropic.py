@@ -3,11 +3,14 @@ object, its content blocks (thinking, text, tool_use) and the streamed event seq
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import uuid
 from typing import Any
 
 from ..events import Finished
+from ..generation.media import has_images, text_of
 from . import schemas
 from .schemas import ApiError, GenerationJob, _get, _object, _sampling, _stops
 
@@ -65,12 +68,14 @@ def _messages(body: dict) -> list[dict]:
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
         if not isinstance(blocks, list):
             raise ApiError(400, f"'{where}.content' must be a string or an array of content blocks", f"{where}.content")
-        text, calls, results = [], [], 0
+        text, calls, results, images = [], [], 0, []
         for j, block in enumerate(blocks):
             kind = block.get("type") if isinstance(block, dict) else None
             at = f"{where}.content.{j}"
             if kind == "text" and isinstance(block.get("text"), str):
                 text.append(block["text"])
+            elif kind == "image" and message["role"] == "user":
+                images.append(_image(block, at))
             elif kind == "tool_use" and message["role"] == "assistant":
                 call = schemas._tool_calls([{"id": block.get("id"), "function": {
                     "name": block.get("name"), "arguments": block.get("input", {})}}], at)[0]
@@ -87,11 +92,26 @@ def _messages(body: dict) -> list[dict]:
             elif kind not in ("thinking", "redacted_thinking") or message["role"] != "assistant":
                 raise ApiError(400, f"'{at}': a {str(kind)[:40]} block is not supported here (text, tool_use in an "
                                     "assistant turn, tool_result in a user turn)", at)
-        if text or calls or not results:  # a turn of tool results only is those results
-            messages.append({"role": message["role"], "content": "".join(text), **({"tool_calls": calls} if calls else {})})
-    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+        if text or calls or images or not results:  # a turn of tool results only is those results
+            content = images + [{"type": "text", "text": "".join(text)}] if images else "".join(text)
+            messages.append({"role": message["role"], "content": content, **({"tool_calls": calls} if calls else {})})
+    if not any(m["role"] == "user" and (text_of(m["content"]).strip() or has_images([m])) for m in messages):
         raise ApiError(400, "the messages have no user message with text", "messages")
     return messages
+
+
+def _image(block: dict, where: str) -> dict:
+    """An image block: base64 data (decoded into the image's bytes) or a URL (fetched only where
+    the server allows it: serve --allow-image-urls)."""
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        try:
+            return {"type": "image", "image": base64.b64decode(source["data"], validate=True)}
+        except (binascii.Error, ValueError):
+            raise ApiError(400, f"'{where}.source.data' is not base64", where) from None
+    if source.get("type") == "url" and isinstance(source.get("url"), str):
+        return {"type": "image_url", "image_url": {"url": source["url"]}}
+    raise ApiError(400, f"'{where}.source' must be base64 data or a url", where)
 
 
 def _text(value: Any, where: str) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import Finished
+from ..generation.media import has_images, text_of
 from ..generation.reasoning import LEVELS
 from ..options import MAX_LOGPROBS
 from . import schemas
@@ -57,7 +58,7 @@ def read_request(body: Any, earlier: list[dict] | None) -> tuple[GenerationJob, 
     conversation = list(earlier or []) + _items(body.get("input"))
     if len(conversation) > MAX_ITEMS:
         raise ApiError(400, f"the conversation has more than {MAX_ITEMS} items", "input")
-    if not any(m["role"] == "user" and m["content"].strip() for m in conversation):
+    if not any(m["role"] == "user" and (text_of(m["content"]).strip() or has_images([m])) for m in conversation):
         raise ApiError(400, "the input has no user message with text", "input")
     instructions = _get(body, "instructions", str)
     messages = ([{"role": "system", "content": instructions}] if instructions else []) + conversation
@@ -97,7 +98,8 @@ def _items(value: Any) -> list[dict]:
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
                 raise ApiError(400, f"'{where}.role' must be user, assistant, system or developer", f"{where}.role")
-            messages.append({"role": "system" if role == "developer" else role, "content": _text(item.get("content"), where)})
+            messages.append({"role": "system" if role == "developer" else role,
+                             "content": _text(item.get("content"), where, images=role == "user")})
         elif kind == "function_call":
             call = schemas._tool_calls([{"id": item.get("call_id"), "function": {
                 "name": item.get("name"), "arguments": item.get("arguments", "{}")}}], where)[0]
@@ -119,22 +121,28 @@ def _items(value: Any) -> list[dict]:
     return messages
 
 
-def _text(value: Any, where: str) -> str:
+def _text(value: Any, where: str, images: bool = False) -> str | list[dict]:
+    """A message's text, or (`images`: a user's) its parts with input_image ones as image_url parts."""
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
         raise ApiError(400, f"'{where}.content' must be a string or an array of text parts", f"{where}.content")
-    parts = []
+    parts: list[dict] = []
     for part in value:
         kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "input_image" and images and isinstance(part.get("image_url"), str):
+            parts.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
+            continue
         if kind not in ("input_text", "output_text", "text", "refusal"):
-            raise ApiError(400, f"'{where}.content': only text parts are supported, not {str(kind)[:40]}",
-                           f"{where}.content")
+            raise ApiError(400, f"'{where}.content': only text{' and input_image (image_url)' if images else ''} parts "
+                                f"are supported, not {str(kind)[:40]}", f"{where}.content")
         text = part.get("text", part.get("refusal"))
         if not isinstance(text, str):
             raise ApiError(400, f"'{where}.content': a text part needs its text", f"{where}.content")
-        parts.append(text)
-    return "".join(parts)
+        parts.append({"type": "text", "text": text})
+    if len(parts) > schemas.MAX_PARTS:
+        raise ApiError(400, f"'{where}.content' has more than {schemas.MAX_PARTS} parts", f"{where}.content")
+    return parts if has_images([{"content": parts}]) else "".join(p["text"] for p in parts)
 
 
 def _chat_tools(body: dict) -> dict:
