@@ -171,7 +171,8 @@ class ChatStore:
         from .images import MAX_BYTES, from_file
 
         from_file(str(source))  # a clear error now, not when the chat is read again
-        data = source.read_bytes()[: MAX_BYTES + 1]
+        with source.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
         name = hashlib.sha256(data).hexdigest() + (source.suffix.lower() if IMAGE_SUFFIX.fullmatch(source.suffix.lower()) else "")
         target = self.image_folder / name
         if not target.exists():

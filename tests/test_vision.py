@@ -159,6 +159,17 @@ def test_both_http_apis_take_images(vision_gguf):
                                                 messages=[{"role": "user", "content": "What is this?"}])
         assert seen.usage.prompt_tokens - text_only.usage.prompt_tokens >= IMAGE_TOKENS
 
+        # Several at once, each with its own image: read while the others generate, none lost.
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(color):
+            part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png(color)).decode()}}
+            return api.chat.completions.create(model=str(vision_gguf), temperature=0, max_tokens=6,
+                                               messages=[{"role": "user", "content": [part, {"type": "text", "text": "Hi"}]}])
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(one, ["red", "green", "blue", "yellow"]))
+        assert len({r.usage.prompt_tokens for r in replies}) == 1 and all(r.choices[0].message.content for r in replies)
+
         # The Responses API's input_image and Anthropic's image blocks reach the model too.
         answered = api.responses.create(model=str(vision_gguf), max_output_tokens=4, temperature=0, input=[
             {"role": "user", "content": [{"type": "input_image", "image_url": url}, {"type": "input_text", "text": "What?"}]}])

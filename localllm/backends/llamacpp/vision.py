@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import secrets
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,10 @@ class Vision:
             raise ModelLoadError(projector, "this projector takes no images")
         self.projector = projector
         self._chunks: OrderedDict[int, object] = OrderedDict()
+        # Prompts are tokenized off the engine thread (the server's request handlers) while the
+        # engine reads images: the chunks are kept and freed under this lock, and an image is read
+        # holding it, so none is freed while llama.cpp reads it.
+        self._lock = threading.Lock()
 
     def tokenize(self, prompt: str, pictures: Sequence) -> list[int]:
         """The prompt's tokens, each image as a run of its placeholder id."""
@@ -100,29 +105,32 @@ class Vision:
         return tokens
 
     def _keep(self, placeholder: int, chunk) -> None:
-        old = self._chunks.pop(placeholder, None)
-        if old is not None:
-            mtmd.mtmd_input_chunk_free(old)
-        self._chunks[placeholder] = chunk
-        while len(self._chunks) > KEPT_IMAGES:
-            mtmd.mtmd_input_chunk_free(self._chunks.popitem(last=False)[1])
+        with self._lock:
+            old = self._chunks.pop(placeholder, None)
+            if old is not None:
+                mtmd.mtmd_input_chunk_free(old)
+            self._chunks[placeholder] = chunk
+            while len(self._chunks) > KEPT_IMAGES:
+                mtmd.mtmd_input_chunk_free(self._chunks.popitem(last=False)[1])
 
     def evaluate(self, lctx, placeholder: int, n_past: int, seq: int, n_batch: int, logits_last: bool) -> None:
         """Encode the image and decode its embeddings into sequence `seq` from position `n_past`."""
-        chunk = self._chunks.get(placeholder)
-        if chunk is None:
-            raise GenerationError(f"an image was dropped before it was read (more than {KEPT_IMAGES} images waiting)")
-        self._chunks.move_to_end(placeholder)
-        new_past = llama_cpp.llama_pos(0)
-        status = mtmd.mtmd_helper_eval_chunk_single(self.ctx, lctx, chunk, n_past, seq, n_batch, logits_last,
-                                                    ctypes.byref(new_past))
+        with self._lock:
+            chunk = self._chunks.get(placeholder)
+            if chunk is None:
+                raise GenerationError(f"an image was dropped before it was read (more than {KEPT_IMAGES} images waiting)")
+            self._chunks.move_to_end(placeholder)
+            new_past = llama_cpp.llama_pos(0)
+            status = mtmd.mtmd_helper_eval_chunk_single(self.ctx, lctx, chunk, n_past, seq, n_batch, logits_last,
+                                                        ctypes.byref(new_past))
         if status != 0:
             raise GenerationError(f"llama.cpp failed to read an image (mtmd returned {status})")
 
     def close(self) -> None:
-        for chunk in self._chunks.values():
-            mtmd.mtmd_input_chunk_free(chunk)
-        self._chunks.clear()
+        with self._lock:
+            for chunk in self._chunks.values():
+                mtmd.mtmd_input_chunk_free(chunk)
+            self._chunks.clear()
         if self.ctx:
             mtmd.mtmd_free(self.ctx)
             self.ctx = None
