@@ -252,6 +252,8 @@ def test_add_list_show_and_rm_know_the_projector(vision_gguf, starter_gguf, tmp_
     assert "gguf+vision" in run_cli("list").stdout
     shown = run_cli("show", "seeing")
     assert shown.returncode == 0 and f"{IMAGE_TOKENS} tokens per image" in shown.stdout, shown
+    planned = __import__("json").loads(run_cli("plan", "seeing", "--json").stdout)
+    assert planned["vision"]["tokens_per_image"] == IMAGE_TOKENS and planned["vision"]["bytes"] > projector.stat().st_size // 2
     seen = run_cli("run", "-m", "seeing", "--image", "-", "-t", "0", "--max-tokens", "2", "--ctx", "512", "--json",
                    "What is this?", stdin=png("red"))
     assert seen.returncode == 0, seen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -93,12 +94,14 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, draft, as_j
         _plan_checkpoint(model, profile, ctx, margin, full, as_json)
         return
     # A model that is not installed is planned before any download: that is what plan is for.
-    spec = spec_for(model or str(resolve(None)), profile)[0]
+    spec, _, _, info = spec_for(model or str(resolve(None)), profile)
+    vision = info.get("vision")  # an installed vision model: its projector's memory is taken first
     # The option table's special values, as a load reads them: 0 the trained length, -1 every layer.
     ctx = spec.n_ctx_train or None if ctx == 0 else ctx
     gpu_layers = spec.n_layer + 1 if gpu_layers == -1 else gpu_layers
     overrides = Overrides(n_ctx=ctx, n_gpu_layers=gpu_layers, kv_type=kv_type,
-                          margin=None if margin is None else margin * 2**20, outputs=output_rows(LoadOptions()))
+                          margin=None if margin is None else margin * 2**20, outputs=output_rows(LoadOptions()),
+                          reserved=(vision["bytes"],) if vision else ())
     # Threads as a quiet machine would start with: a sample of the other processes' load over the
     # moment `plan` runs flipped between 1 and 2 on back-to-back calls, and a load adapts while
     # decoding anyway (backends/threads.py).
@@ -114,7 +117,7 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, draft, as_j
                                "estimate": [asdict(d) | {"total": d.total} for d in chosen.estimate.devices],
                                "margins": chosen.margins, "free": chosen.budgets,
                                "explanation": chosen.explanation, "warnings": chosen.warnings,
-                               "prompt_state": {"tokens": chat_tokens, "bytes": on_disk},
+                               "prompt_state": {"tokens": chat_tokens, "bytes": on_disk}, "vision": vision,
                                **({"draft": {"model": beside.spec.name, "fit": beside.fit, "settings": asdict(beside.shape),
                                              "estimate": [asdict(d) | {"total": d.total} for d in beside.estimate.devices],
                                              "warnings": beside.warnings}} if beside else {})}, indent=2))
@@ -130,6 +133,11 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, draft, as_j
     click.echo(f"\nsettings: --ctx {shape.n_ctx} --gpu-layers {shape.n_gpu_layers} --kv-type {shape.kv_type} --threads {chosen.n_threads}")
     click.echo(f"prompt cache: a {chat_tokens:,}-token chat kept on disk takes {human_bytes(on_disk)} "
                f"({on_disk / chat_tokens / 1024:.0f} KiB a token; `localllm cache` shows and clears them)")
+    if vision:
+        fit = vision["tokens_per_image"] and (shape.n_ctx // vision["tokens_per_image"])
+        click.echo(printable(f"vision: {Path(vision['projector']).name} takes {human_bytes(vision['bytes'])} beside it (RAM); "
+                             + (f"an image is {vision['tokens_per_image']} tokens, {fit} fit the window"
+                                if fit else "an image's tokens depend on its size")))
     if beside is not None:
         used = ", ".join(f"{'RAM' if d.device == 'cpu' else d.device.upper()} {human_bytes(d.total)}"
                          for d in beside.estimate.devices if d.total)
