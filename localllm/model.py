@@ -94,7 +94,7 @@ class Model:
     def tokenize_images(self, prompt: str, pictures) -> list[int]:
         """The tokens of a prompt holding image_marker once per picture (localllm.images.Picture),
         each image a run of its placeholder id (negative)."""
-        return self._loaded.tokenize_images(prompt, pictures)
+        return self._loaded.vision.tokenize(prompt, pictures)
 
     def special_token(self, text: str) -> int | None:
         """The id of `text` where it is one special token to the grammar engine (Qwen3's

@@ -346,3 +346,106 @@ async def test_the_chat_attaches_images_by_key_and_by_a_pasted_path(vision, tmp_
         await pilot.press("enter")
         await pilot.pause(0.2)
         assert text_only.attached == [] and not text_only.session.messages
+
+
+# ---- images placed by M-RoPE (Qwen2-VL's kind) ------------------------------------------------
+@pytest.fixture(scope="module")
+def mrope_gguf(starter_gguf, tmp_path_factory):
+    from vision_gguf import write_mrope_model, write_mrope_projector
+
+    folder = tmp_path_factory.mktemp("mrope")
+    write_mrope_projector(folder / "mmproj-qwen2vl-starter-f16.gguf")
+    return write_mrope_model(starter_gguf, folder / "qwen2vl-starter.gguf")
+
+
+def _first_scores(events) -> list[tuple[str, float]]:
+    token = next(e for e in events if getattr(e, "logprobs", ()))
+    return [(text, logprob) for text, _, logprob in token.logprobs[0].top]
+
+
+def _llama_cpp_scores(model, messages, positions_from_llama_cpp: bool) -> list[tuple[str, float]]:
+    """The first token's top scores as llama.cpp's own helper reads the prompt (text after an image
+    at the position mtmd returns), or, as a control, with text positions counted by llama.cpp."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+    from llama_cpp import mtmd_cpp as mtmd
+
+    from localllm.backends.llamacpp.pieces import Pieces
+    from localllm.generation.media import split
+    from localllm.generation.request import render
+
+    loaded = model._loaded
+    flat, pictures = split(messages, model.image_marker, "model")
+    prompt = render(model, flat)[0].encode()
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_threads, params.n_threads_batch = 1024, 512, 2, 2
+    ctx = llama_cpp.llama_init_from_model(loaded._model, params)
+    chunks = mtmd.mtmd_input_chunks_init()
+    bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)()
+    pixels = (ctypes.c_uint8 * len(pictures[0].rgb)).from_buffer_copy(pictures[0].rgb)
+    bitmaps[0] = mtmd.mtmd_bitmap_init(pictures[0].width, pictures[0].height, pixels)
+    try:
+        text = mtmd.mtmd_input_text(prompt, len(prompt), True, True)
+        assert mtmd.mtmd_tokenize(loaded.vision.ctx, chunks, ctypes.byref(text), bitmaps, 1) == 0
+        n_past = llama_cpp.llama_pos(0)
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+            if positions_from_llama_cpp and mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT \
+                    and i > 0:
+                n = ctypes.c_size_t(0)
+                ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                array = (llama_cpp.llama_token * n.value)(*ids[: n.value])
+                assert llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(array, n.value)) == 0
+                continue
+            last = i == mtmd.mtmd_input_chunks_size(chunks) - 1
+            assert mtmd.mtmd_helper_eval_chunk_single(loaded.vision.ctx, ctx, chunk, n_past.value, 0, 512, last,
+                                                      ctypes.byref(n_past)) == 0
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(model.n_vocab,)).astype(np.float64)
+    finally:
+        mtmd.mtmd_bitmap_free(bitmaps[0])
+        mtmd.mtmd_input_chunks_free(chunks)
+        llama_cpp.llama_free(ctx)
+    logprobs = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+    top = np.argsort(-logprobs)[:5]
+    pieces = Pieces(loaded._vocab)
+    return [(pieces.bytes_of(int(i)).decode("utf-8", errors="replace"), float(logprobs[i])) for i in top]
+
+
+@pytest.mark.slow
+def test_mrope_images_take_their_positions_as_llama_cpp_places_them(mrope_gguf):
+    """An image of 4 x 3 tokens (112 x 84 pixels in 28-pixel cells) advances the position by 4:
+    the text after it is read where llama.cpp's own helper reads it, on both paths."""
+    from test_server_trust import AppServer
+
+    from localllm.options import LoadOptions
+    from localllm.server import ServerConfig
+
+    messages = ask({"type": "image", "image": png("red", (112, 84))})
+    scoring = SamplingOptions(temperature=0, max_tokens=1, logprobs=5)
+    with load_model(mrope_gguf, n_ctx=1024, n_threads=2, speculation="off") as model:
+        tokens = model.tokenize_images(f"a {model.image_marker} b", [decode(png("red", (112, 84)))])
+        assert sum(1 for t in tokens if t < 0) == 12 and model._loaded.vision.shift(tokens, len(tokens)) == 4 - 12
+        ours = _first_scores(model.chat(messages, scoring))
+        reference = _llama_cpp_scores(model, messages, positions_from_llama_cpp=False)
+        control = _llama_cpp_scores(model, messages, positions_from_llama_cpp=True)
+        again = _first_scores(model.chat(messages, scoring))  # the image's cells reused from the cache
+    assert [t for t, _ in ours] == [t for t, _ in reference] == [t for t, _ in again]
+    assert [lp for _, lp in ours] == pytest.approx([lp for _, lp in reference], abs=0.05)
+    assert [lp for _, lp in control] != pytest.approx([lp for _, lp in reference], abs=0.05), \
+        "positions counted from the cells give other scores: the test can tell"
+
+    server = AppServer(ServerConfig(LoadOptions(n_ctx=1024, n_threads=2, n_seq=2, speculation="off"),
+                                    default_model=str(mrope_gguf), quiet=True))
+    try:
+        url = "data:image/png;base64," + base64.b64encode(png("red", (112, 84))).decode()
+        reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+            "model": str(mrope_gguf), "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": 5,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                      {"type": "text", "text": "What is in this picture?"}]}]}).json()
+        served = [(a["token"], a["logprob"]) for a in reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]]
+    finally:
+        server.stop()
+    assert [t for t, _ in served] == [t for t, _ in reference]
+    assert [lp for _, lp in served] == pytest.approx([lp for _, lp in reference], abs=0.05)

@@ -70,3 +70,73 @@ def write_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int = 7, i
     writer.write_tensors_to_file()
     writer.close()
     return target
+
+
+def write_mrope_model(starter: Path, target: Path) -> Path:
+    """The starter as a Qwen2-VL language model: the same weights under the qwen2vl architecture,
+    whose rotary positions are M-RoPE (sections of each head for time, height and width), as
+    Qwen2-VL's and Qwen2.5-VL's are. Its words are nonsense; its positions are what is tested."""
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = gguf.GGUFReader(starter, "r")
+    old = [name for name in reader.fields if name.startswith("llama.")]
+    changes = {name.replace("llama.", "qwen2vl.", 1): MetadataDetails(reader.fields[name].types[0],
+                                                                     reader.fields[name].contents()) for name in old}
+    # The 32 rotary pairs of a 64-wide head, in sections: time, height, width, none left over.
+    changes["qwen2vl.rope.dimension_sections"] = MetadataDetails(gguf.GGUFValueType.ARRAY, [8, 12, 12, 0],
+                                                                 sub_type=gguf.GGUFValueType.INT32)
+    writer = gguf.GGUFWriter(target, arch="qwen2vl", endianess=reader.endianess)
+    copy_with_new_metadata(reader, writer, changes, old)
+    return target
+
+
+MROPE_PATCH = 14  # an image w x h pixels (multiples of 28) is (w / 28) x (h / 28) tokens, at max of those positions
+
+
+def write_mrope_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int = 11) -> Path:
+    """Qwen2-VL's projector as llama.cpp reads it: a ViT with 2D rotary positions over the image at
+    (about) its own size, 2x2 patches merged into one token by an MLP."""
+    rng = np.random.default_rng(seed)
+    width, ffn = WIDTH, FFN
+
+    def weights(*shape: int, scale: float = 0.05) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    writer = gguf.GGUFWriter(target, arch="clip")
+    writer.add_string("clip.projector_type", "qwen2vl_merger")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.use_gelu", True)
+    writer.add_uint32("clip.vision.image_size", 560)
+    writer.add_uint32("clip.vision.patch_size", MROPE_PATCH)
+    writer.add_uint32("clip.vision.embedding_length", width)
+    writer.add_uint32("clip.vision.feed_forward_length", ffn)
+    writer.add_uint32("clip.vision.block_count", LAYERS)
+    writer.add_uint32("clip.vision.projection_dim", text_width)
+    writer.add_uint32("clip.vision.attention.head_count", HEADS)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    writer.add_tensor("v.patch_embd.weight", weights(width, 3, MROPE_PATCH, MROPE_PATCH))
+    writer.add_tensor("v.patch_embd.weight.1", weights(width, 3, MROPE_PATCH, MROPE_PATCH))
+    for i in range(LAYERS):
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"v.blk.{i}.{name}.weight", weights(width, width))
+            writer.add_tensor(f"v.blk.{i}.{name}.bias", weights(width))
+        for name in ("ln1", "ln2"):
+            writer.add_tensor(f"v.blk.{i}.{name}.weight", np.ones(width, dtype=np.float32))
+            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(width, dtype=np.float32))
+        writer.add_tensor(f"v.blk.{i}.ffn_up.weight", weights(ffn, width))
+        writer.add_tensor(f"v.blk.{i}.ffn_up.bias", weights(ffn))
+        writer.add_tensor(f"v.blk.{i}.ffn_down.weight", weights(width, ffn))
+        writer.add_tensor(f"v.blk.{i}.ffn_down.bias", weights(width))
+    writer.add_tensor("v.post_ln.weight", np.ones(width, dtype=np.float32))
+    writer.add_tensor("v.post_ln.bias", np.zeros(width, dtype=np.float32))
+    writer.add_tensor("mm.0.weight", weights(width * 4, width * 4))
+    writer.add_tensor("mm.0.bias", weights(width * 4))
+    writer.add_tensor("mm.2.weight", weights(text_width, width * 4, scale=0.5))
+    writer.add_tensor("mm.2.bias", weights(text_width))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target

@@ -35,6 +35,7 @@ class _Slot:
     def __init__(self, seq: int):
         self.seq = seq
         self.cached: list[int] = []  # tokens whose KV cache this sequence holds
+        self.shift = 0  # the position after them minus their count (M-RoPE images: vision.py)
         self.request: SequenceRequest | None = None
         self.last_used = 0.0
         self.unsaved = False  # its cache changed since it was last saved on disk
@@ -114,18 +115,22 @@ class LlamaCppBatcher:
         memory = self._model._memory
         donor = max(self._slots, key=lambda s: reusable_prefix(s.cached, tokens))
         donated = reusable_prefix(donor.cached, tokens)
+        vision = self._model.vision
+
+        def position(n: int) -> int:  # after tokens[:n]
+            return n + (vision.shift(tokens, n) if vision is not None else 0)
         restored = self._restore(slot, tokens, max(common, donated))
         if restored is not None:
             common = restored
         elif donated > common:
             llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
-            llama_cpp.llama_memory_seq_cp(memory, donor.seq, slot.seq, 0, donated)
+            llama_cpp.llama_memory_seq_cp(memory, donor.seq, slot.seq, 0, position(donated))
             common = donated
-        elif common < len(slot.cached) and not llama_cpp.llama_memory_seq_rm(memory, slot.seq, common, -1):
+        elif common < len(slot.cached) and not llama_cpp.llama_memory_seq_rm(memory, slot.seq, position(common), -1):
             # Some caches (recurrent, sliding window) cannot be cut mid-sequence.
             llama_cpp.llama_memory_seq_rm(memory, slot.seq, -1, -1)
             common = 0
-        slot.cached = tokens[:common]
+        slot.cached, slot.shift = tokens[:common], position(common) - common
         slot.unsaved = True
         slot.start(request, common, answer)
         slot.speculation = self._model.speculation(tokens, answer)
@@ -172,9 +177,9 @@ class LlamaCppBatcher:
                 chunk = slot.next_tokens[:room]
                 whole = len(chunk) == len(slot.next_tokens)
                 if whole and slot.draft:
-                    index = batch.add(chunk + slot.draft, len(slot.cached), slot.seq, 1 + len(slot.draft))
+                    index = batch.add(chunk + slot.draft, len(slot.cached) + slot.shift, slot.seq, 1 + len(slot.draft))
                 else:
-                    index = batch.add(chunk, len(slot.cached), slot.seq, int(whole))
+                    index = batch.add(chunk, len(slot.cached) + slot.shift, slot.seq, int(whole))
                 entries.append((slot, len(chunk), index if whole else None))
         for slot in self._slots:
             room = self._budget - batch.n
@@ -185,7 +190,7 @@ class LlamaCppBatcher:
             chunk = slot.pending[:room]
             chunk = chunk[: next((i for i, t in enumerate(chunk) if t < 0), len(chunk))]  # up to the next image
             done = len(chunk) == len(slot.pending)
-            index = batch.add(chunk, len(slot.cached), slot.seq, done)
+            index = batch.add(chunk, len(slot.cached) + slot.shift, slot.seq, done)
             entries.append((slot, len(chunk), index if done else None))
         if not entries:
             return
@@ -222,8 +227,8 @@ class LlamaCppBatcher:
         embeddings, not tokens); False when it failed (the sequence has ended) or nothing is left."""
         end = next((i for i, t in enumerate(slot.pending) if t != slot.pending[0]), len(slot.pending))
         try:
-            self._model.vision.evaluate(self._model._ctx, slot.pending[0], len(slot.cached), slot.seq,
-                                        self._model._n_batch, False)
+            slot.shift += self._model.vision.evaluate(self._model._ctx, slot.pending[0], len(slot.cached) + slot.shift,
+                                                      slot.seq, self._model._n_batch, False)
         except GenerationError as exc:
             self._fail_with([slot], str(exc))
             return False
@@ -254,7 +259,7 @@ class LlamaCppBatcher:
             slot.request.emit(Token(checked.text))
         slot.cached.extend(draft[:checked.used])
         if checked.used < len(draft):
-            llama_cpp.llama_memory_seq_rm(self._model._memory, slot.seq, len(slot.cached), -1)
+            llama_cpp.llama_memory_seq_rm(self._model._memory, slot.seq, len(slot.cached) + slot.shift, -1)
         if checked.over:
             self._finish(slot)
         elif checked.feed is not None:

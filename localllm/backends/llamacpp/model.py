@@ -1,13 +1,11 @@
 """The llama.cpp backend, through llama-cpp-python's low-level C API.
 
-Its neighbours: llamacpp_runtime (process-wide setup: logs, init, threadpool, devices),
-llamacpp_params (load and context parameters, dry runs), llamacpp_load (checks and planning),
-llamacpp_batch (several sequences). Only backends/ imports ``llama_cpp``. It skips llama-cpp-python's high-level
-``Llama`` class on the hot path: that class evaluates prompts in n_batch slices and spends
-Python time per token on logits copies and stop-string checks. Here a prompt is one
-``llama_decode`` call and each generated token costs a handful of C calls (the C sampler chain,
-one decode, one detokenize; greedy picks read the logits in place).
-"""
+Its neighbours: runtime.py (process-wide setup: logs, init, threadpool, devices), params.py (load and
+context parameters, dry runs), load.py (checks and planning), batch.py (several sequences), vision.py
+(images). Only backends/ imports ``llama_cpp``. It skips llama-cpp-python's high-level
+``Llama`` class on the hot path, which reads prompts in n_batch slices and copies logits per token.
+Here a prompt is one ``llama_decode`` call and a generated token a handful of C calls (the sampler
+chain, one decode, one detokenize; greedy picks read the logits in place)."""
 
 from __future__ import annotations
 
@@ -49,7 +47,13 @@ from .params import (
     window,
 )
 from .pieces import Pieces
-from .runtime import Threadpool, init_backend, load_failure_reason, model_buffers
+from .runtime import (
+    Threadpool,
+    decode_at,
+    init_backend,
+    load_failure_reason,
+    model_buffers,
+)
 from .runtime import log as llama_log
 from .speculate import curve_key, load_curve, save_curve, speculative_loop
 
@@ -137,7 +141,8 @@ class LlamaCppModel:
             raise ModelLoadError(path, f"{reason} (a smaller --ctx needs less memory)")
         if not lazy:
             self.n_ctx = self._allocated  # llama.cpp rounds the window up to a multiple of 256
-        self._cached: list[int] = []
+        # Tokens in the KV cache, and the position after them minus their count (M-RoPE images: vision.py).
+        self._cached, self._shift = [], 0
         self._read_step = self._n_ubatch if self.n_gpu_layers else min(self._n_ubatch, READ_STEP_CPU)
         # What a decode of b tokens costs here: what `auto` decides from (the other modes measure nothing).
         self._cost_curve = load_curve(curve_key(self)) if options.speculation == "auto" else None
@@ -146,13 +151,9 @@ class LlamaCppModel:
         self._warm_up()
         self._states, self._unsaved, self._draft, self.vision = None, False, None, None
         if options.projector:
-            from .vision import Vision
+            from .vision import open_vision
 
-            try:
-                self.vision = Vision(self, Path(options.projector), self.n_threads, self.n_gpu_layers > 0)
-            except ModelLoadError:
-                self.close()
-                raise
+            self.vision = open_vision(self, options)
         if options.draft_plan is not None:
             self._draft = open_draft(self, Path(options.draft), options.draft_plan)  # or this model is closed
         if options.prompt_cache:  # the settings that shape the KV cache, all of them
@@ -257,10 +258,6 @@ class LlamaCppModel:
             n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
         return list(buf[:n])
 
-    def tokenize_images(self, prompt: str, pictures) -> list[int]:
-        """A prompt whose text holds `self.vision.marker` once per picture (localllm.images.Picture)."""
-        return self.vision.tokenize(prompt, pictures)
-
     def special_token(self, text: str) -> int | None:
         """The id of `text` when it is one token the grammar engine sees as special (Qwen3's
         ``</think>``), which a grammar must then name by id, not spell."""
@@ -310,8 +307,9 @@ class LlamaCppModel:
         """Drop the KV cache after the longest prefix shared with the last call (in "cold" mode,
         the longest a cold read would have computed the same); return its length."""
         common = self._usable(reusable_prefix(self._cached, tokens), self._cold)
-        if common and not llama_cpp.llama_memory_seq_rm(self._memory, 0, common, -1):
-            common = 0  # some caches (recurrent, sliding window) cannot be cut mid-sequence
+        self._shift = self.vision.shift(tokens, common) if self.vision is not None else 0
+        if common and not llama_cpp.llama_memory_seq_rm(self._memory, 0, common + self._shift, -1):
+            common = self._shift = 0  # some caches (recurrent, sliding window) cannot be cut mid-sequence
         if not common:
             llama_cpp.llama_memory_clear(self._memory, True)
         self._cached = tokens[:common]
@@ -376,14 +374,16 @@ class LlamaCppModel:
             yield PromptProgress(0, len(tokens))  # said at once: the first chunk alone takes seconds
         for first, end in stretches(tokens):
             if tokens[first] < 0:
-                self.vision.evaluate(self._ctx, tokens[first], len(self._cached), 0, self._n_batch, end == len(tokens))
+                self._shift += self.vision.evaluate(self._ctx, tokens[first], len(self._cached) + self._shift, 0,
+                                                    self._n_batch, end == len(tokens))
                 self._cached.extend(tokens[first:end])
                 yield PromptProgress(end, len(tokens))
                 continue
             for start in range(first, end, step):
                 chunk = tokens[start : min(start + step, end)]
-                array = (llama_cpp.llama_token * len(chunk))(*chunk)
-                status = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
+                array = (llama_cpp.llama_token * len(chunk))(*chunk)  # named: llama_decode reads it after this line
+                status = decode_at(self._ctx, chunk, len(self._cached) + self._shift) if self._shift else \
+                    llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
                 if status != 0:
                     self._cached = []
                     raise GenerationError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {status})")
@@ -438,7 +438,9 @@ class LlamaCppModel:
             if len(cached) + len(step) > self._allocated:
                 self._make_room(len(cached) + len(step))
                 ctx = self._ctx
-            if len(step) == 1:
+            if self._shift:  # positions given: llama.cpp would count them from the cells
+                status = decode_at(ctx, step, len(cached) + self._shift)
+            elif len(step) == 1:
                 one[0] = step[0]
                 t_step = perf_counter()
                 status = decode(ctx, batch)
@@ -478,9 +480,8 @@ class LlamaCppModel:
         draft, self._draft = getattr(self, "_draft", None), None
         if draft is not None:
             draft.close()
-        vision, self.vision = getattr(self, "vision", None), None
-        if vision is not None:
-            vision.close()
+        if getattr(self, "vision", None) is not None:  # before the model it was made for (closing twice is harmless)
+            self.vision.close()
         self._free_context()
         if self._embed_ctx:
             llama_cpp.llama_free(self._embed_ctx)

@@ -10,6 +10,7 @@ import re
 import sys
 import threading
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import llama_cpp
@@ -216,3 +217,17 @@ def cpu_variant() -> str:
     features = [name.strip() for name, _, value in (part.partition("=") for part in info.split("CPU :")[-1].split("|"))
                 if value.strip() == "1"]
     return "native build: " + (" ".join(features) or "no SIMD features")
+
+
+def decode_at(ctx, tokens: Sequence[int], pos: int) -> int:
+    """llama_decode of `tokens` at positions pos, pos + 1, ... in sequence 0, the last with logits."""
+    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+    try:
+        for i, token in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos + i, 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = i == len(tokens) - 1
+        batch.n_tokens = len(tokens)
+        return llama_cpp.llama_decode(ctx, batch)
+    finally:
+        llama_cpp.llama_batch_free(batch)

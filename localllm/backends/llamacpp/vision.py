@@ -6,6 +6,11 @@ stands in the token list as a run of one negative placeholder id (as many as the
 becomes), derived from the image's pixels: the prefix cache compares token lists, so a second
 question about the same image reuses its cells and a different image does not. When a run is
 reached, the projector encodes the image and its embeddings are decoded into the sequence.
+
+An image placed by M-RoPE (Qwen2-VL, Qwen2.5-VL) takes as many cells as tokens but advances the
+position by fewer (the larger side of its grid): after one, a sequence's positions run behind its
+token count by the images' `shift`, and its tokens are decoded at positions given explicitly
+(llama.cpp's own count, one past the last cell's, would place them too early).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import llama_cpp
 from llama_cpp import mtmd_cpp as mtmd
 
 from ...errors import GenerationError, ModelLoadError, UsageError
+from ..base import stretches
 from .runtime import log as llama_log
 
 KEPT_IMAGES = 32  # image chunks held for prompts being read; each holds its preprocessed pixels
+KEPT_SHAPES = 65536  # images whose position shift is remembered, for the prefixes that hold them
 # clip's "load_hparams: model size: 0.46 MiB" and "CPU compute buffer size = 0.22 MiB" lines.
 BUFFER_LINE = re.compile(r"(model size|compute buffer size)\s*[:=]\s*([0-9.]+) MiB")
 
@@ -57,6 +64,7 @@ class Vision:
             raise ModelLoadError(projector, "this projector takes no images")
         self.projector = projector
         self._chunks: OrderedDict[int, object] = OrderedDict()
+        self._shifts: OrderedDict[int, int] = OrderedDict()  # placeholder -> positions minus tokens
         # Prompts are tokenized off the engine thread (the server's request handlers) while the
         # engine reads images: the chunks are kept and freed under this lock, and an image is read
         # holding it, so none is freed while llama.cpp reads it.
@@ -95,17 +103,18 @@ class Vision:
             if kind != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
                 raise UsageError("this projector reads sound, not images, which localllm does not take")
             n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-            if mtmd.mtmd_input_chunk_get_n_pos(chunk) != n_tokens:
-                raise UsageError("this projector places image tokens by M-RoPE (Qwen2-VL's kind), which localllm "
-                                 "does not support yet")
             name = (mtmd.mtmd_input_chunk_get_id(chunk) or b"") + f"#{i}".encode()
             placeholder = -1 - int.from_bytes(hashlib.sha256(name).digest()[:4], "little") % (2**31 - 1)
-            self._keep(placeholder, mtmd.mtmd_input_chunk_copy(chunk))
+            self._keep(placeholder, mtmd.mtmd_input_chunk_copy(chunk), mtmd.mtmd_input_chunk_get_n_pos(chunk) - n_tokens)
             tokens.extend([placeholder] * n_tokens)
         return tokens
 
-    def _keep(self, placeholder: int, chunk) -> None:
+    def _keep(self, placeholder: int, chunk, shift: int) -> None:
         with self._lock:
+            self._shifts[placeholder] = shift
+            self._shifts.move_to_end(placeholder)
+            while len(self._shifts) > KEPT_SHAPES:
+                self._shifts.popitem(last=False)
             old = self._chunks.pop(placeholder, None)
             if old is not None:
                 mtmd.mtmd_input_chunk_free(old)
@@ -113,8 +122,17 @@ class Vision:
             while len(self._chunks) > KEPT_IMAGES:
                 mtmd.mtmd_input_chunk_free(self._chunks.popitem(last=False)[1])
 
-    def evaluate(self, lctx, placeholder: int, n_past: int, seq: int, n_batch: int, logits_last: bool) -> None:
-        """Encode the image and decode its embeddings into sequence `seq` from position `n_past`."""
+    def shift(self, tokens: Sequence[int], end: int) -> int:
+        """How far the position after tokens[:end] runs behind `end` (0 without M-RoPE images)."""
+        if min(tokens[:end], default=0) >= 0:
+            return 0
+        with self._lock:
+            return sum(self._shifts.get(tokens[first], 0) for first, last in stretches(tokens[:end])
+                       if tokens[first] < 0)
+
+    def evaluate(self, lctx, placeholder: int, n_past: int, seq: int, n_batch: int, logits_last: bool) -> int:
+        """Encode the image and decode its embeddings into sequence `seq` from position `n_past`;
+        the image's shift (positions it takes minus tokens)."""
         with self._lock:
             chunk = self._chunks.get(placeholder)
             if chunk is None:
@@ -123,8 +141,10 @@ class Vision:
             new_past = llama_cpp.llama_pos(0)
             status = mtmd.mtmd_helper_eval_chunk_single(self.ctx, lctx, chunk, n_past, seq, n_batch, logits_last,
                                                         ctypes.byref(new_past))
+            n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
         if status != 0:
             raise GenerationError(f"llama.cpp failed to read an image (mtmd returned {status})")
+        return new_past.value - n_past - n_tokens
 
     def close(self) -> None:
         with self._lock:
@@ -134,3 +154,14 @@ class Vision:
         if self.ctx:
             mtmd.mtmd_free(self.ctx)
             self.ctx = None
+
+
+def open_vision(model, options) -> Vision | None:
+    """The projector `options` name, opened for `model` (closed, with the error, when it fails)."""
+    if not options.projector:
+        return None
+    try:
+        return Vision(model, Path(options.projector), model.n_threads, model.n_gpu_layers > 0)
+    except ModelLoadError:
+        model.close()
+        raise
