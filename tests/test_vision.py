@@ -449,3 +449,30 @@ def test_mrope_images_take_their_positions_as_llama_cpp_places_them(mrope_gguf):
         server.stop()
     assert [t for t, _ in served] == [t for t, _ in reference]
     assert [lp for _, lp in served] == pytest.approx([lp for _, lp in reference], abs=0.05)
+
+
+@pytest.mark.slow
+def test_a_tiled_image_is_several_chunks_all_cached(starter_gguf, tmp_path):
+    """SmolVLM's projector (idefics3) cuts an image into tiles plus an overview: one image is several
+    image chunks, each with its own placeholder, read in order and reused as a whole."""
+    from vision_gguf import write_smolvlm_model
+
+    from localllm.backends.base import stretches
+    from localllm.projector import read
+
+    model_path = write_smolvlm_model(starter_gguf, tmp_path / "smolvlm-starter.gguf")
+    projector = write_projector(tmp_path / "mmproj-smolvlm-starter-f16.gguf", kind="idefics3", longest_edge=128)
+    assert read(projector).tokens_per_image is None  # it depends on the image's size
+    picture = {"type": "image", "image": png("red", (128, 96))}
+    with load_model(model_path, n_ctx=2048, n_threads=2, speculation="off") as model:
+        tokens = model.tokenize_images(f"a {model.image_marker} b", [decode(png("red", (128, 96)))])
+        images = [(first, end) for first, end in stretches(tokens) if tokens[first] < 0]
+        assert len(images) == 5 and all(end - first == IMAGE_TOKENS for first, end in images)  # 2 x 2 tiles + overview
+        assert len({tokens[first] for first, _ in images}) == 5
+        first = collect(model.chat(ask(picture), GREEDY))
+        history = ask(picture) + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "More?"}]
+        second = collect(model.chat(history, GREEDY))
+        blue = collect(model.chat(ask({"type": "image", "image": png("blue", (128, 96))}), GREEDY))
+    assert second.finished.usage.cached_tokens >= first.finished.usage.prompt_tokens - 1
+    assert first.finished.usage.prompt_tokens > 5 * IMAGE_TOKENS
+    assert blue.finished.usage.cached_tokens < first.finished.usage.prompt_tokens - 5 * IMAGE_TOKENS  # no tile reused

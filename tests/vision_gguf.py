@@ -21,8 +21,11 @@ IMAGE_TOKENS = (IMAGE_SIZE // PATCH // MERGE) ** 2
 
 def write_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int = 7, image_size: int = IMAGE_SIZE,
                     patch: int = PATCH, merge: int = MERGE, width: int = WIDTH, ffn: int = FFN, layers: int = LAYERS,
-                    heads: int = HEADS) -> Path:
-    """The defaults make the test projector; the benchmark asks for a larger one, to be timed."""
+                    heads: int = HEADS, kind: str = "gemma3", longest_edge: int = 0) -> Path:
+    """The defaults make the test projector; the benchmark asks for a larger one, to be timed.
+    `kind` "idefics3": SmolVLM's projector instead (the same ViT; 2x2 patches shuffled into one
+    token by a linear layer), which tiles an image resized to `longest_edge` into image_size tiles
+    plus an overview: several image chunks for one image."""
     rng = np.random.default_rng(seed)
     IMAGE_SIZE, PATCH, MERGE, WIDTH, FFN, LAYERS, HEADS = image_size, patch, merge, width, ffn, layers, heads  # noqa: N806
 
@@ -30,7 +33,9 @@ def write_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int = 7, i
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     writer = gguf.GGUFWriter(target, arch="clip")
-    writer.add_string("clip.projector_type", "gemma3")
+    writer.add_string("clip.projector_type", kind)
+    if longest_edge:
+        writer.add_uint32("clip.vision.preproc_image_size", longest_edge)
     writer.add_bool("clip.has_vision_encoder", True)
     writer.add_bool("clip.use_gelu", True)
     writer.add_uint32("clip.vision.image_size", IMAGE_SIZE)
@@ -62,8 +67,11 @@ def write_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int = 7, i
         writer.add_tensor(f"v.blk.{i}.ffn_down.bias", weights(WIDTH))
     writer.add_tensor("v.post_ln.weight", np.ones(WIDTH, dtype=np.float32))
     writer.add_tensor("v.post_ln.bias", np.zeros(WIDTH, dtype=np.float32))
-    writer.add_tensor("mm.soft_emb_norm.weight", np.ones(WIDTH, dtype=np.float32))
-    writer.add_tensor("mm.input_projection.weight", weights(WIDTH, text_width, scale=0.5))
+    if kind == "idefics3":
+        writer.add_tensor("mm.model.fc.weight", weights(text_width, WIDTH * MERGE * MERGE, scale=0.5))
+    else:
+        writer.add_tensor("mm.soft_emb_norm.weight", np.ones(WIDTH, dtype=np.float32))
+        writer.add_tensor("mm.input_projection.weight", weights(WIDTH, text_width, scale=0.5))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -140,3 +148,15 @@ def write_mrope_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int 
     writer.write_tensors_to_file()
     writer.close()
     return target
+
+
+SMOLVLM_TOKENS = {"<fake_token_around_image>": gguf.TokenType.USER_DEFINED, "<global-img>": gguf.TokenType.USER_DEFINED}
+
+
+def write_smolvlm_model(starter: Path, target: Path) -> Path:
+    """The starter with the two tokens SmolVLM's prompts put around images (SmolVLM's language
+    model is SmolLM2, the starter's family), for the idefics3 projector."""
+    from embedding_gguf import write_with_template
+
+    template = gguf.GGUFReader(starter, "r").fields[gguf.Keys.Tokenizer.CHAT_TEMPLATE].contents()
+    return write_with_template(starter, target, template, SMOLVLM_TOKENS)
