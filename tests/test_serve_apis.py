@@ -13,6 +13,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from test_serve import client
 from test_serve_fake import serve
 from test_tools import TEMPLATES, TOOL_TOKENS, WEATHER
 
@@ -22,10 +23,6 @@ KEY = "sk-local-test-apis-91c2"
 WEATHER_TOOL = {"type": "function", **WEATHER["function"]}  # the Responses API's flat form
 WEATHER_ANTHROPIC = {"name": "get_weather", "description": WEATHER["function"]["description"],
                      "input_schema": WEATHER["function"]["parameters"]}
-
-
-def responses_client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def anthropic_client(server, key: str = "unused") -> anthropic.Anthropic:
@@ -42,7 +39,7 @@ def echo(fake_model):
 
 # ---- Responses, on the scripted engine ----------------------------------------------------------
 def test_responses_answer_store_and_continue_a_conversation(echo):
-    api = responses_client(echo)
+    api = client(echo)
     first = api.responses.create(model=echo.name, input="Hello there", instructions="Be brief.")
     assert first.status == "completed" and first.output_text == "<system>Be brief.\n<user>Hello there\n<assistant>"
     assert first.usage.input_tokens == len(first.output_text.encode()) == first.usage.output_tokens
@@ -71,7 +68,7 @@ def test_responses_answer_store_and_continue_a_conversation(echo):
 def test_responses_without_a_store_refuse_previous_response_id(fake_model):
     server = serve(fake_model(reply="Hi."), store_responses=False)
     try:
-        api = responses_client(server)
+        api = client(server)
         first = api.responses.create(model=server.name, input="Hello")
         assert first.output_text == "Hi."
         with pytest.raises(openai.BadRequestError, match="--no-store"):
@@ -81,7 +78,7 @@ def test_responses_without_a_store_refuse_previous_response_id(fake_model):
 
 
 def test_responses_stream_the_event_sequence(echo):
-    api = responses_client(echo)
+    api = client(echo)
     events = list(api.responses.create(model=echo.name, input="streamed", stream=True))
     kinds = [e.type for e in events]
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
@@ -103,7 +100,7 @@ def test_responses_stream_the_event_sequence(echo):
 
 def test_responses_render_function_calls_and_their_outputs(echo):
     """An earlier call and its output reach the template as the assistant's call and a tool turn."""
-    api = responses_client(echo)
+    api = client(echo)
     reply = api.responses.create(model=echo.name, input=[
         {"role": "user", "content": [{"type": "input_text", "text": "Weather in Oslo?"}]},
         {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
@@ -228,7 +225,7 @@ def qwen_server(starter_gguf, tmp_path_factory):
 
 @pytest.mark.slow
 def test_responses_forced_call_then_its_output_through_previous_response_id(qwen_server):
-    api = responses_client(qwen_server)
+    api = client(qwen_server)
     first = api.responses.create(model=qwen_server.name, input="What is the weather in Oslo?", tools=[WEATHER_TOOL],
                                  tool_choice={"type": "function", "name": "get_weather"}, reasoning={"effort": "none"},
                                  temperature=0, max_output_tokens=120)
@@ -256,7 +253,7 @@ def test_responses_forced_call_then_its_output_through_previous_response_id(qwen
 
 @pytest.mark.slow
 def test_responses_text_format_schema_and_reasoning_items(qwen_server):
-    api = responses_client(qwen_server)
+    api = client(qwen_server)
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "sunny": {"type": "boolean"}},
               "required": ["city", "sunny"], "additionalProperties": False}
     for seed in (1, 2):
@@ -350,7 +347,7 @@ def _check_scores(entries, text: str, top: int) -> None:
 
 @pytest.mark.slow
 def test_chat_logprobs_whole_and_streamed(starter_server):
-    api = responses_client(starter_server)
+    api = client(starter_server)
     ask = [{"role": "user", "content": "Name a colour."}]
     whole = api.chat.completions.create(model=starter_server.name, messages=ask, temperature=0, max_tokens=12,
                                         logprobs=True, top_logprobs=3)
@@ -384,7 +381,7 @@ def test_chat_logprobs_whole_and_streamed(starter_server):
 
 @pytest.mark.slow
 def test_responses_logprobs(starter_server):
-    api = responses_client(starter_server)
+    api = client(starter_server)
     reply = api.responses.create(model=starter_server.name, input="Name a colour.", temperature=0, max_output_tokens=10,
                                  include=["message.output_text.logprobs"], top_logprobs=2)
     _check_scores(reply.output[0].content[0].logprobs, reply.output_text, 2)
@@ -397,7 +394,7 @@ def test_responses_logprobs(starter_server):
 
 @pytest.mark.slow
 def test_completion_logprobs_in_the_older_form(starter_server):
-    api = responses_client(starter_server)
+    api = client(starter_server)
     reply = api.completions.create(model=starter_server.name, prompt="The capital of France is", temperature=0,
                                    max_tokens=8, logprobs=2)
     scores = reply.choices[0].logprobs
@@ -409,7 +406,7 @@ def test_completion_logprobs_in_the_older_form(starter_server):
 
 @pytest.mark.slow
 def test_n_answers_are_sequences_of_their_own(starter_server):
-    api = responses_client(starter_server)
+    api = client(starter_server)
     ask = [{"role": "user", "content": "Write a word."}]
     reply = api.chat.completions.create(model=starter_server.name, messages=ask, n=3, temperature=1.0, seed=11,
                                         max_tokens=8, extra_body={"ignore_eos": True})

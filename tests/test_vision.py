@@ -184,12 +184,14 @@ def test_both_http_apis_take_images(vision_gguf):
         assert looked.usage.input_tokens + looked.usage.cache_read_input_tokens >= IMAGE_TOKENS
 
         client = ollama.Client(host=server.url, timeout=60)
-        reply = client.chat(model=str(vision_gguf), messages=[{"role": "user", "content": "What is this?", "images": [png("red")]}],
+        # Images no request sent before: their tokens are read (not found in the cache), whatever the answer.
+        reply = client.chat(model=str(vision_gguf), messages=[{"role": "user", "content": "What is this?",
+                                                               "images": [png("purple")]}],
                             options={"temperature": 0, "num_predict": 4})
-        assert reply.prompt_eval_count is not None and reply.eval_count >= 1
-        generated = client.generate(model=str(vision_gguf), prompt="What is this?", images=[png("blue")],
+        assert reply.done and reply.prompt_eval_count >= IMAGE_TOKENS
+        generated = client.generate(model=str(vision_gguf), prompt="What is this?", images=[png("navy")],
                                     options={"temperature": 0, "num_predict": 4})
-        assert generated.eval_count >= 1
+        assert generated.done and generated.prompt_eval_count >= IMAGE_TOKENS
 
         fetched = httpx.post(f"{server.url}/v1/chat/completions", timeout=30, json={
             "model": str(vision_gguf), "max_tokens": 2, "messages": [{"role": "user", "content": [

@@ -19,6 +19,53 @@ TEXT_WIDTH = 576  # SmolLM2-135M's embeddings
 IMAGE_TOKENS = (IMAGE_SIZE // PATCH // MERGE) ** 2
 
 
+def _projector(target: Path, kind: str, seed: int, text_width: int, image_size: int, patch: int, width: int, ffn: int,
+               layers: int, heads: int, keys: dict[str, int], own_tensors) -> Path:
+    """What every projector here shares: the header, and a ViT's layers and final norm, weights
+    drawn with a fixed seed; `keys` (uint32) and `own_tensors(weights)` (name -> array) are the kind's."""
+    rng = np.random.default_rng(seed)
+
+    def weights(*shape: int, scale: float = 0.05) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    writer = gguf.GGUFWriter(target, arch="clip")
+    writer.add_string("clip.projector_type", kind)
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.use_gelu", True)
+    for key, value in {"clip.vision.image_size": image_size, "clip.vision.patch_size": patch,
+                       "clip.vision.embedding_length": width, "clip.vision.feed_forward_length": ffn,
+                       "clip.vision.block_count": layers, "clip.vision.projection_dim": text_width,
+                       "clip.vision.attention.head_count": heads, **keys}.items():
+        writer.add_uint32(key, value)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+
+    # numpy shapes are ggml's dimensions reversed (a linear layer is [out, in]).
+    ones, zeros = np.ones(width, dtype=np.float32), np.zeros(width, dtype=np.float32)
+    writer.add_tensor("v.patch_embd.weight", weights(width, 3, patch, patch))
+    for i in range(layers):
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            writer.add_tensor(f"v.blk.{i}.{name}.weight", weights(width, width))
+            writer.add_tensor(f"v.blk.{i}.{name}.bias", weights(width))
+        for name in ("ln1", "ln2"):
+            writer.add_tensor(f"v.blk.{i}.{name}.weight", ones)
+            writer.add_tensor(f"v.blk.{i}.{name}.bias", zeros)
+        writer.add_tensor(f"v.blk.{i}.ffn_up.weight", weights(ffn, width))
+        writer.add_tensor(f"v.blk.{i}.ffn_up.bias", weights(ffn))
+        writer.add_tensor(f"v.blk.{i}.ffn_down.weight", weights(width, ffn))
+        writer.add_tensor(f"v.blk.{i}.ffn_down.bias", weights(width))
+    writer.add_tensor("v.post_ln.weight", ones)
+    writer.add_tensor("v.post_ln.bias", zeros)
+    for name, tensor in own_tensors(weights).items():
+        writer.add_tensor(name, tensor)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
+
+
 def write_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int = 7, image_size: int = IMAGE_SIZE,
                     patch: int = PATCH, merge: int = MERGE, width: int = WIDTH, ffn: int = FFN, layers: int = LAYERS,
                     heads: int = HEADS, kind: str = "gemma3", longest_edge: int = 0) -> Path:
@@ -26,58 +73,16 @@ def write_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int = 7, i
     `kind` "idefics3": SmolVLM's projector instead (the same ViT; 2x2 patches shuffled into one
     token by a linear layer), which tiles an image resized to `longest_edge` into image_size tiles
     plus an overview: several image chunks for one image."""
-    rng = np.random.default_rng(seed)
-    IMAGE_SIZE, PATCH, MERGE, WIDTH, FFN, LAYERS, HEADS = image_size, patch, merge, width, ffn, layers, heads  # noqa: N806
+    def own(weights) -> dict:
+        tensors = {"v.patch_embd.bias": weights(width), "v.position_embd.weight": weights((image_size // patch) ** 2, width)}
+        if kind == "idefics3":
+            return tensors | {"mm.model.fc.weight": weights(text_width, width * merge * merge, scale=0.5)}
+        return tensors | {"mm.soft_emb_norm.weight": np.ones(width, dtype=np.float32),
+                          "mm.input_projection.weight": weights(width, text_width, scale=0.5)}
 
-    def weights(*shape: int, scale: float = 0.05) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    writer = gguf.GGUFWriter(target, arch="clip")
-    writer.add_string("clip.projector_type", kind)
-    if longest_edge:
-        writer.add_uint32("clip.vision.preproc_image_size", longest_edge)
-    writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_bool("clip.use_gelu", True)
-    writer.add_uint32("clip.vision.image_size", IMAGE_SIZE)
-    writer.add_uint32("clip.vision.patch_size", PATCH)
-    writer.add_uint32("clip.vision.embedding_length", WIDTH)
-    writer.add_uint32("clip.vision.feed_forward_length", FFN)
-    writer.add_uint32("clip.vision.block_count", LAYERS)
-    writer.add_uint32("clip.vision.projection_dim", text_width)
-    writer.add_uint32("clip.vision.attention.head_count", HEADS)
-    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
-    writer.add_uint32("clip.vision.projector.scale_factor", MERGE)
-    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
-    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-
-    # numpy shapes are ggml's dimensions reversed (a linear layer is [out, in]).
-    writer.add_tensor("v.patch_embd.weight", weights(WIDTH, 3, PATCH, PATCH))
-    writer.add_tensor("v.patch_embd.bias", weights(WIDTH))
-    writer.add_tensor("v.position_embd.weight", weights((IMAGE_SIZE // PATCH) ** 2, WIDTH))
-    for i in range(LAYERS):
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            writer.add_tensor(f"v.blk.{i}.{name}.weight", weights(WIDTH, WIDTH))
-            writer.add_tensor(f"v.blk.{i}.{name}.bias", weights(WIDTH))
-        for name in ("ln1", "ln2"):
-            writer.add_tensor(f"v.blk.{i}.{name}.weight", np.ones(WIDTH, dtype=np.float32))
-            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(WIDTH, dtype=np.float32))
-        writer.add_tensor(f"v.blk.{i}.ffn_up.weight", weights(FFN, WIDTH))
-        writer.add_tensor(f"v.blk.{i}.ffn_up.bias", weights(FFN))
-        writer.add_tensor(f"v.blk.{i}.ffn_down.weight", weights(WIDTH, FFN))
-        writer.add_tensor(f"v.blk.{i}.ffn_down.bias", weights(WIDTH))
-    writer.add_tensor("v.post_ln.weight", np.ones(WIDTH, dtype=np.float32))
-    writer.add_tensor("v.post_ln.bias", np.zeros(WIDTH, dtype=np.float32))
-    if kind == "idefics3":
-        writer.add_tensor("mm.model.fc.weight", weights(text_width, WIDTH * MERGE * MERGE, scale=0.5))
-    else:
-        writer.add_tensor("mm.soft_emb_norm.weight", np.ones(WIDTH, dtype=np.float32))
-        writer.add_tensor("mm.input_projection.weight", weights(WIDTH, text_width, scale=0.5))
-
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return target
+    keys = {"clip.vision.projector.scale_factor": merge} | ({"clip.vision.preproc_image_size": longest_edge}
+                                                           if longest_edge else {})
+    return _projector(target, kind, seed, text_width, image_size, patch, width, ffn, layers, heads, keys, own)
 
 
 def write_mrope_model(starter: Path, target: Path) -> Path:
@@ -103,51 +108,13 @@ MROPE_PATCH = 14  # an image w x h pixels (multiples of 28) is (w / 28) x (h / 2
 
 def write_mrope_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int = 11) -> Path:
     """Qwen2-VL's projector as llama.cpp reads it: a ViT with 2D rotary positions over the image at
-    (about) its own size, 2x2 patches merged into one token by an MLP."""
-    rng = np.random.default_rng(seed)
-    width, ffn = WIDTH, FFN
-
-    def weights(*shape: int, scale: float = 0.05) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    writer = gguf.GGUFWriter(target, arch="clip")
-    writer.add_string("clip.projector_type", "qwen2vl_merger")
-    writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_bool("clip.use_gelu", True)
-    writer.add_uint32("clip.vision.image_size", 560)
-    writer.add_uint32("clip.vision.patch_size", MROPE_PATCH)
-    writer.add_uint32("clip.vision.embedding_length", width)
-    writer.add_uint32("clip.vision.feed_forward_length", ffn)
-    writer.add_uint32("clip.vision.block_count", LAYERS)
-    writer.add_uint32("clip.vision.projection_dim", text_width)
-    writer.add_uint32("clip.vision.attention.head_count", HEADS)
-    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
-    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
-    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-    writer.add_tensor("v.patch_embd.weight", weights(width, 3, MROPE_PATCH, MROPE_PATCH))
-    writer.add_tensor("v.patch_embd.weight.1", weights(width, 3, MROPE_PATCH, MROPE_PATCH))
-    for i in range(LAYERS):
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            writer.add_tensor(f"v.blk.{i}.{name}.weight", weights(width, width))
-            writer.add_tensor(f"v.blk.{i}.{name}.bias", weights(width))
-        for name in ("ln1", "ln2"):
-            writer.add_tensor(f"v.blk.{i}.{name}.weight", np.ones(width, dtype=np.float32))
-            writer.add_tensor(f"v.blk.{i}.{name}.bias", np.zeros(width, dtype=np.float32))
-        writer.add_tensor(f"v.blk.{i}.ffn_up.weight", weights(ffn, width))
-        writer.add_tensor(f"v.blk.{i}.ffn_up.bias", weights(ffn))
-        writer.add_tensor(f"v.blk.{i}.ffn_down.weight", weights(width, ffn))
-        writer.add_tensor(f"v.blk.{i}.ffn_down.bias", weights(width))
-    writer.add_tensor("v.post_ln.weight", np.ones(width, dtype=np.float32))
-    writer.add_tensor("v.post_ln.bias", np.zeros(width, dtype=np.float32))
-    writer.add_tensor("mm.0.weight", weights(width * 4, width * 4))
-    writer.add_tensor("mm.0.bias", weights(width * 4))
-    writer.add_tensor("mm.2.weight", weights(text_width, width * 4, scale=0.5))
-    writer.add_tensor("mm.2.bias", weights(text_width))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return target
+    (about) its own size (two patch kernels, no position table), 2x2 patches merged into one token
+    by an MLP."""
+    return _projector(target, "qwen2vl_merger", seed, text_width, 560, MROPE_PATCH, WIDTH, FFN, LAYERS, HEADS, {},
+                      lambda weights: {"v.patch_embd.weight.1": weights(WIDTH, 3, MROPE_PATCH, MROPE_PATCH),
+                                       "mm.0.weight": weights(WIDTH * 4, WIDTH * 4), "mm.0.bias": weights(WIDTH * 4),
+                                       "mm.2.weight": weights(text_width, WIDTH * 4, scale=0.5),
+                                       "mm.2.bias": weights(text_width)})
 
 
 SMOLVLM_TOKENS = {"<fake_token_around_image>": gguf.TokenType.USER_DEFINED, "<global-img>": gguf.TokenType.USER_DEFINED}

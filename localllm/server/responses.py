@@ -122,27 +122,24 @@ def _items(value: Any) -> list[dict]:
 
 
 def _text(value: Any, where: str, images: bool = False) -> str | list[dict]:
-    """A message's text, or (`images`: a user's) its parts with input_image ones as image_url parts."""
+    """A message's text, or (`images`: a user's) its parts as Chat Completions' parts, which
+    schemas._content checks and joins."""
+    if not isinstance(value, (str, list)):
+        raise ApiError(400, f"'{where}.content' must be a string or an array of text parts", f"{where}.content")
     if isinstance(value, str):
         return value
-    if not isinstance(value, list):
-        raise ApiError(400, f"'{where}.content' must be a string or an array of text parts", f"{where}.content")
     parts: list[dict] = []
     for part in value:
         kind = part.get("type") if isinstance(part, dict) else None
+        text = part.get("text", part.get("refusal")) if isinstance(part, dict) else None
         if kind == "input_image" and images and isinstance(part.get("image_url"), str):
             parts.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
-            continue
-        if kind not in ("input_text", "output_text", "text", "refusal"):
+        elif kind in ("input_text", "output_text", "text", "refusal") and isinstance(text, str):
+            parts.append({"type": "text", "text": text})
+        else:
             raise ApiError(400, f"'{where}.content': only text{' and input_image (image_url)' if images else ''} parts "
                                 f"are supported, not {str(kind)[:40]}", f"{where}.content")
-        text = part.get("text", part.get("refusal"))
-        if not isinstance(text, str):
-            raise ApiError(400, f"'{where}.content': a text part needs its text", f"{where}.content")
-        parts.append({"type": "text", "text": text})
-    if len(parts) > schemas.MAX_PARTS:
-        raise ApiError(400, f"'{where}.content' has more than {schemas.MAX_PARTS} parts", f"{where}.content")
-    return parts if has_images([{"content": parts}]) else "".join(p["text"] for p in parts)
+    return schemas._content(parts, where)
 
 
 def _chat_tools(body: dict) -> dict:
