@@ -70,6 +70,7 @@ class CatalogEntry:
     unverified: tuple[str, ...]
     origin: str  # the file the entry came from
     vision: bool = False  # its repository holds its projector (mmproj): it sees images
+    projector_bytes: int = 0  # what its projector takes loaded (weights and encoder buffer), planned beside it
 
     @property
     def ref(self) -> str:
@@ -194,12 +195,16 @@ def _entry(name: str, size: str, raw: Any, common: dict, origin: str, where: str
         raise CatalogError(origin, f"{where}.quants is empty")
     unverified = tuple(f.take("unverified", list, required=False) or ())
     vision = f.take("vision", bool, required=False) or False
+    projector_gb = f.take("projector_gb", (int, float), required=False, positive=True)
     f.done()
+    if projector_gb is not None and not vision:
+        raise CatalogError(origin, f"{where}.projector_gb is for a model with \"vision\": true")
     if params <= 0 or context <= 0:
         raise CatalogError(origin, f"{where}: params_b and context_length must be positive")
     return CatalogEntry(name=name, size=size, params_b=float(params), context_length=context, arch=arch,
                         safetensors_repo=safetensors_repo, gguf_repo=gguf_repo, quants=tuple(quants),
-                        unverified=unverified, origin=origin, vision=vision, **common)
+                        unverified=unverified, origin=origin, vision=vision,
+                        projector_bytes=int((projector_gb or 0) * 1e9), **common)
 
 
 class _Fields:

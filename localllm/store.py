@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from .backends.llamacpp.planner import LoadPlan, plan_quants
-from .catalog import CatalogEntry, load_catalog
+from .backends.llamacpp.planner import LoadPlan, Overrides, plan_quants
+from .catalog import CatalogEntry, QuantFiles, load_catalog
 from .errors import ModelNotFoundError, UsageError
 from .gguf_info import ModelSpec
 from .gguf_names import QUANT_ORDER, files_for_quant, is_projector, split_parts
@@ -82,7 +82,8 @@ def prepare_pull(text: str, hw=None, full: bool = False) -> PullPlan:
         names, chosen, reason = [ref.filename], None, "the file named"
     elif ref.entry is not None:
         chosen, reason = _choose_catalog_quant(ref.entry, ref.quant, hw)
-        names = list(ref.entry.quant(chosen.spec.file_type).files)
+        listing = list_ggufs(ref.repo_id, ref.revision)
+        names = _catalog_files(ref, ref.entry.quant(chosen.spec.file_type), listing)
     else:
         available = {n: size for n, size in listing.items() if n.endswith(".gguf")} if listing is not None else list_ggufs(ref.repo_id, ref.revision)
         listing = available
@@ -90,9 +91,10 @@ def prepare_pull(text: str, hw=None, full: bool = False) -> PullPlan:
         if not available:
             raise ModelNotFoundError(text, "the repository holds no .gguf file")
         names, chosen, reason = _choose_hub_quant(ref, available, hw)
-    if (ref.filename and ref.entry is None) or (ref.entry is not None and ref.entry.vision):
+    if ref.filename and ref.entry is None:
         listing = list_ggufs(ref.repo_id, ref.revision)
-    projector = _projector(listing or {}, names[0])  # a vision model's: fetched with it, kept beside it
+    # A vision model's projector: fetched with it, kept beside it (a catalog entry says whether it sees).
+    projector = _projector(listing or {}, names[0]) if ref.entry is None or ref.entry.vision else None
     files = tuple(remote_file(ref.repo_id, name, ref.revision) for name in _with_split_parts(names) + [projector]
                   if name is not None)
     if chosen is None:  # one file, no plan yet: its header (a few MB) tells how it would fit
@@ -127,6 +129,21 @@ def pull(prepared: PullPlan, progress: Progress | None = None) -> Path:
     return paths[0].parent if prepared.format == "safetensors" else paths[0]
 
 
+def _catalog_files(ref: Reference, quant: QuantFiles, listing: dict[str, int]) -> list[str]:
+    """The catalog's files for a quantization, checked against the repository's listing. A name
+    the repository spells otherwise (catalog names written from a model card: its `unverified`
+    fields) is found by its quantization, as for any Hub repository, rather than failing the pull."""
+    if all(name in listing for name in quant.files):
+        return list(quant.files)
+    found = files_for_quant(listing, quant.quant)
+    if not found:
+        names = sorted(PurePosixPath(n).name for n in listing if not is_projector(PurePosixPath(n)))
+        has = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "") if names else "no GGUF"
+        raise ModelNotFoundError(ref.text, f"{ref.repo_id} has no {quant.quant} file (the catalog names "
+                                           f"{quant.files[0]}); it has {has}")
+    return found
+
+
 def _projector(listing: dict[str, int], model: str) -> str | None:
     """The mmproj GGUF in the model's folder of the repository (f16 first where there are several)."""
     folder = PurePosixPath(model).parent
@@ -140,14 +157,17 @@ def _with_split_parts(names: list[str]) -> list[str]:
 
 
 def _choose_catalog_quant(entry: CatalogEntry, quant: str | None, hw) -> tuple[LoadPlan, str]:
-    best, plans = _entry_plans(entry, hw)
+    best, plans = entry_plans(entry, hw)
     if quant:
         return plans[[q.quant for q in entry.quants].index(quant)], "the quantization asked for"
     return best, f"the best quantization for this machine ({best.label}) of {', '.join(q.quant for q in entry.quants)}"
 
 
-def _entry_plans(entry: CatalogEntry, hw) -> tuple[LoadPlan, list[LoadPlan]]:
-    return plan_quants(hw, [entry.spec(q) for q in entry.quants])
+def entry_plans(entry: CatalogEntry, hw, quant: str | None = None) -> tuple[LoadPlan, list[LoadPlan]]:
+    """How each quantization of a catalog entry (or the one named) would load here, the best first;
+    a vision model's projector is planned beside it, in RAM, as a load of the installed model does."""
+    specs = [entry.spec(q) for q in entry.quants if not quant or q.quant == quant]
+    return plan_quants(hw, specs, Overrides(reserved=(entry.projector_bytes,) if entry.projector_bytes else ()))
 
 
 def _choose_hub_quant(ref: Reference, available: dict[str, int], hw) -> tuple[list[str], LoadPlan | None, str]:
@@ -206,7 +226,7 @@ class CatalogChoice:
 def catalog_choices(hw) -> list[CatalogChoice]:
     choices = []
     for entry in load_catalog().entries:
-        best, _ = _entry_plans(entry, hw)
+        best, _ = entry_plans(entry, hw)
         quant = entry.quant(best.spec.file_type)
         choices.append(CatalogChoice(entry, quant.quant, quant.size, best))
     return choices

@@ -92,6 +92,7 @@ def test_user_entries_add_and_replace_families(isolated_home):
     (lambda f: f["sizes"]["135m"].update(gguf_repo="no-owner"), "must be owner/name"),
     (lambda f: f.update(default="7b"), "default '7b' is not one of its sizes"),
     (lambda f: f["sizes"]["135m"].update(quants={}), "quants is empty"),
+    (lambda f: f["sizes"]["135m"].update(projector_gb=0.2), 'projector_gb is for a model with "vision": true'),
 ])
 def test_bad_user_catalog_is_named_precisely(isolated_home, mutate, message):
     family = json.loads(json.dumps(USER_FAMILY))

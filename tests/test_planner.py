@@ -319,3 +319,19 @@ def test_a_draft_model_is_planned_in_the_memory_its_target_leaves(tmp_path):
     assert beside.shape.n_gpu_layers < alone.shape.n_gpu_layers, "the 8B holds most of the GPU"
     for device, own, budget in zip(beside.estimate.devices, taken, alone.budgets):
         assert device.total == 0 or own + device.total <= budget, "both fit together"
+
+
+def test_a_catalog_vision_model_is_planned_with_its_projector_beside_it(tmp_path):
+    """The fit labels of `catalog`, `show` and `pull` count the projector, as a load of the installed model does."""
+    from dataclasses import replace
+
+    from localllm.catalog import load_catalog
+    from localllm.store import entry_plans
+
+    hw = profile("laptop_8gb_cpu", tmp_path)
+    for name, size in (("gemma3", "4b"), ("smolvlm", "500m")):
+        entry = load_catalog().find(name, size)
+        assert entry.vision and entry.projector_bytes > 0
+        seeing, _ = entry_plans(entry, hw, "Q8_0")
+        blind, _ = entry_plans(replace(entry, projector_bytes=0), hw, "Q8_0")
+        assert blind.budgets[0] - seeing.budgets[0] == entry.projector_bytes

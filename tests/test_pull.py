@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -195,6 +196,41 @@ def test_server_down_and_nothing_cached_is_one_line_at_once(isolated_home, ref):
     result = invoke("pull", ref, env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"})
     assert_one_line_error(result, 7, "cannot reach http://127.0.0.1:9")
     assert time.monotonic() - started < 5
+
+
+def user_family(isolated_home, pattern: str, vision: bool) -> None:
+    """A catalog family of the user's own on the loopback Hub's repo, its file names as given."""
+    size = {"params_b": 0.135, "context_length": 8192,
+            "arch": {"architecture": "llama", "n_layer": 30, "n_embd": 576, "n_head": 9, "n_head_kv": 3, "head_dim": 64, "n_vocab": 49152},
+            "safetensors_repo": "me/tiny", "gguf_repo": REPO, "pattern": pattern, "vision": vision,
+            "quants": {"Q8_0": 0.145, "Q6_K": 0.138}, "unverified": ["quants"]}
+    family = {"name": "tiny", "family": "Tiny", "license": "MIT", "default": "135m", "description": "mine", "sizes": {"135m": size}}
+    path = isolated_home / "localllm" / "catalog.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"schema": 1, "models": [family]}))
+
+
+def test_catalog_file_names_are_checked_against_the_repository(hub, isolated_home, starter_gguf, variant):
+    """A catalog name written from a model card that the repository spells otherwise is found by its
+    quantization; a vision entry brings its projector, a text entry does not; a quantization the
+    repository lacks is one line naming what it has."""
+    hub.add(REPO, "mmproj-SmolLM2-135M-Instruct-f16.gguf", variant)
+    user_family(isolated_home, "smollm2-135m-instruct.{quant}.gguf", vision=True)  # not how the repo spells it
+    pulled = invoke("pull", "tiny:135m-q8_0", env=env_for(hub))
+    assert pulled.returncode == 0, pulled
+    assert pulled.stdout.strip() == str(snapshot(isolated_home))
+    assert sha256(snapshot(isolated_home, "mmproj-SmolLM2-135M-Instruct-f16.gguf")) == sha256(variant)
+
+    text_only = isolated_home / "hf" / "hub"
+    shutil.rmtree(text_only)
+    user_family(isolated_home, "SmolLM2-135M-Instruct-{quant}.gguf", vision=False)
+    pulled = invoke("pull", "tiny:135m-q8_0", env=env_for(hub))
+    assert pulled.returncode == 0, pulled
+    assert sorted(p.name for p in snapshot(isolated_home).parent.iterdir()) == [Q8], "no projector for a text model"
+
+    missing = invoke("pull", "tiny:135m-q6_k", env=env_for(hub))
+    assert_one_line_error(missing, 3, f"{REPO} has no Q6_K file (the catalog names SmolLM2-135M-Instruct-Q6_K.gguf)",
+                          f"it has {Q4}, {Q8}")
 
 
 def test_rm_asks_then_frees_the_disk(hub, isolated_home):

@@ -221,12 +221,13 @@ def spec_for(ref: str, hw, remote: bool = False):
     """(spec, plan, plans of each quantization, facts) for a model, installed or not: an installed
     file is read; a catalog entry is planned from the catalog, offline, choosing the quantization
     that fits unless one is named; anything else (or with `remote`) from its header on the Hub."""
-    from ..backends.llamacpp.planner import plan, plan_quants
+    from ..backends.llamacpp.planner import plan
     from ..catalog import load_catalog
     from ..errors import ModelNotFoundError
     from ..model import inspect
     from ..references import parse_reference
     from ..registry import find_installed
+    from ..store import entry_plans
 
     info: dict = {"ref": ref}
     try:
@@ -244,8 +245,7 @@ def spec_for(ref: str, hw, remote: bool = False):
             info["vision"] = _vision(installed.projector, chosen.shape.n_ctx)
     elif parsed.entry is not None and not remote:
         entry = parsed.entry
-        specs = [entry.spec(q) for q in entry.quants if not parsed.quant or q.quant == parsed.quant]
-        chosen, plans = plan_quants(hw, specs)
+        chosen, plans = entry_plans(entry, hw, parsed.quant)
         spec = chosen.spec
         info |= {"installed": False, "family": entry.family, "license": entry.license, "params_b": entry.params_b,
                  "repo": entry.gguf_repo, "safetensors_repo": entry.safetensors_repo, "unverified": list(entry.unverified),
