@@ -110,6 +110,7 @@ class PromptProgress:
 
     done: int
     total: int
+    image: bool = False  # an image comes next: its encoder runs, which takes seconds on a CPU
 
 
 Event = Union[Token, Reasoning, ToolCalls, PromptProgress, Finished]

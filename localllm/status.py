@@ -41,7 +41,8 @@ class PromptEta:
     Each token of a long prompt costs more than the one before (attention reads every earlier
     one), so the time per chunk is fitted as a + b x depth over the chunks read so far and summed
     over the chunks left: a flat rate promised 119 s for a read of 260 s. The line appears as soon
-    as reading starts, with the count; the estimate once a chunk has been timed."""
+    as reading starts, with the count; the estimate once a chunk has been timed. An image's
+    encoder is named while it runs ("encoding an image"): seconds of work before its count moves."""
 
     def __init__(self, start: float):
         self.samples: list[tuple[int, float]] = []  # (tokens done, seconds since start)
@@ -49,7 +50,8 @@ class PromptEta:
 
     def line(self, event, now: float) -> str:
         self.samples.append((event.done, now - self.start))
-        head = f"reading the prompt: {event.done}/{event.total} tokens ({event.done * 100 // max(event.total, 1)}%)"
+        head = f"reading the prompt: {'encoding an image, ' if event.image else ''}{event.done}/{event.total} tokens " \
+               f"({event.done * 100 // max(event.total, 1)}%)"
         left = self.seconds_left(event.total)
         return head if left is None else f"{head}, about {left:.0f} s left"
 

@@ -112,6 +112,27 @@ def test_a_second_question_about_an_image_reads_only_the_new_text(vision):
     assert second.finished.usage.prompt_tokens - second.finished.usage.cached_tokens < 20
 
 
+def test_encoding_an_image_is_said_before_it_runs_and_counted_after(vision):
+    """The status of `run` and the chat: an image's encoder takes seconds on a CPU, so progress is
+    said before it starts (naming it) and after it, as for a long prompt."""
+    from localllm.events import PromptProgress
+    from localllm.status import PromptEta
+
+    two = [{"type": "image", "image": png("orange")}, {"type": "image", "image": png("teal")}]
+    events = list(vision.chat(ask(*two), GREEDY))
+    said = [e for e in events if isinstance(e, PromptProgress)]
+    first_token = next(i for i, e in enumerate(events) if not isinstance(e, PromptProgress))
+    assert all(isinstance(e, PromptProgress) for e in events[:first_token]) and len(said) == first_token
+    before = [e for e in said if e.image]
+    assert len(before) == 2 and before[0].done < before[1].done, "each image is announced"
+    after = [e.done for e in said if not e.image]
+    for image in before:  # after each image, its tokens are counted as read
+        assert image.done + IMAGE_TOKENS in after
+    assert said[-1].done == said[-1].total
+    eta = PromptEta(0.0)
+    assert eta.line(before[0], 0.0).startswith(f"reading the prompt: encoding an image, {before[0].done}/")
+
+
 def test_a_text_only_model_refuses_images_by_name(starter_model, vision):
     with pytest.raises(UsageError, match="cannot see images"):
         collect(starter_model.chat(ask({"type": "image", "image": png("red")}), GREEDY))

@@ -374,6 +374,7 @@ class LlamaCppModel:
             yield PromptProgress(0, len(tokens))  # said at once: the first chunk alone takes seconds
         for first, end in stretches(tokens):
             if tokens[first] < 0:
+                yield PromptProgress(first, len(tokens), image=True)
                 self._shift += self.vision.evaluate(self._ctx, tokens[first], len(self._cached) + self._shift, 0,
                                                     self._n_batch, end == len(tokens))
                 self._cached.extend(tokens[first:end])
