@@ -24,11 +24,14 @@ from pathlib import Path
 from .config import home, private_dir
 from .errors import ContextOverflowError, StoreError, UsageError
 from .events import Event, Finished, Reasoning, Token
+from .images import Picture
 from .options import SamplingOptions
 
 STORE_FILE = "chats.sqlite3"
 THOUGHT_SUFFIX = ".think"  # beside an answer's log: the reasoning written so far
 WARN_AT = 0.75  # share of the window in use that triggers a warning
+# What an image is counted as before what it adds is known (ChatSession._count): small and grey.
+STAND_IN = Picture(32, 32, b"\x80" * 32 * 32 * 3, "0" * 64)
 IMAGE_SUFFIX = re.compile(r"\.(png|jpe?g|webp|gif|bmp|tiff?)")
 IMAGE_NAME = re.compile(r"[0-9a-f]{64}(\.[a-z]{3,4})?")  # what keep_image names a kept image
 SCHEMA = """
@@ -308,6 +311,7 @@ class ChatSession:
     first_in_context: int = 0  # index of the oldest message the model still sees
     used_tokens: int = 0
     think: bool | None = None  # a thinking model's switch, where its template has one (None: its default)
+    _beyond_stand_in: dict[str, int] = field(default_factory=dict, repr=False)  # kept image -> tokens (_count)
 
     @classmethod
     def resume(cls, model, store: ChatStore, model_name: str, conversation_id: int, sampling: SamplingOptions | None = None,
@@ -374,23 +378,40 @@ class ChatSession:
             title = " ".join(title.split())
             self.conversation_id = self.store.create(self.model_name, self.system, title[:60] or "New chat")
 
-    def _chat_messages(self, start: int) -> list[dict]:
+    def _chat_messages(self, start: int, stand_in=None) -> list[dict]:
+        """The messages from `start` as the model reads them; `stand_in`: a Picture put in place of every image."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         folder = self.store.image_folder
-        return head + [{"role": m.role, "content": [*({"type": "image", "image": folder / name} for name in m.images),
+        return head + [{"role": m.role, "content": [*({"type": "image", "image": stand_in or folder / name} for name in m.images),
                                                      {"type": "text", "text": m.content}] if m.images else m.content}
                        for m in self.messages[start:] if m.content or m.role == "user"]
 
     def _count(self, start: int) -> int:
+        """The tokens of the history from `start`. Each image is counted as a small stand-in plus what
+        that image adds beyond it, measured once per image (mtmd tokenizes an image apart from the text
+        around it): a probe of what fits decodes no image (a phone's photo takes 0.25 s to decode)."""
         from .generation.media import split, text_of
         from .generation.request import render
 
-        messages, marker = self._chat_messages(start), getattr(self.model, "image_marker", None)
+        messages, marker = self._chat_messages(start, STAND_IN), getattr(self.model, "image_marker", None)
         if marker is None:  # counted as text: sending it to this model says it cannot see them
             messages = [{**m, "content": text_of(m["content"])} for m in messages]
         messages, pictures = split(messages, marker, self.model_name)
         prompt = render(self.model, messages, self.think)[0]
-        return len(self.model.tokenize_images(prompt, pictures) if pictures else self.model.tokenize(prompt))
+        if not pictures:
+            return len(self.model.tokenize(prompt))
+        names = [name for m in self.messages[start:] for name in m.images]
+        return len(self.model.tokenize_images(prompt, pictures)) + sum(map(self._image_tokens, names))
+
+    def _image_tokens(self, name: str) -> int:
+        """What a kept image adds to a prompt beyond the stand-in."""
+        if name not in self._beyond_stand_in:
+            from .images import from_file
+
+            marker, real = self.model.image_marker, from_file(str(self.store.image_folder / name))
+            self._beyond_stand_in[name] = (len(self.model.tokenize_images(marker, [real]))
+                                           - len(self.model.tokenize_images(marker, [STAND_IN])))
+        return self._beyond_stand_in[name]
 
     def _fit_context(self, reserve: int) -> int:
         """Move first_in_context past whole turns until the history fits; return messages dropped.

@@ -318,6 +318,47 @@ def test_the_planner_counts_the_projector_as_llama_cpp_allocates_it(vision):
 
 # ---- the chat -------------------------------------------------------------------------------
 @pytest.mark.slow
+def test_a_chat_counts_its_images_exactly_without_decoding_them_again(vision, starter_gguf, tmp_path, monkeypatch):
+    """What fits the window is probed several times per send: each image's own tokens are measured
+    once, and the count still equals the prompt's with every image decoded, for fixed-size images
+    and for tiled ones (SmolVLM's: the tokens depend on the image's shape)."""
+    from vision_gguf import write_smolvlm_model
+
+    from localllm import images
+    from localllm.generation.media import split
+    from localllm.generation.request import render
+    from localllm.session import ChatMessage, ChatSession, ChatStore
+
+    decoded = []
+    real_from_file = images.from_file
+    monkeypatch.setattr(images, "from_file", lambda path: decoded.append(path) or real_from_file(path))
+    tiled = write_smolvlm_model(starter_gguf, tmp_path / "smolvlm-starter.gguf")
+    write_projector(tmp_path / "mmproj-smolvlm-starter-f16.gguf", kind="idefics3", longest_edge=128)
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    kept = []
+    for i, (color, size) in enumerate((("red", (128, 96)), ("blue", (128, 32)), ("green", (32, 128)))):
+        (tmp_path / f"{i}.png").write_bytes(png(color, size))
+        kept.append(store.keep_image(tmp_path / f"{i}.png"))
+    chat = store.create("m")
+    for i, name in enumerate(kept):
+        store.add(chat, ChatMessage("user", f"Picture {i}?", images=(name,)))
+        store.add(chat, ChatMessage("assistant", f"A picture, number {i}."))
+    with load_model(tiled, n_ctx=2048, n_threads=2, speculation="off") as smolvlm:
+        for model in (vision, smolvlm):
+            session = ChatSession(model, store, "m", conversation_id=chat, messages=store.messages(chat))
+            for start in (0, 2, 4):
+                messages, pictures = split(session._chat_messages(start), model.image_marker, "m")
+                every_image_decoded = len(model.tokenize_images(render(model, messages, None)[0], pictures))
+                decoded.clear()
+                assert session._count(start) == every_image_decoded, (model, start)
+                assert decoded == [] or start == 0, "each image is decoded once per session"
+            assert session._count(0) == session._count(0) and decoded == []
+            sizes = {session._image_tokens(name) for name in kept}
+            # Scaled to its longest edge, then tiled, with an overview: 2 x 2 tiles (as the stand-in), 2 x 1
+            # and 1 x 2 (their row and column separators differ by a token).
+            assert len(sizes) == (3 if model is smolvlm else 1), "tiles follow the shape; a fixed projector's do not"
+
+@pytest.mark.slow
 async def test_the_chat_attaches_images_by_key_and_by_a_pasted_path(vision, tmp_path):
     from test_tui import SIZE, real_loader, scripted_app, send, wait_for
 

@@ -1,0 +1,80 @@
+"""What a chat with photos costs before each reply: deciding which turns fit the window.
+
+    python tests/benchmarks/bench_chat_images.py [--photos 8] [--rounds 3]
+
+A chat of N turns, each with a 4000 x 3000 JPEG (a phone's photo), on the starter with
+tests/vision_gguf.py's projector. Side by side in one run: counting the whole history with every
+image decoded (what each probe of ChatSession._fit_context cost before images were measured once)
+against ChatSession._count (a stand-in per image plus what each image adds, measured once per
+session), and one whole _fit_context as a send runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from vision_gguf import write_projector  # noqa: E402
+
+from localllm import load_model  # noqa: E402
+from localllm.generation.media import split  # noqa: E402
+from localllm.generation.request import render  # noqa: E402
+from localllm.registry import starter_path  # noqa: E402
+from localllm.session import ChatMessage, ChatSession, ChatStore  # noqa: E402
+
+
+def timed(work, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        work()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        model_path = folder / "starter-vision.gguf"
+        model_path.symlink_to(starter_path())
+        write_projector(folder / "mmproj-starter-vision-f16.gguf")
+        store = ChatStore(folder / "chats.sqlite3")
+        chat = store.create("bench")
+        rng = np.random.default_rng(0)
+        for i in range(args.photos):
+            photo = folder / f"photo{i}.jpg"
+            Image.fromarray(rng.integers(0, 255, (3000, 4000, 3), dtype=np.uint8)).save(photo, "JPEG", quality=90)
+            store.add(chat, ChatMessage("user", f"What is in photo {i}?", images=(store.keep_image(photo),)))
+            store.add(chat, ChatMessage("assistant", f"Photo {i} shows noise."))
+        with load_model(model_path, n_ctx=4096, n_threads=2, speculation="off") as model:
+            session = ChatSession(model, store, "bench", conversation_id=chat, messages=store.messages(chat))
+
+            def every_image_decoded() -> int:
+                messages, pictures = split(session._chat_messages(0), model.image_marker, "bench")
+                return len(model.tokenize_images(render(model, messages, None)[0], pictures))
+
+            first = timed(lambda: session._count(0), 1)  # measures each image once
+            decoded = timed(every_image_decoded, args.rounds)
+            counted = timed(lambda: session._count(0), args.rounds)
+            assert session._count(0) == every_image_decoded()
+            fit = timed(lambda: session._fit_context(session.reserve), args.rounds)
+    print(f"{args.photos} photos of 4000x3000, median of {args.rounds}")
+    print(f"  one count, every image decoded : {decoded * 1000:8.1f} ms")
+    print(f"  one count, images measured once: {counted * 1000:8.1f} ms  ({decoded / counted:.0f}x faster)")
+    print(f"  the session's first count      : {first * 1000:8.1f} ms  (measures each image)")
+    print(f"  a send's whole fit probe       : {fit * 1000:8.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
