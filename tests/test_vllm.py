@@ -83,6 +83,14 @@ def test_serve_answers_through_an_openai_compatible_engine(starter_checkpoint, t
         streamed = api.chat.completions.create(model=str(starter_checkpoint), messages=question, temperature=0,
                                                max_tokens=16, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == direct.choices[0].message.content
+        # The stop string met comes back through vLLM's `stop_reason` (Anthropic's API names it).
+        text = direct.choices[0].message.content
+        stop = text[len(text) // 2:len(text) // 2 + 3]
+        stopped = httpx.post(f"{front.url}/v1/messages", json={
+            "model": str(starter_checkpoint), "max_tokens": 16, "messages": question, "stop_sequences": [stop],
+            "temperature": 0}).json()
+        assert stopped["stop_reason"] == "stop_sequence" and stopped["stop_sequence"] == stop, stopped
+        assert stopped["content"][0]["text"] == text[:text.index(stop)]
         other = httpx.post(f"{front.url}/v1/chat/completions", json={"model": "starter", "messages": question})
         assert other.status_code == 400 and "no other model" in other.json()["error"]["message"]
     finally:

@@ -51,6 +51,11 @@ def finish_reason(finished: Finished) -> str:
     return finished.reason if finished.reason in ("length", "tool_calls") else "stop"
 
 
+def stop_reason(finished: Finished | None) -> str | None:
+    """vLLM's addition to a choice: the stop string that ended it (None: the end of turn, or a limit)."""
+    return finished.stop_sequence if finished is not None else None
+
+
 def openai_tool_calls(calls) -> list[dict]:
     return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
             for c in calls]
@@ -82,6 +87,7 @@ def openai_chat_response(job: GenerationJob, model: str, answers: list[Collected
         if answer.calls:
             message["tool_calls"] = openai_tool_calls(answer.calls)
         choices.append({"index": index, "message": message, "finish_reason": finish_reason(answer.finished),
+                        "stop_reason": stop_reason(answer.finished),
                         "logprobs": {"content": logprob_entries(answer.logprobs), "refusal": None}
                         if job.sampling.logprobs is not None else None})
     return {"id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": job.created, "model": model,
@@ -93,7 +99,7 @@ def openai_chat_chunk(job: GenerationJob, model: str, delta: dict, finished: Fin
     return {"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk", "created": job.created, "model": model,
             "choices": [{"index": index, "delta": delta,
                          "logprobs": {"content": logprob_entries(scores), "refusal": None} if scores else None,
-                         "finish_reason": finish_reason(finished) if finished else None}]}
+                         "finish_reason": finish_reason(finished) if finished else None, "stop_reason": stop_reason(finished)}]}
 
 
 def openai_chat_token_chunks(job: GenerationJob, model: str):
@@ -107,6 +113,7 @@ def openai_chat_token_chunks(job: GenerationJob, model: str):
 def openai_completion_response(job: GenerationJob, model: str, answers: list[Collected]) -> dict:
     return {"id": f"cmpl-{job.id}", "object": "text_completion", "created": job.created, "model": model,
             "choices": [{"index": i, "text": a.text, "finish_reason": finish_reason(a.finished),
+                         "stop_reason": stop_reason(a.finished),
                          "logprobs": completion_logprobs(a.logprobs) if job.sampling.logprobs is not None else None}
                         for i, a in enumerate(answers)],
             "usage": usage([a.finished for a in answers]), "timings": timings(answers[0].finished)}
@@ -116,7 +123,7 @@ def openai_completion_chunk(job: GenerationJob, model: str, text: str, finished:
                             logprobs: dict | None = None) -> dict:
     return {"id": f"cmpl-{job.id}", "object": "text_completion", "created": job.created, "model": model,
             "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                         "finish_reason": finish_reason(finished) if finished else None}]}
+                         "finish_reason": finish_reason(finished) if finished else None, "stop_reason": stop_reason(finished)}]}
 
 
 def openai_usage_chunk(job: GenerationJob, model: str, finished: list[Finished], kind: str) -> dict:

@@ -115,7 +115,7 @@ class RemoteBatcher:
             body["stop"] = list(s.stop)
         started = time.perf_counter()
         first = None
-        reason, usage = "stop", None
+        reason, usage, stop_sequence = "stop", None, None
         try:
             with httpx.stream("POST", f"{self._model.url}/v1/completions", json=body, timeout=httpx.Timeout(30, read=600)) as response:
                 if response.status_code != 200:
@@ -133,6 +133,8 @@ class RemoteBatcher:
                             first = first or time.perf_counter()
                             self._events.put((request, Token(choice["text"])))
                         reason = choice.get("finish_reason") or reason
+                        if isinstance(choice.get("stop_reason"), str):  # vLLM's: the stop string met (a token id else)
+                            stop_sequence = choice["stop_reason"]
         except (httpx.HTTPError, ValueError, GenerationError) as exc:
             self._events.put((request, exc if isinstance(exc, GenerationError) else GenerationError(f"the engine's stream broke: {exc}")))
             return
@@ -142,7 +144,7 @@ class RemoteBatcher:
         cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         self._events.put((request, Finished.measured("length" if reason == "length" else "stop",
                                                      Usage(prompt_tokens, completion, cached), s.seed or 0,
-                                                     started, first, first, end)))
+                                                     started, first, first, end, stop_sequence)))
 
     def fail_all(self, message: str) -> None:
         for request in list(self._running):
