@@ -61,6 +61,21 @@ def test_plan_plans_a_catalog_model_before_it_is_downloaded():
     assert named["estimate"][0]["weights"] > 4 * 2**30
 
 
+def test_plan_and_show_count_a_catalog_vision_models_projector():
+    """Before any download, a vision model's projector (the catalog's projector_gb) is planned beside it."""
+    from localllm.catalog import load_catalog
+
+    projector = load_catalog().find("gemma3", "4b").projector_bytes
+    seeing = json.loads(invoke("plan", "gemma3:4b-q4_k_m", "--json").stdout)
+    blind = json.loads(invoke("plan", "gemma3:1b-q4_k_m", "--json").stdout)  # the same machine, a text model
+    assert seeing["projector_bytes"] == projector and blind["projector_bytes"] == 0
+    assert blind["free"][0] - seeing["free"][0] == pytest.approx(projector, abs=256 * 2**20)  # free RAM moves a little
+    assert "its projector takes about 1.1 GiB beside it" in invoke("plan", "gemma3:4b").stdout
+    shown = json.loads(invoke("show", "gemma3:4b", "--json").stdout)
+    assert shown["sees_images"] and shown["projector_bytes"] == projector
+    assert "sees images; its projector (mmproj) comes with it" in invoke("show", "gemma3:4b").stdout
+
+
 def test_run_refuses_what_cannot_fit():
     refused = invoke("run", "-m", "starter", "--margin", "100000000", "-t", "0", "--max-tokens", "3", "hi")
     assert refused.returncode == 4

@@ -96,12 +96,13 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, draft, as_j
     # A model that is not installed is planned before any download: that is what plan is for.
     spec, _, _, info = spec_for(model or str(resolve(None)), profile)
     vision = info.get("vision")  # an installed vision model: its projector's memory is taken first
+    projector = vision["bytes"] if vision else info.get("projector_bytes", 0)  # a catalog entry's, from the catalog
     # The option table's special values, as a load reads them: 0 the trained length, -1 every layer.
     ctx = spec.n_ctx_train or None if ctx == 0 else ctx
     gpu_layers = spec.n_layer + 1 if gpu_layers == -1 else gpu_layers
     overrides = Overrides(n_ctx=ctx, n_gpu_layers=gpu_layers, kv_type=kv_type,
                           margin=None if margin is None else margin * 2**20, outputs=output_rows(LoadOptions()),
-                          reserved=(vision["bytes"],) if vision else ())
+                          reserved=(projector,) if projector else ())
     # Threads as a quiet machine would start with: a sample of the other processes' load over the
     # moment `plan` runs flipped between 1 and 2 on back-to-back calls, and a load adapts while
     # decoding anyway (backends/threads.py).
@@ -118,6 +119,7 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, draft, as_j
                                "margins": chosen.margins, "free": chosen.budgets,
                                "explanation": chosen.explanation, "warnings": chosen.warnings,
                                "prompt_state": {"tokens": chat_tokens, "bytes": on_disk}, "vision": vision,
+                               "projector_bytes": projector,
                                **({"draft": {"model": beside.spec.name, "fit": beside.fit, "settings": asdict(beside.shape),
                                              "estimate": [asdict(d) | {"total": d.total} for d in beside.estimate.devices],
                                              "warnings": beside.warnings}} if beside else {})}, indent=2))
@@ -138,6 +140,8 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, draft, as_j
         click.echo(printable(f"vision: {Path(vision['projector']).name} takes {human_bytes(vision['bytes'])} beside it (RAM); "
                              + (f"an image is {vision['tokens_per_image']} tokens, {fit} fit the window"
                                 if fit else "an image's tokens depend on its size")))
+    elif projector:
+        click.echo(f"vision: its projector takes about {human_bytes(projector)} beside it (RAM), from the catalog")
     if beside is not None:
         used = ", ".join(f"{'RAM' if d.device == 'cpu' else d.device.upper()} {human_bytes(d.total)}"
                          for d in beside.estimate.devices if d.total)

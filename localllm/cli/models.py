@@ -249,7 +249,7 @@ def spec_for(ref: str, hw, remote: bool = False):
         spec = chosen.spec
         info |= {"installed": False, "family": entry.family, "license": entry.license, "params_b": entry.params_b,
                  "repo": entry.gguf_repo, "safetensors_repo": entry.safetensors_repo, "unverified": list(entry.unverified),
-                 "sees_images": entry.vision,
+                 "sees_images": entry.vision, "projector_bytes": entry.projector_bytes,
                  "description": entry.description}
     else:
         from ..gguf_info import inspect_remote
@@ -295,6 +295,9 @@ def show(ref, remote, as_json):
                      f"{chosen.shape.n_ctx}-token context" if vision["tokens_per_image"] else "tokens per image vary with its size")
         click.echo(printable(f"{'vision':<15} {Path(vision['projector']).name} ({vision['kind']}, "
                              f"{vision['bytes'] / 2**20:.0f} MiB with its encoder's buffer); {per_image}"))
+    elif info.get("sees_images"):
+        loaded = f": about {info['projector_bytes'] / 2**20:.0f} MiB loaded, planned beside it" if info["projector_bytes"] else ""
+        click.echo(f"{'vision':<15} sees images; its projector (mmproj) comes with it{loaded}")
     if info.get("unverified"):
         click.echo(printable(f"{'unverified':<15} {', '.join(info['unverified'])} (from the model card, not checked against the Hub)"))
     click.echo(f"\n{chosen.label}: {printable(chosen.explanation)}")
