@@ -235,7 +235,12 @@ class ChatStore:
             self._run(f"UPDATE conversations SET {key} = ? WHERE id = ?", (value, conversation_id))
 
     def delete(self, conversation_id: int) -> None:
+        """Remove a chat, and the copies of its images that no other chat shows."""
+        names = {name for m in self.messages(conversation_id) for name in m.images}
         self._run("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        for name in names:
+            if self._run("SELECT 1 FROM messages WHERE instr(images, ?) > 0 LIMIT 1", (name,)).fetchone() is None:
+                (self.image_folder / name).unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from localllm.events import Finished, Reasoning, Timings, Token, Usage
-from localllm.session import ChatSession, ChatStore
+from localllm.session import ChatMessage, ChatSession, ChatStore
 
 
 class Words:
@@ -229,3 +229,23 @@ def test_a_store_from_before_reasoning_was_kept_opens_and_keeps_its_chats(tmp_pa
     store.save(answer)
     store.close()
     assert ChatStore(path).messages(1)[1].reasoning == "They greeted me."
+
+
+def test_deleting_a_chat_deletes_the_images_only_it_shows(tmp_path):
+    from PIL import Image
+
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    kept = []
+    for color in ("red", "blue"):
+        Image.new("RGB", (8, 8), color).save(tmp_path / f"{color}.png")
+        kept.append(store.keep_image(tmp_path / f"{color}.png"))
+    shared, own = kept
+    first, second = store.create("m"), store.create("m")
+    store.add(first, ChatMessage("user", "both", images=(shared, own)))
+    store.add(second, ChatMessage("user", "one", images=(shared,)))
+    store.delete(first)
+    assert not (store.image_folder / own).exists(), "a deleted chat's own image goes with it"
+    assert (store.image_folder / shared).exists(), "another chat still shows this one"
+    assert store.messages(second)[0].images == (shared,)
+    store.delete(second)
+    assert list(store.image_folder.iterdir()) == []
