@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .chat_images import STAND_IN, ChatImages
 from .config import home, private_dir
 from .errors import ContextOverflowError, StoreError, UsageError
 from .events import Event, Finished, Reasoning, Token
@@ -30,8 +31,6 @@ from .options import SamplingOptions
 STORE_FILE = "chats.sqlite3"
 THOUGHT_SUFFIX = ".think"  # beside an answer's log: the reasoning written so far
 WARN_AT = 0.75  # share of the window in use that triggers a warning
-# What an image is counted as before what it adds is known (ChatSession._count): small and grey.
-STAND_IN = Picture(32, 32, b"\x80" * 32 * 32 * 3, "0" * 64)
 IMAGE_SUFFIX = re.compile(r"\.(png|jpe?g|webp|gif|bmp|tiff?)")
 IMAGE_NAME = re.compile(r"[0-9a-f]{64}(\.[a-z]{3,4})?")  # what keep_image names a kept image
 SCHEMA = """
@@ -316,7 +315,9 @@ class ChatSession:
     first_in_context: int = 0  # index of the oldest message the model still sees
     used_tokens: int = 0
     think: bool | None = None  # a thinking model's switch, where its template has one (None: its default)
-    _beyond_stand_in: dict[str, int] = field(default_factory=dict, repr=False)  # kept image -> tokens (_count)
+
+    def __post_init__(self) -> None:
+        self.images = ChatImages(self.store.image_folder, self.model)
 
     @classmethod
     def resume(cls, model, store: ChatStore, model_name: str, conversation_id: int, sampling: SamplingOptions | None = None,
@@ -383,18 +384,23 @@ class ChatSession:
             title = " ".join(title.split())
             self.conversation_id = self.store.create(self.model_name, self.system, title[:60] or "New chat")
 
-    def _chat_messages(self, start: int, stand_in=None) -> list[dict]:
+    def _chat_messages(self, start: int, stand_in: Picture | None = None) -> list[dict]:
         """The messages from `start` as the model reads them; `stand_in`: a Picture put in place of every image."""
         head = [{"role": "system", "content": self.system}] if self.system else []
-        folder = self.store.image_folder
-        return head + [{"role": m.role, "content": [*({"type": "image", "image": stand_in or folder / name} for name in m.images),
+        sees = getattr(self.model, "image_marker", None) is not None  # else the image is refused by name when sent
+        if sees and stand_in is None:
+            self.images.keep_only(name for m in self.messages[start:] for name in m.images)
+
+        def image(name: str):
+            return stand_in or (self.images.picture(name) if sees else self.store.image_folder / name)
+
+        return head + [{"role": m.role, "content": [*({"type": "image", "image": image(name)} for name in m.images),
                                                      {"type": "text", "text": m.content}] if m.images else m.content}
                        for m in self.messages[start:] if m.content or m.role == "user"]
 
     def _count(self, start: int) -> int:
-        """The tokens of the history from `start`. Each image is counted as a small stand-in plus what
-        that image adds beyond it, measured once per image (mtmd tokenizes an image apart from the text
-        around it): a probe of what fits decodes no image (a phone's photo takes 0.25 s to decode)."""
+        """The tokens of the history from `start`, each image a small stand-in plus what it adds beyond
+        it (localllm.chat_images): a probe of what fits decodes no image."""
         from .generation.media import split, text_of
         from .generation.request import render
 
@@ -406,17 +412,7 @@ class ChatSession:
         if not pictures:
             return len(self.model.tokenize(prompt))
         names = [name for m in self.messages[start:] for name in m.images]
-        return len(self.model.tokenize_images(prompt, pictures)) + sum(map(self._image_tokens, names))
-
-    def _image_tokens(self, name: str) -> int:
-        """What a kept image adds to a prompt beyond the stand-in."""
-        if name not in self._beyond_stand_in:
-            from .images import from_file
-
-            marker, real = self.model.image_marker, from_file(str(self.store.image_folder / name))
-            self._beyond_stand_in[name] = (len(self.model.tokenize_images(marker, [real]))
-                                           - len(self.model.tokenize_images(marker, [STAND_IN])))
-        return self._beyond_stand_in[name]
+        return len(self.model.tokenize_images(prompt, pictures)) + sum(map(self.images.beyond_stand_in, names))
 
     def _fit_context(self, reserve: int) -> int:
         """Move first_in_context past whole turns until the history fits; return messages dropped.

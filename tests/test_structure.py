@@ -16,7 +16,7 @@ LAYERS = [
     ("localllm.__main__",),
     ("localllm.cli", "localllm.tui"),
     ("localllm.server", "localllm.doctor"),
-    ("localllm.engine", "localllm.session"),
+    ("localllm.engine", "localllm.session", "localllm.chat_images"),
     ("localllm", "localllm.model"),
     ("localllm.registry", "localllm.store", "localllm.transfer", "localllm.ollama_store"),
     ("localllm.backends",),

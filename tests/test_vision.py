@@ -11,6 +11,7 @@ import io
 import shutil
 import struct
 import zlib
+from pathlib import Path
 
 import httpx
 import ollama
@@ -346,17 +347,48 @@ def test_a_chat_counts_its_images_exactly_without_decoding_them_again(vision, st
     with load_model(tiled, n_ctx=2048, n_threads=2, speculation="off") as smolvlm:
         for model in (vision, smolvlm):
             session = ChatSession(model, store, "m", conversation_id=chat, messages=store.messages(chat))
+            session.images.picture(kept[0])  # a reply decoded it: kept decoded
+            assert session.images.picture(kept[0]) is session.images.picture(kept[0])
             for start in (0, 2, 4):
                 messages, pictures = split(session._chat_messages(start), model.image_marker, "m")
                 every_image_decoded = len(model.tokenize_images(render(model, messages, None)[0], pictures))
                 decoded.clear()
                 assert session._count(start) == every_image_decoded, (model, start)
-                assert decoded == [] or start == 0, "each image is decoded once per session"
+                assert decoded == [], "each image was decoded once, for the session's first exact count"
             assert session._count(0) == session._count(0) and decoded == []
-            sizes = {session._image_tokens(name) for name in kept}
+            sizes = {session.images.beyond_stand_in(name) for name in kept}
             # Scaled to its longest edge, then tiled, with an overview: 2 x 2 tiles (as the stand-in), 2 x 1
             # and 1 x 2 (their row and column separators differ by a token).
             assert len(sizes) == (3 if model is smolvlm else 1), "tiles follow the shape; a fixed projector's do not"
+
+def test_a_chats_replies_decode_each_image_once(vision, tmp_path, monkeypatch):
+    """Each reply sends every image still in its context: the chat keeps them decoded, within a bound."""
+    from localllm import chat_images, images
+    from localllm.session import ChatSession, ChatStore
+
+    decoded = []
+    real_from_file = images.from_file
+    monkeypatch.setattr(images, "from_file", lambda path: decoded.append(path) or real_from_file(path))
+    (tmp_path / "a.png").write_bytes(png("navy"))
+    session = ChatSession(vision, ChatStore(tmp_path / "chats.sqlite3"), "m", sampling=GREEDY)
+    first = collect(session.send("What is this?", [tmp_path / "a.png"]))
+    second = collect(session.send("And now?"))
+    kept = [path for path in decoded if Path(path).parent == session.store.image_folder]
+    assert len(kept) == 1, "the kept copy is decoded once for both replies"
+    assert second.finished.usage.cached_tokens >= first.finished.usage.prompt_tokens - 1, "the same pixels: cells reused"
+    # Bounded: a full store takes no more (a reply reads its images in order: evicting the oldest
+    # would miss every one), and images whose turns left the window are let go.
+    monkeypatch.setattr(chat_images, "PICTURE_BYTES", 80 * 60 * 3)  # one picture
+    (tmp_path / "white.png").write_bytes(png("white"))
+    (tmp_path / "black.png").write_bytes(png("black"))
+    white, black = session.store.keep_image(tmp_path / "white.png"), session.store.keep_image(tmp_path / "black.png")
+    session.images.keep_only([])
+    kept_white = session.images.picture(white)
+    assert session.images.picture(black) is not session.images.picture(black), "no room: decoded each time"
+    assert session.images.picture(white) is kept_white
+    session.images.keep_only([black])
+    assert session.images.picture(black) is session.images.picture(black), "room again"
+
 
 @pytest.mark.slow
 async def test_the_chat_attaches_images_by_key_and_by_a_pasted_path(vision, tmp_path):
