@@ -170,7 +170,11 @@ def test_both_http_apis_take_images(vision_gguf):
     from localllm.options import LoadOptions
     from localllm.server import ServerConfig
 
-    server = AppServer(ServerConfig(LoadOptions(n_ctx=1024, n_threads=2, n_seq=2), default_model=str(vision_gguf), quiet=True))
+    from localllm.registry import find_installed
+
+    served = find_installed(str(vision_gguf))
+    server = AppServer(ServerConfig(LoadOptions(n_ctx=1024, n_threads=2, n_seq=2), default_model=str(vision_gguf),
+                                    quiet=True, served=served))
     try:
         url = "data:image/png;base64," + base64.b64encode(png("red")).decode()
         api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
@@ -206,6 +210,9 @@ def test_both_http_apis_take_images(vision_gguf):
         assert looked.usage.input_tokens + looked.usage.cache_read_input_tokens >= IMAGE_TOKENS
 
         client = ollama.Client(host=server.url, timeout=60)
+        assert "vision" in client.show(served.name).capabilities  # what Ollama's clients check before taking images
+        shown = httpx.post(f"{server.url}/api/show", json={"model": served.name}).json()
+        assert shown["projector_info"]["clip.projector_type"] == "gemma3"
         # Images no request sent before: their tokens are read (not found in the cache), whatever the answer.
         reply = client.chat(model=str(vision_gguf), messages=[{"role": "user", "content": "What is this?",
                                                                "images": [png("purple")]}],

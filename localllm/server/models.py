@@ -67,6 +67,7 @@ def ollama_show(model: InstalledModel) -> dict:
     from ..generation.tools import family
     from ..gguf_header import HeaderError, scan_file
     from ..model import inspect
+    from ..projector import read as read_projector
 
     spec = inspect(model.path)
     try:
@@ -78,15 +79,20 @@ def ollama_show(model: InstalledModel) -> dict:
     arch = spec.architecture
     embedding = arch in ENCODER_ARCHITECTURES or f"{arch}.pooling_type" in meta
     # As Ollama derives them: from what the template renders and the metadata declares.
-    capabilities = (["embedding"] if embedding else ["completion"]) + (["tools"] if family(template) else []) + (
-        ["thinking"] if thinks(template) else [])
+    capabilities = (["embedding"] if embedding else ["completion"]) + (["vision"] if model.projector else []) + (
+        ["tools"] if family(template) else []) + (["thinking"] if thinks(template) else [])
     details = _details(model)
     size_label = meta.get("general.size_label")
     details["parameter_size"] = size_label if isinstance(size_label, str) else ""
     info = {"general.architecture": arch, f"{arch}.context_length": spec.n_ctx_train,
             f"{arch}.block_count": spec.n_layer, f"{arch}.embedding_length": spec.n_embd}
-    return {"modelfile": "", "parameters": "", "template": template, "details": details, "model_info": info,
-            "capabilities": capabilities, "modified_at": _modified(model.path).isoformat()}
+    shown = {"modelfile": "", "parameters": "", "template": template, "details": details, "model_info": info,
+             "capabilities": capabilities, "modified_at": _modified(model.path).isoformat()}
+    if model.projector is not None:  # as Ollama shows a vision model's
+        facts = read_projector(model.projector)
+        shown["projector_info"] = {"general.architecture": "clip", "clip.projector_type": facts.kind,
+                                   "clip.vision.image_size": facts.image_size, "clip.vision.patch_size": facts.patch_size}
+    return shown
 
 
 def listed(served: InstalledModel | None) -> list[InstalledModel]:
