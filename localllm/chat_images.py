@@ -5,7 +5,7 @@ several counts per send, and each reply sends every image still in its context. 
 takes 0.25 s to decode: the chat keeps its images decoded (within PICTURE_BYTES), and counts each
 as a small stand-in plus what that image adds beyond it, measured once. That sum is exact: mtmd
 tokenizes an image (its tiles and their separators) apart from the text around it
-(tests/test_vision.py checks it against the count with every image decoded).
+(tests/test_vision_chat.py checks it against the count with every image decoded).
 """
 
 from __future__ import annotations

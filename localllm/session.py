@@ -388,8 +388,6 @@ class ChatSession:
         """The messages from `start` as the model reads them; `stand_in`: a Picture put in place of every image."""
         head = [{"role": "system", "content": self.system}] if self.system else []
         sees = getattr(self.model, "image_marker", None) is not None  # else the image is refused by name when sent
-        if sees and stand_in is None:
-            self.images.keep_only(name for m in self.messages[start:] for name in m.images)
 
         def image(name: str):
             return stand_in or (self.images.picture(name) if sees else self.store.image_folder / name)
@@ -411,8 +409,10 @@ class ChatSession:
         prompt = render(self.model, messages, self.think)[0]
         if not pictures:
             return len(self.model.tokenize(prompt))
-        names = [name for m in self.messages[start:] for name in m.images]
-        return len(self.model.tokenize_images(prompt, pictures)) + sum(map(self.images.beyond_stand_in, names))
+        return len(self.model.tokenize_images(prompt, pictures)) + sum(map(self.images.beyond_stand_in, self._images_from(start)))
+
+    def _images_from(self, start: int) -> list[str]:
+        return [name for m in self.messages[start:] for name in m.images]
 
     def _fit_context(self, reserve: int) -> int:
         """Move first_in_context past whole turns until the history fits; return messages dropped.
@@ -462,6 +462,7 @@ class ChatSession:
         dropped = self._fit_context(self.reserve)
         if dropped:
             yield ContextNotice("trimmed", self.used_tokens, self.n_ctx, dropped)
+        self.images.keep_only(self._images_from(self.first_in_context))  # decoded images whose turns left go
         events = self.model.chat(self._chat_messages(self.first_in_context), self.sampling, think=self.think)
         answer = self.store.add(self.conversation_id, ChatMessage("assistant", "", complete=False))
         self.messages.append(answer)

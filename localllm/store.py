@@ -157,9 +157,9 @@ def _with_split_parts(names: list[str]) -> list[str]:
 
 
 def _choose_catalog_quant(entry: CatalogEntry, quant: str | None, hw) -> tuple[LoadPlan, str]:
-    best, plans = entry_plans(entry, hw)
+    best, _ = entry_plans(entry, hw, quant)
     if quant:
-        return plans[[q.quant for q in entry.quants].index(quant)], "the quantization asked for"
+        return best, "the quantization asked for"
     return best, f"the best quantization for this machine ({best.label}) of {', '.join(q.quant for q in entry.quants)}"
 
 
@@ -167,7 +167,7 @@ def entry_plans(entry: CatalogEntry, hw, quant: str | None = None) -> tuple[Load
     """How each quantization of a catalog entry (or the one named) would load here, the best first;
     a vision model's projector is planned beside it, in RAM, as a load of the installed model does."""
     specs = [entry.spec(q) for q in entry.quants if not quant or q.quant == quant]
-    return plan_quants(hw, specs, Overrides(reserved=(entry.projector_bytes,) if entry.projector_bytes else ()))
+    return plan_quants(hw, specs, Overrides(reserved=(entry.projector_bytes,)))
 
 
 def _choose_hub_quant(ref: Reference, available: dict[str, int], hw) -> tuple[list[str], LoadPlan | None, str]:

@@ -88,6 +88,20 @@ def starter_model(starter_gguf):
         yield model
 
 
+@pytest.fixture(scope="session")
+def vision_gguf(starter_gguf, tmp_path_factory) -> Path:
+    """The starter with tests/vision_gguf.py's projector beside it: a vision model."""
+    from vision_gguf import write_vision_model
+
+    return write_vision_model(tmp_path_factory.mktemp("vision"), starter_gguf)[0]
+
+
+@pytest.fixture(scope="module")
+def vision(vision_gguf):
+    with load_model(vision_gguf, n_ctx=1024, n_threads=2, speculation="off") as model:
+        yield model
+
+
 # The installed console script, as a user runs it. (`python -m localllm` from the checkout's
 # root would import the source tree's localllm/, which lacks the mapped localllm.models/tui.)
 LOCALLLM = [str(Path(sys.executable).with_name("localllm"))]

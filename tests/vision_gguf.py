@@ -8,6 +8,8 @@ different embeddings, which is all a test of the plumbing needs.
 
 from __future__ import annotations
 
+import io
+import shutil
 from pathlib import Path
 
 import gguf
@@ -83,6 +85,27 @@ def write_projector(target: Path, text_width: int = TEXT_WIDTH, seed: int = 7, i
     keys = {"clip.vision.projector.scale_factor": merge} | ({"clip.vision.preproc_image_size": longest_edge}
                                                            if longest_edge else {})
     return _projector(target, kind, seed, text_width, image_size, patch, width, ffn, layers, heads, keys, own)
+
+
+def write_vision_model(folder: Path, starter: Path, **projector) -> tuple[Path, Path]:
+    """The starter and a projector side by side, as a pulled vision model is kept: (model, projector)."""
+    model = folder / "starter-vision.gguf"
+    shutil.copy(starter, model)
+    return model, write_projector(folder / "mmproj-starter-vision-f16.gguf", **projector)
+
+
+def png(color: str, size: tuple[int, int] = (80, 60)) -> bytes:
+    """A plain image of one colour, as PNG bytes."""
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.new("RGB", size, color).save(data, "PNG")
+    return data.getvalue()
+
+
+def ask(*parts) -> list[dict]:
+    """A user's question about the image parts given."""
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": "What is in this picture?"}]}]
 
 
 def write_mrope_model(starter: Path, target: Path) -> Path:

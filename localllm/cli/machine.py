@@ -102,7 +102,7 @@ def plan_command(model, ctx, gpu_layers, kv_type, margin, full, rpc, draft, as_j
     gpu_layers = spec.n_layer + 1 if gpu_layers == -1 else gpu_layers
     overrides = Overrides(n_ctx=ctx, n_gpu_layers=gpu_layers, kv_type=kv_type,
                           margin=None if margin is None else margin * 2**20, outputs=output_rows(LoadOptions()),
-                          reserved=(projector,) if projector else ())
+                          reserved=(projector,))
     # Threads as a quiet machine would start with: a sample of the other processes' load over the
     # moment `plan` runs flipped between 1 and 2 on back-to-back calls, and a load adapts while
     # decoding anyway (backends/threads.py).

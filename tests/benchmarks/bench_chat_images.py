@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-from vision_gguf import write_projector  # noqa: E402
+from vision_gguf import write_vision_model  # noqa: E402
 
 from localllm import load_model  # noqa: E402
 from localllm.generation.media import split  # noqa: E402
@@ -47,9 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        model_path = folder / "starter-vision.gguf"
-        model_path.symlink_to(starter_path())
-        write_projector(folder / "mmproj-starter-vision-f16.gguf")
+        model_path, _ = write_vision_model(folder, starter_path())
         store = ChatStore(folder / "chats.sqlite3")
         chat = store.create("bench")
         rng = np.random.default_rng(0)

@@ -17,7 +17,6 @@ import argparse
 import io
 import os
 import selectors
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from PIL import Image  # noqa: E402
-from vision_gguf import write_projector  # noqa: E402
+from vision_gguf import write_vision_model  # noqa: E402
 
 from localllm import SamplingOptions, load_model  # noqa: E402
 from localllm.events import Token  # noqa: E402
@@ -88,10 +87,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model = folder / "starter-vision.gguf"
-        shutil.copy(starter_path(), model)
-        projector = write_projector(folder / "mmproj-starter-vision-f16.gguf", image_size=448, patch=14, merge=4,
-                                    width=384, ffn=1536, layers=6, heads=6)
+        model, projector = write_vision_model(folder, starter_path(), image_size=448, patch=14, merge=4,
+                                              width=384, ffn=1536, layers=6, heads=6)
         images = [picture(i) for i in range(2)]
         files = []
         for i, data in enumerate(images):
